@@ -1,0 +1,86 @@
+"""The contracts between the mesh's parts: ports, names, labels, headers, metrics.
+
+Every part (proxy, injector/webhook, CLI, chart, demo) reads these from here, so a change
+is made once. docs/architecture.md explains each one; keep both in step.
+Pure constants: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+# --- Proxy ports and identity -------------------------------------------------------------
+PROXY_INBOUND_PORT = 4143  # inbound TCP is redirected here
+PROXY_OUTBOUND_PORT = 4140  # outbound TCP is redirected here (listens on 127.0.0.1)
+PROXY_ADMIN_PORT = 4191  # /metrics, /live, /ready
+PROXY_UID = 2102  # the proxy's UID; its own traffic is never redirected
+# Ports the init step never redirects inbound (the admin port and the reserved control port).
+DEFAULT_INBOUND_PORTS_TO_IGNORE = (4190, PROXY_ADMIN_PORT)
+
+PROXY_CONTAINER_NAME = "mesh-proxy"
+INIT_CONTAINER_NAME = "mesh-init"
+PROXY_PORT_NAME = "mesh-proxy"  # containerPort 4143
+ADMIN_PORT_NAME = "mesh-admin"  # containerPort 4191; Prometheus scrapes by this name
+
+# --- Environment of the proxy container (set by the injector from the downward API) -----
+ENV_POD_NAME = "MESH_POD_NAME"
+ENV_POD_NAMESPACE = "MESH_POD_NAMESPACE"
+ENV_POD_IP = "MESH_POD_IP"
+ENV_SERVICE_ACCOUNT = "MESH_SERVICE_ACCOUNT"
+ENV_WORKLOAD_KIND = "MESH_WORKLOAD_KIND"  # deployment|statefulset|daemonset|job|cronjob|replicaset|pod
+ENV_WORKLOAD_NAME = "MESH_WORKLOAD_NAME"
+ENV_LOG_LEVEL = "MESH_LOG_LEVEL"
+ENV_OPAQUE_PORTS = "MESH_OPAQUE_PORTS"  # comma-separated ports relayed as TCP without detection
+
+# --- Kubernetes labels and annotations ----------------------------------------------------
+DOMAIN = "kubectl-mesh.io"
+INJECT_LABEL = f"{DOMAIN}/inject"  # on a namespace or a pod: enabled | disabled
+INJECT_ENABLED = "enabled"
+INJECT_DISABLED = "disabled"
+CONTROL_PLANE_NS_LABEL = f"{DOMAIN}/control-plane-ns"
+WORKLOAD_NS_LABEL = f"{DOMAIN}/workload-ns"
+PROXY_WORKLOAD_LABEL_PREFIX = f"{DOMAIN}/proxy-"  # + kind, e.g. kubectl-mesh.io/proxy-deployment=web
+PROXY_VERSION_ANNOTATION = f"{DOMAIN}/proxy-version"
+INJECTED_BY_ANNOTATION = f"{DOMAIN}/injected-by"
+SKIP_INBOUND_PORTS_ANNOTATION = f"{DOMAIN}/skip-inbound-ports"
+SKIP_OUTBOUND_PORTS_ANNOTATION = f"{DOMAIN}/skip-outbound-ports"
+OPAQUE_PORTS_ANNOTATION = f"{DOMAIN}/opaque-ports"
+
+CONTROL_PLANE_NAMESPACE = "mesh-system"
+NEVER_INJECT_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", CONTROL_PLANE_NAMESPACE})
+
+# Workload kinds, as they appear in labels (proxy-<kind>), metric labels (src_<kind>, dst_<kind>)
+# and Prometheus target labels (<kind>).
+WORKLOAD_KINDS = ("deployment", "statefulset", "daemonset", "job", "cronjob", "replicaset", "pod")
+
+# --- Headers between proxies ---------------------------------------------------------------
+# Value: "<namespace>/<kind>/<name>/<pod>" (no field may contain '/'; Kubernetes names cannot).
+# The client-side proxy sets SRC_HEADER on requests (replacing any the app sent); the server-side
+# proxy strips it before the app sees it. The server-side proxy sets DST_HEADER on responses; the
+# client-side proxy strips it before the app sees it.
+SRC_HEADER = "x-mesh-src"
+DST_HEADER = "x-mesh-dst"
+
+# --- Metrics (Linkerd-compatible names) ----------------------------------------------------
+METRIC_REQUESTS = "request_total"
+METRIC_RESPONSES = "response_total"
+METRIC_LATENCY = "response_latency_ms"
+METRIC_TCP_OPEN = "tcp_open_total"
+METRIC_TCP_CLOSE = "tcp_close_total"
+METRIC_TCP_OPEN_CONNECTIONS = "tcp_open_connections"
+METRIC_TCP_READ_BYTES = "tcp_read_bytes_total"
+METRIC_TCP_WRITE_BYTES = "tcp_write_bytes_total"
+# Linkerd's response_latency_ms bucket bounds, in milliseconds.
+LATENCY_BUCKETS_MS = (
+    1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500,
+    1000, 2000, 3000, 4000, 5000, 10000, 20000, 30000, 40000, 50000,
+)  # fmt: skip
+
+# --- Control plane services ----------------------------------------------------------------
+PROMETHEUS_SERVICE = "prometheus"
+PROMETHEUS_PORT = 9090
+WEBHOOK_SERVICE = "mesh-webhook"
+WEBHOOK_PORT = 443
+WEBHOOK_CONTAINER_PORT = 8443
+WEBHOOK_PATH = "/mutate"
+SCRAPE_JOB = "mesh-proxy"
+SCRAPE_INTERVAL = "10s"
+ENV_PROMETHEUS_URL = "MESH_PROMETHEUS_URL"

@@ -1,0 +1,15 @@
+"""Test-wide configuration: markers that skip with a clear reason when a need is unmet."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() != 0:
+        skip_root = pytest.mark.skip(reason="needs root: network namespaces, iptables and other UIDs")
+        for item in items:
+            if "root" in item.keywords or "lab" in item.keywords:
+                item.add_marker(skip_root)

@@ -1,0 +1,1 @@
+"""Shared test infrastructure (runtime environment, ports, processes)."""
