@@ -45,13 +45,13 @@ binaries: ## build kube-apiserver, kube-controller-manager, etcd, helm, krew int
 	tests/lab/build-binaries.sh
 
 cluster: setup binaries ## start the local lab cluster; kubeconfig in .lab/kubeconfig
-	$(PY) -m lab up
+	PYTHONPATH=tests $(PY) -m lab up
 
 cluster-down: ## stop the lab and remove everything it made
-	$(PY) -m lab down
+	PYTHONPATH=tests $(PY) -m lab down
 
 walkthrough: setup binaries ## the seed walkthrough on the lab (root): install, inject, three stat tables
-	$(PY) -m lab walkthrough
+	PYTHONPATH=tests $(PY) -m e2e.walkthrough
 
 krew: setup ## build dist/kubectl-mesh.tar.gz (zipapp + LICENSE) and dist/krew-manifest.yaml
 	$(PY) scripts/build_krew.py
