@@ -1,0 +1,568 @@
+"""emojivoto in plain Python: four small services whose traffic the mesh has to explain.
+
+The shape of the original (github.com/BuoyantIO/emojivoto), over HTTP/1.1 instead of gRPC:
+
+    vote-bot ──GET /api/list, /api/vote?choice=──▶ web ──GET /list, /find?shortcode=──▶ emoji
+                                                       ──POST /vote?choice=, GET /results──▶ voting
+
+Voting for FAILING_EMOJI (`:doughnut:`) always fails with a 500, like the original's VoteDoughnut,
+so `web` answers some votes with a 500 too and the mesh has to point at `voting`. The bot picks
+the failing emoji a fixed share of its votes, spread evenly (not at random), so any window of
+traffic has the same success rate and tests need no luck.
+
+Every service counts what it received and sent, by itself (`GET /counters` on COUNTERS_PORT, a
+port the mesh leaves alone), so tests can compare the mesh's numbers with the truth.
+
+Standard library only: a container image needs `python3` and this package, nothing else.
+Run: `python3 -m kubectl_mesh.demo.emojivoto web|emoji|voting|vote-bot`. Settings come from the
+environment (names as in the original where it has them):
+
+| variable | services | default | meaning |
+| --- | --- | --- | --- |
+| `BIND` | all | `0.0.0.0` | address to listen on |
+| `PORT` | web, emoji, voting | `8080` | the service's HTTP port |
+| `COUNTERS_PORT` | all | `8801` | `/counters` (JSON) and `/healthz`; `0` turns it off |
+| `EMOJISVC_HOST`, `VOTINGSVC_HOST` | web | `emoji-svc:8080`, `voting-svc:8080` | upstreams |
+| `WEB_HOST` | vote-bot | `web-svc:80` | where the bot sends its traffic |
+| `REQUEST_RATE` | vote-bot | `1` | loops per second, each one list and one vote |
+| `FAILURE_SHARE` | vote-bot | `0.15` | share of votes for the failing emoji |
+| `FAILING_EMOJI` | voting, vote-bot | `:doughnut:` | the emoji whose vote always fails |
+| `MAX_SECONDS` | vote-bot | `0` | stop voting after this long (`0`: never) |
+| `UPSTREAM_TIMEOUT` | web, vote-bot | `5` | seconds per upstream request |
+| `http_proxy`, `no_proxy` | web, vote-bot | | honoured, for the mesh's explicit mode |
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, quote, urlsplit
+
+SERVICES = ("web", "emoji", "voting", "vote-bot")
+DEFAULT_FAILING_EMOJI = ":doughnut:"
+MAX_BODY = 64 * 1024  # requests here are tiny; anything bigger is refused
+
+# (shortcode, code points): a subset of the original's list, the doughnut included.
+_EMOJI_CODEPOINTS: tuple[tuple[str, tuple[int, ...]], ...] = (
+    (":joy:", (0x1F602,)),
+    (":sunglasses:", (0x1F60E,)),
+    (":doughnut:", (0x1F369,)),
+    (":stuck_out_tongue_winking_eye:", (0x1F61C,)),
+    (":money_mouth_face:", (0x1F911,)),
+    (":flushed:", (0x1F633,)),
+    (":mask:", (0x1F637,)),
+    (":nerd_face:", (0x1F913,)),
+    (":ghost:", (0x1F47B,)),
+    (":skull_and_crossbones:", (0x2620, 0xFE0F)),
+    (":heart_eyes_cat:", (0x1F63B,)),
+    (":hear_no_evil:", (0x1F649,)),
+    (":see_no_evil:", (0x1F648,)),
+    (":speak_no_evil:", (0x1F64A,)),
+    (":santa:", (0x1F385,)),
+    (":turkey:", (0x1F983,)),
+    (":rabbit:", (0x1F430,)),
+    (":dog:", (0x1F436,)),
+    (":pig:", (0x1F437,)),
+    (":snail:", (0x1F40C,)),
+    (":bacon:", (0x1F953,)),
+    (":pizza:", (0x1F355,)),
+    (":taco:", (0x1F32E,)),
+    (":burrito:", (0x1F32F,)),
+    (":ramen:", (0x1F35C,)),
+    (":champagne:", (0x1F37E,)),
+    (":beer:", (0x1F37A,)),
+    (":rainbow:", (0x1F308,)),
+    (":rocket:", (0x1F680,)),
+    (":fire:", (0x1F525,)),
+    (":jack_o_lantern:", (0x1F383,)),
+    (":balloon:", (0x1F388,)),
+    (":tada:", (0x1F389,)),
+    (":trophy:", (0x1F3C6,)),
+    (":bulb:", (0x1F4A1,)),
+    (":crystal_ball:", (0x1F52E,)),
+    (":100:", (0x1F4AF,)),
+    (":checkered_flag:", (0x1F3C1,)),
+    (":thumbsup:", (0x1F44D,)),
+    (":wave:", (0x1F44B,)),
+    (":clap:", (0x1F44F,)),
+    (":pray:", (0x1F64F,)),
+    (":metal:", (0x1F918,)),
+    (":floppy_disk:", (0x1F4BE,)),
+)
+EMOJI: dict[str, str] = {code: "".join(map(chr, points)) for code, points in _EMOJI_CODEPOINTS}
+
+
+# --- Counting, the services' own truth -----------------------------------------------------
+
+
+def is_failure(status: int | None) -> bool:
+    """The mesh's rule: a 5xx or no response at all is a failure."""
+    return status is None or status >= 500
+
+
+@dataclass
+class _Tally:
+    total: int = 0
+    failures: int = 0
+    paths: dict[str, list[int]] = field(default_factory=dict)  # path -> [total, failures]
+
+    def add(self, path: str, failed: bool) -> None:
+        self.total += 1
+        self.failures += failed
+        entry = self.paths.setdefault(path, [0, 0])
+        entry[0] += 1
+        entry[1] += failed
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "failures": self.failures,
+            "paths": {p: {"total": t, "failures": f} for p, (t, f) in sorted(self.paths.items())},
+        }
+
+
+class Counters:
+    """Requests a service received and sent, with failures, counted by the service itself."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.started = time.time()
+        self._lock = threading.Lock()
+        self._received = _Tally()
+        self._sent: dict[str, _Tally] = {}
+        self.extra: dict[str, int] = {}
+
+    def count_received(self, path: str, status: int) -> None:
+        with self._lock:
+            self._received.add(path, is_failure(status))
+
+    def count_sent(self, upstream: str, path: str, status: int | None) -> None:
+        with self._lock:
+            self._sent.setdefault(upstream, _Tally()).add(path, is_failure(status))
+
+    def bump(self, name: str, by: int = 1) -> None:
+        with self._lock:
+            self.extra[name] = self.extra.get(name, 0) + by
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "service": self.service,
+                "pid": os.getpid(),
+                "started": self.started,
+                "time": time.time(),
+                "received": self._received.as_json(),
+                "sent": {name: tally.as_json() for name, tally in sorted(self._sent.items())},
+                **dict(sorted(self.extra.items())),
+            }
+
+
+# --- HTTP server side -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(cls, status: int, payload: object) -> Response:
+        return cls(status, json.dumps(payload, ensure_ascii=False).encode() + b"\n")
+
+
+Query = Mapping[str, list[str]]
+Route = Callable[[Query], Response]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive; every request is answered, none can take the server down."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "emojivoto"
+    routes: ClassVar[dict[tuple[str, str], Route]] = {}  # (method, path) -> handler; set per server
+    counters: ClassVar[Counters | None] = None  # None: do not count (the counters endpoint itself)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        known = any(path == url.path for _, path in self.routes)
+        response = self._read_body()
+        if response is None:
+            route = self.routes.get(("GET" if method == "HEAD" else method, url.path))
+            if route is None:
+                response = Response.json(405 if known else 404, {"error": "no such route"})
+            else:
+                try:
+                    response = route(parse_qs(url.query))
+                except Exception as exc:  # a bug must cost one request, not the server
+                    response = Response.json(500, {"error": type(exc).__name__})
+        if self.counters is not None:
+            self.counters.count_received(url.path if known else "(other)", response.status)
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(response.body)
+
+    def _read_body(self) -> Response | None:
+        """Consume the request body so the connection stays usable; refuse what we do not expect."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            return Response.json(411, {"error": "send a Content-Length"})
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self.close_connection = True
+            return Response.json(413 if length > MAX_BODY else 400, {"error": "bad Content-Length"})
+        if length:
+            self.rfile.read(length)
+        return None
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if os.environ.get("LOG_REQUESTS"):
+            super().log_message(format, *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def serve(bind: str, port: int, routes: dict[tuple[str, str], Route], counters: Counters | None) -> _Server:
+    """Start an HTTP server in a daemon thread and return it (port 0 picks a free port)."""
+    handler = type("Handler", (_Handler,), {"routes": routes, "counters": counters})
+    server = _Server((bind, port), handler)
+    threading.Thread(target=server.serve_forever, name=f"http-{port}", daemon=True).start()
+    return server
+
+
+def counters_routes(counters: Counters) -> dict[tuple[str, str], Route]:
+    return {
+        ("GET", "/counters"): lambda _q: Response.json(200, counters.snapshot()),
+        ("GET", "/healthz"): lambda _q: Response(200, b"ok\n", "text/plain"),
+    }
+
+
+# --- HTTP client side -----------------------------------------------------------------------
+
+
+class Upstream:
+    """An HTTP/1.1 keep-alive client for one upstream service, one connection per thread.
+
+    Honours `http_proxy`/`no_proxy` (the mesh's explicit mode: the proxy is told where to go by
+    the absolute-form request target). Counts each request in `counters` under `name`.
+    """
+
+    def __init__(self, name: str, hostport: str, counters: Counters, timeout: float) -> None:
+        self.name = name
+        self.hostport = hostport
+        self.counters = counters
+        self.timeout = timeout
+        self._local = threading.local()
+        host = hostport.rsplit(":", 1)[0]
+        proxy = urllib.request.getproxies().get("http")
+        self._proxy: tuple[str, int] | None = None
+        if proxy and not urllib.request.proxy_bypass(host):
+            parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            self._proxy = (parts.hostname or "127.0.0.1", parts.port or 80)
+
+    def _connection(self, fresh: bool) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None or fresh:
+            if conn is not None:
+                conn.close()
+            host, port = self._proxy or _split_hostport(self.hostport)
+            conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+            self._local.conn = conn
+        return conn
+
+    def request(self, method: str, path: str) -> tuple[int | None, bytes]:
+        """Returns (status, body); status None when there was no response (counted as a failure)."""
+        target = f"http://{self.hostport}{path}" if self._proxy else path
+        status: int | None = None
+        body = b""
+        for attempt in range(2):
+            conn = self._connection(fresh=attempt > 0)
+            reused = conn.sock is not None
+            try:
+                conn.request(method, target, headers={"Host": self.hostport})
+                response = conn.getresponse()
+                body = response.read()
+                status = response.status
+                if response.will_close:
+                    conn.close()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                conn.close()
+                if reused and attempt == 0:
+                    continue  # the server closed an idle keep-alive connection: retry once
+                break
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                break
+        self.counters.count_sent(self.name, path.split("?", 1)[0], status)
+        return status, body
+
+    def get_json(self, path: str) -> tuple[int | None, Any]:
+        status, body = self.request("GET", path)
+        try:
+            return status, json.loads(body) if body else None
+        except ValueError:
+            return status, None
+
+
+def _split_hostport(hostport: str) -> tuple[str, int]:
+    host, _, port = hostport.rpartition(":")
+    return (host or hostport, int(port)) if port.isdigit() else (hostport, 80)
+
+
+# --- The services ---------------------------------------------------------------------------
+
+
+def emoji_routes() -> dict[tuple[str, str], Route]:
+    listing = [{"shortcode": code, "unicode": char} for code, char in EMOJI.items()]
+
+    def list_all(_q: Query) -> Response:
+        return Response.json(200, listing)
+
+    def find(q: Query) -> Response:
+        code = q.get("shortcode", [""])[0]
+        if code not in EMOJI:
+            return Response.json(404, {"error": f"no emoji {code!r}"})
+        return Response.json(200, {"shortcode": code, "unicode": EMOJI[code]})
+
+    return {("GET", "/list"): list_all, ("GET", "/find"): find}
+
+
+def voting_routes(failing_emoji: str) -> dict[tuple[str, str], Route]:
+    votes: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def vote(q: Query) -> Response:
+        code = q.get("choice", [""])[0]
+        if code not in EMOJI:
+            return Response.json(400, {"error": f"no emoji {code!r}"})
+        if code == failing_emoji:
+            return Response.json(500, {"error": f"voting for {code} is broken (on purpose)"})
+        with lock:
+            votes[code] = votes.get(code, 0) + 1
+            return Response.json(200, {"shortcode": code, "votes": votes[code]})
+
+    def results(_q: Query) -> Response:
+        with lock:
+            ranked = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))
+        return Response.json(200, [{"shortcode": code, "votes": n} for code, n in ranked])
+
+    return {("POST", "/vote"): vote, ("GET", "/results"): results}
+
+
+def web_routes(emoji: Upstream, voting: Upstream) -> dict[tuple[str, str], Route]:
+    def list_all(_q: Query) -> Response:
+        status, listing = emoji.get_json("/list")
+        if status != 200 or not isinstance(listing, list):
+            return Response.json(500, {"error": f"emoji service answered {status}"})
+        return Response.json(200, listing)
+
+    def vote(q: Query) -> Response:
+        code = q.get("choice", [""])[0]
+        status, found = emoji.get_json(f"/find?shortcode={quote(code)}")
+        if status == 404:
+            return Response.json(400, {"error": f"no emoji {code!r}"})
+        if status != 200 or not isinstance(found, dict):
+            return Response.json(500, {"error": f"emoji service answered {status}"})
+        status, _ = voting.request("POST", f"/vote?choice={quote(code)}")
+        if status != 200:
+            return Response.json(500, {"error": f"voting service answered {status}"})
+        return Response.json(200, found)
+
+    def leaderboard(_q: Query) -> Response:
+        status, ranked = voting.get_json("/results")
+        if status != 200 or not isinstance(ranked, list):
+            return Response.json(500, {"error": f"voting service answered {status}"})
+        status, listing = emoji.get_json("/list")
+        if status != 200 or not isinstance(listing, list):
+            return Response.json(500, {"error": f"emoji service answered {status}"})
+        chars = {e["shortcode"]: e["unicode"] for e in listing}
+        return Response.json(200, [{**r, "unicode": chars.get(r["shortcode"], "?")} for r in ranked])
+
+    def index(_q: Query) -> Response:
+        return Response(200, INDEX_HTML.encode(), "text/html; charset=utf-8")
+
+    return {
+        ("GET", "/"): index,
+        ("GET", "/api/list"): list_all,
+        ("GET", "/api/vote"): vote,
+        ("GET", "/api/leaderboard"): leaderboard,
+    }
+
+
+INDEX_HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><title>emojivoto</title>
+<style>body{font-family:sans-serif;max-width:40em;margin:2em auto}
+button{font-size:2em;margin:.1em;border:0;background:none;cursor:pointer}#msg{min-height:1.5em}</style>
+</head><body><h1>🗳 emojivoto</h1><p>Vote for your favourite emoji.
+(Voting for 🍩 is broken, on purpose: ask the mesh who fails.)</p><p id="msg"></p><div id="grid"></div>
+<h2>Leaderboard</h2><ol id="board"></ol>
+<script>
+async function board(){const r=await fetch('api/leaderboard');if(!r.ok)return;
+document.getElementById('board').innerHTML=(await r.json()).slice(0,10)
+.map(e=>`<li>${e.unicode} ${e.votes}</li>`).join('')}
+async function vote(code){const r=await fetch('api/vote?choice='+encodeURIComponent(code));
+document.getElementById('msg').textContent=
+r.ok?'Thanks for voting '+code:'Voting failed: HTTP '+r.status;board()}
+fetch('api/list').then(r=>r.json()).then(list=>{const g=document.getElementById('grid');
+for(const e of list){const b=document.createElement('button');b.title=e.shortcode;b.textContent=e.unicode;
+b.onclick=()=>vote(e.shortcode);g.appendChild(b)}});board();
+</script></body></html>
+"""
+
+
+class FailingShareChooser:
+    """Chooses each vote: the failing emoji exactly `share` of the time, spread evenly.
+
+    Vote i is for the failing emoji when floor((i + 1) * share) > floor(i * share), so after n
+    votes the failing count is floor(n * share): any window of votes has the same share, +-1.
+    """
+
+    def __init__(self, share: float, failing: str, rng: random.Random) -> None:
+        if not 0 <= share <= 1:
+            raise ValueError("FAILURE_SHARE must be between 0 and 1")
+        self.share = share
+        self.failing = failing
+        self.rng = rng
+        self.count = 0
+
+    def choose(self, candidates: list[str]) -> str:
+        i = self.count
+        self.count += 1
+        if math.floor((i + 1) * self.share + 1e-9) > math.floor(i * self.share + 1e-9):
+            return self.failing
+        others = [c for c in candidates if c != self.failing] or [c for c in EMOJI if c != self.failing]
+        return self.rng.choice(others)
+
+
+def run_vote_bot(
+    web: Upstream,
+    counters: Counters,
+    rate: float,
+    chooser: FailingShareChooser,
+    max_seconds: float,
+    stop: threading.Event,
+) -> None:
+    """One list and one vote per loop, `rate` loops per second, until `stop` or `max_seconds`."""
+    start = time.monotonic()
+    loops = 0
+    while not stop.is_set() and (max_seconds <= 0 or time.monotonic() - start < max_seconds):
+        status, listing = web.get_json("/api/list")
+        codes = [e["shortcode"] for e in listing if isinstance(e, dict)] if status == 200 and listing else []
+        choice = chooser.choose(codes or list(EMOJI))
+        web.request("GET", f"/api/vote?choice={quote(choice)}")
+        counters.bump("loops")
+        if choice == chooser.failing:
+            counters.bump("failing_votes")
+        loops += 1
+        delay = start + loops / rate - time.monotonic()
+        if delay < -1.0:  # fell behind (a slow upstream): carry on at the rate, no burst
+            start, loops = time.monotonic(), 0
+        stop.wait(max(0.0, delay))
+
+
+# --- Entry point ----------------------------------------------------------------------------
+
+
+def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise SystemExit(f"emojivoto: {name}={raw!r} is not a number") from None
+
+
+def _announce(service: str, bind: str, servers: list[_Server]) -> None:
+    addresses = ", ".join(f"{bind}:{s.server_address[1]}" for s in servers)
+    print(f"emojivoto {service}: listening on {addresses}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    env = os.environ if env is None else env
+    if len(args) != 1 or args[0] not in SERVICES:
+        print(f"usage: python3 -m kubectl_mesh.demo.emojivoto {{{'|'.join(SERVICES)}}}", file=sys.stderr)
+        return 2
+    service = args[0]
+    bind = env.get("BIND", "0.0.0.0")
+    port = int(_env_float(env, "PORT", 8080))
+    counters_port = int(_env_float(env, "COUNTERS_PORT", 8801))
+    timeout = _env_float(env, "UPSTREAM_TIMEOUT", 5.0)
+    failing = env.get("FAILING_EMOJI", DEFAULT_FAILING_EMOJI)
+    counters = Counters(service)
+    stop = threading.Event()
+    servers: list[_Server] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        if counters_port:
+            servers.append(serve(bind, counters_port, counters_routes(counters), None))
+        if service == "emoji":
+            servers.append(serve(bind, port, emoji_routes(), counters))
+        elif service == "voting":
+            servers.append(serve(bind, port, voting_routes(failing), counters))
+        elif service == "web":
+            emoji = Upstream("emoji", env.get("EMOJISVC_HOST", "emoji-svc:8080"), counters, timeout)
+            voting = Upstream("voting", env.get("VOTINGSVC_HOST", "voting-svc:8080"), counters, timeout)
+            servers.append(serve(bind, port, web_routes(emoji, voting), counters))
+        else:
+            web = Upstream("web", env.get("WEB_HOST", "web-svc:80"), counters, timeout)
+            rate = _env_float(env, "REQUEST_RATE", 1.0)
+            if rate <= 0:
+                raise SystemExit("emojivoto: REQUEST_RATE must be above 0")
+            chooser = FailingShareChooser(_env_float(env, "FAILURE_SHARE", 0.15), failing, random.Random())
+            max_seconds = _env_float(env, "MAX_SECONDS", 0)
+            _announce(service, bind, servers)
+            print(f"vote-bot: {rate:g} loops/s to {web.hostport}", file=sys.stderr, flush=True)
+            run_vote_bot(web, counters, rate, chooser, max_seconds, stop)
+    except OSError as exc:
+        print(f"emojivoto {service}: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"emojivoto {service}: {exc}", file=sys.stderr)
+        return 1
+    if service != "vote-bot":
+        _announce(service, bind, servers)
+    stop.wait()
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
