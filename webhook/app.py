@@ -1,0 +1,154 @@
+"""The webhook's HTTP edge: Flask routes around the pure `webhook.admission` protocol.
+
+`create_app()` is the factory gunicorn serves (see `webhook/gunicorn_conf.py`). The mesh config
+is read once, at start-up, from `$MESH_CONFIG`; an unusable config stops the process with one
+line rather than injecting pods with defaults nobody asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from flask import Flask, Response, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from kubectl_mesh import __version__
+from kubectl_mesh.contract import WEBHOOK_PATH
+from webhook.admission import (
+    MAX_BODY_BYTES,
+    RESULT_ERROR,
+    BadRequest,
+    check_content_type,
+    parse_review,
+    review,
+)
+from webhook.config import MeshConfig, load_config
+
+INJECTED_BY = f"kubectl-mesh-webhook/{__version__}"
+ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+log = logging.getLogger("webhook")
+
+
+class AdmissionMetrics:
+    """The webhook's own metrics. Under gunicorn with several workers they are aggregated
+    across workers through prometheus_client's multiprocess mode ($PROMETHEUS_MULTIPROC_DIR)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.admissions = Counter(
+            "mesh_webhook_admissions_total",
+            "Admission requests answered, by result (injected|skipped|ignored|error) and skip reason.",
+            ["result", "reason"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "mesh_webhook_admission_duration_seconds",
+            "Time to answer an admission request, from body read to response built.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.bad_requests = Counter(
+            "mesh_webhook_bad_requests_total",
+            "Requests refused before admission (400, 413, 415, ...), by HTTP status.",
+            ["status"],
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        directory = os.environ.get(ENV_MULTIPROC_DIR)
+        if directory:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=directory)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+
+
+def _configure_logging() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+        )
+        log.addHandler(handler)
+        log.setLevel(os.environ.get("MESH_WEBHOOK_LOG_LEVEL", "INFO").upper())
+        log.propagate = False
+
+
+def create_app(config: MeshConfig | None = None) -> Flask:
+    """The Flask app. `config` defaults to the file named by $MESH_CONFIG (or built-in defaults)."""
+    mesh_config = config if config is not None else load_config()
+    _configure_logging()
+    app = Flask("webhook")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    metrics = AdmissionMetrics()
+    app.extensions["mesh_metrics"] = metrics
+    app.extensions["mesh_config"] = mesh_config
+
+    @app.post(WEBHOOK_PATH)
+    def mutate() -> Response:
+        started = time.perf_counter()
+        try:
+            check_content_type(request.content_type)
+            if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+                raise BadRequest(413, f"body larger than {MAX_BODY_BYTES} bytes")
+            req = parse_review(request.get_data(cache=False))
+        except BadRequest as exc:
+            metrics.bad_requests.labels(str(exc.status)).inc()
+            return _json({"error": exc.reason}, exc.status)
+        outcome = review(req, mesh_config, INJECTED_BY)
+        metrics.admissions.labels(outcome.result, outcome.reason).inc()
+        metrics.latency.observe(time.perf_counter() - started)
+        where = f"{req.namespace or '-'}/{_pod_name(req.request)}"
+        if outcome.result == RESULT_ERROR:
+            log.error(
+                "injection failed for pod %s (uid %s), admitted without proxy:\n%s",
+                where,
+                req.uid,
+                outcome.error,
+            )
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("pod %s: %s %s", where, outcome.result, outcome.reason)
+        return _json(outcome.review)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return _json({"status": "ok", "pid": os.getpid()})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        return _json({"status": "ready", "proxyVersion": mesh_config.proxy_version})
+
+    @app.get("/metrics")
+    def metrics_endpoint() -> Response:
+        return Response(metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        if status == 413:
+            metrics.bad_requests.labels("413").inc()
+        return _json({"error": exc.description or exc.name}, status)
+
+    return app
+
+
+def _pod_name(request_obj: Any) -> str:
+    obj = request_obj.get("object") if isinstance(request_obj, dict) else None
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if isinstance(meta, dict):
+        return str(meta.get("name") or meta.get("generateName") or "?")
+    return "?"

@@ -1,0 +1,251 @@
+"""The mesh configuration the injector applies: images, resources, ports to skip, sidecar mode.
+
+One frozen `MeshConfig`, read from a JSON object whose keys are camelCase like Helm values
+(the chart renders `values.yaml` into a ConfigMap holding exactly these keys; the webhook reads
+the file named by `$MESH_CONFIG`). Unknown keys are an error, so a typo in the chart fails
+loudly at start-up instead of silently injecting defaults. Pure apart from `load_config`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubectl_mesh import __version__
+from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE
+
+ENV_MESH_CONFIG = "MESH_CONFIG"
+
+DEFAULT_PROXY_IMAGE = "ghcr.io/kubectl-mesh/proxy"
+# Server-speaks-first protocols (SMTP, MySQL, PostgreSQL, Redis, memcached, ...): protocol
+# detection would wait for a request that never comes, so these are relayed as opaque TCP.
+DEFAULT_OPAQUE_PORTS = "25,587,3306,4444,5432,6379,9300,11211"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+_QUANTITY = re.compile(r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]i?|Ki)?$")
+_RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the key."""
+
+
+def _default_proxy_resources() -> dict[str, dict[str, str]]:
+    return {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}}
+
+
+def _default_init_resources() -> dict[str, dict[str, str]]:
+    return {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}}
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """What the injector adds to a pod. Ports and names are contracts (contract.py), not config."""
+
+    proxy_image: str = DEFAULT_PROXY_IMAGE
+    proxy_version: str = __version__
+    init_image: str = ""  # empty: the proxy image (it carries `mesh-proxy init`)
+    image_pull_policy: str = "IfNotPresent"
+    proxy_resources: Mapping[str, Mapping[str, str]] = field(default_factory=_default_proxy_resources)
+    init_resources: Mapping[str, Mapping[str, str]] = field(default_factory=_default_init_resources)
+    log_level: str = "info"
+    native_sidecar: bool = True  # False for clusters older than 1.29: proxy as first container
+    skip_inbound_ports: str = ""  # added to 4190,4191 and the pod's annotation
+    skip_outbound_ports: str = ""  # added to the pod's annotation
+    skip_subnets: str = ""  # CIDRs whose outbound traffic is never redirected
+    opaque_ports: str = DEFAULT_OPAQUE_PORTS  # the pod's annotation replaces this default
+    control_plane_namespace: str = CONTROL_PLANE_NAMESPACE
+
+    @property
+    def proxy_image_ref(self) -> str:
+        """`proxyImage:proxyVersion`, unless proxyImage already names a tag or digest."""
+        return _with_tag(self.proxy_image, self.proxy_version)
+
+    @property
+    def init_image_ref(self) -> str:
+        return _with_tag(self.init_image or self.proxy_image, self.proxy_version)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> MeshConfig:
+        """Build from camelCase keys (the ConfigMap's JSON); raises ConfigError on a bad key/value."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("mesh config must be a JSON object")
+        unknown = sorted(set(data) - set(_KEYS))
+        if unknown:
+            raise ConfigError(f"unknown mesh config key(s): {', '.join(map(str, unknown))}")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            attr, check = _KEYS[key]
+            kwargs[attr] = check(key, value)
+        return cls(**kwargs)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The camelCase JSON object `from_mapping` reads (what the chart's ConfigMap holds)."""
+        return {key: _plain(getattr(self, attr)) for key, (attr, _check) in _KEYS.items()}
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> MeshConfig:
+    """Read the JSON file named by $MESH_CONFIG; defaults when the variable is unset or empty."""
+    env = os.environ if environ is None else environ
+    path = env.get(ENV_MESH_CONFIG, "")
+    if not path:
+        return MeshConfig()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read mesh config {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"mesh config {path} is not valid JSON: {exc}") from None
+    try:
+        return MeshConfig.from_mapping(data)
+    except ConfigError as exc:
+        raise ConfigError(f"mesh config {path}: {exc}") from None
+
+
+# --- validation helpers -------------------------------------------------------------------------
+
+
+def parse_port_list(text: str) -> list[tuple[int, int]]:
+    """'80,443,8000-8080' -> [(80, 80), (443, 443), (8000, 8080)]; raises ValueError on junk."""
+    ranges: list[tuple[int, int]] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        lo_s, sep, hi_s = item.partition("-")
+        if not lo_s.strip().isdigit() or (sep and not hi_s.strip().isdigit()):
+            raise ValueError(f"{item!r} is not a port or a port range")
+        lo = int(lo_s)
+        hi = int(hi_s) if sep else lo
+        if not (1 <= lo <= hi <= 65535):
+            raise ValueError(f"{item!r} is not within 1-65535")
+        ranges.append((lo, hi))
+    return ranges
+
+
+def format_port_list(ranges: list[tuple[int, int]]) -> str:
+    """Sorted, de-duplicated, canonical text of port ranges ('80,8000-8080')."""
+    seen: list[tuple[int, int]] = []
+    for r in sorted(set(ranges)):
+        if r not in seen:
+            seen.append(r)
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in seen)
+
+
+def parse_subnet_list(text: str) -> list[str]:
+    """'10.0.0.0/8, 192.168.1.1' -> canonical CIDRs; raises ValueError on junk."""
+    out: list[str] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if item:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+    return out
+
+
+def _with_tag(image: str, tag: str) -> str:
+    last = image.rsplit("/", 1)[-1]
+    if "@" in image or ":" in last or not tag:
+        return image
+    return f"{image}:{tag}"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _string(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string")
+    return value
+
+
+def _nonempty(key: str, value: Any) -> str:
+    if not _string(key, value).strip():
+        raise ConfigError(f"{key} must not be empty")
+    return value
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false")
+    return value
+
+
+def _choice(options: tuple[str, ...]) -> Any:
+    def check(key: str, value: Any) -> str:
+        if value not in options:
+            raise ConfigError(f"{key} must be one of {', '.join(options)}")
+        return str(value)
+
+    return check
+
+
+def _ports(key: str, value: Any) -> str:
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    try:
+        return format_port_list(parse_port_list(_string(key, value)))
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _subnets(key: str, value: Any) -> str:
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    try:
+        return ",".join(parse_subnet_list(_string(key, value)))
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _resources(key: str, value: Any) -> dict[str, dict[str, str]]:
+    if not isinstance(value, Mapping) or set(value) - {"requests", "limits"}:
+        raise ConfigError(f"{key} must be an object with 'requests' and/or 'limits'")
+    out: dict[str, dict[str, str]] = {}
+    for section, amounts in value.items():
+        if not isinstance(amounts, Mapping):
+            raise ConfigError(f"{key}.{section} must be an object")
+        checked: dict[str, str] = {}
+        for name, amount in amounts.items():
+            if name not in _RESOURCE_NAMES:
+                raise ConfigError(f"{key}.{section}: unknown resource {name!r}")
+            text = str(amount) if isinstance(amount, int | float) and not isinstance(amount, bool) else amount
+            if not isinstance(text, str) or not _QUANTITY.match(text):
+                raise ConfigError(f"{key}.{section}.{name}: {amount!r} is not a Kubernetes quantity")
+            checked[name] = text
+        if checked:
+            out[section] = checked
+    return out
+
+
+def _namespace(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+        raise ConfigError(f"{key} must be a namespace name")
+    return value
+
+
+# camelCase key -> (attribute, validator). The documented set (docs/architecture.md).
+_KEYS: dict[str, tuple[str, Any]] = {
+    "proxyImage": ("proxy_image", _nonempty),
+    "proxyVersion": ("proxy_version", _string),
+    "initImage": ("init_image", _string),
+    "imagePullPolicy": ("image_pull_policy", _choice(PULL_POLICIES)),
+    "proxyResources": ("proxy_resources", _resources),
+    "initResources": ("init_resources", _resources),
+    "logLevel": ("log_level", _choice(LOG_LEVELS)),
+    "nativeSidecar": ("native_sidecar", _bool),
+    "skipInboundPorts": ("skip_inbound_ports", _ports),
+    "skipOutboundPorts": ("skip_outbound_ports", _ports),
+    "skipSubnets": ("skip_subnets", _subnets),
+    "opaquePorts": ("opaque_ports", _ports),
+    "controlPlaneNamespace": ("control_plane_namespace", _namespace),
+}

@@ -1,0 +1,92 @@
+"""gunicorn settings for the webhook, driven by the environment the chart sets.
+
+    gunicorn -c python:webhook.gunicorn_conf webhook.wsgi:app
+
+| variable | meaning | default |
+| --- | --- | --- |
+| `MESH_TLS_CERT`, `MESH_TLS_KEY` | serving cert and key files (required; reloaded on change) | |
+| `MESH_CONFIG` | mesh config JSON file (`webhook.config`) | built-in defaults |
+| `MESH_WEBHOOK_BIND` | listen address | `0.0.0.0:8443` |
+| `MESH_WEBHOOK_WORKERS` | gevent worker processes | `2` |
+| `MESH_WEBHOOK_LOG_LEVEL` | gunicorn and webhook log level | `info` |
+| `PROMETHEUS_MULTIPROC_DIR` | where workers share metrics (a writable emptyDir) | a new dir under `$TMPDIR` |
+
+TLS 1.2 is the minimum. The config is checked in the master before any worker starts, so a bad
+ConfigMap stops the pod with one clear line.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import tempfile
+from typing import Any
+
+from webhook.config import ConfigError, load_config
+from webhook.tls import ReloadingTLS
+
+_cert = os.environ.get("MESH_TLS_CERT", "")
+_key = os.environ.get("MESH_TLS_KEY", "")
+if not _cert or not _key:
+    sys.exit("error: MESH_TLS_CERT and MESH_TLS_KEY must name the serving certificate and key files")
+
+bind = [os.environ.get("MESH_WEBHOOK_BIND", "0.0.0.0:8443")]
+worker_class = "gevent"
+workers = int(os.environ.get("MESH_WEBHOOK_WORKERS", "2"))
+worker_connections = 1000
+keepalive = 30  # the API server keeps its connections to webhooks open
+timeout = 30
+graceful_timeout = 10
+certfile = _cert
+keyfile = _key
+loglevel = os.environ.get("MESH_WEBHOOK_LOG_LEVEL", "info")
+errorlog = "-"
+accesslog = None
+proc_name = "mesh-webhook"
+control_socket_disable = True  # no admin socket: nothing to write under $HOME, nothing extra exposed
+# The heartbeat files must live on a writable filesystem: the container's root is read-only.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mesh-webhook-metrics-")
+
+_tls: ReloadingTLS | None = None
+
+
+def on_starting(server: Any) -> None:
+    """In the master, before workers: fail fast on a bad config or unusable TLS files."""
+    try:
+        load_config()
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
+    try:
+        ReloadingTLS(_cert, _key)
+    except (OSError, ValueError) as exc:
+        sys.exit(f"error: cannot load TLS certificate {_cert} / key {_key}: {exc}")
+    for stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.unlink(stale)  # counters of a previous run must not be added to this one
+
+
+def ssl_context(conf: Any, default_ssl_context_factory: Any) -> Any:
+    """Called in each worker: a TLS >= 1.2 context that follows certificate renewals."""
+    global _tls
+    if _tls is None:
+        _tls = ReloadingTLS(conf.certfile, conf.keyfile)
+    return _tls.context()
+
+
+def post_worker_init(worker: Any) -> None:
+    """A client that fails the TLS handshake (scanner, wrong CA) is routine, not a traceback."""
+    import ssl
+
+    import gevent
+
+    hub = gevent.get_hub()
+    hub.NOT_ERROR = (*hub.NOT_ERROR, ssl.SSLError, ConnectionError)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,427 @@
+"""The injector: (pod, namespace, namespace labels, mesh config) -> decision and mutated pod.
+
+Pure and I/O-free, shared by the admission webhook and `kubectl mesh inject`. The caller turns
+the result into a JSONPatch with `make_patch(original, mutated)` (the RFC 6902 diff), never
+with hand-built paths: hand-built patches are where injectors break (adding under a missing
+annotations map, unescaped '/' in label keys, replacing whole arrays).
+
+The input pod is never modified: the mutated pod shares untouched sub-objects with it, and
+every level on the way to a change is copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jsonpatch
+
+from kubectl_mesh import contract as c
+from webhook.config import (
+    ConfigError,
+    MeshConfig,
+    format_port_list,
+    load_config,
+    parse_port_list,
+)
+
+__all__ = [
+    "SKIP_REASONS",
+    "ConfigError",
+    "Decision",
+    "MeshConfig",
+    "Workload",
+    "inject_pod",
+    "is_injected",
+    "load_config",
+    "make_patch",
+    "uninject_pod",
+    "workload_of",
+]
+
+Pod = dict[str, Any]
+
+XTABLES_LOCK_VOLUME = "mesh-init-xtables-lock"  # iptables' lock dir; the init step's rootfs is read-only
+OTHER_MESH_CONTAINERS = frozenset({"istio-proxy", "istio-init", "linkerd-proxy", "linkerd-init"})
+POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
+
+# Skip reasons: stable codes used as the `reason` metric label and in reports.
+SKIP_SYSTEM_NAMESPACE = "system-namespace"
+SKIP_ALREADY_INJECTED = "already-injected"
+SKIP_OTHER_MESH = "other-mesh"
+SKIP_INVALID_LABEL = "invalid-label"
+SKIP_OPTED_OUT = "opted-out"
+SKIP_NOT_OPTED_IN = "not-opted-in"
+SKIP_HOST_NETWORK = "host-network"
+SKIP_INVALID_ANNOTATION = "invalid-annotation"
+SKIP_REASONS = (
+    SKIP_SYSTEM_NAMESPACE,
+    SKIP_ALREADY_INJECTED,
+    SKIP_OTHER_MESH,
+    SKIP_INVALID_LABEL,
+    SKIP_OPTED_OUT,
+    SKIP_NOT_OPTED_IN,
+    SKIP_HOST_NETWORK,
+    SKIP_INVALID_ANNOTATION,
+)
+
+_OWNER_KINDS = {
+    "StatefulSet": "statefulset",
+    "DaemonSet": "daemonset",
+    "Job": "job",
+    "CronJob": "cronjob",
+    "Deployment": "deployment",
+}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The owning workload, as the proxy reports it (`MESH_WORKLOAD_KIND`/`_NAME`)."""
+
+    kind: str  # one of contract.WORKLOAD_KINDS
+    name: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    injected: bool
+    pod: Pod  # the mutated pod when injected, else the input pod itself
+    reason: str = ""  # a SKIP_* code when skipped
+    message: str = ""  # one line for humans: why it was skipped
+
+    @property
+    def skipped(self) -> bool:
+        return not self.injected
+
+
+def make_patch(original: Pod, mutated: Pod) -> list[dict[str, Any]]:
+    """The RFC 6902 JSONPatch turning `original` into `mutated`."""
+    return list(jsonpatch.make_patch(original, mutated))
+
+
+def is_injected(pod: Mapping[str, Any]) -> bool:
+    """True when the pod already carries the proxy or the init step (by container name)."""
+    names = _container_names(pod)
+    return c.PROXY_CONTAINER_NAME in names or c.INIT_CONTAINER_NAME in names
+
+
+def workload_of(pod: Mapping[str, Any]) -> Workload:
+    """The workload owning a pod, from its controller ownerReference.
+
+    A ReplicaSet named `<deployment>-<pod-template-hash>` belongs to a Deployment (the hash is
+    the pod's `pod-template-hash` label); a Job made by a CronJob is reported as the Job (the
+    pod does not name the CronJob). A pod without a known owner is its own workload.
+    """
+    meta = _mapping(pod.get("metadata"))
+    owners = [o for o in meta.get("ownerReferences") or [] if isinstance(o, Mapping)]
+    owner = next((o for o in owners if o.get("controller") is True), owners[0] if owners else None)
+    if owner is not None and isinstance(owner.get("name"), str) and owner["name"]:
+        kind, name = owner.get("kind"), owner["name"]
+        if kind == "ReplicaSet":
+            pod_hash = _mapping(meta.get("labels")).get(POD_TEMPLATE_HASH_LABEL)
+            if isinstance(pod_hash, str) and pod_hash and name.endswith(f"-{pod_hash}"):
+                return Workload("deployment", name[: -len(pod_hash) - 1])
+            return Workload("replicaset", name)
+        if kind in _OWNER_KINDS:
+            return Workload(_OWNER_KINDS[kind], name)
+    name = meta.get("name") or str(meta.get("generateName") or "").rstrip("-.") or "unknown"
+    return Workload("pod", str(name))
+
+
+def inject_pod(
+    pod: Pod,
+    namespace: str | None,
+    namespace_labels: Mapping[str, str] | None,
+    config: MeshConfig,
+    *,
+    workload: Workload | None = None,
+    injected_by: str = "kubectl-mesh",
+) -> Decision:
+    """Decide whether `pod` joins the mesh and, if so, return it with the proxy added.
+
+    `namespace_labels=None` means the caller already vouched for the opt-in: the webhook
+    configuration's selectors only send opted-in pods, and `kubectl mesh inject` is an explicit
+    request. `workload` overrides the owner derived from ownerReferences (pod templates have none).
+    """
+    meta = _mapping(pod.get("metadata"))
+    spec = _mapping(pod.get("spec"))
+    labels = _mapping(meta.get("labels"))
+    annotations = _mapping(meta.get("annotations"))
+
+    never = c.NEVER_INJECT_NAMESPACES | {config.control_plane_namespace}
+    if namespace in never:
+        return _skip(pod, SKIP_SYSTEM_NAMESPACE, f"namespace {namespace} is never injected")
+    if is_injected(pod):
+        return _skip(pod, SKIP_ALREADY_INJECTED, "pod already has the mesh proxy")
+    other = sorted(_container_names(pod) & OTHER_MESH_CONTAINERS)
+    if other:
+        return _skip(pod, SKIP_OTHER_MESH, f"pod already has another mesh's sidecar ({other[0]})")
+    pod_opt = labels.get(c.INJECT_LABEL)
+    if pod_opt is not None and pod_opt not in (c.INJECT_ENABLED, c.INJECT_DISABLED):
+        return _skip(pod, SKIP_INVALID_LABEL, f"pod label {c.INJECT_LABEL}={pod_opt} is not enabled|disabled")
+    if pod_opt == c.INJECT_DISABLED:
+        return _skip(pod, SKIP_OPTED_OUT, f"pod label {c.INJECT_LABEL}=disabled")
+    if namespace_labels is not None:
+        ns_opt = namespace_labels.get(c.INJECT_LABEL)
+        if ns_opt is not None and ns_opt not in (c.INJECT_ENABLED, c.INJECT_DISABLED):
+            return _skip(
+                pod, SKIP_INVALID_LABEL, f"namespace label {c.INJECT_LABEL}={ns_opt} is not enabled|disabled"
+            )
+        if not (ns_opt == c.INJECT_ENABLED or (ns_opt is None and pod_opt == c.INJECT_ENABLED)):
+            return _skip(pod, SKIP_NOT_OPTED_IN, f"neither namespace nor pod has {c.INJECT_LABEL}=enabled")
+    if spec.get("hostNetwork") is True:
+        return _skip(pod, SKIP_HOST_NETWORK, "pod uses hostNetwork")
+
+    try:
+        ports = _ports_for(annotations, config)
+    except ValueError as exc:
+        return _skip(pod, SKIP_INVALID_ANNOTATION, str(exc))
+
+    owner = workload or workload_of(pod)
+    return Decision(True, _mutate(pod, namespace, owner, ports, config, injected_by))
+
+
+def uninject_pod(pod: Pod) -> tuple[Pod, bool]:
+    """Remove exactly what `inject_pod` added; returns (pod, whether anything was removed)."""
+    if not is_injected(pod) and not _has_mesh_metadata(pod):
+        return pod, False
+    out = dict(pod)
+    meta = dict(_mapping(pod.get("metadata")))
+    labels = {k: v for k, v in _mapping(meta.get("labels")).items() if k not in _INJECTED_LABELS}
+    annotations = {
+        k: v for k, v in _mapping(meta.get("annotations")).items() if k not in _INJECTED_ANNOTATIONS
+    }
+    _set_or_drop(meta, "labels", labels)
+    _set_or_drop(meta, "annotations", annotations)
+    out["metadata"] = meta
+    spec = dict(_mapping(pod.get("spec")))
+    mesh_names = {c.INIT_CONTAINER_NAME, c.PROXY_CONTAINER_NAME}
+    inits = [x for x in spec.get("initContainers") or [] if _name(x) not in mesh_names]
+    containers = [x for x in spec.get("containers") or [] if _name(x) != c.PROXY_CONTAINER_NAME]
+    volumes = [v for v in spec.get("volumes") or [] if _name(v) != XTABLES_LOCK_VOLUME]
+    _set_or_drop(spec, "initContainers", inits)
+    if "containers" in spec:
+        spec["containers"] = containers
+    _set_or_drop(spec, "volumes", volumes)
+    out["spec"] = spec
+    return out, True
+
+
+# --- the mutation ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Ports:
+    inbound_ignore: str
+    outbound_ignore: str
+    opaque: str
+
+
+def _ports_for(annotations: Mapping[str, Any], config: MeshConfig) -> _Ports:
+    def annotation(key: str) -> list[tuple[int, int]]:
+        value = annotations.get(key)
+        if value is None:
+            return []
+        try:
+            return parse_port_list(str(value))
+        except ValueError as exc:
+            raise ValueError(f"annotation {key}: {exc}") from None
+
+    inbound = [(p, p) for p in c.DEFAULT_INBOUND_PORTS_TO_IGNORE]
+    inbound += parse_port_list(config.skip_inbound_ports) + annotation(c.SKIP_INBOUND_PORTS_ANNOTATION)
+    outbound = parse_port_list(config.skip_outbound_ports) + annotation(c.SKIP_OUTBOUND_PORTS_ANNOTATION)
+    if c.OPAQUE_PORTS_ANNOTATION in annotations:
+        opaque = annotation(c.OPAQUE_PORTS_ANNOTATION)
+    else:
+        opaque = parse_port_list(config.opaque_ports)
+    return _Ports(format_port_list(inbound), format_port_list(outbound), format_port_list(opaque))
+
+
+def _mutate(
+    pod: Pod, namespace: str | None, owner: Workload, ports: _Ports, config: MeshConfig, injected_by: str
+) -> Pod:
+    out = dict(pod)
+    meta = dict(_mapping(pod.get("metadata")))
+    labels = dict(_mapping(meta.get("labels")))
+    labels[c.PROXY_WORKLOAD_LABEL_PREFIX + owner.kind] = _label_value(owner.name)
+    labels[c.CONTROL_PLANE_NS_LABEL] = config.control_plane_namespace
+    if namespace:
+        labels[c.WORKLOAD_NS_LABEL] = namespace
+    annotations = dict(_mapping(meta.get("annotations")))
+    annotations[c.PROXY_VERSION_ANNOTATION] = config.proxy_version
+    annotations[c.INJECTED_BY_ANNOTATION] = injected_by
+    meta["labels"] = labels
+    meta["annotations"] = annotations
+    out["metadata"] = meta
+
+    spec = dict(_mapping(pod.get("spec")))
+    user_inits = list(spec.get("initContainers") or [])
+    proxy = _proxy_container(owner, ports, config)
+    if config.native_sidecar:
+        spec["initContainers"] = [_init_container(ports, config), proxy, *user_inits]
+    else:
+        spec["initContainers"] = [_init_container(ports, config), *user_inits]
+        spec["containers"] = [proxy, *list(spec.get("containers") or [])]
+    spec["volumes"] = [*list(spec.get("volumes") or []), {"name": XTABLES_LOCK_VOLUME, "emptyDir": {}}]
+    out["spec"] = spec
+    return out
+
+
+def _init_container(ports: _Ports, config: MeshConfig) -> dict[str, Any]:
+    command = [
+        "mesh-proxy", "init",
+        "--proxy-uid", str(c.PROXY_UID),
+        "--inbound-port", str(c.PROXY_INBOUND_PORT),
+        "--outbound-port", str(c.PROXY_OUTBOUND_PORT),
+        "--inbound-ports-to-ignore", ports.inbound_ignore,
+    ]  # fmt: skip
+    if ports.outbound_ignore:
+        command += ["--outbound-ports-to-ignore", ports.outbound_ignore]
+    if config.skip_subnets:
+        command += ["--subnets-to-ignore", config.skip_subnets]
+    return {
+        "name": c.INIT_CONTAINER_NAME,
+        "image": config.init_image_ref,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": command,
+        "resources": _plain(config.init_resources),
+        "securityContext": {
+            # Root only to write iptables rules; nothing else.
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "privileged": False,
+            "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": XTABLES_LOCK_VOLUME, "mountPath": "/run"}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def _proxy_container(owner: Workload, ports: _Ports, config: MeshConfig) -> dict[str, Any]:
+    admin = {"path": "/ready", "port": c.PROXY_ADMIN_PORT}
+    container: dict[str, Any] = {
+        "name": c.PROXY_CONTAINER_NAME,
+        "image": config.proxy_image_ref,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["mesh-proxy", "run"],
+        "env": [
+            _field_env(c.ENV_POD_NAME, "metadata.name"),
+            _field_env(c.ENV_POD_NAMESPACE, "metadata.namespace"),
+            _field_env(c.ENV_POD_IP, "status.podIP"),
+            _field_env(c.ENV_SERVICE_ACCOUNT, "spec.serviceAccountName"),
+            {"name": c.ENV_WORKLOAD_KIND, "value": owner.kind},
+            {"name": c.ENV_WORKLOAD_NAME, "value": owner.name},
+            {"name": c.ENV_LOG_LEVEL, "value": config.log_level},
+            {"name": c.ENV_OPAQUE_PORTS, "value": ports.opaque},
+        ],
+        "ports": [
+            {"name": c.PROXY_PORT_NAME, "containerPort": c.PROXY_INBOUND_PORT, "protocol": "TCP"},
+            {"name": c.ADMIN_PORT_NAME, "containerPort": c.PROXY_ADMIN_PORT, "protocol": "TCP"},
+        ],
+        "livenessProbe": {
+            "httpGet": {"path": "/live", "port": c.PROXY_ADMIN_PORT},
+            "periodSeconds": 10,
+            "timeoutSeconds": 1,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": dict(admin),
+            "periodSeconds": 5,
+            "timeoutSeconds": 1,
+            "failureThreshold": 3,
+        },
+        "resources": _plain(config.proxy_resources),
+        "securityContext": {
+            "runAsUser": c.PROXY_UID,
+            "runAsGroup": c.PROXY_UID,
+            "runAsNonRoot": True,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if config.native_sidecar:
+        # Restartable init container: starts before the app containers (which wait for the
+        # startup probe) and does not keep a Job's pod alive after the app exits.
+        container["restartPolicy"] = "Always"
+        container["startupProbe"] = {
+            "httpGet": dict(admin),
+            "periodSeconds": 1,
+            "timeoutSeconds": 1,
+            "failureThreshold": 120,
+        }
+    else:
+        container["livenessProbe"]["initialDelaySeconds"] = 10
+    return container
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+_INJECTED_LABELS = frozenset(
+    {c.PROXY_WORKLOAD_LABEL_PREFIX + kind for kind in c.WORKLOAD_KINDS}
+    | {c.CONTROL_PLANE_NS_LABEL, c.WORKLOAD_NS_LABEL}
+)
+_INJECTED_ANNOTATIONS = frozenset({c.PROXY_VERSION_ANNOTATION, c.INJECTED_BY_ANNOTATION})
+
+
+def _skip(pod: Pod, reason: str, message: str) -> Decision:
+    return Decision(False, pod, reason, message)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _name(obj: Any) -> Any:
+    return obj.get("name") if isinstance(obj, Mapping) else None
+
+
+def _container_names(pod: Mapping[str, Any]) -> set[str]:
+    spec = _mapping(pod.get("spec"))
+    names: set[str] = set()
+    for key in ("initContainers", "containers"):
+        for container in spec.get(key) or []:
+            name = _name(container)
+            if isinstance(name, str):
+                names.add(name)
+    return names
+
+
+def _has_mesh_metadata(pod: Mapping[str, Any]) -> bool:
+    meta = _mapping(pod.get("metadata"))
+    return bool(
+        set(_mapping(meta.get("labels"))) & _INJECTED_LABELS
+        or set(_mapping(meta.get("annotations"))) & _INJECTED_ANNOTATIONS
+    )
+
+
+def _set_or_drop(obj: dict[str, Any], key: str, value: Mapping[str, Any] | list[Any]) -> None:
+    if value:
+        obj[key] = value
+    else:
+        obj.pop(key, None)
+
+
+def _label_value(name: str) -> str:
+    """A valid label value (<= 63 chars, alphanumeric at both ends) for an object name."""
+    value = name[:63]
+    while value and not value[-1].isalnum():
+        value = value[:-1]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
