@@ -1,0 +1,55 @@
+"""The admin listener (:4191): /live, /ready (503 until listeners are up and while draining), /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from gevent.pywsgi import WSGIServer
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from .server import Proxy
+
+StartResponse = Callable[..., Any]
+
+
+def make_registry(proxy: Proxy) -> CollectorRegistry:
+    """The proxy's metrics plus the default process metrics (Grafana reads process_start_time_seconds)."""
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    registry.register(proxy.metrics)
+    return registry
+
+
+def admin_app(proxy: Proxy) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
+    registry = make_registry(proxy)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            status, body, ctype = "405 Method Not Allowed", b"method not allowed\n", "text/plain"
+        elif path == "/metrics":
+            status, body, ctype = "200 OK", generate_latest(registry), CONTENT_TYPE_LATEST
+        elif path == "/live":
+            status, body, ctype = "200 OK", b"live\n", "text/plain"
+        elif path == "/ready":
+            if proxy.ready:
+                status, body, ctype = "200 OK", b"ready\n", "text/plain"
+            else:
+                status, body, ctype = "503 Service Unavailable", b"not ready\n", "text/plain"
+        else:
+            status, body, ctype = "404 Not Found", b"not found\n", "text/plain"
+        start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+def serve_admin(proxy: Proxy, address: tuple[str, int]) -> WSGIServer:
+    server = WSGIServer(address, admin_app(proxy), log=None, error_log=None)
+    server.start()
+    return server

@@ -1,0 +1,447 @@
+"""HTTP/1.1 for a proxy, without sockets (the sans-IO idea of h11).
+
+`RequestReader`/`ResponseReader` turn bytes into events using llhttp (via httptools):
+(HEAD, head), (BODY, bytes), (END, None), (UPGRADE, leftover bytes). The functions below
+decide what a proxy forwards: hop-by-hop headers (RFC 9110 §7.6.1) are dropped, the mesh's
+identity headers are stripped and re-set, bodies are re-framed for the next hop (RFC 9112 §6).
+Nothing here touches a socket, so every rule is unit-tested with plain bytes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import httptools
+
+from kubectl_mesh.contract import DST_HEADER, SRC_HEADER
+
+HEAD, BODY, END, UPGRADE = 0, 1, 2, 3
+Event = tuple[int, Any]
+
+MAX_HEADER_BYTES = 32 * 1024  # total of names and values; more → 431
+MAX_HEADERS = 100  # more → 431
+MAX_TARGET_BYTES = 8 * 1024  # request target; more → 414
+
+_SRC = SRC_HEADER.encode()
+_DST = DST_HEADER.encode()
+MESH_HEADERS = frozenset({_SRC, _DST})
+HOP_BY_HOP = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+        b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+    }
+)  # fmt: skip
+_RECORDED = frozenset({b"host", b"content-length", b"expect"})
+_SPECIAL = HOP_BY_HOP | MESH_HEADERS | _RECORDED
+_CONNECTION_OPTIONS_KEPT = frozenset({b"close", b"keep-alive", b"upgrade"})
+
+# Body modes of a message.
+NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
+
+REASONS = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    508: b"Loop Detected",
+}
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not HTTP/1.x we can forward; `status` is our answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Head:
+    """The parts of a request or response head a proxy acts on; `headers` are end-to-end only."""
+
+    __slots__ = (
+        "body_mode",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "host",
+        "keep_alive",
+        "mesh",
+        "method",
+        "reason",
+        "status",
+        "target",
+        "transfer_encoding",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.status = 0
+        self.reason = b""
+        self.version = "1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.keep_alive = True
+        self.upgrade: bytes | None = None  # the Upgrade header's value when the peer asks to switch
+        self.transfer_encoding: bytes | None = None
+        self.content_length: bytes | None = None
+        self.host: bytes | None = None
+        self.expect_continue = False
+        self.mesh: dict[bytes, bytes] = {}  # identity headers the peer sent (x-mesh-src/x-mesh-dst)
+        self.body_mode = NO_BODY
+
+
+def split_headers(raw: list[tuple[bytes, bytes]], head: Head) -> None:
+    """Fill `head.headers` with the end-to-end headers of `raw`; record the ones a proxy acts on.
+
+    Drops hop-by-hop headers, the headers the Connection header names, and the mesh's identity
+    headers (kept aside in `head.mesh`, never forwarded as the peer sent them).
+    """
+    kept: list[tuple[bytes, bytes]] = []
+    connection_options: list[bytes] = []
+    upgrade = None
+    for name, value in raw:
+        lname = name.lower()
+        if lname not in _SPECIAL:
+            kept.append((name, value))
+        elif lname == b"host":
+            head.host = value.strip()
+            kept.append((name, value))
+        elif lname == b"content-length":
+            head.content_length = value.strip()
+            kept.append((name, value))
+        elif lname == b"expect":
+            if value.strip().lower() == b"100-continue":
+                head.expect_continue = True
+            kept.append((name, value))
+        elif lname in MESH_HEADERS:
+            head.mesh[lname] = value
+        elif lname == b"connection":
+            connection_options.extend(t.strip().lower() for t in value.split(b","))
+        elif lname == b"transfer-encoding":
+            te = value.strip()
+            previous = head.transfer_encoding
+            head.transfer_encoding = te if previous is None else previous + b", " + te
+        elif lname == b"upgrade":
+            upgrade = value.strip()
+    if upgrade is not None and b"upgrade" in connection_options:
+        head.upgrade = upgrade
+    extra = [o for o in connection_options if o and o not in _CONNECTION_OPTIONS_KEPT]
+    if extra:
+        named = frozenset(extra)
+        kept = [(n, v) for n, v in kept if n.lower() not in named]
+    head.headers = kept
+
+
+def is_chunked(transfer_encoding: bytes | None) -> bool:
+    if transfer_encoding is None:
+        return False
+    return transfer_encoding.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
+
+
+class _Reader:
+    """Shared callback plumbing: llhttp calls these, they append events."""
+
+    def __init__(self) -> None:
+        self.events: deque[Event] = deque()
+        self._raw: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._limit_error: ProtocolError | None = None
+
+    def on_message_begin(self) -> None:
+        self._raw = []
+        self._header_bytes = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > MAX_HEADER_BYTES or len(self._raw) >= MAX_HEADERS:
+            self._limit_error = ProtocolError(431, "header section too large")
+            raise self._limit_error
+        self._raw.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append((BODY, body))
+
+    def _feed(self, parser: Any, data: bytes) -> None:
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self.events.append((UPGRADE, data[upgrade.args[0] :]))
+        except httptools.HttpParserError as error:
+            if self._limit_error is not None:
+                raise self._limit_error from None
+            raise ProtocolError(400, str(error) or "malformed message") from None
+
+
+class RequestReader(_Reader):
+    """Bytes from a client → request events. Pipelined requests queue up in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parser = httptools.HttpRequestParser(self)
+        self._target: list[bytes] = []
+        self._target_bytes = 0
+
+    def feed(self, data: bytes) -> None:
+        """Parse `data`; raises ProtocolError (status 400/414/431) on input that is not forwardable."""
+        self._feed(self._parser, data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._target = []
+        self._target_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._target_bytes += len(url)
+        if self._target_bytes > MAX_TARGET_BYTES:
+            self._limit_error = ProtocolError(414, "request target too long")
+            raise self._limit_error
+        self._target.append(url)
+
+    def on_headers_complete(self) -> None:
+        p = self._parser
+        head = Head()
+        head.method = p.get_method()
+        head.target = b"".join(self._target)
+        head.version = p.get_http_version()
+        head.keep_alive = p.should_keep_alive()
+        split_headers(self._raw, head)
+        if is_chunked(head.transfer_encoding):
+            head.body_mode = CHUNKED
+        elif head.content_length is not None and head.content_length != b"0":
+            head.body_mode = LENGTH
+        self.events.append((HEAD, head))
+
+    def on_message_complete(self) -> None:
+        self.events.append((END, None))
+
+
+class ResponseReader(_Reader):
+    """Bytes from an upstream → response events, for one request at a time.
+
+    Call `start(method)` before each request: a response to HEAD has no body whatever its
+    headers say, which llhttp cannot be told, so the parser is replaced after such a response.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parser = httptools.HttpResponseParser(self)
+        self._reason = b""
+        self._head_request = False
+        self._dirty = False
+        self._mode = NO_BODY
+        self._in_body = False
+
+    def start(self, method: bytes) -> None:
+        if self._dirty:
+            self._parser = httptools.HttpResponseParser(self)
+            self._dirty = False
+        self._head_request = method == b"HEAD"
+        self._in_body = False
+
+    def feed(self, data: bytes) -> None:
+        """Parse `data`; raises ProtocolError (502 for the client) on a malformed response."""
+        try:
+            self._feed(self._parser, data)
+        except ProtocolError as error:
+            raise ProtocolError(502, "malformed response: " + error.reason) from None
+
+    def eof(self) -> bool:
+        """The upstream closed: True if that ends the current response (close-delimited body)."""
+        if self._in_body and self._mode == UNTIL_CLOSE:
+            self._in_body = False
+            self.events.append((END, None))
+            return True
+        return False
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_headers_complete(self) -> None:
+        p = self._parser
+        head = Head()
+        head.status = status = p.get_status_code()
+        head.reason = self._reason
+        head.version = p.get_http_version()
+        head.keep_alive = p.should_keep_alive()
+        split_headers(self._raw, head)
+        if status < 200 or status in (204, 304) or self._head_request:
+            head.body_mode = NO_BODY
+        elif is_chunked(head.transfer_encoding):
+            head.body_mode = CHUNKED
+        elif head.content_length is not None:
+            head.body_mode = LENGTH if head.content_length != b"0" else NO_BODY
+        else:
+            head.body_mode = UNTIL_CLOSE
+            head.keep_alive = False
+        self._mode = head.body_mode
+        self.events.append((HEAD, head))
+        if status >= 200:
+            self._in_body = True
+            if self._head_request:
+                self._dirty = True
+                self._in_body = False
+                self.events.append((END, None))
+
+    def on_body(self, body: bytes) -> None:
+        if self._in_body:
+            self.events.append((BODY, body))
+
+    def on_message_complete(self) -> None:
+        if self._in_body:  # 1xx and HEAD responses were completed already
+            self._in_body = False
+            self.events.append((END, None))
+
+
+# --- What goes on the wire to the next hop ---------------------------------------------------
+
+
+def encode_request_head(head: Head, target: bytes, extra: list[tuple[bytes, bytes]]) -> bytes:
+    """The request line and headers for the upstream: always HTTP/1.1, end-to-end headers + extra."""
+    parts = [head.method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in head.headers:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in extra:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def request_framing(head: Head) -> list[tuple[bytes, bytes]]:
+    """Hop-by-hop headers the proxy itself must send upstream for this request."""
+    extra: list[tuple[bytes, bytes]] = []
+    if head.body_mode == CHUNKED:
+        extra.append((b"Transfer-Encoding", head.transfer_encoding or b"chunked"))
+    if head.upgrade is not None:
+        extra.append((b"Connection", b"upgrade"))
+        extra.append((b"Upgrade", head.upgrade))
+    return extra
+
+
+def encode_response_head(
+    head: Head, client_version: str, keep_alive: bool, chunked: bool, extra: list[tuple[bytes, bytes]]
+) -> bytes:
+    """The status line and headers for the client, with the framing the proxy chose."""
+    parts = [b"HTTP/1.1 ", str(head.status).encode(), b" ", head.reason, b"\r\n"]
+    for name, value in head.headers:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in extra:
+        parts += (name, b": ", value, b"\r\n")
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if head.status == 101 and head.upgrade is not None:
+        parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
+    elif not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    elif client_version == "1.0":
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def response_plan(head: Head, client_version: str) -> tuple[bool, bool]:
+    """(send chunked to the client, keep the client connection) for a final response.
+
+    Chunked and close-delimited bodies reach an HTTP/1.1 client chunked, so its connection
+    survives; an HTTP/1.0 client cannot read chunks and gets a close-delimited body instead.
+    """
+    if head.body_mode in (CHUNKED, UNTIL_CLOSE):
+        if client_version == "1.1":
+            return True, True
+        return False, False
+    return False, True
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def error_response(status: int, extra: list[tuple[bytes, bytes]] | None = None, close: bool = True) -> bytes:
+    """A small response the proxy itself answers with (400, 431, 502, 504 …)."""
+    reason = REASONS.get(status, b"Error")
+    body = reason + b"\n"
+    parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason), b"Content-Type: text/plain\r\n"]
+    parts.append(b"Content-Length: %d\r\n" % len(body))
+    for name, value in extra or ():
+        parts += (name, b": ", value, b"\r\n")
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts += (b"\r\n", body)
+    return b"".join(parts)
+
+
+def classify(status: int, error: str) -> str:
+    """Linkerd's rule: a 5xx or a proxy error is a failure, everything else a success."""
+    return "failure" if error or status >= 500 else "success"
+
+
+def split_authority(authority: bytes, default_port: int) -> tuple[str, int] | None:
+    """`host[:port]` (IPv6 in brackets) → (host, port), or None when it is not a usable address."""
+    text = authority.decode("ascii", "replace").strip()
+    if not text or any(c in text for c in " /?#@\\"):
+        return None
+    if text.startswith("["):
+        end = text.find("]")
+        if end == -1:
+            return None
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            return None
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif ":" in text:
+        return None
+    else:
+        host, port_text = text, ""
+    if not host:
+        return None
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        return None
+    return host, int(port_text)
+
+
+def forward_proxy_target(head: Head) -> tuple[tuple[str, int], bytes, bytes] | None:
+    """For the explicit outbound mode: ((host, port), origin-form target, authority) or None.
+
+    `http_proxy` clients send the absolute form `http://host:port/path`; others name the
+    destination only in Host. `https://` targets are refused: the proxy does not originate TLS.
+    """
+    target = head.target
+    if target[:7].lower() == b"http://":
+        rest = target[7:]
+        cut = len(rest)
+        for sep in (b"/", b"?", b"#"):
+            i = rest.find(sep)
+            if i != -1 and i < cut:
+                cut = i
+        authority, path = rest[:cut], rest[cut:]
+        if not path.startswith(b"/"):
+            path = b"/" + path
+        address = split_authority(authority, 80)
+        return (address, path, authority) if address else None
+    if not target.startswith(b"/") and target != b"*":
+        return None
+    if head.host is None:
+        return None
+    address = split_authority(head.host, 80)
+    return (address, target, head.host) if address else None
