@@ -1,0 +1,193 @@
+"""`kubectl mesh inject`: add the mesh proxy to the pod templates of manifests.
+
+    kubectl mesh inject app.yaml | kubectl apply -f -
+
+The same pure injector as the admission webhook (`webhook.injector`), applied to each
+workload's pod template. Other objects pass through unchanged. The YAML goes to stdout only
+once every input has been read and parsed (a bad file leaves stdout empty); a per-object report
+goes to stderr, like `linkerd inject`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from kubectl_mesh import __version__
+from kubectl_mesh.cli import CliError
+
+if TYPE_CHECKING:
+    from webhook.config import MeshConfig
+    from webhook.injector import Workload
+
+INJECTED_BY = f"kubectl-mesh/{__version__}"
+
+# kind -> path from the object to its pod template ([] for a Pod: the object is the pod).
+TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
+    "Pod": (),
+    "Deployment": ("spec", "template"),
+    "StatefulSet": ("spec", "template"),
+    "DaemonSet": ("spec", "template"),
+    "ReplicaSet": ("spec", "template"),
+    "Job": ("spec", "template"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
+}
+
+# (pod or template, namespace, workload or None) -> (new pod, None) or (unchanged pod, skip reason)
+PodAction = Callable[[dict[str, Any], "str | None", "Workload | None"], tuple[dict[str, Any], "str | None"]]
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "inject",
+        help="add the mesh proxy to the workloads in manifests (YAML on stdout)",
+        description="Add the mesh proxy to the pod templates of Deployments, StatefulSets, DaemonSets, "
+        "ReplicaSets, Jobs, CronJobs and Pods. Other objects pass through unchanged. "
+        "Example: kubectl mesh inject app.yaml | kubectl apply -f -",
+    )
+    add_input_arguments(parser)
+    parser.add_argument("--config", metavar="FILE", help="mesh config JSON (the chart's ConfigMap keys)")
+    parser.add_argument("--proxy-image", help="proxy image (default from the mesh config)")
+    parser.add_argument("--proxy-version", help="proxy image tag and proxy-version annotation")
+    parser.add_argument("--init-image", help="image of the mesh-init step (default: the proxy image)")
+    parser.add_argument("--proxy-log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--skip-inbound-ports", metavar="PORTS", help="e.g. 25,3306,8000-8100")
+    parser.add_argument("--skip-outbound-ports", metavar="PORTS", help="e.g. 25,3306")
+    parser.add_argument(
+        "--no-native-sidecar",
+        action="store_true",
+        help="proxy as the first app container instead of a native sidecar (Kubernetes < 1.29)",
+    )
+    parser.set_defaults(func=run)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="manifest file, directory (walked for *.yaml, *.yml, *.json) or - for stdin",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from webhook.injector import inject_pod
+
+    config = build_config(args)
+
+    def inject(
+        pod: dict[str, Any], namespace: str | None, workload: Workload | None
+    ) -> tuple[dict[str, Any], str | None]:
+        decision = inject_pod(pod, namespace, None, config, workload=workload, injected_by=INJECTED_BY)
+        return decision.pod, (None if decision.injected else decision.message)
+
+    return transform_files(args.files, inject, done="injected")
+
+
+def build_config(args: argparse.Namespace) -> MeshConfig:
+    """The mesh config: --config's JSON, then the flags on top; errors become one line."""
+    import json
+
+    from webhook.config import ConfigError, MeshConfig
+
+    mapping: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as fh:
+                loaded = json.load(fh)
+        except OSError as exc:
+            raise CliError(f"cannot read --config {args.config}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise CliError(f"--config {args.config} is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise CliError(f"--config {args.config} must hold a JSON object")
+        mapping.update(loaded)
+    flags = {
+        "proxyImage": args.proxy_image,
+        "proxyVersion": args.proxy_version,
+        "initImage": args.init_image,
+        "logLevel": args.proxy_log_level,
+        "skipInboundPorts": args.skip_inbound_ports,
+        "skipOutboundPorts": args.skip_outbound_ports,
+    }
+    mapping.update({k: v for k, v in flags.items() if v is not None})
+    if args.no_native_sidecar:
+        mapping["nativeSidecar"] = False
+    try:
+        return MeshConfig.from_mapping(mapping)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def transform_files(paths: list[str], action: PodAction, done: str) -> int:
+    """Read every input, apply `action` to every pod template, then write YAML and the report."""
+    from kubectl_mesh import manifests
+
+    try:
+        sources = manifests.read_sources(paths, sys.stdin)
+        parsed = [(src.name, manifests.parse_documents(src)) for src in sources]
+    except manifests.ManifestError as exc:
+        raise CliError(str(exc)) from None
+    out: list[Any] = []
+    report: list[str] = []
+    for name, docs in parsed:
+        for index, doc in enumerate(docs, start=1):
+            if not isinstance(doc, dict):
+                raise CliError(f"{name}: document {index} is not a Kubernetes object")
+            out.append(transform_object(doc, action, done, report))
+    text = manifests.dump_yaml(out)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    if report:
+        print("\n".join(report), file=sys.stderr)
+    return 0
+
+
+def transform_object(obj: dict[str, Any], action: PodAction, done: str, report: list[str]) -> dict[str, Any]:
+    """One object (or List) with `action` applied to its pod template; appends report lines."""
+    kind = obj.get("kind")
+    items = obj.get("items")
+    if isinstance(kind, str) and kind.endswith("List") and isinstance(items, list):
+        new_items = [
+            transform_object(item, action, done, report) if isinstance(item, dict) else item for item in items
+        ]
+        return {**obj, "items": new_items}
+    raw_meta = obj.get("metadata")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+    name = meta.get("name") or meta.get("generateName") or "<unnamed>"
+    label = f'{str(kind or "object").lower()} "{name}"'
+    if not isinstance(kind, str) or kind not in TEMPLATE_PATHS:
+        report.append(f"{label} skipped: not a workload")
+        return obj
+    path = TEMPLATE_PATHS[kind]
+    template = _get(obj, path)
+    if not isinstance(template, dict):
+        report.append(f"{label} skipped: no pod template")
+        return obj
+    from webhook.injector import Workload
+
+    namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else None
+    workload = None if kind == "Pod" else Workload(kind.lower(), str(name))
+    new_template, skipped = action(template, namespace, workload)
+    if skipped is not None:
+        report.append(f"{label} skipped: {skipped}")
+        return obj
+    report.append(f"{label} {done}")
+    return _set(obj, path, new_template)
+
+
+def _get(obj: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _set(obj: dict[str, Any], path: tuple[str, ...], value: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `obj` with `value` at `path`, copying only the dicts on the way."""
+    if not path:
+        return value
+    return {**obj, path[0]: _set(obj[path[0]], path[1:], value)}
