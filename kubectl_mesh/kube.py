@@ -1,0 +1,430 @@
+"""Talking to the Kubernetes API: kubeconfig (--kubeconfig, $KUBECONFIG, --context) and requests.
+
+Two clients over one loaded kubeconfig:
+- `KubeClient`: a small JSON-over-HTTPS client on the standard library (`http.client`, `ssl`). The
+  commands users run all the time (`stat`, `check`, `version`, completion) use it, because
+  importing the `kubernetes` package alone costs about 0.25 s — most of the CLI's budget.
+- `api_client(config)`: the official `kubernetes.client.ApiClient` for the same cluster, user
+  and namespace, imported only when called (install/inject use its typed models).
+
+Authentication: client certificates (file or data), bearer tokens (token, tokenFile), basic auth
+and `exec` credential plugins (client.authentication.k8s.io ExecCredential: token or client
+certificate). Errors are `KubeError` with a one-line message that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
+
+if TYPE_CHECKING:
+    import http.client
+    import ssl
+
+DEFAULT_KUBECONFIG = "~/.kube/config"
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class KubeError(Exception):
+    """A failure talking to the cluster, as one line for the user; `status` is the HTTP status."""
+
+    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class KubeConfig:
+    """What one context of a kubeconfig resolves to."""
+
+    server: str
+    context: str
+    namespace: str = "default"
+    namespace_from_context: bool = False
+    ca_data: bytes | None = None  # PEM
+    insecure: bool = False
+    tls_server_name: str | None = None
+    client_cert_data: bytes | None = None  # PEM
+    client_key_data: bytes | None = None
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+    exec_spec: dict[str, Any] | None = None
+    source: str = ""  # the kubeconfig file(s), for messages
+    raw_user: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def _kubeconfig_paths(explicit: str | None) -> list[Path]:
+    if explicit:
+        return [Path(explicit).expanduser()]
+    env = os.environ.get("KUBECONFIG")
+    if env:
+        return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+    return [Path(DEFAULT_KUBECONFIG).expanduser()]
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        data = yaml.load(path.read_text(), Loader=loader)  # a safe loader (C if available)
+    except yaml.YAMLError as exc:
+        raise KubeError(f"kubeconfig {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _read(base: Path, entry: dict[str, Any], file_key: str, data_key: str) -> bytes | None:
+    if entry.get(data_key):
+        return base64.b64decode(entry[data_key])
+    if entry.get(file_key):
+        path = Path(entry[file_key]).expanduser()
+        if not path.is_absolute():
+            path = base / path
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise KubeError(f"cannot read {file_key} {path}: {exc.strerror}") from None
+    return None
+
+
+def load_config(kubeconfig: str | None = None, context: str | None = None) -> KubeConfig:
+    """Resolve the context like kubectl: files merged first-wins, --context over current-context."""
+    paths = _kubeconfig_paths(kubeconfig)
+    existing = [p for p in paths if p.is_file()]
+    source = os.pathsep.join(str(p) for p in paths)
+    if not existing:
+        raise KubeError(
+            f"no kubeconfig found at {source}: point --kubeconfig or $KUBECONFIG at one "
+            "(`kubectl config view` shows what kubectl uses)"
+        )
+    named: dict[str, dict[str, tuple[Path, dict[str, Any]]]] = {"clusters": {}, "users": {}, "contexts": {}}
+    current = None
+    for path in existing:
+        doc = _load_yaml(path)
+        current = current or doc.get("current-context")
+        for section, key in (("clusters", "cluster"), ("users", "user"), ("contexts", "context")):
+            for item in doc.get(section) or []:
+                if isinstance(item, dict) and item.get("name") not in named[section]:
+                    named[section][item["name"]] = (path.parent, item.get(key) or {})
+    context_name = context or current
+    if not context_name:
+        raise KubeError(f"kubeconfig {source} has no current context: pass --context")
+    if context_name not in named["contexts"]:
+        raise KubeError(
+            f'context "{context_name}" is not in {source} (`kubectl config get-contexts` lists them)'
+        )
+    _, ctx = named["contexts"][context_name]
+    cluster_name, user_name = ctx.get("cluster"), ctx.get("user")
+    if cluster_name not in named["clusters"]:
+        raise KubeError(f'context "{context_name}" names cluster "{cluster_name}", which is not in {source}')
+    cluster_base, cluster = named["clusters"][cluster_name]
+    user_base, user = named["users"].get(str(user_name), (cluster_base, {}))
+    server = str(cluster.get("server") or "")
+    if not server:
+        raise KubeError(f'cluster "{cluster_name}" in {source} has no server')
+    token = user.get("token")
+    if not token and user.get("tokenFile"):
+        token_bytes = _read(user_base, user, "tokenFile", "")
+        token = token_bytes.decode().strip() if token_bytes else None
+    return KubeConfig(
+        server=server.rstrip("/"),
+        context=context_name,
+        namespace=ctx.get("namespace") or "default",
+        namespace_from_context=bool(ctx.get("namespace")),
+        ca_data=_read(cluster_base, cluster, "certificate-authority", "certificate-authority-data"),
+        insecure=bool(cluster.get("insecure-skip-tls-verify")),
+        tls_server_name=cluster.get("tls-server-name"),
+        client_cert_data=_read(user_base, user, "client-certificate", "client-certificate-data"),
+        client_key_data=_read(user_base, user, "client-key", "client-key-data"),
+        token=token,
+        username=user.get("username"),
+        password=user.get("password"),
+        exec_spec=user.get("exec"),
+        source=source,
+        raw_user=user,
+    )
+
+
+def _run_exec_plugin(spec: dict[str, Any], server: str) -> dict[str, Any]:
+    """Run a client-go credential plugin and return its ExecCredential status."""
+    command = spec.get("command")
+    if not command:
+        raise KubeError("the kubeconfig's exec credential plugin has no command")
+    env = dict(os.environ)
+    for item in spec.get("env") or []:
+        env[item["name"]] = item["value"]
+    api_version = spec.get("apiVersion", "client.authentication.k8s.io/v1")
+    env["KUBERNETES_EXEC_INFO"] = json.dumps(
+        {
+            "apiVersion": api_version,
+            "kind": "ExecCredential",
+            "spec": {"interactive": False, "cluster": {"server": server}},
+        }
+    )
+    try:
+        done = subprocess.run(
+            [command, *(spec.get("args") or [])], env=env, capture_output=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise KubeError(f"credential plugin {command} failed: {exc}") from None
+    if done.returncode != 0:
+        detail = done.stderr.decode(errors="replace").strip().splitlines()
+        raise KubeError(f"credential plugin {command} failed: {detail[-1] if detail else done.returncode}")
+    try:
+        status = json.loads(done.stdout)["status"]
+    except (ValueError, KeyError, TypeError):
+        raise KubeError(f"credential plugin {command} printed no ExecCredential status") from None
+    return dict(status)
+
+
+def _https_connection(
+    host: str, port: int, timeout: float, context: ssl.SSLContext | None, server_name: str | None
+) -> http.client.HTTPSConnection:
+    """HTTPS, verifying the kubeconfig's tls-server-name instead of the host when it has one."""
+    import http.client
+    import socket
+
+    if not server_name:
+        return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+
+    class NamedHTTPSConnection(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            assert context is not None
+            sock = socket.create_connection((self.host, self.port), self.timeout)
+            self.sock = context.wrap_socket(sock, server_hostname=server_name)
+
+    return NamedHTTPSConnection(host, port, timeout=timeout, context=context)
+
+
+class KubeClient:
+    """JSON requests to the API server; one keep-alive connection per thread (thread-safe)."""
+
+    def __init__(self, config: KubeConfig, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self.config = config
+        self.timeout = timeout
+        parts = urlsplit(config.server)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise KubeError(f'cluster server "{config.server}" is not an http(s) URL')
+        self._scheme = parts.scheme
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._base_path = parts.path.rstrip("/")
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._ssl: ssl.SSLContext | None = None
+        self._headers: dict[str, str] | None = None
+
+    # -- connection set-up -------------------------------------------------------------------
+    def _prepare(self) -> None:
+        with self._lock:
+            if self._headers is not None:
+                return
+            cfg = self.config
+            headers = {"Accept": "application/json", "User-Agent": "kubectl-mesh"}
+            cert, key = cfg.client_cert_data, cfg.client_key_data
+            token = cfg.token
+            if cfg.exec_spec:
+                status = _run_exec_plugin(cfg.exec_spec, cfg.server)
+                token = status.get("token") or token
+                if status.get("clientCertificateData"):
+                    cert = status["clientCertificateData"].encode()
+                    key = str(status.get("clientKeyData", "")).encode()
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            elif cfg.username is not None:
+                basic = base64.b64encode(f"{cfg.username}:{cfg.password or ''}".encode()).decode()
+                headers["Authorization"] = f"Basic {basic}"
+            if self._scheme == "https":
+                self._ssl = self._ssl_context(cert, key)
+            self._headers = headers
+
+    def _ssl_context(self, cert: bytes | None, key: bytes | None) -> ssl.SSLContext:
+        import ssl
+
+        cfg = self.config
+        if cfg.insecure:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        elif cfg.ca_data:
+            ctx = ssl.create_default_context(cadata=cfg.ca_data.decode())
+        else:
+            ctx = ssl.create_default_context()
+        if cert and key:
+            # ssl loads client certificates from files only: a private temp dir, removed at once.
+            with tempfile.TemporaryDirectory(prefix="kubectl-mesh-") as tmp:
+                cert_path, key_path = Path(tmp, "client.crt"), Path(tmp, "client.key")
+                fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(key)
+                cert_path.write_bytes(cert)
+                try:
+                    ctx.load_cert_chain(cert_path, key_path)
+                except ssl.SSLError as exc:
+                    raise KubeError(
+                        f"the kubeconfig's client certificate or key is unusable: {exc}"
+                    ) from None
+        return ctx
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            import http.client
+
+            self._prepare()
+            if self._scheme == "https":
+                conn = _https_connection(
+                    self._host, self._port, self.timeout, self._ssl, self.config.tls_server_name
+                )
+            else:
+                conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+            self._local.conn = conn
+        return conn
+
+    # -- requests ------------------------------------------------------------------------------
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        accept: str = "application/json",
+    ) -> tuple[int, bytes]:
+        """One request; returns (status, body). Network failures raise KubeError."""
+        url = self._base_path + path + (f"?{urlencode(params)}" if params else "")
+        data = json.dumps(body).encode() if body is not None else None
+        for attempt in (1, 2):
+            conn = self._connection()
+            headers = dict(self._headers or {})
+            headers["Accept"] = accept
+            if data is not None:
+                headers["Content-Type"] = "application/json"
+            try:
+                conn.request(method, url, body=data, headers=headers)
+                resp = conn.getresponse()
+                payload = resp.read()
+                return resp.status, payload
+            except (ConnectionResetError, BrokenPipeError) as exc:  # a stale keep-alive connection
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise self._unreachable(exc) from None
+            except OSError as exc:
+                conn.close()
+                self._local.conn = None
+                raise self._unreachable(exc) from None
+            except Exception as exc:  # http.client.HTTPException and friends
+                conn.close()
+                self._local.conn = None
+                raise self._unreachable(exc) from None
+        raise AssertionError("unreachable")
+
+    def _unreachable(self, exc: BaseException) -> KubeError:
+        reason = (
+            getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        )
+        return KubeError(
+            f"cannot reach the Kubernetes API server at {self.config.server} (context "
+            f'"{self.config.context}"): {reason}; check `kubectl cluster-info` or pick another --context'
+        )
+
+    def get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        status, payload = self.request("GET", path, params=params)
+        return self._decode(status, payload, "GET", path)
+
+    def post_json(self, path: str, body: Any) -> dict[str, Any]:
+        status, payload = self.request("POST", path, body=body)
+        return self._decode(status, payload, "POST", path)
+
+    def _decode(self, status: int, payload: bytes, method: str, path: str) -> dict[str, Any]:
+        try:
+            doc = json.loads(payload) if payload else {}
+        except ValueError:
+            doc = {}
+        if status >= 400:
+            message = doc.get("message") if isinstance(doc, dict) else None
+            reason = doc.get("reason", "") if isinstance(doc, dict) else ""
+            if status == 401:
+                message = (
+                    f"the API server rejected our credentials (context {self.config.context}): {message}"
+                )
+            raise KubeError(
+                message or f"{method} {path}: HTTP {status} {payload[:200]!r}", status=status, reason=reason
+            )
+        if not isinstance(doc, dict):
+            raise KubeError(f"{method} {path}: the API server sent no JSON object")
+        return doc
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+
+
+def client_from_args(args: Any) -> KubeClient:
+    """A client for the --kubeconfig/--context of parsed args (see kubectl_mesh.flags)."""
+    return KubeClient(load_config(getattr(args, "kubeconfig", None), getattr(args, "context", None)))
+
+
+def namespace_from_args(args: Any) -> tuple[str, bool]:
+    """(namespace, given): -n if typed, else the context's namespace, else "default".
+
+    Reads the kubeconfig only when -n was not given (and tolerates its absence then)."""
+    namespace = getattr(args, "namespace", None)
+    if namespace:
+        return namespace, True
+    try:
+        return load_config(getattr(args, "kubeconfig", None), getattr(args, "context", None)).namespace, False
+    except KubeError:
+        return "default", False
+
+
+def api_client(config: KubeConfig) -> Any:
+    """The official `kubernetes.client.ApiClient` for `config` (imports `kubernetes`: ~0.25 s)."""
+    from kubernetes import client
+
+    configuration = client.Configuration()
+    configuration.host = config.server
+    configuration.verify_ssl = not config.insecure
+    import atexit
+    import shutil
+
+    tmp = Path(tempfile.mkdtemp(prefix="kubectl-mesh-"))  # mode 0700; removed at exit
+    atexit.register(shutil.rmtree, tmp, True)
+    if config.ca_data:
+        (tmp / "ca.crt").write_bytes(config.ca_data)
+        configuration.ssl_ca_cert = str(tmp / "ca.crt")
+    token = config.token
+    cert, key = config.client_cert_data, config.client_key_data
+    if config.exec_spec:
+        status = _run_exec_plugin(config.exec_spec, config.server)
+        token = status.get("token") or token
+        if status.get("clientCertificateData"):
+            cert = status["clientCertificateData"].encode()
+            key = str(status.get("clientKeyData", "")).encode()
+    if cert and key:
+        (tmp / "client.crt").write_bytes(cert)
+        fd = os.open(tmp / "client.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+        configuration.cert_file = str(tmp / "client.crt")
+        configuration.key_file = str(tmp / "client.key")
+    if token:
+        configuration.api_key = {"authorization": f"Bearer {token}"}
+    elif config.username is not None:
+        configuration.username = config.username
+        configuration.password = config.password or ""
+    if config.tls_server_name:
+        configuration.tls_server_name = config.tls_server_name
+    return client.ApiClient(configuration)
