@@ -34,12 +34,14 @@ environment (names as in the original where it has them):
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import math
 import os
 import random
 import signal
+import socket
 import sys
 import threading
 import time
@@ -195,6 +197,13 @@ class _Handler(BaseHTTPRequestHandler):
     routes: ClassVar[dict[tuple[str, str], Route]] = {}  # (method, path) -> handler; set per server
     counters: ClassVar[Counters | None] = None  # None: do not count (the counters endpoint itself)
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in two writes: without NODELAY, Nagle's algorithm and the
+        # peer's delayed ACK would add ~40 ms to every response.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def do_GET(self) -> None:
         self._dispatch("GET")
 
@@ -296,7 +305,7 @@ class Upstream:
             if conn is not None:
                 conn.close()
             host, port = self._proxy or _split_hostport(self.hostport)
-            conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+            conn = _NoDelayConnection(host, port, timeout=self.timeout)
             self._local.conn = conn
         return conn
 
@@ -333,6 +342,12 @@ class Upstream:
             return status, json.loads(body) if body else None
         except ValueError:
             return status, None
+
+
+class _NoDelayConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _split_hostport(hostport: str) -> tuple[str, int]:

@@ -1,0 +1,391 @@
+"""`kubectl mesh demo`: start the plan, wait for traffic, print the walkthrough's three tables.
+
+The tables come from the real `stat` code (kubectl_mesh.stat: planner, compute_stat, renderer)
+querying the demo's real Prometheus; only the workloads lister differs from the CLI's: MESHED is
+read from the demo's own process table instead of the Kubernetes API. Everything started is
+stopped on exit, on Ctrl-C, SIGTERM/SIGHUP, or an error, and the work directory is removed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from kubectl_mesh.demo.plan import (
+    DEPLOYMENTS,
+    KIND,
+    NAMESPACE,
+    PORTS_NEEDED,
+    SCRAPE_INTERVAL_S,
+    SERVERS,
+    WINDOW,
+    DemoPlan,
+    Walkthrough,
+    build_plan,
+    prometheus_config,
+    walkthrough,
+)
+from kubectl_mesh.demo.ports import PortsInUse, free_ports, ports_from
+from kubectl_mesh.demo.prometheus import INSTALL_HINT, PrometheusClient, PrometheusError, find_prometheus
+from kubectl_mesh.demo.supervisor import Child, StartError, Supervisor, install_signal_handlers
+from kubectl_mesh.stat import StatRequest, StatRow, Workload, compute_stat, render
+from kubectl_mesh.stat.model import duration_seconds
+
+
+class DemoError(RuntimeError):
+    """The demo cannot go on; the message is for the user (the first line is the summary)."""
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    once: bool = False
+    base_port: int | None = None
+    prometheus: str | None = None
+    request_rate: float = 1.0
+    failure_share: float = 0.15
+    refresh_seconds: float = 2.0
+    traffic_timeout: float = 90.0
+    record: str | None = None  # write tables + the services' own counters here (JSON)
+
+
+@dataclass
+class Snapshot:
+    """The three tables at one instant, and the services' own counters around that window."""
+
+    at: float
+    tables: list[tuple[Walkthrough, list[StatRow]]]
+    counters_start: dict[str, Any] | None
+    counters_end: dict[str, Any]
+
+    def complete(self) -> bool:
+        """Every table shows traffic: the moment the walkthrough's story can be told."""
+        return all(any(r.rps is not None for r in rows) for _, rows in self.tables)
+
+
+class CounterSampler(threading.Thread):
+    """Reads every service's /counters once a second, keeping a short history with timestamps."""
+
+    def __init__(self, plan: DemoPlan, keep_seconds: float) -> None:
+        super().__init__(name="counters", daemon=True)
+        self.urls = {p.deployment: f"http://127.0.0.1:{p.ports.counters}/counters" for p in plan.pods}
+        self.keep_seconds = keep_seconds
+        self.history: list[tuple[float, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def read(self) -> tuple[float, dict[str, Any]]:
+        at = time.time()
+        counters: dict[str, Any] = {}
+        for name, url in self.urls.items():
+            with contextlib.suppress(OSError, ValueError), self._opener.open(url, timeout=2) as r:
+                counters[name] = json.load(r)
+        return at, counters
+
+    def run(self) -> None:
+        while not self.stopped.wait(1.0):
+            sample = self.read()
+            with self.lock:
+                self.history.append(sample)
+                self.history = [s for s in self.history if s[0] > sample[0] - self.keep_seconds]
+
+    def nearest(self, at: float) -> dict[str, Any] | None:
+        with self.lock:
+            if not self.history:
+                return None
+            t, counters = min(self.history, key=lambda s: abs(s[0] - at))
+        return {"time": t, "services": counters}
+
+
+class Demo:
+    def __init__(self, options: DemoOptions, out: TextIO, err: TextIO) -> None:
+        self.options = options
+        self.out = out
+        self.err = err
+        self.workdir = Path(tempfile.mkdtemp(prefix="kubectl-mesh-demo-"))
+        self.supervisor = Supervisor(self.workdir)
+        self.window = WINDOW
+        self.window_s = duration_seconds(WINDOW)
+        self.commands = walkthrough(WINDOW)
+        self.plan: DemoPlan | None = None
+        self.pods: dict[str, tuple[Child, Child]] = {}  # deployment -> (app, proxy)
+        self.sampler: CounterSampler | None = None
+        self._cleaned = False
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        if self._cleaned:
+            return
+        self._cleaned = True
+        if self.sampler is not None:
+            self.sampler.stopped.set()
+        self.supervisor.stop_all()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def run(self) -> int:
+        atexit.register(self.cleanup)
+
+        def on_signal(signum: int) -> None:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+        install_signal_handlers(on_signal)
+        try:
+            plan = self.start()
+            snapshot = self.wait_for_traffic(plan)
+            self.print_once(snapshot)
+            if self.options.once:
+                return 0
+            return self.live(plan)
+        except KeyboardInterrupt:
+            self.clear_progress()
+            print("stopping the demo…", file=self.err)
+            return 0 if not self.options.once else 130
+        finally:
+            self.cleanup()
+
+    # --- start ----------------------------------------------------------------------------
+
+    def start(self) -> DemoPlan:
+        prometheus = find_prometheus(self.options.prometheus)
+        if prometheus is None:
+            what = self.options.prometheus or "prometheus"
+            raise DemoError(f"{what} not found: the demo needs a real Prometheus; install it: {INSTALL_HINT}")
+        try:
+            if self.options.base_port is not None:
+                ports = ports_from(self.options.base_port, PORTS_NEEDED)
+            else:
+                ports = free_ports(PORTS_NEEDED)
+        except PortsInUse as exc:
+            raise DemoError(str(exc)) from None
+        plan = build_plan(
+            ports,
+            str(self.workdir),
+            prometheus=prometheus,
+            request_rate=self.options.request_rate,
+            failure_share=self.options.failure_share,
+            run_marker=str(self.workdir),
+        )
+        self.plan = plan
+        (self.workdir / "prometheus.yml").write_text(prometheus_config(plan))
+        self.progress(
+            f"starting emojivoto ({', '.join(DEPLOYMENTS)}), a mesh-proxy beside each, and Prometheus"
+        )
+        env = _child_env()
+        try:
+            prom = self.supervisor.start("prometheus", plan.prometheus_argv, env)
+            proxies = {p.deployment: self.supervisor.start(p.proxy.name, p.proxy.argv, {**env, **p.proxy.env})
+                       for p in plan.pods}  # fmt: skip
+            for pod in plan.pods:
+                self.supervisor.wait_ready(proxies[pod.deployment], pod.proxy.ready_url, timeout=30)
+            apps: dict[str, Child] = {}
+            for pod in plan.pods:  # servers first, then the bot (DEPLOYMENTS order)
+                apps[pod.deployment] = self.supervisor.start(
+                    pod.app.name, pod.app.argv, {**env, **pod.app.env}
+                )
+                if pod.deployment in SERVERS:
+                    continue
+                for server in SERVERS:
+                    s = plan.pod(server)
+                    self.supervisor.wait_ready(apps[server], s.app.ready_url, timeout=30)
+            bot = plan.pod("vote-bot")
+            self.supervisor.wait_ready(apps["vote-bot"], bot.app.ready_url, timeout=30)
+            self.supervisor.wait_ready(prom, f"{plan.prometheus_url}/-/ready", timeout=30)
+        except StartError as exc:
+            raise DemoError(str(exc)) from None
+        self.pods = {d: (apps[d], proxies[d]) for d in DEPLOYMENTS}
+        self.sampler = CounterSampler(plan, keep_seconds=self.window_s * 3)
+        self.sampler.start()
+        return plan
+
+    # --- the tables -----------------------------------------------------------------------
+
+    def workloads(self, request: StatRequest) -> list[Workload]:
+        """MESHED from the process table: a pod runs while its app runs, and is meshed while its
+        proxy runs too. The demo has one pod per Deployment, in one namespace."""
+        if request.kind not in (KIND, "pod", "namespace"):
+            return []
+        listed: list[Workload] = []
+        for deployment, (app, proxy) in self.pods.items():
+            running = int(app.alive())
+            meshed = int(running and proxy.alive())
+            name = deployment if request.kind == KIND else self._pod_name(deployment)
+            listed.append(Workload(NAMESPACE, request.kind, name, meshed, running))
+        if request.kind == "namespace":
+            return [
+                Workload(
+                    NAMESPACE,
+                    "namespace",
+                    NAMESPACE,
+                    sum(w.meshed for w in listed),
+                    sum(w.running for w in listed),
+                )
+            ]
+        return listed
+
+    def _pod_name(self, deployment: str) -> str:
+        assert self.plan is not None
+        return self.plan.pod(deployment).pod
+
+    def snapshot(self, plan: DemoPlan) -> Snapshot:
+        client = PrometheusClient(plan.prometheus_url)
+        at = time.time()
+        assert self.sampler is not None
+        _, end = self.sampler.read()
+        tables: list[tuple[Walkthrough, list[StatRow]]] = []
+        for w in self.commands:
+            try:
+                rows = compute_stat(w.request, lambda q: client.query(q, at), self.workloads)
+            except PrometheusError as exc:
+                raise DemoError(str(exc)) from None
+            tables.append((w, rows))
+        snap = Snapshot(at, tables, self.sampler.nearest(at - self.window_s), {"time": at, "services": end})
+        if self.options.record:
+            self.record(plan, snap)
+        return snap
+
+    def render(self, snapshot: Snapshot) -> str:
+        parts = []
+        for w, rows in snapshot.tables:
+            parts.append(f"$ {w.command}\n{render(rows, w.request) or 'No traffic found.'}")
+        return "\n\n".join(parts) + "\n"
+
+    def record(self, plan: DemoPlan, snap: Snapshot) -> None:
+        assert self.options.record is not None
+        payload = {
+            "workdir": str(self.workdir),
+            "time": snap.at,
+            "window_seconds": self.window_s,
+            "scrape_interval_seconds": SCRAPE_INTERVAL_S,
+            "prometheus_url": plan.prometheus_url,
+            "pods": {p.deployment: p.pod for p in plan.pods},
+            "tables": [
+                {"command": w.command, "rows": [r.to_dict() for r in rows]} for w, rows in snap.tables
+            ],
+            "counters": {"start": snap.counters_start, "end": snap.counters_end},
+        }
+        Path(self.options.record).write_text(json.dumps(payload, indent=2) + "\n")
+
+    # --- waiting and showing --------------------------------------------------------------
+
+    def check_children(self) -> None:
+        dead = self.supervisor.first_dead()
+        if dead is not None:
+            raise DemoError(f"{dead.name} exited with code {dead.popen.returncode}:\n{dead.log_tail()}")
+
+    def wait_for_traffic(self, plan: DemoPlan) -> Snapshot:
+        """Until the window holds only steady traffic and every table shows it."""
+        started = time.monotonic()
+        # The first scrape sees each series mid-stream; a full window after it, rates are honest.
+        needed = self.window_s + 2 * SCRAPE_INTERVAL_S
+        while True:
+            self.check_children()
+            elapsed = time.monotonic() - started
+            if elapsed >= needed:
+                snap = self.snapshot(plan)
+                if snap.complete():
+                    self.clear_progress()
+                    return snap
+            if elapsed > needed + self.options.traffic_timeout:
+                raise DemoError(
+                    f"no traffic through the mesh after {elapsed:.0f}s; the proxies' logs said:\n"
+                    + "\n".join(f"  {c.name}:\n{c.log_tail(3)}" for _, c in self.pods.values())
+                )
+            loops = self._bot_loops()
+            self.progress(
+                f"waiting for traffic to fill the {self.window} window: {min(elapsed, needed):.0f}s of "
+                f"{needed:.0f}s, vote-bot: {loops} loops",
+                fraction=min(1.0, elapsed / needed),
+            )
+            time.sleep(0.5 if self.err.isatty() else 1.0)
+
+    def _bot_loops(self) -> int:
+        if self.sampler is None:
+            return 0
+        with self.sampler.lock:
+            last = self.sampler.history[-1][1] if self.sampler.history else {}
+        return int(last.get("vote-bot", {}).get("loops", 0))
+
+    def print_once(self, snapshot: Snapshot) -> None:
+        assert self.plan is not None
+        print(
+            f"emojivoto runs on 127.0.0.1, each service with a mesh-proxy; Prometheus scrapes them every "
+            f"{SCRAPE_INTERVAL_S}s (stat window {self.window}; in a cluster: 10s and -t 1m).\n"
+            f"web page: http://127.0.0.1:{self.plan.pod('web').ports.inbound}/  "
+            f"Prometheus: {self.plan.prometheus_url}/\n",
+            file=self.err,
+        )
+        self.out.write(self.render(snapshot))
+        self.out.flush()
+
+    def live(self, plan: DemoPlan) -> int:
+        tty = self.out.isatty()
+        every = f"{self.options.refresh_seconds:g}s"
+        print(f"refreshing every {every}; Ctrl-C stops the demo and everything it started.", file=self.err)
+        while True:
+            time.sleep(self.options.refresh_seconds)
+            self.check_children()
+            snap = self.snapshot(plan)
+            stamp = time.strftime("%H:%M:%S", time.localtime(snap.at))
+            text = self.render(snap)
+            if tty:
+                self.out.write(
+                    f"\x1b[H\x1b[2Jkubectl mesh demo, {stamp} (window {self.window}; Ctrl-C to stop)\n"
+                    f"web page: http://127.0.0.1:{plan.pod('web').ports.inbound}/  "
+                    f"Prometheus: {plan.prometheus_url}/\n\n{text}"
+                )
+            else:
+                self.out.write(f"--- {stamp}\n{text}\n")
+            self.out.flush()
+
+    # --- progress on stderr -----------------------------------------------------------------
+
+    _progress_shown = False
+
+    def progress(self, message: str, fraction: float | None = None) -> None:
+        if self.err.isatty():
+            bar = ""
+            if fraction is not None:
+                filled = round(fraction * 20)
+                bar = "[" + "#" * filled + "." * (20 - filled) + "] "
+            self.err.write(f"\r\x1b[K{bar}{message}")
+            self._progress_shown = True
+        else:
+            now = time.monotonic()
+            if now - getattr(self, "_last_line", 0.0) >= 5.0 or fraction is None:
+                self.err.write(message + "\n")
+                self._last_line = now
+        self.err.flush()
+
+    def clear_progress(self) -> None:
+        if self._progress_shown:
+            self.err.write("\r\x1b[K")
+            self.err.flush()
+            self._progress_shown = False
+
+
+def _child_env() -> dict[str, str]:
+    """The demo's own environment, without proxy settings that would bend the children's traffic."""
+    import os
+
+    drop = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+    env = {k: v for k, v in os.environ.items() if k.lower() not in drop}
+    # The children import this very package: make sure they find the same copy as the demo.
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = package_root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def run_demo(options: DemoOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    return Demo(options, out, err).run()
