@@ -202,7 +202,7 @@ class Proxy:
         reader = http1.RequestReader()
         events = reader.events
         sock = client.sock
-        idle_timeout = self.config.idle_timeout
+        sock.settimeout(self.config.idle_timeout)
         data = first
         while True:
             if data:
@@ -226,7 +226,6 @@ class Proxy:
             client.busy = False
             if self.draining:
                 return
-            sock.settimeout(idle_timeout)
             try:
                 data = sock.recv(RECV)
             except OSError:
@@ -247,8 +246,7 @@ class Proxy:
 
     def _send_client(self, client: Client, data: bytes) -> bool:
         try:
-            client.sock.settimeout(self.config.idle_timeout)
-            client.sock.sendall(data)
+            _send(client.sock, data)
         except OSError:
             return False
         client.tcp.written += len(data)
@@ -322,16 +320,14 @@ class Proxy:
         if upstream is None:
             upstream = self._connect(address, direction)
         try:
-            upstream.sock.settimeout(self.config.response_timeout)
-            upstream.sock.sendall(data)
+            _send(upstream.sock, data)
         except OSError:
             self._discard(upstream)
             if not (reused and retry):
                 raise UpstreamError("reset") from None
             upstream = self._connect(address, direction)
             try:
-                upstream.sock.settimeout(self.config.response_timeout)
-                upstream.sock.sendall(data)
+                _send(upstream.sock, data)
             except OSError:
                 self._discard(upstream)
                 raise UpstreamError("reset") from None
@@ -423,8 +419,6 @@ class Proxy:
         pending = [out]
         pending_size = len(out)
         failure = ""
-        sock = client.sock
-        sock.settimeout(self.config.idle_timeout)
         while True:
             if up_events:
                 kind, data = up_events.popleft()
@@ -520,17 +514,16 @@ class Proxy:
                     if kind == BODY:
                         events.popleft()
                         out = http1.chunk(data) if chunked else data
-                        usock.sendall(out)
+                        _send(usock, out)
                         upstream.tcp.written += len(out)
                     elif kind == END:
                         events.popleft()
                         if chunked:
-                            usock.sendall(LAST_CHUNK)
+                            _send(usock, LAST_CHUNK)
                             upstream.tcp.written += len(LAST_CHUNK)
                         return True
                     else:
                         return False
-                sock.settimeout(self.config.idle_timeout)
                 data = sock.recv(RECV)
                 if not data:
                     raise ConnectionResetError
@@ -573,7 +566,9 @@ class Proxy:
         now = time.monotonic()
         while idle:
             upstream = idle.pop()
-            if now - upstream.idle_since < self.pool_idle_seconds and _alive(upstream.sock):
+            idle_for = now - upstream.idle_since
+            # Peek only after a pause: a connection used a moment ago is alive, and if not, retry covers it.
+            if idle_for < 1.0 or (idle_for < self.pool_idle_seconds and _alive(upstream.sock)):
                 return upstream
             self._discard(upstream)
         return None
@@ -604,6 +599,7 @@ class Proxy:
         except OSError:
             raise UpstreamError("connect_error") from None
         sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
+        sock.settimeout(self.config.response_timeout)
         tcp = self.metrics.tcp_series(direction, "dst", _hostport(address))
         self.metrics.tcp_open(tcp)
         return Upstream(sock, address, tcp)
@@ -686,6 +682,13 @@ def _take_buffered_body(events: Any, payload: list[bytes], chunked: bool, no_bod
         else:
             return True
     return False
+
+
+def _send(sock: Any, data: bytes) -> None:
+    """sendall, minus gevent's per-call setup when (as almost always) one send() takes it all."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
 
 
 def _pipe(src: Any, dst: Any, src_tcp: Tcp, dst_tcp: Tcp) -> None:
