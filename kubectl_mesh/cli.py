@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from kubectl_mesh import __version__
 
@@ -23,10 +25,36 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit code 1, never a traceback."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """Usage errors as one line (and exit 1, as kubectl), naming the help to read."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(1)
+
+
+EXAMPLES = """
+Examples:
+  # Is the mesh healthy?
+  kubectl mesh check
+
+  # Success rate, requests per second and latency of a deployment
+  kubectl mesh stat -n emojivoto deploy web
+
+  # Which services does web call, and who calls voting?
+  kubectl mesh stat deploy -A --from web --from-namespace emojivoto
+  kubectl mesh stat deploy -A --to voting --to-namespace emojivoto
+
+Run `kubectl mesh COMMAND --help` for a command's flags and examples.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="kubectl mesh",
         description="kubectl-mesh: where is my traffic, and who is failing?",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"kubectl-mesh {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -56,7 +84,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: exit quietly, without a flush error at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except Exception as exc:  # never a traceback for the user; MESH_DEBUG=1 shows it
+        if os.environ.get("MESH_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (set MESH_DEBUG=1 for details)", file=sys.stderr)
+        return 1
 
 
 def complete_main() -> int:
