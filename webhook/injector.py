@@ -197,9 +197,9 @@ def uninject_pod(pod: Pod) -> tuple[Pod, bool]:
     out["metadata"] = meta
     spec = dict(_mapping(pod.get("spec")))
     mesh_names = {c.INIT_CONTAINER_NAME, c.PROXY_CONTAINER_NAME}
-    inits = [x for x in spec.get("initContainers") or [] if _name(x) not in mesh_names]
-    containers = [x for x in spec.get("containers") or [] if _name(x) != c.PROXY_CONTAINER_NAME]
-    volumes = [v for v in spec.get("volumes") or [] if _name(v) != XTABLES_LOCK_VOLUME]
+    inits = [x for x in _list(spec, "initContainers") if _name(x) not in mesh_names]
+    containers = [x for x in _list(spec, "containers") if _name(x) != c.PROXY_CONTAINER_NAME]
+    volumes = [v for v in _list(spec, "volumes") if _name(v) != XTABLES_LOCK_VOLUME]
     _set_or_drop(spec, "initContainers", inits)
     if "containers" in spec:
         spec["containers"] = containers
@@ -256,14 +256,14 @@ def _mutate(
     out["metadata"] = meta
 
     spec = dict(_mapping(pod.get("spec")))
-    user_inits = list(spec.get("initContainers") or [])
+    user_inits = _list(spec, "initContainers")
     proxy = _proxy_container(owner, ports, config)
     if config.native_sidecar:
         spec["initContainers"] = [_init_container(ports, config), proxy, *user_inits]
     else:
         spec["initContainers"] = [_init_container(ports, config), *user_inits]
-        spec["containers"] = [proxy, *list(spec.get("containers") or [])]
-    spec["volumes"] = [*list(spec.get("volumes") or []), {"name": XTABLES_LOCK_VOLUME, "emptyDir": {}}]
+        spec["containers"] = [proxy, *_list(spec, "containers")]
+    spec["volumes"] = [*_list(spec, "volumes"), {"name": XTABLES_LOCK_VOLUME, "emptyDir": {}}]
     out["spec"] = spec
     return out
 
@@ -383,6 +383,16 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _list(spec: Mapping[str, Any], key: str) -> list[Any]:
+    """A copy of spec[key]; a non-list there is a malformed pod, not something to guess about."""
+    value = spec.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TypeError(f"spec.{key} is not a list")
+    return list(value)
+
+
 def _name(obj: Any) -> Any:
     return obj.get("name") if isinstance(obj, Mapping) else None
 
@@ -391,7 +401,8 @@ def _container_names(pod: Mapping[str, Any]) -> set[str]:
     spec = _mapping(pod.get("spec"))
     names: set[str] = set()
     for key in ("initContainers", "containers"):
-        for container in spec.get(key) or []:
+        containers = spec.get(key)
+        for container in containers if isinstance(containers, list) else []:
             name = _name(container)
             if isinstance(name, str):
                 names.add(name)
