@@ -1,0 +1,1 @@
+"""End-to-end: the walkthrough of the seed, in the demo (no cluster) and on the lab (root)."""

@@ -1,0 +1,98 @@
+"""Reading `kubectl mesh stat` tables back, as a user's eye would, and the truth to hold them to.
+
+Shared by the demo's and the lab walkthrough's tests: both print sections of the form
+
+    $ kubectl mesh stat …
+    NAME  MESHED  SUCCESS  RPS  …
+    web      1/1   92.50%  2.0rps …
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Row:
+    cells: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.cells["NAME"]
+
+    @property
+    def success(self) -> float | None:
+        raw = self.cells["SUCCESS"]
+        return None if raw == "-" else float(raw.rstrip("%")) / 100
+
+    @property
+    def rps(self) -> float | None:
+        raw = self.cells["RPS"]
+        return None if raw == "-" else float(raw.removesuffix("rps"))
+
+
+def parse_sections(text: str) -> dict[str, list[Row]]:
+    """`$ command` -> its table's rows ([] for "No traffic found.")."""
+    sections: dict[str, list[Row]] = {}
+    command: str | None = None
+    headers: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("$ "):
+            command, headers = line[2:].strip(), None
+            sections[command] = []
+        elif command is None or not line.strip() or line.strip() == "No traffic found.":
+            continue
+        elif headers is None:
+            headers = line.split()
+        else:
+            cells = line.split()
+            if len(cells) != len(headers):
+                raise ValueError(f"row does not match the header {headers}: {line!r}")
+            sections[command].append(Row(dict(zip(headers, cells, strict=True))))
+    return sections
+
+
+@dataclass(frozen=True)
+class Truth:
+    """What one side counted by itself between two snapshots of its counters."""
+
+    requests: int
+    failures: int
+    seconds: float
+
+    @property
+    def success(self) -> float:
+        return 1 - self.failures / self.requests if self.requests else float("nan")
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+
+def truth(start: dict[str, Any], end: dict[str, Any], service: str, upstream: str | None = None) -> Truth:
+    """`service`'s received traffic (upstream None) or what it sent to `upstream`, start → end."""
+
+    def tally(snapshot: dict[str, Any]) -> dict[str, int]:
+        counters = snapshot["services"][service]
+        if upstream is None:
+            return dict(counters["received"])
+        return dict(counters["sent"].get(upstream, {"total": 0, "failures": 0}))
+
+    a, b = tally(start), tally(end)
+    return Truth(b["total"] - a["total"], b["failures"] - a["failures"], end["time"] - start["time"])
+
+
+def success_tolerance(requests: int) -> float:
+    """How far a success rate from the mesh may be from the services' own count of one window.
+
+    The two windows are not cut at the same instants: Prometheus sees the counters at scrape
+    times and extrapolates to the window's edges, the services' counters were read at other
+    moments. At each edge that shifts up to one scrape interval of traffic in or out; with the
+    failing votes spread evenly, that is at most one failure either way, i.e. one request's
+    worth at each edge, plus the 0.005 the table's rounding hides.
+    """
+    return 2 / max(requests, 1) + 0.005
+
+
+RPS_TOLERANCE = 0.2  # relative; same edge effect: up to ~2 scrape intervals in a 10-scrape window

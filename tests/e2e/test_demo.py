@@ -1,0 +1,212 @@
+"""`kubectl mesh demo` end to end: the real command, real proxies, a real Prometheus.
+
+What a newcomer checks: the three tables print, they tell the seed's story (web fails some
+requests; from web, emoji is fine and voting is not; only web calls voting), the numbers are
+what the services counted themselves, and nothing is left running afterwards. Run without root
+when the test runs as root (as UID 65534), since the demo promises to need none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.runtime import is_root, runtime_env
+
+from e2e.tables import RPS_TOLERANCE, parse_sections, success_tolerance, truth
+
+VENV_BIN = Path(sys.executable).parent
+KUBECTL_MESH = str(VENV_BIN / "kubectl-mesh")
+NOBODY = 65534
+RATE = 4  # vote-bot loops per second: 80 votes in the 20 s window, so one vote moves the rate little
+
+WEB = "kubectl mesh stat -n emojivoto deployment web"
+FROM_WEB = "kubectl mesh stat deploy --all-namespaces --from web --from-namespace emojivoto"
+TO_VOTING = "kubectl mesh stat deploy --to voting --to-namespace emojivoto --all-namespaces"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("prometheus") is None,
+    reason="the demo needs the prometheus binary: apt-get install prometheus",
+)
+
+
+def _as_user() -> list[str]:
+    """Drop root, to show that the demo needs none (as the user of a fresh machine would run it)."""
+    if not is_root():
+        return []
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
+def _demo(*args: str, record: Path | None = None) -> list[str]:
+    argv = [*_as_user(), KUBECTL_MESH, "demo", *args]
+    if record is not None:
+        argv += ["--record", str(record)]
+    return argv
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="mesh-demo-test-") as d:
+        os.chmod(d, 0o777)  # the demo runs as nobody and writes its record here
+        yield Path(d)
+
+
+def processes_of_run(workdir: str) -> list[str]:
+    """Every live process started by the demo run whose work directory was `workdir`."""
+    marker = f"MESH_DEMO_RUN={workdir}".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") or workdir.encode() in cmdline:
+            args = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{pid}: {args}")
+    return found
+
+
+def assert_nothing_left(workdir: str) -> None:
+    deadline = time.monotonic() + 5  # children SIGKILLed by the demo may take a moment to vanish
+    while processes_of_run(workdir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_of_run(workdir) == [], "the demo left processes behind"
+    assert not Path(workdir).exists(), "the demo left its work directory behind"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_demo_once_tells_the_walkthrough_story_with_true_numbers(scratch: Path) -> None:
+    record = scratch / "record.json"
+    done = subprocess.run(
+        _demo("--once", "--rate", str(RATE), record=record),
+        env=runtime_env(),
+        capture_output=True,
+        text=True,
+        timeout=200,
+        cwd=scratch,
+    )
+    print(done.stdout, done.stderr, sep="\n")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "waiting for traffic" in done.stderr  # progress, not silence
+
+    tables = parse_sections(done.stdout)
+    assert list(tables) == [WEB, FROM_WEB, TO_VOTING]
+
+    # The seed's findings.
+    (web,) = tables[WEB]
+    assert web.name == "web" and web.cells["MESHED"] == "1/1"
+    assert web.success is not None and web.success < 1.0
+    callees = {r.name: r for r in tables[FROM_WEB]}
+    assert set(callees) == {"emoji", "voting"}
+    assert callees["emoji"].success == 1.0
+    voting = callees["voting"].success
+    assert voting is not None and voting < 1.0
+    assert [r.name for r in tables[TO_VOTING]] == ["web"], "web is the only caller of voting"
+    assert all(r.cells["MESHED"] == "1/1" for rows in tables.values() for r in rows)
+
+    # The numbers, against what the services counted themselves over the same window.
+    recorded = json.loads(record.read_text())
+    start, end = recorded["counters"]["start"], recorded["counters"]["end"]
+    assert start is not None
+    assert end["time"] - start["time"] == pytest.approx(recorded["window_seconds"], abs=1.5)
+    checks = [
+        ("web inbound", web, truth(start, end, "web")),
+        ("web -> emoji", callees["emoji"], truth(start, end, "web", "emoji")),
+        ("web -> voting", callees["voting"], truth(start, end, "web", "voting")),
+        ("web -> voting, seen from --to", tables[TO_VOTING][0], truth(start, end, "web", "voting")),
+    ]
+    bot = truth(start, end, "vote-bot", "web")
+    for what, row, true in checks:
+        print(f"{what}: mesh {row.success} {row.rps}rps; counted {true.success:.4f} {true.rps:.2f}rps")
+        assert row.success == pytest.approx(true.success, abs=success_tolerance(true.requests)), what
+        assert row.rps == pytest.approx(true.rps, rel=RPS_TOLERANCE), what
+    # And what the bot sent is what web received: the mesh lost or invented nothing.
+    assert web.success == pytest.approx(bot.success, abs=success_tolerance(bot.requests))
+    assert web.rps == pytest.approx(bot.rps, rel=RPS_TOLERANCE)
+    # The bot's design: 2 requests per loop, the failing emoji in 15% of the votes.
+    assert web.rps == pytest.approx(2 * RATE, rel=RPS_TOLERANCE)
+    assert voting == pytest.approx(0.85, abs=success_tolerance(bot.requests // 2))
+
+    assert_nothing_left(recorded["workdir"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_demo_live_stops_everything_on_ctrl_c(scratch: Path) -> None:
+    record = scratch / "record.json"
+    demo = subprocess.Popen(
+        _demo("--refresh", "1", record=record),
+        env=runtime_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=scratch,
+        start_new_session=True,  # SIGINT to its group, as a terminal's Ctrl-C does
+    )
+    try:
+        assert demo.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 150
+        while sum(line.startswith("--- ") for line in lines) < 2 and time.monotonic() < deadline:
+            line = demo.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        assert sum(line.startswith("$ ") for line in lines) >= 6, "".join(lines)  # first print + a refresh
+        workdir = json.loads(record.read_text())["workdir"]
+        assert processes_of_run(workdir), "the demo's processes should be running now"
+        os.killpg(demo.pid, signal.SIGINT)
+        rc = demo.wait(timeout=20)
+        err = demo.stderr.read() if demo.stderr else ""
+        assert rc == 0, err
+        assert "Traceback" not in err
+        assert_nothing_left(workdir)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+
+
+def test_ports_in_use_are_named(scratch: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        base = port - 3 if port > 2000 else port
+        done = subprocess.run(
+            _demo("--once", "--base-port", str(base)),
+            env=runtime_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "in use" in lines[0], done.stderr
+
+
+def test_missing_prometheus_says_how_to_install(scratch: Path) -> None:
+    done = subprocess.run(
+        _demo("--once", "--prometheus", str(scratch / "no-such-prometheus")),
+        env=runtime_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "apt-get install prometheus" in lines[0], done.stderr
