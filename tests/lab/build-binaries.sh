@@ -40,5 +40,15 @@ if [ ! -x "$bin/kubectl-krew" ] || [ ! -x "$bin/validate-krew-manifest" ]; then
     "sigs.k8s.io/krew/cmd/krew@$KREW_VERSION" "sigs.k8s.io/krew/cmd/validate-krew-manifest@$KREW_VERSION"
   mv -f "$bin/krew" "$bin/kubectl-krew"
 fi
+prom_version() { "$bin/prometheus" --version 2>/dev/null | awk 'NR==1{print $3}'; }
+if [ "$(prom_version)" != "${PROMETHEUS_VERSION#v}" ]; then
+  # Debian's prometheus has no kubernetes_sd_configs; the lab (and the chart's Prometheus pod in
+  # the lab) run upstream's. No web UI assets are embedded (API only): they are built with npm.
+  log "building prometheus $PROMETHEUS_VERSION (first time: ~5-10 min on 2 cores)"
+  pv=github.com/prometheus/common/version
+  (cd "$here/go/prometheus" && go build -trimpath -tags netgo \
+     -ldflags "-s -w -X $pv.Version=${PROMETHEUS_VERSION#v} -X $pv.Revision=upstream-module -X $pv.Branch=HEAD -X $pv.BuildUser=kubectl-mesh-lab -X $pv.BuildDate=19700101-00:00:00" \
+     -o "$bin/prometheus.tmp" github.com/prometheus/prometheus/cmd/prometheus && mv "$bin/prometheus.tmp" "$bin/prometheus")
+fi
 log "binaries ready in $bin"
 echo "$bin"

@@ -1,0 +1,163 @@
+"""A pod's volumes as host directories, filled the way the kubelet fills them.
+
+configMap, secret, emptyDir, downwardAPI and projected (serviceAccountToken minted through the
+TokenRequest API, configMap, secret, downwardAPI) are supported; contents are written once at
+pod start (no live updates). Anything else is a clear error for the pod's status.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+from typing import Any
+
+from lab.rest import Api, ApiError
+
+JSON = dict[str, Any]
+DEFAULT_MODE = 0o644
+
+
+class VolumeError(Exception):
+    """Why a pod's volume cannot be made yet (the kubelet keeps such a pod Pending and retries)."""
+
+
+def field_value(pod: JSON, path: str) -> str:
+    """A downward API fieldRef (metadata.name, status.podIP, metadata.labels['x'], ...)."""
+    meta, spec, status = pod["metadata"], pod.get("spec", {}), pod.get("status", {})
+    simple = {
+        "metadata.name": meta.get("name", ""),
+        "metadata.namespace": meta.get("namespace", ""),
+        "metadata.uid": meta.get("uid", ""),
+        "spec.nodeName": spec.get("nodeName", ""),
+        "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
+        "status.podIP": status.get("podIP", ""),
+        "status.hostIP": status.get("hostIP", ""),
+        "status.podIPs": status.get("podIP", ""),
+        "status.hostIPs": status.get("hostIP", ""),
+    }
+    if path in simple:
+        return str(simple[path])
+    for kind in ("labels", "annotations"):
+        mapping = meta.get(kind) or {}
+        if path == f"metadata.{kind}":
+            return "\n".join(f'{k}="{v}"' for k, v in sorted(mapping.items()))
+        prefix = f"metadata.{kind}['"
+        if path.startswith(prefix) and path.endswith("']"):
+            return str(mapping.get(path[len(prefix) : -2], ""))
+    raise VolumeError(f"unsupported fieldRef {path}")
+
+
+def _object_data(api: Api, kind: str, namespace: str, name: str, optional: bool) -> dict[str, bytes] | None:
+    resource = "configmaps" if kind == "configMap" else "secrets"
+    try:
+        obj = api.get(f"/api/v1/namespaces/{namespace}/{resource}/{name}")
+    except ApiError as err:
+        if err.status == 404:
+            if optional:
+                return None
+            raise VolumeError(f'{kind} "{name}" not found') from err
+        raise
+    data: dict[str, bytes] = {}
+    if kind == "configMap":
+        data.update({k: v.encode() for k, v in (obj.get("data") or {}).items()})
+        data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
+    else:
+        data.update({k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()})
+    return data
+
+
+def _write(root: Path, rel: str, content: bytes, mode: int, fs_group: int | None) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    path.write_bytes(content)
+    path.chmod(mode)
+    if fs_group is not None:
+        os.chown(path, 0, fs_group)
+
+
+def _write_keys(
+    root: Path, data: dict[str, bytes], source: JSON, mode: int, fs_group: int | None, what: str
+) -> None:
+    items = source.get("items")
+    if not items:
+        for key, value in data.items():
+            _write(root, key, value, mode, fs_group)
+        return
+    for item in items:
+        if item["key"] not in data:
+            if source.get("optional"):
+                continue
+            raise VolumeError(f'key "{item["key"]}" not found in {what}')
+        _write(root, item["path"], data[item["key"]], item.get("mode", mode), fs_group)
+
+
+def _token(api: Api, pod: JSON, source: JSON) -> bytes:
+    meta = pod["metadata"]
+    sa = pod["spec"].get("serviceAccountName") or "default"
+    spec: JSON = {
+        "expirationSeconds": int(source.get("expirationSeconds", 3600)),
+        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
+    }
+    if source.get("audience"):
+        spec["audiences"] = [source["audience"]]
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+    try:
+        out = api.post(f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token", body)
+    except ApiError as err:
+        raise VolumeError(f"token for service account {sa}: {err}") from err
+    return str(out["status"]["token"]).encode()
+
+
+def materialize(api: Api, pod: JSON, volume: JSON, root: Path) -> None:
+    """Create and fill one volume's directory `root`."""
+    fs_group = (pod["spec"].get("securityContext") or {}).get("fsGroup")
+    ns = pod["metadata"]["namespace"]
+    root.mkdir(parents=True, exist_ok=True)
+    if "emptyDir" in volume:
+        root.chmod(0o777)
+        return
+    root.chmod(0o755)
+    if "configMap" in volume or "secret" in volume:
+        kind = "configMap" if "configMap" in volume else "secret"
+        source = volume[kind]
+        name = source.get("name") if kind == "configMap" else source.get("secretName")
+        data = _object_data(api, kind, ns, str(name), bool(source.get("optional")))
+        if data is not None:
+            _write_keys(
+                root, data, source, int(source.get("defaultMode", DEFAULT_MODE)), fs_group, f"{kind} {name}"
+            )
+        return
+    if "downwardAPI" in volume:
+        source = volume["downwardAPI"]
+        mode = int(source.get("defaultMode", DEFAULT_MODE))
+        for item in source.get("items", []):
+            _write_downward(root, pod, item, mode, fs_group)
+        return
+    if "projected" in volume:
+        mode = int(volume["projected"].get("defaultMode", DEFAULT_MODE))
+        for src in volume["projected"].get("sources", []):
+            if "serviceAccountToken" in src:
+                tok = src["serviceAccountToken"]
+                _write(root, tok["path"], _token(api, pod, tok), mode, fs_group)
+            elif "configMap" in src or "secret" in src:
+                kind = "configMap" if "configMap" in src else "secret"
+                data = _object_data(api, kind, ns, src[kind]["name"], bool(src[kind].get("optional")))
+                if data is not None:
+                    _write_keys(root, data, src[kind], mode, fs_group, f"{kind} {src[kind]['name']}")
+            elif "downwardAPI" in src:
+                for item in src["downwardAPI"].get("items", []):
+                    _write_downward(root, pod, item, mode, fs_group)
+            else:
+                raise VolumeError(f"volume {volume['name']}: unsupported projected source {sorted(src)}")
+        return
+    kinds = sorted(set(volume) - {"name"})
+    raise VolumeError(f"volume {volume['name']}: unsupported volume type {kinds} on the lab node")
+
+
+def _write_downward(root: Path, pod: JSON, item: JSON, mode: int, fs_group: int | None) -> None:
+    if "fieldRef" in item:
+        value = field_value(pod, item["fieldRef"]["fieldPath"])
+    else:
+        value = "1"  # resourceFieldRef: the lab has no resource accounting
+    _write(root, item["path"], value.encode(), int(item.get("mode", mode)), fs_group)
