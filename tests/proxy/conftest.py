@@ -1,0 +1,39 @@
+"""Fixtures for the proxy tests: a real app server and proxies in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from proxy_backends import AppServer
+from proxy_harness import ProxyProcess, start_proxy
+
+SERVER_ID = ("shop", "deployment", "web", "web-7d9f-abcde")
+CLIENT_ID = ("front", "deployment", "vote", "vote-5c4b-xyz12")
+
+
+@pytest.fixture
+def app() -> Iterator[AppServer]:
+    server = AppServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server_proxy(app: AppServer, tmp_path: Path) -> Iterator[ProxyProcess]:
+    """The app's sidecar: inbound in explicit mode, forwarding to the app."""
+    proxy = start_proxy(
+        tmp_path, "--inbound-forward", f"127.0.0.1:{app.port}", "--response-timeout", "2", identity=SERVER_ID
+    )
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def client_proxy(tmp_path: Path) -> Iterator[ProxyProcess]:
+    """A client's sidecar: outbound as an explicit HTTP forward proxy."""
+    proxy = start_proxy(tmp_path, "--inbound-forward", "127.0.0.1:9", identity=CLIENT_ID)
+    yield proxy
+    proxy.stop()
