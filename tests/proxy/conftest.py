@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from proxy_backends import AppServer
 from proxy_harness import ProxyProcess, start_proxy
 

@@ -77,7 +77,8 @@ class _Handler(BaseHTTPRequestHandler):
         q = self._query()
         if path == "/headers":
             seen = {k.lower(): v for k, v in self.headers.items()}
-            body = json.dumps({"headers": seen, "target": self.path, "client": self.client_address[1]}).encode()
+            answer = {"headers": seen, "target": self.path, "client": self.client_address[1]}
+            body = json.dumps(answer).encode()
             self._reply(200, body, {"Content-Type": "application/json", "X-Mesh-Dst": "evil/deployment/x/y"})
         elif path == "/status":
             self._reply(int(q.get("code", "200")), b"status\n")

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-
 from support.runtime import runtime_env
 
 
@@ -65,7 +64,8 @@ class ProxyProcess:
 
     def value(self, name: str, **labels: str) -> float:
         """Sum of the samples of `name` whose labels include `labels`."""
-        return sum(s.value for s in self.samples(name) if all(s.labels.get(k) == v for k, v in labels.items()))
+        wanted = labels.items()
+        return sum(s.value for s in self.samples(name) if all(s.labels.get(k) == v for k, v in wanted))
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -88,7 +88,10 @@ class ProxyProcess:
 
 
 def start_proxy(
-    tmp: Path, *args: str, identity: tuple[str, str, str, str] | None = None, env: dict[str, str] | None = None
+    tmp: Path,
+    *args: str,
+    identity: tuple[str, str, str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> ProxyProcess:
     """Run `python -m proxy run` on free loopback ports; returns once /ready says 200."""
     inbound, outbound, admin = free_port(), free_port(), free_port()
@@ -105,9 +108,8 @@ def start_proxy(
         argv += ["--namespace", ns, "--workload-kind", kind, "--workload-name", name, "--pod", pod]
     log_path = tmp / f"proxy-{inbound}.log"
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
-    process = subprocess.Popen(
-        argv, stdout=subprocess.DEVNULL, stderr=log_path.open("wb"), env=runtime_env(**clean_env, **(env or {}))
-    )
+    child_env = runtime_env(**clean_env, **(env or {}))
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log_path.open("wb"), env=child_env)
     proxy = ProxyProcess(process, inbound, outbound, admin, log_path, argv)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
