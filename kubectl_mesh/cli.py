@@ -88,6 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except ModuleNotFoundError as exc:
+        # e.g. the single-file Krew build carries only pure-Python dependencies.
+        command = getattr(args, "command", "")
+        print(
+            f"error: `kubectl mesh {command}` needs the Python package {exc.name!r}, which is not installed "
+            f"here; install the full distribution: pip install kubectl-mesh",
+            file=sys.stderr,
+        )
+        return 1
     except Exception as exc:  # never a traceback for the user; MESH_DEBUG=1 shows it
         if os.environ.get("MESH_DEBUG"):
             raise

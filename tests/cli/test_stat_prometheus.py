@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from cli.loopback_mesh import ClientCount, LoopbackMesh
 
+from cli.loopback_mesh import ClientCount, LoopbackMesh
 from kubectl_mesh.prom import PrometheusClient
 from kubectl_mesh.stat import StatRequest, StatRow, Workload, build_request, compute_stat, render
 
