@@ -83,16 +83,21 @@ def truth(start: dict[str, Any], end: dict[str, Any], service: str, upstream: st
     return Truth(b["total"] - a["total"], b["failures"] - a["failures"], end["time"] - start["time"])
 
 
-def success_tolerance(requests: int) -> float:
+def success_tolerance(requests: int, window_s: float, scrape_s: float) -> float:
     """How far a success rate from the mesh may be from the services' own count of one window.
 
-    The two windows are not cut at the same instants: Prometheus sees the counters at scrape
-    times and extrapolates to the window's edges, the services' counters were read at other
-    moments. At each edge that shifts up to one scrape interval of traffic in or out; with the
-    failing votes spread evenly, that is at most one failure either way, i.e. one request's
-    worth at each edge, plus the 0.005 the table's rounding hides.
+    Prometheus sees the counters only at scrapes: `increase()` takes the samples inside the
+    window (which may start and end up to one scrape interval inside it) and scales them to the
+    whole window. The rate is unaffected; the success rate is that of the sampled part. The bot
+    spreads its failing votes evenly, so any run of n requests fails floor or ceil of the share:
+    the two rates differ by at most 1/n_sampled + 1/n, plus the 0.005 the table's rounding hides.
     """
-    return 2 / max(requests, 1) + 0.005
+    n = max(requests, 1)
+    sampled = max(1.0, n * (window_s - 2 * scrape_s) / window_s)
+    return 1 / sampled + 1 / n + 0.005
 
 
-RPS_TOLERANCE = 0.2  # relative; same edge effect: up to ~2 scrape intervals in a 10-scrape window
+# Relative. The rate is constant, and the extrapolation of increase() scales the sampled part to
+# the window, so what remains is the counters' read times (about 1 s off in a 20 s or 60 s
+# window) and the count's rounding: well under 15 %.
+RPS_TOLERANCE = 0.15

@@ -119,6 +119,11 @@ def test_demo_once_tells_the_walkthrough_story_with_true_numbers(scratch: Path) 
 
     # The numbers, against what the services counted themselves over the same window.
     recorded = json.loads(record.read_text())
+    window_s, scrape_s = recorded["window_seconds"], recorded["scrape_interval_seconds"]
+
+    def tolerance(requests: int) -> float:
+        return success_tolerance(requests, window_s, scrape_s)
+
     start, end = recorded["counters"]["start"], recorded["counters"]["end"]
     assert start is not None
     assert end["time"] - start["time"] == pytest.approx(recorded["window_seconds"], abs=1.5)
@@ -131,14 +136,14 @@ def test_demo_once_tells_the_walkthrough_story_with_true_numbers(scratch: Path) 
     bot = truth(start, end, "vote-bot", "web")
     for what, row, true in checks:
         print(f"{what}: mesh {row.success} {row.rps}rps; counted {true.success:.4f} {true.rps:.2f}rps")
-        assert row.success == pytest.approx(true.success, abs=success_tolerance(true.requests)), what
+        assert row.success == pytest.approx(true.success, abs=tolerance(true.requests)), what
         assert row.rps == pytest.approx(true.rps, rel=RPS_TOLERANCE), what
     # And what the bot sent is what web received: the mesh lost or invented nothing.
-    assert web.success == pytest.approx(bot.success, abs=success_tolerance(bot.requests))
+    assert web.success == pytest.approx(bot.success, abs=tolerance(bot.requests))
     assert web.rps == pytest.approx(bot.rps, rel=RPS_TOLERANCE)
     # The bot's design: 2 requests per loop, the failing emoji in 15% of the votes.
     assert web.rps == pytest.approx(2 * RATE, rel=RPS_TOLERANCE)
-    assert voting == pytest.approx(0.85, abs=success_tolerance(bot.requests // 2))
+    assert voting == pytest.approx(0.85, abs=tolerance(bot.requests // 2))
 
     assert_nothing_left(recorded["workdir"])
 

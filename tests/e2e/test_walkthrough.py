@@ -1,0 +1,119 @@
+"""The seed's walkthrough on the lab, checked: `helm install`, inject (both ways), three
+`kubectl mesh stat` commands through the real kubectl, and the numbers against the truth.
+
+Runs tests/e2e/walkthrough.py (what `make walkthrough` prints) once for the module, both
+variants: the namespace labelled for the webhook, and `kubectl mesh inject | kubectl apply`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from e2e.tables import RPS_TOLERANCE, parse_sections, success_tolerance, truth
+from e2e.walkthrough import COMMANDS
+
+pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.slow]
+
+WEB, FROM_WEB, TO_VOTING = ("kubectl " + " ".join(c) for c in COMMANDS)
+VARIANTS = ("label", "inject")
+
+
+def _missing() -> str | None:
+    """Why the walkthrough cannot run here, or None."""
+    if importlib.util.find_spec("lab.cluster") is None:
+        return "the lab (tests/lab/cluster.py) is not there yet"
+    from lab.config import bin_dir, missing_binaries
+
+    missing = missing_binaries(bin_dir())
+    if missing:
+        return f"lab binaries missing ({', '.join(missing)}): run `make binaries`"
+    if not os.access(bin_dir() / "helm", os.X_OK):
+        return "helm is missing from the lab binaries: run `make binaries`"
+    return None
+
+
+@pytest.fixture(scope="module")
+def results() -> Iterator[dict[str, Any]]:
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    from e2e import walkthrough as w
+
+    with w.lab_session() as tools:
+        try:
+            done = w.walkthrough(tools, VARIANTS)
+            for result in done:
+                print(f"\n# {result.variant}\n{result.render()}")
+            yield {r.variant: r for r in done}
+        finally:
+            w.remove_app(tools)
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_seeds_findings(results: dict[str, Any], variant: str) -> None:
+    result = results[variant]
+    tables = parse_sections(result.render())
+    assert list(tables) == [WEB, FROM_WEB, TO_VOTING]
+    (web,) = tables[WEB]
+    assert web.name == "web" and web.success is not None and web.success < 1.0
+    callees = {r.name: r for r in tables[FROM_WEB]}
+    assert set(callees) == {"emoji", "voting"}
+    assert callees["emoji"].success == 1.0
+    voting = callees["voting"].success
+    assert voting is not None and voting < 1.0
+    assert [r.name for r in tables[TO_VOTING]] == ["web"], "web is the only caller of voting"
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_injected_pod_is_meshed(results: dict[str, Any], variant: str) -> None:
+    from e2e.walkthrough import DEPLOYMENTS, meshed
+
+    result = results[variant]
+    assert all(meshed(pod) for pod in result.pods.values())
+    listing = {row["name"]: (row["meshed"], row["running"]) for row in result.all_deployments}
+    assert listing == {d: (1, 1) for d in DEPLOYMENTS}
+    tables = parse_sections(result.render())
+    assert all(r.cells["MESHED"] == "1/1" for rows in tables.values() for r in rows)
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_numbers_match_what_the_services_counted(results: dict[str, Any], variant: str) -> None:
+    from e2e.walkthrough import SCRAPE_S, WINDOW_S
+
+    result = results[variant]
+    tables = parse_sections(result.render())
+    start, end = result.counters_start, result.counters_end
+    assert end["time"] - start["time"] == pytest.approx(WINDOW_S, abs=5)
+    (web,) = tables[WEB]
+    callees = {r.name: r for r in tables[FROM_WEB]}
+    checks = [
+        ("web inbound", web, truth(start, end, "web")),
+        ("vote-bot -> web", web, truth(start, end, "vote-bot", "web")),
+        ("web -> emoji", callees["emoji"], truth(start, end, "web", "emoji")),
+        ("web -> voting", callees["voting"], truth(start, end, "web", "voting")),
+        ("web -> voting, from --to", tables[TO_VOTING][0], truth(start, end, "web", "voting")),
+        ("voting inbound", callees["voting"], truth(start, end, "voting")),
+    ]
+    for what, row, true in checks:
+        print(
+            f"{variant} {what}: mesh {row.success} {row.rps}rps, counted {true.success:.4f} {true.rps:.2f}rps"
+        )
+        tolerance = success_tolerance(true.requests, WINDOW_S, SCRAPE_S)
+        assert row.success == pytest.approx(true.success, abs=tolerance), what
+        assert row.rps == pytest.approx(true.rps, rel=RPS_TOLERANCE), what
+
+
+@pytest.mark.timeout(1200)
+def test_grafana_dashboards_show_web(results: dict[str, Any]) -> None:
+    for result in results.values():
+        assert result.dashboards, "no dashboard queries found in the chart"
+        empty = [f"{board} / {panel}: {query}" for board, panel, query, n in result.dashboards if n == 0]
+        assert empty == [], "dashboard queries without data for web"

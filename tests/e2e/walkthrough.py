@@ -1,0 +1,379 @@
+"""`make walkthrough`: the seed's story on the lab, with the real tools a user has.
+
+    lab up → helm install charts/kubectl-mesh → label emojivoto for injection → kubectl apply
+    → wait for pods and a full window of traffic → kubectl mesh stat ×3 (through kubectl's
+    plugin discovery) → the tables; then the same with `kubectl mesh inject … | kubectl apply`.
+
+Run as root on Linux: `PYTHONPATH=tests python -m e2e.walkthrough [--variant label|inject|both]`.
+A lab that is already running (`make cluster`) is used and left running; otherwise the lab is
+started here and torn down at the end. tests/e2e/test_walkthrough.py runs the same code and
+checks the numbers against the services' own counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, INJECT_ENABLED, INJECT_LABEL, PROXY_CONTAINER_NAME
+
+REPO = Path(__file__).resolve().parents[2]
+MANIFEST = REPO / "examples" / "emojivoto" / "emojivoto.yml"
+CHART = REPO / "charts" / "kubectl-mesh"
+DASHBOARDS = CHART / "files" / "dashboards"
+NAMESPACE = "emojivoto"
+RELEASE = "kubectl-mesh"
+WINDOW_S = 60  # `kubectl mesh stat`'s default -t 1m
+SCRAPE_S = 10  # the chart's scrape interval
+COUNTERS_PORT = 8801  # emojivoto.yml: each pod's own counters, outside the mesh
+DEPLOYMENTS = ("emoji", "voting", "web", "vote-bot")
+
+# The seed's three commands, as a user types them (after `kubectl`).
+COMMANDS = (
+    ("mesh", "stat", "-n", NAMESPACE, "deployment", "web"),
+    ("mesh", "stat", "deploy", "--all-namespaces", "--from", "web", "--from-namespace", NAMESPACE),
+    ("mesh", "stat", "deploy", "--to", "voting", "--to-namespace", NAMESPACE, "--all-namespaces"),
+)
+# Every Deployment of the app: MESHED must be 1/1 for each.
+ALL_DEPLOYMENTS = ("mesh", "stat", "-n", NAMESPACE, "deploy")
+
+
+class WalkthroughError(RuntimeError):
+    """A step failed; the message says which, with the tool's own words."""
+
+
+def log(message: str) -> None:
+    print(f"[walkthrough {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Tools:
+    """kubectl and helm against the lab, with kubectl-mesh on PATH for plugin discovery."""
+
+    kubeconfig: Path
+    helm_bin: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        venv_bin = str(Path(sys.executable).parent)
+        self.env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        self.env["PATH"] = f"{venv_bin}:{self.env.get('PATH', '/usr/bin:/bin')}"
+
+    def run(
+        self, argv: list[str], *, stdin: str | None = None, check: bool = True, timeout: float = 180
+    ) -> str:
+        done = subprocess.run(
+            argv, input=stdin, capture_output=True, text=True, env=self.env, timeout=timeout, check=False
+        )
+        if check and done.returncode != 0:
+            raise WalkthroughError(f"`{' '.join(argv)}` failed ({done.returncode}): {done.stderr.strip()}")
+        return done.stdout
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 180) -> str:
+        return self.run(["kubectl", *args], stdin=stdin, check=check, timeout=timeout)
+
+    def kubectl_full(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["kubectl", *args], capture_output=True, text=True, env=self.env, timeout=120)
+
+    def helm(self, *args: str, timeout: float = 300) -> str:
+        return self.run([self.helm_bin, *args, "--kubeconfig", str(self.kubeconfig)], timeout=timeout)
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json"))
+
+
+# --- the lab --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def lab_session(keep: bool = False) -> Iterator[Tools]:
+    """The running lab, or one started here (and stopped on exit unless `keep`)."""
+    from lab import cluster
+    from lab.config import KUBECONFIG, bin_dir
+
+    started = cluster.running() is None
+    if started:
+        log("starting the lab (kube-apiserver, etcd, controller-manager, node agent, Prometheus)…")
+    t0 = time.monotonic()
+    state = cluster.up(owner="walkthrough")
+    log(f"lab ready in {time.monotonic() - t0:.1f}s: {state.api_url}")
+    helm = str(Path(state.bin_dir or bin_dir()) / "helm")
+    if not os.access(helm, os.X_OK):
+        helm = shutil.which("helm") or helm
+    try:
+        yield Tools(KUBECONFIG, helm)
+    finally:
+        if started and not keep:
+            log("stopping the lab…")
+            cluster.down()
+
+
+# --- the steps --------------------------------------------------------------------------------
+
+
+def install_chart(tools: Tools) -> None:
+    """`helm install` the control plane (as a user would; upgrade if it is already there)."""
+    log(f"$ helm upgrade --install {RELEASE} charts/kubectl-mesh")
+    lab_values = CHART.parent.parent / "tests" / "chart" / "lab-values.yaml"
+    extra = ["-f", str(lab_values)] if lab_values.exists() else []
+    tools.helm("upgrade", "--install", RELEASE, str(CHART), *extra)
+    for deployment in ("mesh-webhook", "prometheus"):
+        rollout = ("rollout", "status", f"deployment/{deployment}", "--timeout=180s")
+        tools.kubectl("-n", CONTROL_PLANE_NAMESPACE, *rollout, timeout=200)
+
+
+def remove_app(tools: Tools) -> None:
+    if tools.kubectl("get", "namespace", NAMESPACE, "--ignore-not-found", "-o", "name").strip():
+        log(f"$ kubectl delete namespace {NAMESPACE}")
+        tools.kubectl("delete", "namespace", NAMESPACE, "--wait=true", "--timeout=180s", timeout=200)
+
+
+def deploy_labelled(tools: Tools) -> None:
+    """The namespace opts in; the webhook injects every pod the Deployments create."""
+    remove_app(tools)
+    log(f"$ kubectl create namespace {NAMESPACE}")
+    tools.kubectl("create", "namespace", NAMESPACE)
+    log(f"$ kubectl label namespace {NAMESPACE} {INJECT_LABEL}={INJECT_ENABLED}")
+    tools.kubectl("label", "namespace", NAMESPACE, f"{INJECT_LABEL}={INJECT_ENABLED}")
+    log("$ kubectl apply -f examples/emojivoto/emojivoto.yml")
+    tools.kubectl("apply", "-f", str(MANIFEST))
+
+
+def deploy_injected(tools: Tools) -> None:
+    """The seed's way: the manifest goes through `kubectl mesh inject` on its way to the cluster."""
+    remove_app(tools)
+    log("$ kubectl mesh inject examples/emojivoto/emojivoto.yml | kubectl apply -f -")
+    injected = tools.kubectl("mesh", "inject", str(MANIFEST))
+    tools.kubectl("apply", "-f", "-", stdin=injected)
+
+
+def app_pods(tools: Tools) -> list[dict[str, Any]]:
+    return list(tools.json("get", "pods", "-n", NAMESPACE)["items"])
+
+
+def wait_pods(tools: Tools, timeout: float = 180) -> dict[str, dict[str, Any]]:
+    """Until each Deployment has exactly one Ready pod; returns deployment -> pod."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ready: dict[str, dict[str, Any]] = {}
+        pods = app_pods(tools)
+        for pod in pods:
+            app = pod["metadata"].get("labels", {}).get("app", "")
+            conditions = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+            if conditions.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
+                ready.setdefault(app, pod)
+        if set(ready) == set(DEPLOYMENTS) and len(pods) == len(DEPLOYMENTS):
+            return ready
+        if time.monotonic() > deadline:
+            states = {p["metadata"]["name"]: p.get("status", {}).get("phase") for p in pods}
+            raise WalkthroughError(f"pods not ready after {timeout:.0f}s: {states}")
+        time.sleep(2)
+
+
+def meshed(pod: dict[str, Any]) -> bool:
+    """The pod carries the proxy (a native sidecar init container, or a plain container)."""
+    spec = pod["spec"]
+    names = [c["name"] for c in spec.get("containers", []) + spec.get("initContainers", [])]
+    return PROXY_CONTAINER_NAME in names
+
+
+class CounterHistory(threading.Thread):
+    """Reads every app pod's /counters every 2 s, so a window's start can be looked up later."""
+
+    def __init__(self, pods: dict[str, dict[str, Any]]) -> None:
+        super().__init__(name="counters", daemon=True)
+        self.urls = {d: f"http://{p['status']['podIP']}:{COUNTERS_PORT}/counters" for d, p in pods.items()}
+        self.samples: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def read(self) -> dict[str, Any]:
+        at = time.time()
+        services = {}
+        for name, url in self.urls.items():
+            with self.opener.open(url, timeout=5) as r:
+                services[name] = json.load(r)
+        return {"time": at, "services": services}
+
+    def run(self) -> None:
+        while not self.stopped.wait(2.0):
+            with contextlib.suppress(OSError, ValueError):
+                sample = self.read()
+                with self.lock:
+                    self.samples.append(sample)
+
+    def nearest(self, at: float) -> dict[str, Any]:
+        with self.lock:
+            return min(self.samples, key=lambda s: abs(s["time"] - at))
+
+
+def wait_for_traffic(tools: Tools, history: CounterHistory, timeout: float = 240) -> None:
+    """Until a full stat window of the bot's traffic has been scraped, and stat shows it."""
+    started = time.monotonic()
+    needed = WINDOW_S + 2 * SCRAPE_S
+    while True:
+        elapsed = time.monotonic() - started
+        if elapsed >= needed:
+            out = tools.kubectl_full(*ALL_DEPLOYMENTS, "-o", "json")
+            rows = json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else []
+            if {r["name"] for r in rows if r.get("rps")} >= {"web", "emoji", "voting"}:
+                return
+        if elapsed > needed + timeout:
+            raise WalkthroughError(f"no traffic in `kubectl mesh stat` after {elapsed:.0f}s")
+        with history.lock:
+            loops = history.samples[-1]["services"]["vote-bot"].get("loops", 0) if history.samples else 0
+        log(f"waiting for a {WINDOW_S}s window of traffic: {elapsed:.0f}s of {needed}s, {loops} bot loops")
+        time.sleep(10)
+
+
+@dataclass
+class Section:
+    command: str
+    output: str  # stdout, or the stderr line ("No traffic found.")
+    at: float  # when the command ran (the end of its window)
+
+
+def run_stat(tools: Tools, args: tuple[str, ...]) -> Section:
+    at = time.time()
+    done = tools.kubectl_full(*args)
+    if done.returncode != 0:
+        raise WalkthroughError(f"`kubectl {' '.join(args)}` failed: {done.stderr.strip()}")
+    return Section("kubectl " + " ".join(args), (done.stdout or done.stderr).rstrip("\n"), at)
+
+
+def dashboard_queries(pods: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(dashboard, panel, PromQL) of every dashboard panel, variables set to web's values.
+
+    Panels that look only at traffic from other namespaces (`src_namespace!="$namespace"`) are
+    left out: in this app no traffic crosses namespaces, so they are rightly empty.
+    """
+    values = {
+        "$namespace": NAMESPACE,
+        "$deployment": "web",
+        "$pod": pods["web"]["metadata"]["name"],
+        "$__rate_interval": "1m",
+        "$__interval": "10s",
+        "$__range": "5m",
+    }
+    queries = []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        board = json.loads(path.read_text())
+        panels = list(board.get("panels", []))
+        for panel in list(panels):
+            panels.extend(panel.get("panels", []))  # rows hold panels too
+        for panel in panels:
+            for target in panel.get("targets") or []:
+                expr = target.get("expr")
+                if not expr or 'src_namespace!="$namespace"' in expr:
+                    continue
+                for var in sorted(values, key=len, reverse=True):
+                    expr = expr.replace(var, values[var])
+                queries.append((board.get("title", path.stem), panel.get("title", ""), expr))
+    return queries
+
+
+def prometheus_query(tools: Tools, promql: str) -> list[Any]:
+    """An instant query to the chart's Prometheus, through the API server's service proxy."""
+    from urllib.parse import quote
+
+    path = (
+        f"/api/v1/namespaces/{CONTROL_PLANE_NAMESPACE}/services/prometheus:9090/proxy/api/v1/query"
+        f"?query={quote(promql)}"
+    )
+    payload = json.loads(tools.kubectl("get", "--raw", path))
+    if payload.get("status") != "success":
+        raise WalkthroughError(f"Prometheus: {payload}")
+    return list(payload["data"]["result"])
+
+
+@dataclass
+class Result:
+    variant: str
+    sections: list[Section]
+    all_deployments: list[dict[str, Any]]  # `kubectl mesh stat -n emojivoto deploy -o json`
+    pods: dict[str, dict[str, Any]]
+    counters_start: dict[str, Any]
+    counters_end: dict[str, Any]
+    dashboards: list[tuple[str, str, str, int]]  # board, panel, query, number of series
+
+    def render(self) -> str:
+        return "\n\n".join(f"$ {s.command}\n{s.output}" for s in self.sections) + "\n"
+
+
+def run_variant(tools: Tools, variant: str) -> Result:
+    log(f"--- variant: {variant}")
+    (deploy_labelled if variant == "label" else deploy_injected)(tools)
+    pods = wait_pods(tools)
+    log("pods ready: " + ", ".join(p["metadata"]["name"] for p in pods.values()))
+    history = CounterHistory(pods)
+    history.start()
+    try:
+        wait_for_traffic(tools, history)
+        sections = [run_stat(tools, c) for c in COMMANDS]
+        end = history.read()
+        start = history.nearest(sections[0].at - WINDOW_S)
+        listing = json.loads(tools.kubectl_full(*ALL_DEPLOYMENTS, "-o", "json").stdout or "[]")
+    finally:
+        history.stopped.set()
+    boards = [(b, p, q, len(prometheus_query(tools, q))) for b, p, q in dashboard_queries(pods)]
+    return Result(variant, sections, listing, pods, start, end, boards)
+
+
+def walkthrough(tools: Tools, variants: tuple[str, ...]) -> list[Result]:
+    install_chart(tools)
+    return [run_variant(tools, v) for v in variants]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make walkthrough", description=__doc__.split("\n")[0])
+    parser.add_argument("--variant", choices=("label", "inject", "both"), default="both")
+    parser.add_argument("--keep", action="store_true", help="leave the lab and the app running")
+    parser.add_argument("--json", metavar="FILE", help="also write the results (tables, counters) as JSON")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
+        print("walkthrough: needs root on Linux (the lab runs pods in network namespaces)", file=sys.stderr)
+        return 1
+    variants = ("label", "inject") if args.variant == "both" else (args.variant,)
+    t0 = time.monotonic()
+    try:
+        with lab_session(keep=args.keep) as tools:
+            results = walkthrough(tools, variants)
+            if not args.keep:
+                remove_app(tools)
+    except WalkthroughError as exc:
+        print(f"walkthrough: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the lab's own errors (LabError) and tool failures: one line
+        print(f"walkthrough: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    for result in results:
+        how = "labelled namespace" if result.variant == "label" else "kubectl mesh inject"
+        print(f"# emojivoto meshed by {how}\n")
+        print(result.render())
+        empty = [f"{b} / {p}" for b, p, _, n in result.dashboards if n == 0]
+        summary = (
+            f"{len(result.dashboards) - len(empty)} of {len(result.dashboards)} queries return data for web"
+        )
+        print(f"# Grafana dashboards: {summary}" + (f"; empty: {', '.join(empty)}" if empty else "") + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
+    log(f"done in {time.monotonic() - t0:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
