@@ -61,7 +61,8 @@ def test_webhook_image_runs_the_charts_command_as_the_charts_user(defaults: list
 
 
 def test_proxy_image_provides_the_commands_the_injector_sets() -> None:
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}, "spec": {"containers": [{"name": "app"}]}}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}}
+    pod["spec"] = {"containers": [{"name": "app"}]}
     decision = inject_pod(pod, "shop", None, MeshConfig())
     assert decision.injected, decision.message
     spec = decision.pod["spec"]
