@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 if TYPE_CHECKING:
     from .server import Proxy
 
 StartResponse = Callable[..., Any]
+# The classic text format: what generate_latest writes, and what every Prometheus 2.x parses.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def make_registry(proxy: Proxy) -> CollectorRegistry:
@@ -33,7 +35,7 @@ def admin_app(proxy: Proxy) -> Callable[[dict[str, Any], StartResponse], Iterabl
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             status, body, ctype = "405 Method Not Allowed", b"method not allowed\n", "text/plain"
         elif path == "/metrics":
-            status, body, ctype = "200 OK", generate_latest(registry), CONTENT_TYPE_LATEST
+            status, body, ctype = "200 OK", generate_latest(registry), CONTENT_TYPE
         elif path == "/live":
             status, body, ctype = "200 OK", b"live\n", "text/plain"
         elif path == "/ready":

@@ -148,8 +148,8 @@ class MeshMetrics(Collector):
         now = self.clock()
         self._evict_idle(self.routes, now)
         self._evict_idle(self.tcp, now)
-        requests = Metric(METRIC_REQUESTS, "Requests the proxy forwarded, by peer.", "counter")
-        responses = Metric(METRIC_RESPONSES, "Responses, by status, classification and error.", "counter")
+        requests = _counter(METRIC_REQUESTS, "Requests the proxy forwarded, by peer.")
+        responses = _counter(METRIC_RESPONSES, "Responses, by status, classification and error.")
         latency = Metric(METRIC_LATENCY, "Time to response headers, in milliseconds.", "histogram")
         for route in list(self.routes.values()):
             labels = route.labels
@@ -181,7 +181,12 @@ class MeshMetrics(Collector):
         )
         tcp = list(self.tcp.values())
         for name, doc, kind, attr in tcp_metrics:
-            metric = Metric(name, doc, kind)
+            metric = _counter(name, doc) if kind == "counter" else Metric(name, doc, kind)
             for series in tcp:
                 metric.add_sample(name, series.labels, getattr(series, attr))
             yield metric
+
+
+def _counter(name: str, doc: str) -> Metric:
+    """A counter family: prometheus_client names the family without `_total` and adds it on output."""
+    return Metric(name.removesuffix("_total"), doc, "counter")

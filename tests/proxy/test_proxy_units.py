@@ -1,0 +1,366 @@
+"""Unit tests of the proxy's pure parts: detection, HTTP/1 handling, identity, config, rules."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from kubectl_mesh.contract import DEFAULT_INBOUND_PORTS_TO_IGNORE, PROXY_UID
+from proxy import http1
+from proxy.config import ConfigError, parse_run_args
+from proxy.detect import Protocol, detect
+from proxy.http1 import BODY, CHUNKED, END, HEAD, LENGTH, NO_BODY, UNTIL_CLOSE, UPGRADE, Head
+from proxy.identity import PeerLabelCache, identity_from_parts, parse_identity, peer_labels
+from proxy.init import config_from_args
+from proxy.iptables import (
+    INBOUND_CHAIN,
+    OUTPUT_CHAIN,
+    InitConfig,
+    clean_rules,
+    has_any,
+    is_applied,
+    parse_port_list,
+    plan_rules,
+    render,
+)
+
+# --- detection ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "expected"),
+    [
+        (b"GET / HTTP/1.1\r\n", Protocol.HTTP1),
+        (b"POST /x HTTP/1.0\r\n", Protocol.HTTP1),
+        (b"PROPFIND / ", Protocol.HTTP1),
+        (b"GE", Protocol.NEED_MORE),
+        (b"OPTIONS", Protocol.NEED_MORE),
+        (b"", Protocol.NEED_MORE),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Protocol.OPAQUE),
+        (b"\x16\x03\x01\x02\x00", Protocol.OPAQUE),
+        (b"get / HTTP/1.1", Protocol.OPAQUE),
+        (b"GETX / HTTP/1.1", Protocol.OPAQUE),
+        (b"SSH-2.0-OpenSSH", Protocol.OPAQUE),
+    ],
+)
+def test_detect(first: bytes, expected: Protocol) -> None:
+    assert detect(first) is expected
+
+
+# --- HTTP/1 ---------------------------------------------------------------------------------------
+
+
+def _request_events(data: bytes) -> list[tuple[int, object]]:
+    reader = http1.RequestReader()
+    reader.feed(data)
+    return list(reader.events)
+
+
+def test_split_headers_drops_hop_by_hop_and_connection_named() -> None:
+    head = Head()
+    http1.split_headers(
+        [
+            (b"Host", b"web"),
+            (b"Connection", b"keep-alive, X-Private"),
+            (b"X-Private", b"1"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"TE", b"trailers"),
+            (b"Trailer", b"X-T"),
+            (b"Proxy-Authorization", b"Basic x"),
+            (b"Proxy-Connection", b"keep-alive"),
+            (b"X-Mesh-Src", b"a/deployment/b/c"),
+            (b"X-Mesh-Dst", b"d/deployment/e/f"),
+            (b"Accept", b"*/*"),
+            (b"Expect", b"100-continue"),
+        ],
+        head,
+    )
+    assert head.headers == [(b"Host", b"web"), (b"Accept", b"*/*"), (b"Expect", b"100-continue")]
+    assert head.mesh == {b"x-mesh-src": b"a/deployment/b/c", b"x-mesh-dst": b"d/deployment/e/f"}
+    assert head.host == b"web" and head.expect_continue
+
+
+def test_upgrade_needs_connection_upgrade() -> None:
+    head = Head()
+    http1.split_headers([(b"Upgrade", b"websocket")], head)
+    assert head.upgrade is None, "Upgrade without Connection: upgrade is not a request to switch"
+    head = Head()
+    http1.split_headers([(b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")], head)
+    assert head.upgrade == b"websocket"
+
+
+def test_request_reader_events_for_pipelined_requests() -> None:
+    events = _request_events(
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+    )
+    kinds = [k for k, _ in events]
+    assert kinds == [HEAD, END, HEAD, BODY, END]
+    first, second = events[0][1], events[2][1]
+    assert isinstance(first, Head) and isinstance(second, Head)
+    assert (first.method, first.target, first.body_mode) == (b"GET", b"/a", NO_BODY)
+    assert (second.method, second.body_mode, events[3][1]) == (b"POST", LENGTH, b"abc")
+
+
+def test_request_reader_chunked_and_upgrade() -> None:
+    events = _request_events(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    head = events[0][1]
+    assert isinstance(head, Head) and head.body_mode == CHUNKED
+    assert [k for k, _ in events] == [HEAD, BODY, END]
+    events = _request_events(b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nleftover")
+    assert [k for k, _ in events] == [HEAD, END, UPGRADE]
+    assert events[-1][1] == b"leftover"
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nA B: c\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nX: " + b"v" * (http1.MAX_HEADER_BYTES + 1) + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\n" + b"X: v\r\n" * (http1.MAX_HEADERS + 1) + b"\r\n", 431),
+        (b"GET /" + b"a" * (http1.MAX_TARGET_BYTES + 1) + b" HTTP/1.1\r\n\r\n", 414),
+        (b"\x00\x01garbage\r\n\r\n", 400),
+    ],
+)
+def test_request_reader_rejects(data: bytes, status: int) -> None:
+    with pytest.raises(http1.ProtocolError) as error:
+        http1.RequestReader().feed(data)
+    assert error.value.status == status
+
+
+def test_response_reader_head_1xx_and_close_delimited() -> None:
+    reader = http1.ResponseReader()
+    reader.start(b"HEAD")
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+    assert [k for k, _ in reader.events] == [HEAD, END], "a response to HEAD ends with its headers"
+    reader.events.clear()
+    reader.start(b"GET")  # the parser is replaced: the next response parses from scratch
+    reader.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    events = list(reader.events)
+    assert [k for k, _ in events] == [HEAD, HEAD, BODY, END]
+    assert [e[1].status for e in events if e[0] == HEAD] == [100, 200]  # type: ignore[attr-defined]
+    reader = http1.ResponseReader()
+    reader.start(b"GET")
+    reader.feed(b"HTTP/1.0 200 OK\r\n\r\nuntil close")
+    assert reader.events[0][1].body_mode == UNTIL_CLOSE  # type: ignore[attr-defined]
+    assert reader.eof() and list(reader.events)[-1] == (END, None)
+
+
+def test_response_reader_204_304_have_no_body() -> None:
+    for status in (204, 304):
+        reader = http1.ResponseReader()
+        reader.start(b"GET")
+        reader.feed(b"HTTP/1.1 %d X\r\n\r\n" % status)
+        assert [k for k, _ in reader.events] == [HEAD, END]
+
+
+def test_malformed_response_is_502() -> None:
+    reader = http1.ResponseReader()
+    reader.start(b"GET")
+    with pytest.raises(http1.ProtocolError) as error:
+        reader.feed(b"HTTP/1.1 abc\r\n\r\n")
+    assert error.value.status == 502
+
+
+def test_response_plan_and_encoding() -> None:
+    head = Head()
+    head.status, head.reason, head.body_mode = 200, b"OK", CHUNKED
+    head.headers = [(b"Content-Type", b"text/plain")]
+    assert http1.response_plan(head, "1.1") == (True, True)
+    assert http1.response_plan(head, "1.0") == (False, False), "HTTP/1.0 gets a close-delimited body"
+    head.body_mode = LENGTH
+    assert http1.response_plan(head, "1.0") == (False, True)
+    out = http1.encode_response_head(head, "1.0", True, False, [(b"x-mesh-dst", b"a/pod/b/c")])
+    assert out == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nx-mesh-dst: a/pod/b/c\r\n"
+        b"Connection: keep-alive\r\n\r\n"
+    )
+    assert http1.chunk(b"abc") == b"3\r\nabc\r\n"
+
+
+def test_request_encoding_adds_framing_and_identity() -> None:
+    [(_, head), *_] = _request_events(
+        b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\nX-Mesh-Src: forged\r\n\r\n"
+    )
+    assert isinstance(head, Head)
+    extra = [*http1.request_framing(head), (b"x-mesh-src", b"ns/deployment/a/b")]
+    out = http1.encode_request_head(head, b"/p", extra)
+    assert out == (
+        b"POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n"
+        b"x-mesh-src: ns/deployment/a/b\r\n\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "expected"),
+    [
+        (200, "", "success"),
+        (404, "", "success"),
+        (500, "", "failure"),
+        (503, "", "failure"),
+        (0, "reset", "failure"),
+    ],
+)
+def test_classify(status: int, error: str, expected: str) -> None:
+    assert http1.classify(status, error) == expected
+
+
+@pytest.mark.parametrize(
+    ("target", "host", "expected"),
+    [
+        (b"http://web.shop:8080/a?b", None, (("web.shop", 8080), b"/a?b", b"web.shop:8080")),
+        (b"http://web", None, (("web", 80), b"/", b"web")),
+        (b"http://[::1]:81/x", None, (("::1", 81), b"/x", b"[::1]:81")),
+        (b"/path", b"api:9000", (("api", 9000), b"/path", b"api:9000")),
+        (b"/path", None, None),
+        (b"https://web/", None, None),
+        (b"http://user@web/", None, None),
+        (b"/x", b"web:99999", None),
+    ],
+)
+def test_forward_proxy_target(target: bytes, host: bytes | None, expected: object) -> None:
+    head = Head()
+    head.target, head.host = target, host
+    assert http1.forward_proxy_target(head) == expected
+
+
+# --- identity -------------------------------------------------------------------------------------
+
+
+def test_identity_parse_and_labels() -> None:
+    assert parse_identity(b"shop/deployment/web/web-1") == ("shop", "deployment", "web", "web-1")
+    for bad in (
+        b"",
+        b"a/b/c",
+        b"a/notakind/b/c",
+        b"A/deployment/b/c",
+        b"a/deployment/b/c/d",
+        b"a/deployment//c",
+    ):
+        assert parse_identity(bad) is None, bad
+    assert peer_labels("dst", b"shop/statefulset/db/db-0") == (
+        ("dst_namespace", "shop"),
+        ("dst_statefulset", "db"),
+        ("dst_pod", "db-0"),
+    )
+    assert peer_labels("src", b"garbage") == ()
+    cache = PeerLabelCache("src", max_entries=2)
+    for i in range(5):
+        assert cache.get(b"n/pod/p/p%d" % i)[2] == ("src_pod", f"p{i}")
+    assert len(cache._cache) <= 2
+    assert identity_from_parts("shop", "Deployment", "web", "web-1") is not None
+    assert identity_from_parts("shop", "deployment", "web", "") is None
+
+
+# --- config -----------------------------------------------------------------------------------------
+
+
+def test_config_env_fallback_and_flags_win() -> None:
+    env = {
+        "MESH_POD_NAMESPACE": "shop",
+        "MESH_WORKLOAD_KIND": "deployment",
+        "MESH_WORKLOAD_NAME": "web",
+        "MESH_POD_NAME": "web-1",
+        "MESH_OPAQUE_PORTS": "3306,5432-5433",
+        "MESH_LOG_LEVEL": "debug",
+    }
+    config = parse_run_args(["--pod", "web-2"], env)
+    assert config.identity is not None and config.identity.header_value() == b"shop/deployment/web/web-2"
+    assert config.opaque_ports == {3306, 5432, 5433}
+    assert config.log_level == "debug"
+    assert parse_run_args([], {}).identity is None
+    assert parse_run_args(["--inbound-forward", "127.0.0.1:8080"], {}).inbound_forward == ("127.0.0.1", 8080)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--namespace", "shop"],  # a partial identity
+        ["--opaque-ports", "70000"],
+        ["--inbound-forward", "nohost"],
+        ["--response-timeout", "0"],
+    ],
+)
+def test_config_errors(argv: list[str]) -> None:
+    with pytest.raises(ConfigError):
+        parse_run_args(argv, {})
+
+
+# --- iptables ------------------------------------------------------------------------------------------
+
+
+def _init_args(**overrides: object) -> argparse.Namespace:
+    values: dict[str, object] = dict(
+        proxy_uid=PROXY_UID,
+        inbound_port=4143,
+        outbound_port=4140,
+        inbound_ports_to_ignore="",
+        outbound_ports_to_ignore="",
+        subnets_to_ignore="",
+    )
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def test_plan_rules_like_proxy_init() -> None:
+    config = config_from_args(
+        _init_args(
+            inbound_ports_to_ignore="22", outbound_ports_to_ignore="5432", subnets_to_ignore="10.96.0.0/12"
+        )
+    )
+    assert set(DEFAULT_INBOUND_PORTS_TO_IGNORE) <= set(config.inbound_ports_to_ignore)
+    text = render(plan_rules(config))
+    lines = [line.split(" -m comment")[0] for line in text.splitlines()]
+    assert lines == [
+        f"iptables -t nat -N {INBOUND_CHAIN}",
+        f"iptables -t nat -N {OUTPUT_CHAIN}",
+        f"iptables -t nat -A {INBOUND_CHAIN} -p tcp -m multiport --dports 22,4190:4191 -j RETURN",
+        f"iptables -t nat -A {INBOUND_CHAIN} -p tcp -j REDIRECT --to-ports 4143",
+        f"iptables -t nat -A PREROUTING -p tcp -j {INBOUND_CHAIN}",
+        f"iptables -t nat -A {OUTPUT_CHAIN} -m owner --uid-owner 2102 -j RETURN",
+        f"iptables -t nat -A {OUTPUT_CHAIN} -o lo -j RETURN",
+        f"iptables -t nat -A {OUTPUT_CHAIN} -p tcp -m multiport --dports 5432 -j RETURN",
+        f"iptables -t nat -A {OUTPUT_CHAIN} -d 10.96.0.0/12 -j RETURN",
+        f"iptables -t nat -A {OUTPUT_CHAIN} -p tcp -j REDIRECT --to-ports 4140",
+        f"iptables -t nat -A OUTPUT -p tcp -j {OUTPUT_CHAIN}",
+    ]
+
+
+def test_many_ignored_ports_split_into_multiport_groups() -> None:
+    ports = tuple(range(1000, 1040, 2))  # 20 single ports: more than one multiport rule holds
+    rules = plan_rules(InitConfig(inbound_ports_to_ignore=ports))
+    groups = [r[r.index("--dports") + 1] for r in rules if "--dports" in r]
+    assert sorted(int(p) for g in groups for p in g.split(",")) == list(ports)
+    assert all(len(g.split(",")) <= 7 for g in groups)
+
+
+def _save_output(config: InitConfig) -> str:
+    """What `iptables-save -t nat` prints after the plan was applied (its quoting of comments)."""
+    lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
+    rules = plan_rules(config)
+    lines += [f":{r[1]} - [0:0]" for r in rules if r[0] == "-N"]
+    for r in rules:
+        if r[0] == "-A":
+            i = r.index("--comment")
+            lines.append(" ".join([*r[: i + 1], f'"{r[i + 1]}"', *r[i + 2 :]]))
+    return "\n".join([*lines, "COMMIT"])
+
+
+def test_idempotence_and_clean() -> None:
+    config = InitConfig()
+    saved = _save_output(config)
+    assert is_applied(saved, config)
+    assert not is_applied(saved, InitConfig(inbound_ports_to_ignore=(22,))), "other settings → re-apply"
+    assert not is_applied("*nat\nCOMMIT", config) and not has_any("*nat\nCOMMIT")
+    commands = clean_rules(saved)
+    assert commands[0][:2] == ["-D", "PREROUTING"] and commands[1][:2] == ["-D", "OUTPUT"]
+    assert ["-X", INBOUND_CHAIN] in commands and ["-X", OUTPUT_CHAIN] in commands
+    assert "kubectl-mesh:" in commands[0][commands[0].index("--comment") + 1], "comment unquoted for iptables"
+
+
+def test_port_list_parsing() -> None:
+    assert parse_port_list("22, 8000-8002") == (22, 8000, 8001, 8002)
+    for bad in ("x", "0", "70000", "5-3"):
+        with pytest.raises(ValueError):
+            parse_port_list(bad)
