@@ -8,6 +8,8 @@ from typing import Any
 import jsonpatch
 import kubernetes_validate
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from webhook_testlib import validate_pod
 
 from kubectl_mesh import contract as c
@@ -450,3 +452,53 @@ def test_schema_validation_catches_a_broken_pod() -> None:
     }
     with pytest.raises(kubernetes_validate.ValidationError):
         validate_pod(broken)
+
+
+# --- make_patch: the reduced diff is still exactly the diff ---------------------------------------------
+
+
+_scalars = st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=3)
+_json = st.recursive(
+    _scalars,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.sampled_from("ab/~c"), kids, max_size=4),
+    max_leaves=15,
+)
+
+
+@st.composite
+def _derived(draw: st.DrawFn, value: Any) -> Any:
+    """A variant of `value` that shares untouched sub-objects with it, like the injector's output."""
+    choice = draw(st.sampled_from(["same", "same", "recurse", "new"]))
+    if choice == "same":
+        return value
+    if choice == "new":
+        return draw(_json)
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if draw(st.integers(0, 4)) == 0:
+                continue  # removed
+            out[key] = draw(_derived(item))
+        for key in draw(st.lists(st.sampled_from("xyz~/"), max_size=2)):
+            out[key] = draw(_json)
+        return out
+    if isinstance(value, list):
+        items = [draw(_derived(item)) for item in value if draw(st.integers(0, 4)) != 0]
+        for _ in range(draw(st.integers(0, 2))):
+            items.insert(draw(st.integers(0, len(items))), draw(_json))
+        return items
+    return draw(_json)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(), original=st.dictionaries(st.sampled_from(["metadata", "spec", "x/y"]), _json, max_size=3)
+)
+def test_make_patch_equals_a_full_diff(data: st.DataObject, original: dict[str, Any]) -> None:
+    mutated = data.draw(_derived(original))
+    if not isinstance(mutated, dict):
+        mutated = {"replaced": mutated}
+    before = copy.deepcopy(original)
+    patch = make_patch(original, mutated)
+    assert original == before
+    assert jsonpatch.apply_patch(copy.deepcopy(original), patch) == mutated

@@ -1,0 +1,328 @@
+"""Admissions per second and latency of the webhook: real gunicorn, gevent workers, TLS.
+
+    make bench-webhook                       # the shipped settings (MESH_WEBHOOK_WORKERS default)
+    make bench-webhook ARGS="--sweep 1,2,3"  # compare worker counts on this machine
+
+16 concurrent keep-alive HTTPS clients (gevent greenlets, like the API server's pooled
+connections) POST AdmissionReviews of a realistic Deployment pod, each with a new uid, and check
+every answer carries a patch. Bounded: `--requests` (3000) or `--seconds` (20), whichever first,
+after a warm-up. The last line is one JSON object: admissions_per_s, p50_ms, p99_ms, ...
+Target on a 2-core machine: >= 800 admissions/s, p99 <= 25 ms.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import http.client  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import ssl  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gevent  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from webhook.certs import generate_webhook_certs  # noqa: E402
+
+GUNICORN = str(Path(sys.executable).parent / "gunicorn")
+TARGET_RPS = 800
+TARGET_P99_MS = 25.0
+
+POD: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {
+        "generateName": "web-5d4f8c7b9-",
+        "namespace": "emojivoto",
+        "labels": {"app": "web-svc", "version": "v11", "pod-template-hash": "5d4f8c7b9"},
+        "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-11-27T10:00:00Z"},
+        "ownerReferences": [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "name": "web-5d4f8c7b9",
+                "uid": "b9a7c1f2-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    },
+    "spec": {
+        "serviceAccountName": "web",
+        "containers": [
+            {
+                "name": "web-svc",
+                "image": "docker.l5d.io/buoyantio/emojivoto-web:v11",
+                "command": ["/usr/local/bin/emojivoto-web"],
+                "env": [
+                    {"name": "WEB_PORT", "value": "8080"},
+                    {"name": "EMOJISVC_HOST", "value": "emoji-svc.emojivoto:8080"},
+                    {"name": "VOTINGSVC_HOST", "value": "voting-svc.emojivoto:8080"},
+                    {"name": "INDEX_BUNDLE", "value": "dist/index_bundle.js"},
+                ],
+                "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+                "readinessProbe": {"httpGet": {"path": "/", "port": 8080}},
+                "volumeMounts": [
+                    {
+                        "name": "kube-api-access-x1",
+                        "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+                    }
+                ],
+            }
+        ],
+        "volumes": [
+            {
+                "name": "kube-api-access-x1",
+                "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]},
+            }
+        ],
+        "restartPolicy": "Always",
+        "terminationGracePeriodSeconds": 30,
+        "dnsPolicy": "ClusterFirst",
+    },
+}
+
+
+def review_body(uid: str) -> bytes:
+    return json.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": uid,
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "emojivoto",
+                "operation": "CREATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": POD,
+                "dryRun": False,
+            },
+        }
+    ).encode()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, workdir: Path, workers: int | None) -> None:
+        bundle = generate_webhook_certs(ip_addresses=["127.0.0.1"])
+        (workdir / "tls.crt").write_bytes(bundle.cert_pem)
+        (workdir / "tls.key").write_bytes(bundle.key_pem)
+        (workdir / "metrics").mkdir()
+        self.ca = bundle.ca_cert_pem.decode()
+        self.port = free_port()
+        env = dict(os.environ)
+        env.update(
+            MESH_TLS_CERT=str(workdir / "tls.crt"),
+            MESH_TLS_KEY=str(workdir / "tls.key"),
+            MESH_WEBHOOK_BIND=f"127.0.0.1:{self.port}",
+            MESH_WEBHOOK_LOG_LEVEL="warning",
+            PROMETHEUS_MULTIPROC_DIR=str(workdir / "metrics"),
+        )
+        if workers is not None:
+            env["MESH_WEBHOOK_WORKERS"] = str(workers)
+        self.log = open(workdir / "gunicorn.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [GUNICORN, "-c", "python:webhook.gunicorn_conf", "webhook.wsgi:app"],
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cadata=self.ca)
+
+    def connect(self) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context(), timeout=10)
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"error: gunicorn exited with {self.proc.returncode}")
+            try:
+                conn = self.connect()
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return
+            except OSError:
+                gevent.sleep(0.2)
+        raise SystemExit("error: webhook did not become healthy")
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn workers (children of the master)."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                if ppid == self.proc.pid:
+                    pids.append(int(entry.name))
+        return pids
+
+    def cpu_seconds(self) -> float:
+        """user+system CPU of the master and its workers so far."""
+        total = 0
+        for pid in [self.proc.pid, *self.worker_pids()]:
+            try:
+                fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def load(server: Server, concurrency: int, total: int, seconds: float) -> dict[str, Any]:
+    """`total` admissions over `concurrency` keep-alive connections, stopping early after `seconds`."""
+    latencies: list[float] = []
+    errors = [0]
+    issued = [0]
+    deadline = time.monotonic() + seconds
+
+    def client(worker: int) -> None:
+        conn = server.connect()
+        while issued[0] < total and time.monotonic() < deadline:
+            issued[0] += 1
+            body = review_body(f"bench-{worker}-{issued[0]}")
+            start = time.perf_counter()
+            try:
+                conn.request("POST", "/mutate", body=body, headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                data = resp.read()
+                elapsed = time.perf_counter() - start
+                if resp.status != 200 or b'"patchType":"JSONPatch"' not in data:
+                    errors[0] += 1
+                latencies.append(elapsed)
+            except (OSError, http.client.HTTPException):
+                errors[0] += 1
+                conn.close()
+                conn = server.connect()
+        conn.close()
+
+    server_cpu0, client_cpu0 = server.cpu_seconds(), time.process_time()
+    started = time.perf_counter()
+    gevent.joinall([gevent.spawn(client, i) for i in range(concurrency)])
+    duration = time.perf_counter() - started
+    server_cpu, client_cpu = server.cpu_seconds() - server_cpu0, time.process_time() - client_cpu0
+    latencies.sort()
+    n = max(1, len(latencies))
+    return {
+        "server_cpu_ms_per_admission": round(server_cpu * 1000 / n, 3),
+        "client_cpu_ms_per_admission": round(client_cpu * 1000 / n, 3),
+        "requests": len(latencies),
+        "errors": errors[0],
+        "duration_s": round(duration, 3),
+        "admissions_per_s": round(len(latencies) / duration, 1) if duration else 0.0,
+        "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+        "max_ms": round((latencies[-1] if latencies else float("nan")) * 1000, 2),
+    }
+
+
+def measure(workers: int | None, args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-webhook-") as tmp:
+        server = Server(Path(tmp), workers)
+        try:
+            server.wait_healthy()
+            workers = len(server.worker_pids())
+            load(server, args.concurrency, args.warmup, args.seconds)  # TLS sessions, imports, caches
+            result = load(server, args.concurrency, args.requests, args.seconds)
+        finally:
+            server.stop()
+    result.update(workers=workers, worker_class="gevent", concurrency=args.concurrency)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=3000, help="admissions measured (default 3000)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="time bound of each phase (default 20)")
+    parser.add_argument("--warmup", type=int, default=300, help="admissions before measuring (default 300)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="gunicorn workers (default: the shipped default)"
+    )
+    parser.add_argument("--sweep", default="", help="comma-separated worker counts to compare, e.g. 1,2,3")
+    args = parser.parse_args()
+    # Without --sweep: --workers, or None for gunicorn_conf's shipped default.
+    counts = [int(x) for x in args.sweep.split(",") if x.strip()] if args.sweep else [args.workers]
+    results = []
+    for count in counts:
+        result = measure(count, args)
+        workers = result["workers"]
+        results.append(result)
+        print(
+            f"workers={workers} gevent: {result['admissions_per_s']} admissions/s, "
+            f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms, "
+            f"{result['requests']} requests in {result['duration_s']} s, errors {result['errors']}; "
+            f"CPU per admission: server {result['server_cpu_ms_per_admission']} ms, "
+            f"client {result['client_cpu_ms_per_admission']} ms",
+            flush=True,
+        )
+    best = max(results, key=lambda r: r["admissions_per_s"])
+    with open("/proc/loadavg") as fh:
+        load1 = float(fh.read().split()[0])
+    summary = {
+        **best,
+        "cpus": os.cpu_count(),
+        "load1_after": load1,  # other processes on the machine compete for the same cores
+        "target_admissions_per_s": TARGET_RPS,
+        "target_p99_ms": TARGET_P99_MS,
+        "meets_target": best["admissions_per_s"] >= TARGET_RPS and best["p99_ms"] <= TARGET_P99_MS,
+    }
+    if len(results) > 1:
+        summary["sweep"] = [
+            {
+                k: r[k]
+                for k in ("workers", "admissions_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_admission")
+            }
+            for r in results
+        ]
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
