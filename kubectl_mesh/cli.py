@@ -49,7 +49,9 @@ Run `kubectl mesh COMMAND --help` for a command's flags and examples.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every command, or with only `only` (when the command line names one:
+    each command module's import then costs nothing to the others)."""
     parser = ArgumentParser(
         prog="kubectl mesh",
         description="kubectl-mesh: where is my traffic, and who is failing?",
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kubectl-mesh {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         try:
             module = importlib.import_module(f"kubectl_mesh.commands.{name}")
         except ModuleNotFoundError as exc:
@@ -69,8 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command named on the command line (the first word, as global flags come after it)."""
+    return argv[0] if argv and argv[0] in COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=_command_in(argv))
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
