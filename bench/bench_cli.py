@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(
         f"kubectl mesh stat deploy ({row_count} rows): median {stat_median * 1000:.0f} ms "
-        f"(direct {result['stat_direct_median_s'] * 1000:.0f} ms); kubectl get deploy: {get_median * 1000:.0f} ms"
+        f"(direct {result['stat_direct_median_s'] * 1000:.0f} ms); "
+        f"kubectl get deploy: {get_median * 1000:.0f} ms"
     )
     print(json.dumps(result))
     return 0
