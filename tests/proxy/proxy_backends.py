@@ -143,8 +143,8 @@ class AppServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__((host, port), _Handler)
         self.requests = 0
         self.port = self.server_address[1]
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -184,3 +184,10 @@ class TcpServer(socketserver.ThreadingTCPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+
+
+if __name__ == "__main__":  # run as a pod's app: python proxy_backends.py HOST PORT
+    import sys
+
+    AppServer(sys.argv[1], int(sys.argv[2]))
+    threading.Event().wait()
