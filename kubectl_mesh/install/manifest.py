@@ -17,7 +17,6 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 SNAPSHOT_RESOURCE = "chart-snapshot.json"
@@ -114,6 +113,8 @@ class Snapshot:
 
 def load_snapshot() -> Snapshot:
     """The snapshot shipped in the package (kubectl_mesh/data)."""
+    from importlib import resources  # not at import: `kubectl mesh --help` stays cheap
+
     try:
         text = resources.files("kubectl_mesh").joinpath("data", SNAPSHOT_RESOURCE).read_text(encoding="utf-8")
     except FileNotFoundError:
