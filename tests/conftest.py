@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+pytest_plugins = ["lab.pytest_plugin"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() != 0:

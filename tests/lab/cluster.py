@@ -37,6 +37,7 @@ from lab.config import (
     SCRAPE_CONFIG,
     SERVICE_CIDR,
     STATE_FILE,
+    USERS_DIR,
     Proc,
     State,
     alive,
@@ -139,29 +140,55 @@ def prometheus_config(kubeconfig_file: Path) -> dict[str, object]:
     return {"global": {"scrape_interval": job.get("scrape_interval", "10s")}, "scrape_configs": [job]}
 
 
-def up(owner: str = "cli", timeout: float = 90.0, prometheus: bool = True) -> State:
-    """Start the lab (or return the running one). Raises LabError with a one-line reason."""
+def up(owner: str = "cli", timeout: float = 90.0, prometheus: bool = True, user: int | None = None) -> State:
+    """Start the lab (or return the running one). Raises LabError with a one-line reason.
+
+    `user`: a pid registered (under the lock) as using the lab; see `release`.
+    """
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, iptables, other UIDs)")
-    bins = bin_dir()
-    missing = [b for b in missing_binaries(bins) if prometheus or b != "prometheus"]
-    if missing:
-        raise LabError(
-            f"missing {', '.join(missing)} in {bins}: run `make binaries` (tests/lab/build-binaries.sh)"
-        )
     for tool in ("ip", "iptables", "iptables-restore", "setpriv"):
         if not shutil.which(tool):
             raise LabError(f"{tool} is not installed: apt-get install -y iproute2 iptables util-linux")
     with locked():
         state = running()
-        if state:
-            return state
-        _down_locked()  # whatever a crashed run left
+        if not state:
+            bins = bin_dir()
+            missing = [b for b in missing_binaries(bins) if prometheus or b != "prometheus"]
+            if missing:
+                raise LabError(f"missing {', '.join(missing)} in {bins}: run `make binaries`")
+            _down_locked()  # whatever a crashed run left
+            try:
+                state = _up_locked(owner, bins, timeout, prometheus)
+            except BaseException:
+                _down_locked()
+                raise
+        if user is not None:
+            USERS_DIR.mkdir(parents=True, exist_ok=True)
+            (USERS_DIR / str(user)).touch()
+        return state
+
+
+def _live_users() -> list[int]:
+    users = []
+    for f in USERS_DIR.glob("*"):
         try:
-            return _up_locked(owner, bins, timeout, prometheus)
-        except BaseException:
-            _down_locked()
-            raise
+            os.kill(int(f.name), 0)
+            users.append(int(f.name))
+        except (ValueError, ProcessLookupError):
+            f.unlink(missing_ok=True)
+    return users
+
+
+def release(user: int, owner: str) -> bool:
+    """`user` is done with the lab; stop it if `owner` started it and nobody else uses it."""
+    with locked():
+        (USERS_DIR / str(user)).unlink(missing_ok=True)
+        state = State.load()
+        if state is None or state.owner != owner or _live_users():
+            return False
+        _down_locked()
+        return True
 
 
 def _up_locked(owner: str, bins: Path, timeout: float, with_prometheus: bool) -> State:
@@ -319,6 +346,7 @@ def _down_locked() -> None:
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     with contextlib.suppress(OSError):
         network.ETC_NETNS.rmdir()  # only if empty: someone else's namespaces keep it
+    shutil.rmtree(USERS_DIR, ignore_errors=True)
     for path in (STATE_FILE, KUBECONFIG, LAB_DIR / "up-seconds"):
         path.unlink(missing_ok=True)
 

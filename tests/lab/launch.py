@@ -30,7 +30,14 @@ def main(spec_path: str) -> None:
     with open(spec_path) as fh:
         spec = json.load(fh)
     libc = ctypes.CDLL(None, use_errno=True)
-    for src, dst, readonly in spec["mounts"]:
+    # Parents before children (as containerd sorts them): a volume at /run, then one at
+    # /var/run/secrets/... (a path through /run) is created inside the first volume.
+    for src, dst, readonly in sorted(spec["mounts"], key=lambda m: len(os.path.realpath(m[1]).split("/"))):
+        if os.path.isdir(src):
+            os.makedirs(dst, exist_ok=True)
+        elif not os.path.exists(dst):
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            open(dst, "a").close()
         _mount(libc, src, dst, MS_BIND | MS_REC)
         if readonly:
             _mount(libc, src, dst, MS_BIND | MS_REMOUNT | MS_RDONLY)

@@ -134,6 +134,9 @@ def create_pod_netns(ns: str, veth: str, ip: str) -> None:
     run("ip", "netns", "add", ns)
     run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
     run("ip", "link", "set", veth, "master", BRIDGE, "up")
+    # With br_netfilter, a pod's packet to its own Service is DNATed while still being bridged and
+    # must leave through the port it came in: hairpin mode (what kubenet sets too).
+    run("ip", "link", "set", "dev", veth, "type", "bridge_slave", "hairpin", "on")
     run("ip", "-n", ns, "addr", "add", f"{ip}/{POD_CIDR.prefixlen}", "dev", "eth0")
     run("ip", "-n", ns, "link", "set", "lo", "up")
     run("ip", "-n", ns, "link", "set", "eth0", "up")

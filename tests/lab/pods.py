@@ -137,6 +137,7 @@ class PodRunner:
         self.pod_reason: str | None = None
         self.last_status: JSON | None = None
         self.last_conditions: list[JSON] = []
+        self.report_retry_at = 0.0
         self.finished = False  # Succeeded or Failed: nothing restarts any more
         self.env_cache: dict[str, dict[str, str]] = {}
         spec = pod["spec"]
@@ -637,7 +638,6 @@ class PodRunner:
             "podIP": self.ip if self.sandbox_ready else None,
             "podIPs": [{"ip": self.ip}] if self.sandbox_ready else None,
             "startTime": self.start_time,
-            "qosClass": "BestEffort",
             "conditions": [
                 cond("PodReadyToStartContainers", self.sandbox_ready),
                 cond("Initialized", self.initialized, "ContainersNotInitialized"),
@@ -655,7 +655,7 @@ class PodRunner:
     def _report(self) -> None:
         """Send the status when it changed (transition times kept stable, as the kubelet does)."""
         status = self.status()
-        if status == self.last_status:
+        if status == self.last_status or time.monotonic() < self.report_retry_at:
             return
         previous = {c["type"]: c for c in self.last_conditions}
         sent = json.loads(json.dumps(status))
@@ -673,6 +673,7 @@ class PodRunner:
                 self.stop_event.set()
                 return
             log.warning("status of %s/%s: %s", self.namespace, self.name, err)
+            self.report_retry_at = time.monotonic() + 2.0
             return
         self.last_status = status
         self.last_conditions = sent["conditions"]

@@ -1,0 +1,283 @@
+"""The lab cluster behaves like a cluster: Deployments become running pods with addresses, Services
+route by name, scaling stops processes, failures are reported, the API server is reachable from
+pods, and a pod injected with the real mesh runs its iptables init step and its proxy as 2102.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kubectl_mesh.contract import PROXY_UID
+from lab.config import POD_CIDR, SERVICE_CIDR, bin_dir
+from lab.pytest_plugin import Lab
+
+pytestmark = [pytest.mark.lab, pytest.mark.root]
+
+CONTAINER_PATH_MARKER = "index.html"
+
+
+def web_manifest(name: str, replicas: int) -> str:
+    """A Deployment of `python3 -m http.server` answering with its own pod name, and its Service."""
+    return textwrap.dedent(
+        f"""\
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {{name: {name}}}
+        spec:
+          replicas: {replicas}
+          selector: {{matchLabels: {{app: {name}}}}}
+          template:
+            metadata: {{labels: {{app: {name}}}}}
+            spec:
+              containers:
+              - name: web
+                image: python:3.11
+                command: [sh, -c, 'echo "$(POD_NAME)" > {CONTAINER_PATH_MARKER} && exec python3 -m http.server 8080']
+                workingDir: /srv/www
+                env:
+                - name: POD_NAME
+                  valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+                ports: [{{containerPort: 8080, name: http}}]
+                readinessProbe: {{httpGet: {{path: /{CONTAINER_PATH_MARKER}, port: http}}, periodSeconds: 2}}
+                securityContext: {{runAsUser: 1000}}
+                volumeMounts: [{{name: www, mountPath: /srv/www}}]
+              volumes: [{{name: www, emptyDir: {{}}}}]
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {{name: {name}}}
+        spec:
+          selector: {{app: {name}}}
+          ports: [{{name: http, port: 80, targetPort: http}}]
+        """
+    )
+
+
+def client_pod(name: str, code: str, uid: int = 1000, labels: str = "{}") -> str:
+    """A one-shot pod running Python `code` as a normal UID (restartPolicy Never)."""
+    return textwrap.dedent(
+        f"""\
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: {name}, labels: {labels}}}
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: main
+            image: python:3.11
+            command: [python3, -c, {json.dumps(code)}]
+            securityContext: {{runAsUser: {uid}}}
+        """
+    )
+
+
+FETCH_NAMES = """
+import sys, time, urllib.request
+seen, deadline = [], time.time() + 30
+for _ in range(40):
+    try:
+        seen.append(urllib.request.urlopen(sys.argv[1] if len(sys.argv) > 1 else URL, timeout=3).read().decode().strip())
+    except OSError as err:
+        if time.time() > deadline: raise
+        print("retry:", err, flush=True); time.sleep(0.5)
+print("SEEN", sorted(set(seen)))
+"""
+
+
+def test_deployment_runs_pods_that_a_client_reaches_by_service_name(lab: Lab, lab_namespace: str) -> None:
+    ns = lab_namespace
+    lab.apply(web_manifest("web", 2), ns)
+    pods = lab.wait_pods_ready(ns, "app=web", count=2, timeout=60)
+    ips = {p["status"]["podIP"] for p in pods}
+    assert len(ips) == 2, f"two pods, two addresses: {ips}"
+    assert all(__import__("ipaddress").ip_address(ip) in POD_CIDR for ip in ips)
+    cluster_ip = json.loads(lab.kubectl("-n", ns, "get", "svc", "web", "-o", "json"))["spec"]["clusterIP"]
+    assert __import__("ipaddress").ip_address(cluster_ip) in SERVICE_CIDR
+
+    for url in ("http://web/index.html", f"http://web.{ns}.svc.cluster.local/index.html"):
+        code = f"URL = {url!r}\n" + FETCH_NAMES
+        name = "client-short" if url.startswith("http://web/") else "client-fqdn"
+        lab.apply(client_pod(name, code), ns)
+        pod = lab.wait_pod_phase(ns, name, ("Succeeded", "Failed"), timeout=60)
+        out = lab.kubectl("-n", ns, "logs", name)  # through the API server and the node's log endpoint
+        assert pod["status"]["phase"] == "Succeeded", out
+        names = {p["metadata"]["name"] for p in pods}
+        assert f"SEEN {sorted(names)}" in out, f"random balancing over both pods through {url}: {out}"
+
+
+def test_scaling_to_zero_stops_the_processes(lab: Lab, lab_namespace: str) -> None:
+    ns = lab_namespace
+    lab.apply(web_manifest("web", 2), ns)
+    pods = lab.wait_pods_ready(ns, "app=web", count=2, timeout=60)
+    pids = [pid for p in pods for pid in lab.pod_pids(p)]
+    assert pids, "each running pod has processes in its network namespace"
+    lab.kubectl("-n", ns, "scale", "deployment/web", "--replicas=0")
+    lab.wait(lambda: not lab.pods(ns, "app=web"), 30, "pods of web deleted")
+    alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    assert not alive, f"processes still running after scale to 0: {alive}"
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert not any(lab.netns_of(p) in netns for p in pods), "the pods' network namespaces are gone"
+
+
+def test_a_failing_command_fails_the_pod_with_its_exit_code(lab: Lab, lab_namespace: str) -> None:
+    ns = lab_namespace
+    lab.apply(client_pod("fails", "import sys; print('bye'); sys.exit(3)"), ns)
+    pod = lab.wait_pod_phase(ns, "fails", ("Succeeded", "Failed"), timeout=30)
+    assert pod["status"]["phase"] == "Failed"
+    (status,) = pod["status"]["containerStatuses"]
+    assert status["state"]["terminated"]["exitCode"] == 3
+    assert status["state"]["terminated"]["reason"] == "Error"
+    assert "bye" in lab.container_log(ns, "fails", "main")
+
+
+def test_a_container_without_command_is_reported_not_run(lab: Lab, lab_namespace: str) -> None:
+    """Images are not pulled: such a pod waits with a clear reason (like Grafana's in the chart)."""
+    ns = lab_namespace
+    manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: image-only}\nspec:\n"
+    manifest += "  containers: [{name: grafana, image: grafana/grafana:11.0.0}]\n"
+    lab.apply(manifest, ns)
+
+    def waiting() -> dict[str, str] | None:
+        statuses = lab.pod(ns, "image-only").get("status", {}).get("containerStatuses") or []
+        return statuses[0]["state"].get("waiting") if statuses else None
+
+    state = lab.wait(
+        lambda: (w := waiting()) and w.get("reason") == "CreateContainerError" and w, 30, "waiting"
+    )
+    assert "no command" in state["message"]
+    assert lab.pod(ns, "image-only")["status"]["phase"] == "Pending"
+    # ...and the node keeps running other pods.
+    lab.apply(client_pod("after", "print('ok')"), ns)
+    assert lab.wait_pod_phase(ns, "after", ("Succeeded", "Failed"))["status"]["phase"] == "Succeeded"
+
+
+def test_restart_policy_always_restarts_with_back_off(lab: Lab, lab_namespace: str) -> None:
+    ns = lab_namespace
+    manifest = client_pod("crashes", "import sys; sys.exit(1)").replace(
+        "restartPolicy: Never", "restartPolicy: Always"
+    )
+    lab.apply(manifest, ns)
+
+    def restarted() -> dict[str, object] | None:
+        statuses = lab.pod(ns, "crashes").get("status", {}).get("containerStatuses") or []
+        return statuses[0] if statuses and statuses[0]["restartCount"] >= 2 else None
+
+    status = lab.wait(restarted, 30, "two restarts")
+    assert status["lastState"]["terminated"]["exitCode"] == 1  # type: ignore[index]
+    assert lab.pod(ns, "crashes")["status"]["phase"] == "Running"
+
+
+def test_a_pod_reaches_itself_through_its_service(lab: Lab, lab_namespace: str) -> None:
+    """Hairpin: the Service's only endpoint is the caller."""
+    ns = lab_namespace
+    code = (
+        "import subprocess, sys, time, urllib.request\n"
+        "subprocess.Popen([sys.executable, '-m', 'http.server', '8080'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "deadline = time.time() + 30\n"
+        "while True:\n"
+        "    try:\n"
+        "        print(urllib.request.urlopen('http://self/', timeout=2).status); break\n"
+        "    except OSError as err:\n"
+        "        if time.time() > deadline: raise\n"
+        "        time.sleep(0.3)\n"
+    )
+    service = "apiVersion: v1\nkind: Service\nmetadata: {name: self}\n"
+    service += "spec: {selector: {app: self}, ports: [{port: 80, targetPort: 8080}]}\n"
+    lab.apply(service, ns)
+    lab.apply(client_pod("self", code, labels="{app: self}"), ns)
+    pod = lab.wait_pod_phase(ns, "self", ("Succeeded", "Failed"), timeout=45)
+    assert pod["status"]["phase"] == "Succeeded", lab.container_log(ns, "self", "main")
+
+
+def test_pods_reach_the_api_server_in_cluster(lab: Lab, lab_namespace: str) -> None:
+    """KUBERNETES_SERVICE_HOST, the service account token and ca.crt: an in-cluster client works."""
+    ns = lab_namespace
+    code = textwrap.dedent(
+        """
+        import json, os, ssl, urllib.error, urllib.request
+        sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+        ctx = ssl.create_default_context(cafile=f"{sa}/ca.crt")
+        host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+        req = urllib.request.Request(f"https://{host}:{port}/api/v1/namespaces/kube-system/secrets")
+        req.add_header("Authorization", "Bearer " + open(f"{sa}/token").read())
+        try:
+            urllib.request.urlopen(req, context=ctx, timeout=5)
+        except urllib.error.HTTPError as err:
+            print(err.code, json.loads(err.read())["message"])
+        """
+    )
+    lab.apply(client_pod("incluster", code), ns)
+    pod = lab.wait_pod_phase(ns, "incluster", ("Succeeded", "Failed"), timeout=30)
+    out = lab.container_log(ns, "incluster", "main")
+    assert pod["status"]["phase"] == "Succeeded", out
+    # Authenticated as the pod's service account, which may not read secrets: RBAC says 403.
+    assert out.startswith("403 ") and f"system:serviceaccount:{ns}:default" in out, out
+
+
+def _mesh_missing() -> str | None:
+    for module in ("webhook.injector", "proxy.init", "kubectl_mesh.commands.inject"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} has not landed yet"
+    if not shutil.which("kubectl-mesh", path=str(Path(__import__("sys").executable).parent)):
+        return "kubectl-mesh is not installed in the venv"
+    if not (bin_dir() / "prometheus").exists():
+        return "the lab's Prometheus is not built yet"
+    return None
+
+
+@pytest.mark.slow
+def test_an_injected_pod_runs_its_init_rules_and_proxy_and_is_scraped(lab: Lab, lab_namespace: str) -> None:
+    reason = _mesh_missing()
+    if reason:
+        pytest.skip(reason)
+    ns = lab_namespace
+    inject = Path(__import__("sys").executable).parent / "kubectl-mesh"
+    injected = subprocess.run(
+        [str(inject), "inject", "-"], input=web_manifest("web", 1), capture_output=True, text=True, check=True
+    ).stdout
+    lab.apply(injected, ns)
+    (pod,) = lab.wait_pods_ready(ns, "app=web", count=1, timeout=90)
+    name = pod["metadata"]["name"]
+    inits = {s["name"]: s for s in pod["status"]["initContainerStatuses"]}
+    assert inits["mesh-init"]["state"]["terminated"]["exitCode"] == 0
+    assert inits["mesh-proxy"]["state"].get("running") and inits["mesh-proxy"]["ready"]
+
+    rules = subprocess.run(
+        ["ip", "netns", "exec", lab.netns_of(pod), "iptables", "-t", "nat", "-S"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "--to-ports 4143" in rules and "--to-ports 4140" in rules, rules
+    assert f"--uid-owner {PROXY_UID}" in rules, rules
+
+    def uid_of(pid: int) -> int:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
+
+    proxies = [
+        pid for pid in lab.pod_pids(pod) if b"mesh-proxy\x00run" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert proxies and all(uid_of(pid) == PROXY_UID for pid in proxies)
+
+    # A meshed client (its outbound redirected to its own proxy, which connects as 2102) by name.
+    client = subprocess.run(
+        [str(inject), "inject", "-"], input=client_pod("client", "URL = 'http://web/index.html'\n" + FETCH_NAMES),
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    lab.apply(client, ns)
+    done = lab.wait_pod_phase(ns, "client", ("Succeeded", "Failed"), timeout=60)
+    out = lab.container_log(ns, "client", "main")
+    assert done["status"]["phase"] == "Succeeded" and f"SEEN ['{name}']" in out, out
+
+    def scraped() -> list[dict[str, object]]:
+        return lab.prometheus_query(f'request_total{{namespace="{ns}", direction="inbound"}}')
+
+    series = lab.wait(scraped, 60, "Prometheus to scrape the proxy", interval=1.0)
+    labels = series[0]["metric"]
+    assert labels["namespace"] == ns and labels["deployment"] == "web" and labels["pod"] == name, labels
