@@ -96,15 +96,17 @@ class Agent:
         status = {
             "capacity": {"cpu": "2", "memory": "8Gi", "pods": "250", "ephemeral-storage": "20Gi"},
             "allocatable": {"cpu": "2", "memory": "8Gi", "pods": "250", "ephemeral-storage": "20Gi"},
-            "addresses": [{"type": "InternalIP", "address": str(BRIDGE_IP)}, {"type": "Hostname", "address": NODE_NAME}],
+            "addresses": [{"type": "InternalIP", "address": str(BRIDGE_IP)},
+                          {"type": "Hostname", "address": NODE_NAME}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": KUBELET_PORT}},
             "nodeInfo": {
-                "kubeletVersion": f"{kube}-lab", "kubeProxyVersion": f"{kube}-lab", "operatingSystem": "linux",
-                "architecture": "amd64", "containerRuntimeVersion": "lab://processes", "osImage": "mesh lab node",
+                "kubeletVersion": f"{kube}-lab", "kubeProxyVersion": f"{kube}-lab",
+                "operatingSystem": "linux", "architecture": "amd64",
+                "containerRuntimeVersion": "lab://processes", "osImage": "mesh lab node",
                 "kernelVersion": "", "machineID": "", "systemUUID": "", "bootID": "",
             },
             "conditions": [
-                {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "lab node agent is ready",
+                {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "lab node is ready",
                  "lastHeartbeatTime": stamp, "lastTransitionTime": stamp},
             ],
         }  # fmt: skip
@@ -209,7 +211,7 @@ class Agent:
 
     # --- services (kube-proxy + DNS stand-in) -----------------------------------------------
     def service_syncer(self) -> None:
-        last_rules, last_hosts = "", {}
+        last_rules, last_hosts = "", dict[str, str]()
         while True:
             self.services_changed.wait(30)
             time.sleep(0.05)  # let a burst of events settle into one sync

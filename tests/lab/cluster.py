@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
+
 from lab import network
 from lab.config import (
     API_PORT,
@@ -297,12 +298,15 @@ def _up_locked(owner: str, bins: Path, timeout: float, with_prometheus: bool) ->
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
     _wait("the node to register", node_ready, watched, timeout)
-    _wait("the default service account", lambda: api.get("/api/v1/namespaces/default/serviceaccounts/default"),
-          watched, timeout)  # fmt: skip
+    default_sa = "/api/v1/namespaces/default/serviceaccounts/default"
+    _wait("the default service account", lambda: api.get(default_sa), watched, timeout)
     if with_prometheus:
         _wait("prometheus /-/ready", lambda: _http_ok(f"{state.prometheus_url}/-/ready"), watched, timeout)
     (LAB_DIR / "up-seconds").write_text(f"{time.monotonic() - t0:.2f}\n")
     return state
+
+
+RBAC = "rbac.authorization.k8s.io"
 
 
 def _bootstrap_rbac(api: Api) -> None:
@@ -315,8 +319,8 @@ def _bootstrap_rbac(api: Api) -> None:
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
         "metadata": {"name": "mesh-lab:prometheus"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "mesh-lab:prometheus"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "mesh-lab:prometheus"}],
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "mesh-lab:prometheus"},
+        "subjects": [{"apiGroup": RBAC, "kind": "User", "name": "mesh-lab:prometheus"}],
     }  # fmt: skip
     api.post("/apis/rbac.authorization.k8s.io/v1/clusterroles", role)
     api.post("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)

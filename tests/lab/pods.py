@@ -207,7 +207,8 @@ class PodRunner:
         # No DNS server in the lab: names come from hosts (kept in sync by the service syncer);
         # anything else fails fast on loopback instead of reaching the host's resolver.
         (etc / "resolv.conf").write_text(
-            f"nameserver 127.0.0.1\nsearch {self.namespace}.svc.cluster.local svc.cluster.local cluster.local\n"
+            f"nameserver 127.0.0.1\nsearch {self.namespace}.svc.cluster.local svc.cluster.local "
+            "cluster.local\n"
             "options ndots:5 timeout:1 attempts:1\n"
         )
         network.create_pod_netns(self.netns, self.veth, self.ip)
@@ -358,7 +359,8 @@ class PodRunner:
         if exe is None:
             raise PodSetupError(
                 "CreateContainerError",
-                f"container {c['name']}: executable {argv[0]!r} not found on the lab node (image {c.get('image')})",
+                f"container {c['name']}: executable {argv[0]!r} not found on the lab node "
+                f"(image {c.get('image')})",
             )
         uid, gid, groups = self._uid(c)
         return {
@@ -412,8 +414,8 @@ class PodRunner:
         except PodSetupError as err:
             c.state = {"waiting": {"reason": err.reason, "message": err.message}}
             if self._restart_policy() == "Never" and c.kind != "sidecar":
-                c.state = {"terminated": {"exitCode": 128, "reason": "ContainerCannotRun", "message": err.message,
-                                          "startedAt": None, "finishedAt": now_rfc3339()}}  # fmt: skip
+                terminated = {"exitCode": 128, "reason": "ContainerCannotRun", "message": err.message}
+                c.state = {"terminated": {**terminated, "startedAt": None, "finishedAt": now_rfc3339()}}
                 c.done = True
             else:
                 c.next_start = time.monotonic() + 5.0

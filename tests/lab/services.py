@@ -121,9 +121,8 @@ def render_nat(ports: list[ServicePort], existing_chains: Iterable[str]) -> str:
             )
             wanted.add(sep_chain)
             if i < n - 1:
-                rules.append(
-                    f"-A {svc_chain} -m statistic --mode random --probability {1 / (n - i):.10f} -j {sep_chain}"
-                )
+                probability = f"--probability {1 / (n - i):.10f}"
+                rules.append(f"-A {svc_chain} -m statistic --mode random {probability} -j {sep_chain}")
             else:
                 rules.append(f"-A {svc_chain} -j {sep_chain}")
             rules.append(f"-A {sep_chain} -s {backend.ip}/32 -j MARK --set-xmark {HAIRPIN_MARK}")

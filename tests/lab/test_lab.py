@@ -20,7 +20,7 @@ from lab.pytest_plugin import Lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.root]
 
-CONTAINER_PATH_MARKER = "index.html"
+MARKER = "index.html"  # each server answers with its pod name
 
 
 def web_manifest(name: str, replicas: int) -> str:
@@ -39,13 +39,13 @@ def web_manifest(name: str, replicas: int) -> str:
               containers:
               - name: web
                 image: python:3.11
-                command: [sh, -c, 'echo "$(POD_NAME)" > {CONTAINER_PATH_MARKER} && exec python3 -m http.server 8080']
+                command: [sh, -c, 'echo "$(POD_NAME)" > {MARKER} && exec python3 -m http.server 8080']
                 workingDir: /srv/www
                 env:
                 - name: POD_NAME
                   valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
                 ports: [{{containerPort: 8080, name: http}}]
-                readinessProbe: {{httpGet: {{path: /{CONTAINER_PATH_MARKER}, port: http}}, periodSeconds: 2}}
+                readinessProbe: {{httpGet: {{path: /{MARKER}, port: http}}, periodSeconds: 2}}
                 securityContext: {{runAsUser: 1000}}
                 volumeMounts: [{{name: www, mountPath: /srv/www}}]
               volumes: [{{name: www, emptyDir: {{}}}}]
@@ -83,7 +83,7 @@ import sys, time, urllib.request
 seen, deadline = [], time.time() + 30
 for _ in range(40):
     try:
-        seen.append(urllib.request.urlopen(sys.argv[1] if len(sys.argv) > 1 else URL, timeout=3).read().decode().strip())
+        seen.append(urllib.request.urlopen(URL, timeout=3).read().decode().strip())
     except OSError as err:
         if time.time() > deadline: raise
         print("retry:", err, flush=True); time.sleep(0.5)
@@ -179,7 +179,8 @@ def test_a_pod_reaches_itself_through_its_service(lab: Lab, lab_namespace: str) 
     ns = lab_namespace
     code = (
         "import subprocess, sys, time, urllib.request\n"
-        "subprocess.Popen([sys.executable, '-m', 'http.server', '8080'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "quiet = {'stdout': subprocess.DEVNULL, 'stderr': subprocess.DEVNULL}\n"
+        "subprocess.Popen([sys.executable, '-m', 'http.server', '8080'], **quiet)\n"
         "deadline = time.time() + 30\n"
         "while True:\n"
         "    try:\n"
@@ -266,10 +267,10 @@ def test_an_injected_pod_runs_its_init_rules_and_proxy_and_is_scraped(lab: Lab, 
     assert proxies and all(uid_of(pid) == PROXY_UID for pid in proxies)
 
     # A meshed client (its outbound redirected to its own proxy, which connects as 2102) by name.
+    client_manifest = client_pod("client", "URL = 'http://web/index.html'\n" + FETCH_NAMES)
     client = subprocess.run(
-        [str(inject), "inject", "-"], input=client_pod("client", "URL = 'http://web/index.html'\n" + FETCH_NAMES),
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [str(inject), "inject", "-"], input=client_manifest, capture_output=True, text=True, check=True
+    ).stdout
     lab.apply(client, ns)
     done = lab.wait_pod_phase(ns, "client", ("Succeeded", "Failed"), timeout=60)
     out = lab.container_log(ns, "client", "main")

@@ -156,8 +156,6 @@ def materialize(api: Api, pod: JSON, volume: JSON, root: Path) -> None:
 
 
 def _write_downward(root: Path, pod: JSON, item: JSON, mode: int, fs_group: int | None) -> None:
-    if "fieldRef" in item:
-        value = field_value(pod, item["fieldRef"]["fieldPath"])
-    else:
-        value = "1"  # resourceFieldRef: the lab has no resource accounting
+    # resourceFieldRef: the lab has no resource accounting, "1" for any resource.
+    value = field_value(pod, item["fieldRef"]["fieldPath"]) if "fieldRef" in item else "1"
     _write(root, item["path"], value.encode(), int(item.get("mode", mode)), fs_group)
