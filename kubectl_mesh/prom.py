@@ -125,6 +125,12 @@ class PrometheusClient:
                 f"the mesh's Prometheus (service {PROMETHEUS_SERVICE} in {CONTROL_PLANE_NAMESPACE}) was not "
                 f"found: is the mesh installed? run `kubectl mesh check`; or point --prometheus-url at yours"
             )
+        if status == 503:
+            return (
+                f"the mesh's Prometheus has no ready pod ({detail}): "
+                f"kubectl -n {CONTROL_PLANE_NAMESPACE} get pods; kubectl -n {CONTROL_PLANE_NAMESPACE} "
+                f"logs deploy/{PROMETHEUS_SERVICE}"
+            )
         if status == 403:
             return (
                 f"the API server forbids its service proxy to you ({detail}); instead run {PORT_FORWARD_HINT}"

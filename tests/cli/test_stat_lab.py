@@ -1,0 +1,271 @@
+"""`kubectl mesh stat` in the real lab, through the real kubectl, against what the client counted.
+
+The chart is installed with helm (webhook + Prometheus in mesh-system). Two namespaces labelled
+for injection: `voting` (an HTTP server: /fail answers 500) in one, `web` (a client sending a
+steady RATE requests per second to the voting Service, every FAIL_EVERY-th to /fail, printing
+its running counts) in the other. Both pods get the proxy from the webhook; Prometheus discovers
+and scrapes them; `kubectl mesh stat` reaches Prometheus through the API server's service proxy.
+
+For deploy, pod and ns, and for the plain, --from and --to forms, the row must show:
+- MESHED 1/1 (from the Kubernetes API);
+- SUCCESS within 3 percentage points of the client's own success share over the window;
+- RPS within 15% of the client's own rate over the window. (Prometheus' increase() over a 1m
+  window scraped every 10 s extrapolates to the window's edges; the client's pacing on a shared
+  2-core machine jitters. Both are a few percent on steady traffic.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lab.pytest_plugin import Lab  # the `lab` fixture comes through tests/cli/conftest.py
+
+from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, INJECT_ENABLED, INJECT_LABEL
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "kubectl-mesh"
+VENV_BIN = Path(sys.executable).parent
+KUBECTL = "/usr/bin/kubectl"
+RATE = 10.0
+FAIL_EVERY = 4
+WINDOW_S = 60
+SR_TOLERANCE = 0.03
+RPS_TOLERANCE = 0.15
+
+SERVER = r"""
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        code = 500 if self.path.startswith("/fail") else 200
+        self.send_response(code); self.send_header("Content-Length", "3"); self.end_headers()
+        self.wfile.write(b"ok\n" if code == 200 else b"no\n")
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"""
+
+CLIENT = r"""
+import os, sys, time, urllib.error, urllib.request
+url, rate, fail_every = os.environ["TARGET"], float(os.environ["RATE"]), int(os.environ["FAIL_EVERY"])
+sent = failed = errors = 0
+start = time.time()
+i = 0
+while time.time() - start < 1200:
+    i += 1
+    try:
+        urllib.request.urlopen(url + ("/fail" if i % fail_every == 0 else "/ok"), timeout=5).read()
+        sent += 1
+    except urllib.error.HTTPError as e:
+        sent += 1
+        failed += e.code >= 500
+    except OSError:
+        errors += 1
+    print(f"{time.time():.3f} {sent} {failed} {errors}", flush=True)
+    time.sleep(max(0.0, start + i / rate - time.time()))
+"""
+
+
+def deployment(name: str, namespace: str, code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": name,
+        "image": "python:3.11",
+        "command": ["/usr/bin/python3", "-c", code],
+        "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
+    }
+    if name == "voting":
+        container["ports"] = [{"name": "http", "containerPort": 8080}]
+        container["readinessProbe"] = {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container]}},
+        },
+    }
+
+
+class Scenario:
+    def __init__(self, lab: Lab, server_ns: str, client_ns: str) -> None:
+        self.lab = lab
+        self.server_ns = server_ns
+        self.client_ns = client_ns
+        self.env = lab.env(PATH=f"{VENV_BIN}:{lab.bin_dir}:/usr/bin:/bin")
+        self.env.pop("MESH_PROMETHEUS_URL", None)
+
+    def pod(self, namespace: str, app: str) -> str:
+        (pod,) = [
+            p for p in self.lab.pods(namespace, f"app={app}") if not p["metadata"].get("deletionTimestamp")
+        ]
+        return str(pod["metadata"]["name"])
+
+    def stat(self, *args: str) -> list[dict[str, Any]]:
+        """`kubectl mesh stat … -o json` through the real kubectl (plugin discovery on PATH)."""
+        done = subprocess.run(
+            [KUBECTL, "mesh", "stat", *args, "-o", "json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return list(json.loads(done.stdout))
+
+    def table(self, *args: str) -> str:
+        done = subprocess.run(
+            [KUBECTL, "mesh", "stat", *args], env=self.env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    def client_truth(self, end: float) -> tuple[float, float, int]:
+        """(success share, requests per second, connection errors) the client counted in the
+        WINDOW_S before `end` (epoch seconds)."""
+        log = self.lab.container_log(self.client_ns, self.pod(self.client_ns, "web"), "web")
+        samples = [tuple(float(x) for x in line.split()) for line in log.splitlines() if line.count(" ") == 3]
+        before = [s for s in samples if s[0] <= end - WINDOW_S]
+        inside = [s for s in samples if s[0] <= end]
+        assert before and inside, "the client has not run for a full window"
+        first, last = before[-1], inside[-1]
+        sent, failed, errors = last[1] - first[1], last[2] - first[2], last[3] - first[3]
+        elapsed = last[0] - first[0]
+        return (sent - failed) / sent, sent / elapsed, int(errors)
+
+
+def install_chart(lab: Lab) -> None:
+    done = lab.run_helm("upgrade", "--install", "kubectl-mesh", str(CHART))
+    assert done.returncode == 0, done.stderr
+    for name in ("mesh-webhook", "prometheus"):
+        lab.kubectl(
+            "-n",
+            CONTROL_PLANE_NAMESPACE,
+            "rollout",
+            "status",
+            f"deploy/{name}",
+            "--timeout=180s",
+            timeout=200,
+        )
+
+
+@pytest.fixture(scope="module")
+def scenario(lab: Lab) -> Iterator[Scenario]:
+    install_chart(lab)
+    labels = {INJECT_LABEL: INJECT_ENABLED}
+    server_ns = lab.create_namespace("stat-srv", labels)
+    client_ns = lab.create_namespace("stat-cli", labels)
+    try:
+        lab.apply(json.dumps(deployment("voting", server_ns, SERVER)))
+        service = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "voting", "namespace": server_ns},
+            "spec": {"selector": {"app": "voting"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        }
+        lab.apply(json.dumps(service))
+        lab.wait_pods_ready(server_ns, "app=voting", 1, timeout=120)
+        target = {"TARGET": f"http://voting.{server_ns}", "RATE": str(RATE), "FAIL_EVERY": str(FAIL_EVERY)}
+        lab.apply(json.dumps(deployment("web", client_ns, CLIENT, target)))
+        lab.wait_pods_ready(client_ns, "app=web", 1, timeout=120)
+        s = Scenario(lab, server_ns, client_ns)
+
+        def seen() -> bool:
+            rows = s.stat("deploy", "-n", server_ns)
+            return bool(rows and rows[0]["rps"])
+
+        lab.wait(seen, 180, "voting's traffic in Prometheus", interval=5)
+        time.sleep(WINDOW_S + 15)  # a full window of steady traffic, scraped
+        yield s
+    finally:
+        if os.environ.get("MESH_KEEP_TEST_NAMESPACES") is None:
+            lab.delete_namespace(server_ns)
+            lab.delete_namespace(client_ns)
+
+
+def check_row(s: Scenario, row: dict[str, Any]) -> None:
+    success, rps, errors = s.client_truth(time.time())
+    assert errors == 0, "the client could not connect for some requests"
+    assert (row["meshed"], row["running"]) == (1, 1), row
+    assert row["success"] is not None and abs(row["success"] - success) <= SR_TOLERANCE, (row, success)
+    assert row["rps"] is not None and abs(row["rps"] - rps) <= RPS_TOLERANCE * rps, (row, rps)
+    for q in ("latency_ms_p50", "latency_ms_p95", "latency_ms_p99"):
+        assert row[q] is not None and 0 <= row[q] < 5000, row
+
+
+def forms(s: Scenario) -> list[tuple[str, tuple[str, ...], tuple[str, str]]]:
+    srv, cli = s.server_ns, s.client_ns
+    voting, web = s.pod(srv, "voting"), s.pod(cli, "web")
+    return [
+        ("deploy", ("deploy", "-n", srv), (srv, "voting")),
+        ("deploy --from", ("deploy", "-A", "--from", "deploy/web", "--from-namespace", cli), (srv, "voting")),
+        ("deploy --to", ("deploy", "-A", "--to", "deploy/voting", "--to-namespace", srv), (cli, "web")),
+        ("po", ("po", "-n", srv), (srv, voting)),
+        ("po --from", ("po", "-n", srv, "--from", f"po/{web}", "--from-namespace", cli), (srv, voting)),
+        ("po --to", ("po", "-n", cli, "--to", f"po/{voting}", "--to-namespace", srv), (cli, web)),
+        ("ns", ("ns", srv), (srv, srv)),
+        ("ns --from", ("ns", "--from", f"ns/{cli}"), (srv, srv)),
+        ("ns --to", ("ns", "--to", f"ns/{srv}"), (cli, cli)),
+    ]
+
+
+FORM_IDS = [
+    "deploy",
+    "deploy --from",
+    "deploy --to",
+    "po",
+    "po --from",
+    "po --to",
+    "ns",
+    "ns --from",
+    "ns --to",
+]
+
+
+@pytest.mark.parametrize("form", FORM_IDS)
+def test_stat_shows_what_the_client_counted(scenario: Scenario, form: str) -> None:
+    (args, expected) = {f[0]: f[1:] for f in forms(scenario)}[form]
+    rows = [r for r in scenario.stat(*args) if r["rps"] is not None]
+    assert [(r["namespace"], r["name"]) for r in rows] == [expected], rows
+    check_row(scenario, rows[0])
+
+
+def test_the_table_as_users_see_it(scenario: Scenario) -> None:
+    text = scenario.table("deploy", "-n", scenario.server_ns)
+    header, row = text.splitlines()[:2]
+    assert header.split() == [
+        "NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TCP_CONN",
+    ]  # fmt: skip
+    cells = row.split()
+    assert cells[0] == "voting" and cells[1] == "1/1"
+    assert cells[2].endswith("%") and cells[3].endswith("rps") and cells[4].endswith("ms")
+
+
+def test_check_passes_on_the_installed_mesh(scenario: Scenario) -> None:
+    done = subprocess.run(
+        [KUBECTL, "mesh", "check"], env=scenario.env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("✔") == 8 and "✖" not in done.stdout
+
+
+def test_version_reports_the_control_plane(scenario: Scenario) -> None:
+    done = subprocess.run(
+        [KUBECTL, "mesh", "version", "-o", "json"],
+        env=scenario.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    info = json.loads(done.stdout)
+    assert info["server"].startswith("v") and info["server"] != "unknown", info
