@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab.pytest_plugin import Lab  # the `lab` fixture comes through tests/cli/conftest.py
+from lab.pytest_plugin import Lab  # the `lab` fixture: tests/conftest.py loads the plugin
 
 from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, INJECT_ENABLED, INJECT_LABEL
 
