@@ -123,7 +123,7 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, workdir: Path, workers: int | None) -> None:
+    def __init__(self, workdir: Path, workers: int | None, worker_class: str | None) -> None:
         bundle = generate_webhook_certs(ip_addresses=["127.0.0.1"])
         (workdir / "tls.crt").write_bytes(bundle.cert_pem)
         (workdir / "tls.key").write_bytes(bundle.key_pem)
@@ -140,6 +140,8 @@ class Server:
         )
         if workers is not None:
             env["MESH_WEBHOOK_WORKERS"] = str(workers)
+        if worker_class is not None:
+            env["MESH_WEBHOOK_WORKER_CLASS"] = worker_class
         self.log = open(workdir / "gunicorn.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [GUNICORN, "-c", "python:webhook.gunicorn_conf", "webhook.wsgi:app"],
@@ -259,9 +261,9 @@ def load(server: Server, concurrency: int, total: int, seconds: float) -> dict[s
     }
 
 
-def measure(workers: int | None, args: argparse.Namespace) -> dict[str, Any]:
+def measure(workers: int | None, worker_class: str | None, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-webhook-") as tmp:
-        server = Server(Path(tmp), workers)
+        server = Server(Path(tmp), workers, worker_class)
         try:
             server.wait_healthy()
             workers = len(server.worker_pids())
@@ -269,7 +271,7 @@ def measure(workers: int | None, args: argparse.Namespace) -> dict[str, Any]:
             result = load(server, args.concurrency, args.requests, args.seconds)
         finally:
             server.stop()
-    result.update(workers=workers, worker_class="gevent", concurrency=args.concurrency)
+    result.update(workers=workers, worker_class=worker_class or "default", concurrency=args.concurrency)
     return result
 
 
@@ -284,17 +286,27 @@ def main() -> int:
     parser.add_argument(
         "--workers", type=int, default=None, help="gunicorn workers (default: the shipped default)"
     )
-    parser.add_argument("--sweep", default="", help="comma-separated worker counts to compare, e.g. 1,2,3")
+    parser.add_argument(
+        "--worker-class", default=None, help="gevent or gevent_pywsgi (default: the shipped one)"
+    )
+    parser.add_argument(
+        "--sweep", default="", help="workers[:class],... to compare, e.g. 1:gevent,2:gevent,2:gevent_pywsgi"
+    )
     args = parser.parse_args()
-    # Without --sweep: --workers, or None for gunicorn_conf's shipped default.
-    counts = [int(x) for x in args.sweep.split(",") if x.strip()] if args.sweep else [args.workers]
+    # Without --sweep: --workers/--worker-class, or None for gunicorn_conf's shipped defaults.
+    setups: list[tuple[int | None, str | None]] = [(args.workers, args.worker_class)]
+    if args.sweep:
+        setups = []
+        for item in args.sweep.split(","):
+            count, _, klass = item.strip().partition(":")
+            setups.append((int(count), klass or args.worker_class))
     results = []
-    for count in counts:
-        result = measure(count, args)
-        workers = result["workers"]
+    for count, klass in setups:
+        result = measure(count, klass, args)
         results.append(result)
         print(
-            f"workers={workers} gevent: {result['admissions_per_s']} admissions/s, "
+            f"workers={result['workers']} {result['worker_class']}: "
+            f"{result['admissions_per_s']} admissions/s, "
             f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms, "
             f"{result['requests']} requests in {result['duration_s']} s, errors {result['errors']}; "
             f"CPU per admission: server {result['server_cpu_ms_per_admission']} ms, "

@@ -103,9 +103,7 @@ def create_app(config: MeshConfig | None = None) -> Flask:
         started = time.perf_counter()
         try:
             check_content_type(request.content_type)
-            if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-                raise BadRequest(413, f"body larger than {MAX_BODY_BYTES} bytes")
-            req = parse_review(request.get_data(cache=False))
+            req = parse_review(_read_body())
         except BadRequest as exc:
             metrics.bad_requests.labels(str(exc.status)).inc()
             return _json({"error": exc.reason}, exc.status)
@@ -144,6 +142,25 @@ def create_app(config: MeshConfig | None = None) -> Flask:
         return _json({"error": exc.description or exc.name}, status)
 
     return app
+
+
+def _read_body() -> bytes:
+    """The request body, at most MAX_BODY_BYTES (413 beyond), with or without Content-Length.
+
+    A chunked body is read from `wsgi.input` directly: both gunicorn's and gevent's servers
+    de-chunk it, but werkzeug reads a body without Content-Length only from servers that
+    declare `wsgi.input_terminated`, and would see it as empty.
+    """
+    too_large = BadRequest(413, f"body larger than {MAX_BODY_BYTES} bytes")
+    length = request.content_length
+    if length is not None:
+        if length > MAX_BODY_BYTES:
+            raise too_large
+        return request.get_data(cache=False)
+    data: bytes = request.environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
+    if len(data) > MAX_BODY_BYTES:
+        raise too_large
+    return data
 
 
 def _pod_name(request_obj: Any) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import jsonpatch
@@ -282,13 +283,23 @@ def _ports_for(annotations: Mapping[str, Any], config: MeshConfig) -> _Ports:
             raise ValueError(f"annotation {key}: {exc}") from None
 
     inbound = [(p, p) for p in c.DEFAULT_INBOUND_PORTS_TO_IGNORE]
-    inbound += parse_port_list(config.skip_inbound_ports) + annotation(c.SKIP_INBOUND_PORTS_ANNOTATION)
-    outbound = parse_port_list(config.skip_outbound_ports) + annotation(c.SKIP_OUTBOUND_PORTS_ANNOTATION)
+    inbound += _config_ports(config.skip_inbound_ports) + annotation(c.SKIP_INBOUND_PORTS_ANNOTATION)
+    outbound = _config_ports(config.skip_outbound_ports) + annotation(c.SKIP_OUTBOUND_PORTS_ANNOTATION)
     if c.OPAQUE_PORTS_ANNOTATION in annotations:
         opaque = annotation(c.OPAQUE_PORTS_ANNOTATION)
     else:
-        opaque = parse_port_list(config.opaque_ports)
+        opaque = _config_ports(config.opaque_ports)
     return _Ports(format_port_list(inbound), format_port_list(outbound), format_port_list(opaque))
+
+
+@lru_cache(maxsize=64)
+def _config_parsed(text: str) -> tuple[tuple[int, int], ...]:
+    return tuple(parse_port_list(text))
+
+
+def _config_ports(text: str) -> list[tuple[int, int]]:
+    """The config's port lists are validated once and parsed once, not per admission."""
+    return list(_config_parsed(text))
 
 
 def _mutate(

@@ -107,6 +107,25 @@ def test_bad_requests_get_documented_4xx(server: WebhookServer, body: bytes, cty
     assert json.loads(answer)["error"]  # a one-line reason
 
 
+def _chunked(server: WebhookServer, body: bytes) -> tuple[int, dict[str, Any]]:
+    conn = server.connect()
+    pieces = (body[i : i + 65536] for i in range(0, len(body), 65536))
+    conn.request(
+        "POST", "/mutate", body=pieces, headers={"Content-Type": "application/json"}, encode_chunked=True
+    )
+    resp = conn.getresponse()
+    answer = json.loads(resp.read())
+    conn.close()
+    return resp.status, answer
+
+
+def test_chunked_bodies_are_read_and_limited(server: WebhookServer) -> None:
+    status, answer = _chunked(server, json.dumps(admission_review(uid="uid-chunked")).encode())
+    assert status == 200 and answer["response"]["uid"] == "uid-chunked" and "patch" in answer["response"]
+    status, answer = _chunked(server, b" " * (5 * 1024 * 1024))
+    assert status == 413 and "larger than" in answer["error"]
+
+
 def test_health_endpoints(server: WebhookServer) -> None:
     assert server.request("GET", "/healthz")[0] == 200
     status, _, body = server.request("GET", "/readyz")
