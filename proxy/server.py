@@ -77,7 +77,17 @@ def _alive(sock: Any) -> bool:
 class Upstream:
     """A connection to an upstream with its response parser; lives in the pool between requests."""
 
-    __slots__ = ("address", "idle_since", "reader", "retry_payload", "reused", "sock", "tcp")
+    __slots__ = (
+        "address",
+        "deadline",
+        "expired",
+        "idle_since",
+        "reader",
+        "retry_payload",
+        "reused",
+        "sock",
+        "tcp",
+    )
 
     def __init__(self, sock: Any, address: Address, tcp: Tcp) -> None:
         self.sock = sock
@@ -87,15 +97,19 @@ class Upstream:
         self.idle_since = 0.0
         self.reused = False
         self.retry_payload = b""
+        self.deadline = 0.0  # the watchdog shuts the socket after this (coarse clock); 0 = none
+        self.expired = False
 
 
 class Client:
-    __slots__ = ("busy", "sock", "tcp")
+    __slots__ = ("busy", "deadline", "expired", "sock", "tcp")
 
     def __init__(self, sock: Any, tcp: Tcp) -> None:
         self.sock = sock
         self.tcp = tcp
         self.busy = True
+        self.deadline = 0.0
+        self.expired = False
 
 
 class Proxy:
@@ -110,11 +124,35 @@ class Proxy:
         self.pool_max_per_destination = 64
         self.pool_idle_seconds = 30.0
         self.clients: set[Client] = set()
+        self.busy_upstreams: set[Upstream] = set()
+        self.now = time.monotonic()  # coarse clock for deadlines, advanced by the watchdog
+        self.tick = min(0.1, config.response_timeout / 4, config.idle_timeout / 4)
         self.ready = False
         self.draining = False
         self.listeners: list[Any] = []
         self.own_addresses: set[Address] = set()
         self.stopped = gevent.event.Event()
+
+    # --- timeouts -------------------------------------------------------------------------------
+    def start_watchdog(self) -> None:
+        gevent.spawn(self._watchdog)
+
+    def _watchdog(self) -> None:
+        """Enforce deadlines for every socket from one greenlet.
+
+        Sockets carry no gevent timeout on the hot path (that would arm and cancel a timer on
+        every wait); instead each connection notes a deadline, and an overdue socket is shut
+        down here, so its blocked recv/send returns and the handler sees `expired`.
+        """
+        while True:
+            gevent.sleep(self.tick)
+            self.now = now = time.monotonic()
+            holders: list[Client | Upstream] = [*self.clients, *self.busy_upstreams]
+            for holder in holders:
+                if holder.deadline and now > holder.deadline and not holder.expired:
+                    holder.expired = True
+                    if holder.sock is not None:
+                        _shutdown(holder.sock)
 
     # --- listeners ------------------------------------------------------------------------------
     def bind(self, address: Address, direction: str) -> Any:
@@ -202,7 +240,8 @@ class Proxy:
         reader = http1.RequestReader()
         events = reader.events
         sock = client.sock
-        sock.settimeout(self.config.idle_timeout)
+        sock.settimeout(None)
+        idle_timeout = self.config.idle_timeout
         data = first
         while True:
             if data:
@@ -226,6 +265,7 @@ class Proxy:
             client.busy = False
             if self.draining:
                 return
+            client.deadline = self.now + idle_timeout
             try:
                 data = sock.recv(RECV)
             except OSError:
@@ -245,6 +285,7 @@ class Proxy:
         return []
 
     def _send_client(self, client: Client, data: bytes) -> bool:
+        client.deadline = self.now + self.config.idle_timeout
         try:
             _send(client.sock, data)
         except OSError:
@@ -354,17 +395,19 @@ class Proxy:
         up_events = up_reader.events
         usock = upstream.sock
         got_bytes = False
+        response_timeout = self.config.response_timeout
+        upstream.deadline = self.now + response_timeout
         # Response head(s): relay 1xx, stop at the final one.
         while True:
             if not up_events:
                 try:
                     data = usock.recv(RECV)
-                except TimeoutError:
+                except OSError:
+                    data = b""
+                if upstream.expired:
                     self._discard(upstream)
                     timeout = UpstreamError("timeout", 504)
                     return self._fail(client, direction, authority, peer, start, timeout, False)
-                except OSError:
-                    data = b""
                 if not data:
                     self._discard(upstream)
                     if upstream.reused and not got_bytes and pump is None:
@@ -445,13 +488,14 @@ class Proxy:
                 failure = "client_gone"
                 break
             pending, pending_size = [], 0
+            upstream.deadline = self.now + response_timeout  # the body may take long, but not stall long
             try:
                 data = usock.recv(RECV)
-            except TimeoutError:
-                failure = "timeout"
-                break
             except OSError:
                 data = b""
+            if upstream.expired:
+                failure = "timeout"
+                break
             if not data:
                 if up_reader.eof():
                     continue
@@ -524,6 +568,7 @@ class Proxy:
                         return True
                     else:
                         return False
+                client.deadline = self.now + self.config.idle_timeout
                 data = sock.recv(RECV)
                 if not data:
                     raise ConnectionResetError
@@ -539,7 +584,7 @@ class Proxy:
         """After 101: both sides speak something else; relay bytes both ways until both end."""
         client_left = b"".join(d for k, d in reader.events if k == UPGRADE and d)
         up_left = b"".join(d for k, d in upstream.reader.events if k in (UPGRADE, BODY) and d)
-        self._relay(client, upstream.sock, upstream.tcp, client_left, up_left)
+        self._relay(client, upstream, client_left, up_left)
         self._discard(upstream)
 
     def _connect_tunnel(self, client: Client, reader: http1.RequestReader, head: Head) -> None:
@@ -557,7 +602,7 @@ class Proxy:
             self._discard(upstream)
             return
         left = b"".join(d for k, d in reader.events if k == UPGRADE and d)
-        self._relay(client, upstream.sock, upstream.tcp, left, b"")
+        self._relay(client, upstream, left, b"")
         self._discard(upstream)
 
     # --- upstream connections ---------------------------------------------------------------------
@@ -569,11 +614,14 @@ class Proxy:
             idle_for = now - upstream.idle_since
             # Peek only after a pause: a connection used a moment ago is alive, and if not, retry covers it.
             if idle_for < 1.0 or (idle_for < self.pool_idle_seconds and _alive(upstream.sock)):
+                self.busy_upstreams.add(upstream)
                 return upstream
             self._discard(upstream)
         return None
 
     def _checkin(self, upstream: Upstream) -> None:
+        self.busy_upstreams.discard(upstream)
+        upstream.deadline = 0.0
         idle = self.pool.setdefault(upstream.address, [])
         if len(idle) >= self.pool_max_per_destination or self.draining:
             self._discard(upstream)
@@ -582,6 +630,7 @@ class Proxy:
         idle.append(upstream)
 
     def _discard(self, upstream: Upstream) -> None:
+        self.busy_upstreams.discard(upstream)
         if upstream.sock is not None:
             _close(upstream.sock)
             upstream.sock = None
@@ -599,10 +648,12 @@ class Proxy:
         except OSError:
             raise UpstreamError("connect_error") from None
         sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
-        sock.settimeout(self.config.response_timeout)
+        sock.settimeout(None)  # deadlines are the watchdog's job
         tcp = self.metrics.tcp_series(direction, "dst", _hostport(address))
         self.metrics.tcp_open(tcp)
-        return Upstream(sock, address, tcp)
+        upstream = Upstream(sock, address, tcp)
+        self.busy_upstreams.add(upstream)
+        return upstream
 
     # --- opaque TCP -------------------------------------------------------------------------------
     def _relay_to(self, client: Client, dest: Address, first: bytes, direction: str) -> None:
@@ -614,14 +665,16 @@ class Proxy:
             self.log.info("upstream_error", direction=direction, authority=_hostport(dest), error=error.error)
             return
         try:
-            self._relay(client, upstream.sock, upstream.tcp, first, b"")
+            self._relay(client, upstream, first, b"")
         finally:
             self._discard(upstream)
 
-    def _relay(self, client: Client, usock: Any, utcp: Tcp, to_upstream: bytes, to_client: bytes) -> None:
+    def _relay(self, client: Client, upstream: Upstream, to_upstream: bytes, to_client: bytes) -> None:
+        usock, utcp = upstream.sock, upstream.tcp
         csock = client.sock
         csock.settimeout(None)
         usock.settimeout(None)
+        client.deadline = upstream.deadline = 0.0  # a relayed stream may stay quiet as long as it likes
         try:
             if to_upstream:
                 usock.sendall(to_upstream)
@@ -733,6 +786,7 @@ def run(config: ProxyConfig, on_ready: Callable[[Proxy], None] | None = None) ->
     except OSError as error:
         log.error("bind_failed", error=str(error))
         return 1
+    proxy.start_watchdog()
     gevent.signal_handler(signal.SIGTERM, proxy.drain)
     gevent.signal_handler(signal.SIGINT, proxy.drain)
     proxy.ready = True

@@ -1,0 +1,272 @@
+"""Proxy benchmark: throughput, added latency per hop, and memory, on one machine in one run.
+
+Three paths under the same load, side by side:
+  direct     wrk → nginx
+  one hop    wrk → server-side proxy (inbound, --inbound-forward) → nginx
+  two hops   wrk → client-side proxy (outbound, forward proxy by Host) → server-side proxy → nginx
+Saturated throughput comes from `wrk -t1 -c32` (keep-alive, small responses, nginx-light with one
+worker answering `return 200`, so the proxy is the bottleneck). Latency is measured at a fixed
+rate (default 1000 rps) by a paced client that times each request from its *scheduled* send time
+(no coordinated omission). Memory is the server-side proxy's RSS after warm-up and after at least
+100k requests. Prints one JSON object on its last line. Figures, not pass/fail; on a shared
+machine compare the ratios within one run.
+
+Usage: python bench/bench_proxy.py [--duration 5] [--rounds 2] [--rate 1000] [--latency-seconds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"bench_proxy: nothing listening on 127.0.0.1:{port}")
+
+
+class Proxy:
+    def __init__(self, tmp: Path, name: str, args: list[str], profile: bool) -> None:
+        self.inbound, self.outbound, self.admin = free_port(), free_port(), free_port()
+        argv = [
+            sys.executable, "-m", "proxy", "run", "--log-level", "warning",
+            "--inbound-addr", "127.0.0.1", "--inbound-port", str(self.inbound),
+            "--outbound-port", str(self.outbound),
+            "--admin-addr", "127.0.0.1", "--admin-port", str(self.admin), *args,
+        ]  # fmt: skip
+        if profile:
+            argv[1:3] = ["-m", "cProfile", "-s", "tottime", "-m", "proxy"]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.log = (tmp / f"{name}.log").open("wb")
+        self.process = subprocess.Popen(argv, stdout=self.log, stderr=self.log, env=env)
+        wait_port(self.admin)
+        wait_port(self.inbound)
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def requests(self) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return sum(float(m.group(1)) for m in re.finditer(r"^request_total\{[^}]*\} (\S+)$", text, re.M))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def wrk(port: int, duration: float, host: str | None = None, connections: int = 32) -> tuple[float, int]:
+    """Saturated run; returns (requests per second, requests completed)."""
+    argv = [WRK, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", f"http://127.0.0.1:{port}/"]
+    if host:
+        argv[1:1] = ["-H", f"Host: {host}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if not rps or not total or errors:
+        raise SystemExit(f"bench_proxy: wrk failed or saw errors:\n{out}")
+    return float(rps.group(1)), int(total.group(1))
+
+
+def paced_latencies(port: int, host: str, rate: float, seconds: float) -> list[float]:
+    """Latency (ms) of requests sent on a fixed schedule over one keep-alive connection.
+
+    Each latency runs from the scheduled send time, so a stall delays and counts every request
+    behind it instead of hiding them (coordinated omission).
+    """
+    request = f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    interval = 1.0 / rate
+    count = int(rate * seconds)
+    latencies = []
+    start = time.perf_counter() + 0.05
+    buf = b""
+    try:
+        for i in range(count):
+            scheduled = start + i * interval
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay) if delay > 0.002 else None
+                while time.perf_counter() < scheduled:
+                    pass
+            sock.sendall(request)
+            while True:  # read one response: head, then Content-Length bytes
+                end = buf.find(b"\r\n\r\n")
+                if end != -1:
+                    length = int(re.search(rb"(?i)content-length:\s*(\d+)", buf[:end]).group(1))  # type: ignore[union-attr]
+                    if len(buf) >= end + 4 + length:
+                        buf = buf[end + 4 + length :]
+                        break
+                piece = sock.recv(65536)
+                if not piece:
+                    raise SystemExit("bench_proxy: connection closed during the latency run")
+                buf += piece
+            latencies.append((time.perf_counter() - scheduled) * 1000.0)
+    finally:
+        sock.close()
+    return latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per saturated wrk run")
+    parser.add_argument("--rounds", type=int, default=2, help="saturated runs per path (median reported)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="requests per second for latency")
+    parser.add_argument("--latency-seconds", type=float, default=8.0, help="seconds per latency run")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--profile", action="store_true", help="run the server-side proxy under cProfile")
+    args = parser.parse_args()
+    for tool in (NGINX, WRK):
+        if not Path(tool).exists():
+            print(f"bench_proxy: {tool} is missing (apt-get install -y nginx-light wrk)", file=sys.stderr)
+            return 1
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
+    nginx_port = free_port()
+    (tmp / "nginx.conf").write_text(
+        f"""worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  server {{ listen 127.0.0.1:{nginx_port}; location / {{ return 200 "ok\\n"; }} }}
+}}
+"""
+    )
+    started: list[Proxy] = []
+    nginx = subprocess.Popen(
+        [NGINX, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_port(nginx_port)
+        server = Proxy(tmp, "server-proxy", ["--inbound-forward", f"127.0.0.1:{nginx_port}",
+                       "--namespace", "bench", "--workload-kind", "deployment", "--workload-name", "server",
+                       "--pod", "server-0"], args.profile)  # fmt: skip
+        started.append(server)
+        client = Proxy(tmp, "client-proxy", ["--inbound-forward", "127.0.0.1:9", "--namespace", "bench",
+                       "--workload-kind", "deployment", "--workload-name", "client", "--pod", "client-0"],
+                       False)  # fmt: skip
+        started.append(client)
+        server_authority = f"127.0.0.1:{server.inbound}"
+        paths = {
+            "direct": (nginx_port, None),
+            "one_hop": (server.inbound, None),
+            "two_hops": (client.outbound, server_authority),
+        }
+        for port, host in paths.values():  # warm-up: connections, pools, caches
+            wrk(port, 1, host, args.connections)
+        rss_warm = server.rss_mib()
+        rss_warm_client = client.rss_mib()
+
+        rps: dict[str, list[float]] = {name: [] for name in paths}
+        for round_ in range(args.rounds):
+            order = list(paths) if round_ % 2 == 0 else list(reversed(paths))
+            for name in order:
+                port, host = paths[name]
+                rps[name].append(wrk(port, args.duration, host, args.connections)[0])
+                print(f"saturated {name}: {rps[name][-1]:.0f} rps", file=sys.stderr)
+
+        lat: dict[str, dict[str, float]] = {}
+        for name, (port, host) in paths.items():
+            values = paced_latencies(port, host or f"127.0.0.1:{port}", args.rate, args.latency_seconds)
+            lat[name] = {"p50": percentile(values, 0.50), "p99": percentile(values, 0.99)}
+            print(f"latency {name} @ {args.rate:.0f} rps: p50 {lat[name]['p50']:.3f} ms, "
+                  f"p99 {lat[name]['p99']:.3f} ms", file=sys.stderr)  # fmt: skip
+
+        while server.requests() < 100_000:
+            wrk(server.inbound, 3, None, args.connections)
+        served = server.requests()
+        rss_after = server.rss_mib()
+        rss_after_client = client.rss_mib()
+
+        med = {name: statistics.median(values) for name, values in rps.items()}
+        result = {
+            "rps_direct": round(med["direct"]),
+            "rps_one_hop": round(med["one_hop"]),
+            "rps_two_hops": round(med["two_hops"]),
+            "ratio_one_hop_to_direct": round(med["one_hop"] / med["direct"], 3),
+            "ratio_two_hops_to_one_hop": round(med["two_hops"] / med["one_hop"], 3),
+            "p50_ms": {k: round(v["p50"], 3) for k, v in lat.items()},
+            "p99_ms": {k: round(v["p99"], 3) for k, v in lat.items()},
+            "added_p50_ms_per_hop": round(lat["one_hop"]["p50"] - lat["direct"]["p50"], 3),
+            "added_p99_ms_per_hop": round(lat["one_hop"]["p99"] - lat["direct"]["p99"], 3),
+            "added_p50_ms_per_hop_two_hop_path": round(
+                (lat["two_hops"]["p50"] - lat["direct"]["p50"]) / 2, 3
+            ),
+            "added_p99_ms_per_hop_two_hop_path": round(
+                (lat["two_hops"]["p99"] - lat["direct"]["p99"]) / 2, 3
+            ),
+            "rss_mib_warm": round(rss_warm, 1),
+            "rss_mib_after_100k": round(rss_after, 1),
+            "rss_mib_client_warm": round(rss_warm_client, 1),
+            "rss_mib_client_after": round(rss_after_client, 1),
+            "server_proxy_requests": int(served),
+            "latency_rate_rps": args.rate,
+            "wrk": f"-t1 -c{args.connections} -d{args.duration}s x{args.rounds} (median)",
+            "cpus": os.cpu_count(),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        }
+    finally:
+        for proxy in started:
+            proxy.stop()
+        nginx.send_signal(signal.SIGQUIT)
+        try:
+            nginx.wait(10)
+        except subprocess.TimeoutExpired:
+            nginx.kill()
+        if args.profile and started:
+            print((tmp / "server-proxy.log").read_text()[:6000], file=sys.stderr)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
