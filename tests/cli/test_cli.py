@@ -191,3 +191,23 @@ def test_completion_scripts(shell: str) -> None:
     assert done.returncode == 0 and "kubectl_complete-mesh" in done.stdout
     if shell == "bash":
         assert subprocess.run(["bash", "-n"], input=done.stdout, text=True, timeout=10).returncode == 0
+
+
+def test_completion_of_flag_values_and_contexts(dead_cluster: Path) -> None:
+    def complete(*words: str) -> list[str]:
+        done = subprocess.run(
+            [str(VENV_BIN / "kubectl_complete-mesh"), *words],
+            env={**os.environ, "KUBECONFIG": str(dead_cluster)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return done.stdout.splitlines()
+
+    assert complete("stat", "-o", "") == ["json", "table", "wide", "yaml", ":4"]
+    assert complete("stat", "-t", "") == ["30s", "1m", "10m", "1h", ":4"]
+    assert complete("stat", "deploy", "--context", "") == ["dead", ":4"]
+    # names come from the cluster; an unreachable one gives no candidates, quickly, and no error
+    assert complete("stat", "deploy", "") == [":4"]
+    assert complete("stat", "--", "")[-1] == ":4"
+    assert "--from" in complete("stat", "--")
