@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the lab's control-plane binaries from their published Go modules, once per version.
-# Output: ${MESH_CACHE:-~/.cache/kubectl-mesh}/bin/<kube>-<etcd>-<helm>-<krew>/, reused by later runs and CI.
+# Output: ${MESH_CACHE:-~/.cache/kubectl-mesh}/bin/<kube>-<etcd>-<helm>-<krew>/ (+ upstream prometheus),
+# reused by later runs and CI.
 # Prints the bin directory on its last line.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -30,9 +31,19 @@ if [ ! -x "$bin/etcd" ]; then
   log "building etcd $ETCD_VERSION"
   (cd "$here/go/etcd" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd.tmp" go.etcd.io/etcd/server/v3 && mv "$bin/etcd.tmp" "$bin/etcd")
 fi
-if [ ! -x "$bin/helm" ]; then
+if [ ! -x "$bin/helm" ] || [ ! -f "$bin/helm.kube-version" ]; then
   log "building helm $HELM_VERSION"
-  GOBIN="$bin" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  # As helm's Makefile: the default .Capabilities.KubeVersion (helm template/lint) is client-go's
+  # minor + 1.0 (without it, helm claims v1.20.0).
+  helm_gomod=$(cd /tmp && go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  cg=$(awk '$1=="k8s.io/client-go"{print $2; exit}' "$helm_gomod"); cg=${cg#v}
+  kmaj=$(( ${cg%%.*} + 1 )); kmin=$(echo "$cg" | cut -d. -f2)
+  hl="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    hl="$hl -X $p.k8sVersionMajor=$kmaj -X $p.k8sVersionMinor=$kmin"
+  done
+  GOBIN="$bin" go install -trimpath -ldflags "$hl" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  echo "v$kmaj.$kmin.0" > "$bin/helm.kube-version"
 fi
 if [ ! -x "$bin/kubectl-krew" ] || [ ! -x "$bin/validate-krew-manifest" ]; then
   log "building krew $KREW_VERSION"
