@@ -45,6 +45,7 @@ from lab.config import (
     bin_dir,
     missing_binaries,
     proc_start_time,
+    publish_pod_binaries,
 )
 from lab.rest import Api, ApiError
 
@@ -164,6 +165,11 @@ def up(owner: str = "cli", timeout: float = 90.0, prometheus: bool = True, user:
             except BaseException:
                 _down_locked()
                 raise
+        elif prometheus and not state.prometheus_url and not missing_binaries(Path(state.bin_dir)):
+            # A lab started with --no-prometheus (or before Prometheus was built): add it.
+            proc = _start_prometheus(state, Path(state.bin_dir))
+            url = state.prometheus_url
+            _wait("prometheus /-/ready", lambda: _http_ok(f"{url}/-/ready"), {"prometheus": proc}, timeout)
         if user is not None:
             USERS_DIR.mkdir(parents=True, exist_ok=True)
             (USERS_DIR / str(user)).touch()
@@ -200,6 +206,7 @@ def _up_locked(owner: str, bins: Path, timeout: float, with_prometheus: bool) ->
     state = State(owner=owner, bin_dir=str(bins), api_url=API_URL, started_at=time.time())
     state.temp_dirs.append(str(RUN_DIR))
     state.save()
+    publish_pod_binaries()
     state.ip_forward = network.setup_host()
     state.save()
 
@@ -235,7 +242,7 @@ def _up_locked(owner: str, bins: Path, timeout: float, with_prometheus: bool) ->
     sa = pki.service_account_keys()
     kubeconfig(KUBECONFIG, API_URL, pki.ca, admin, "lab-admin")
     kcm_kubeconfig = kubeconfig(RUN_DIR / "controller-manager.kubeconfig", API_URL, pki.ca, kcm, "kcm")
-    prom_kubeconfig = kubeconfig(RUN_DIR / "prometheus.kubeconfig", API_URL, pki.ca, prom, "prometheus")
+    kubeconfig(RUN_DIR / "prometheus.kubeconfig", API_URL, pki.ca, prom, "prometheus")
 
     apiserver = _start(state, "kube-apiserver", [
         str(bins / "kube-apiserver"),
@@ -281,17 +288,7 @@ def _up_locked(owner: str, bins: Path, timeout: float, with_prometheus: bool) ->
         "node-agent": agent,
     }
     if with_prometheus:
-        prom_dir = RUN_DIR / "prometheus"
-        prom_dir.mkdir(exist_ok=True)
-        prom_port = free_port()
-        prom_config = RUN_DIR / "prometheus.yml"
-        prom_config.write_text(yaml.safe_dump(prometheus_config(prom_kubeconfig), sort_keys=False))
-        watched["prometheus"] = _start(state, "prometheus", [
-            str(bins / "prometheus"), f"--config.file={prom_config}", f"--storage.tsdb.path={prom_dir}",
-            f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn",
-        ])  # fmt: skip
-        state.prometheus_url = f"http://127.0.0.1:{prom_port}"
-        state.save()
+        watched["prometheus"] = _start_prometheus(state, bins)
 
     def node_ready() -> bool:
         conditions = api.get(f"/api/v1/nodes/{NODE_NAME}").get("status", {}).get("conditions", [])
@@ -304,6 +301,23 @@ def _up_locked(owner: str, bins: Path, timeout: float, with_prometheus: bool) ->
         _wait("prometheus /-/ready", lambda: _http_ok(f"{state.prometheus_url}/-/ready"), watched, timeout)
     (LAB_DIR / "up-seconds").write_text(f"{time.monotonic() - t0:.2f}\n")
     return state
+
+
+def _start_prometheus(state: State, bins: Path) -> subprocess.Popen[bytes]:
+    publish_pod_binaries()  # the chart's Prometheus pod (any UID) runs the same upstream build
+    prom_dir = RUN_DIR / "prometheus"
+    prom_dir.mkdir(exist_ok=True)
+    prom_port = free_port()
+    prom_config = RUN_DIR / "prometheus.yml"
+    prom_kubeconfig = RUN_DIR / "prometheus.kubeconfig"
+    prom_config.write_text(yaml.safe_dump(prometheus_config(prom_kubeconfig), sort_keys=False))
+    proc = _start(state, "prometheus", [
+        str(bins / "prometheus"), f"--config.file={prom_config}", f"--storage.tsdb.path={prom_dir}",
+        f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn",
+    ])  # fmt: skip
+    state.prometheus_url = f"http://127.0.0.1:{prom_port}"
+    state.save()
+    return proc
 
 
 RBAC = "rbac.authorization.k8s.io"

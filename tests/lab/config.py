@@ -64,6 +64,40 @@ def bin_dir() -> Path:
     return cache / "bin" / name
 
 
+# Binaries pods may run (by PATH), where any UID can reach them: ~/.cache is under /root (0700).
+POD_BIN_ROOT = Path(os.environ.get("MESH_LAB_POD_BIN", "/opt/kubectl-mesh/lab-bin"))
+POD_BINARIES = ("prometheus", "helm")
+
+
+def pod_bin_dir() -> Path:
+    return POD_BIN_ROOT / bin_dir().name
+
+
+def publish_pod_binaries() -> Path:
+    """Hard-link (or copy) the pod-runnable binaries into a world-readable directory, once."""
+    import shutil
+
+    target = pod_bin_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    for d in (target, *target.parents):
+        if d == Path("/opt"):
+            break
+        d.chmod(0o755)
+    for name in POD_BINARIES:
+        src, dst = bin_dir() / name, target / name
+        if not src.exists() or (dst.exists() and dst.stat().st_size == src.stat().st_size):
+            continue
+        tmp = dst.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        tmp.chmod(0o755)
+        tmp.replace(dst)
+    return target
+
+
 def missing_binaries(directory: Path) -> list[str]:
     need = ("etcd", "kube-apiserver", "kube-controller-manager", "prometheus")
     return [b for b in need if not os.access(directory / b, os.X_OK)]

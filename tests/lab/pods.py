@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import network
-from lab.config import BRIDGE_IP, KUBERNETES_SERVICE_IP, LOG_DIR, NETNS_PREFIX, VETH_PREFIX, bin_dir
+from lab.config import BRIDGE_IP, KUBERNETES_SERVICE_IP, LOG_DIR, NETNS_PREFIX, VETH_PREFIX, pod_bin_dir
 from lab.probes import Probe
 from lab.rest import Api, ApiError
 from lab.volumes import VolumeError, field_value, materialize
@@ -260,7 +260,7 @@ class PodRunner:
 
         env: dict[str, str] = {
             # The venv (mesh-proxy, gunicorn), then the lab's binaries (upstream prometheus, helm).
-            "PATH": f"{Path(sys.executable).parent}:{bin_dir()}:{SYSTEM_PATH}",
+            "PATH": f"{Path(sys.executable).parent}:{pod_bin_dir()}:{SYSTEM_PATH}",
             "PYTHONPATH": str(runtime_pythonpath()),
             "PYTHONDONTWRITEBYTECODE": "1",
             "HOSTNAME": self.name,
