@@ -22,6 +22,9 @@ Event = tuple[int, Any]
 MAX_HEADER_BYTES = 32 * 1024  # total of names and values; more → 431
 MAX_HEADERS = 100  # more → 431
 MAX_TARGET_BYTES = 8 * 1024  # request target; more → 414
+# httptools buffers a header line until it ends, so one endless line would grow without bound:
+# bytes fed while a head is still open are capped too (with slack for one read's overcount).
+MAX_OPEN_HEAD_BYTES = MAX_HEADER_BYTES + MAX_TARGET_BYTES + 64 * 1024
 
 _SRC = SRC_HEADER.encode()
 _DST = DST_HEADER.encode()
@@ -157,10 +160,14 @@ class _Reader:
         self._raw: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._limit_error: ProtocolError | None = None
+        self._in_head = False
+        self._head_fed = 0
 
     def on_message_begin(self) -> None:
         self._raw = []
         self._header_bytes = 0
+        self._in_head = True
+        self._head_fed = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
@@ -181,6 +188,10 @@ class _Reader:
             if self._limit_error is not None:
                 raise self._limit_error from None
             raise ProtocolError(400, str(error) or "malformed message") from None
+        if self._in_head:
+            self._head_fed += len(data)
+            if self._head_fed > MAX_OPEN_HEAD_BYTES:
+                raise ProtocolError(431, "header section too large")
 
 
 class RequestReader(_Reader):
@@ -209,6 +220,7 @@ class RequestReader(_Reader):
         self._target.append(url)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         p = self._parser
         head = Head()
         head.method = p.get_method()
@@ -272,6 +284,7 @@ class ResponseReader(_Reader):
         self._reason += reason
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         p = self._parser
         head = Head()
         head.status = status = p.get_status_code()

@@ -132,6 +132,7 @@ class Proxy:
         self.listeners: list[Any] = []
         self.own_addresses: set[Address] = set()
         self.stopped = gevent.event.Event()
+        self.debug = log.enabled("debug")
 
     # --- timeouts -------------------------------------------------------------------------------
     def start_watchdog(self) -> None:
@@ -516,6 +517,11 @@ class Proxy:
             self.metrics.response(direction, authority, peer, response.status, "client_gone", latency_ms)
             return False
         self.metrics.response(direction, authority, peer, response.status, "", latency_ms)
+        if self.debug:  # method and status only: targets may carry tokens, bodies are never logged
+            self.log.debug(
+                "request", direction=direction, authority=authority, method=request.method.decode(),
+                status=response.status, latency_ms=round(latency_ms, 3),
+            )  # fmt: skip
         # A pump still running means the upstream answered before the whole request body arrived.
         body_sent = pump is None or (pump.dead and bool(pump.value))
         if response.keep_alive and body_sent and request.upgrade is None:

@@ -129,6 +129,23 @@ def test_request_reader_rejects(data: bytes, status: int) -> None:
     assert error.value.status == status
 
 
+def test_an_endless_header_line_is_cut_off() -> None:
+    """llhttp hands over a header only when its line ends; the reader must not buffer forever."""
+    reader = http1.RequestReader()
+    reader.feed(b"GET / HTTP/1.1\r\nX-Endless: ")
+    with pytest.raises(http1.ProtocolError) as error:
+        for _ in range(1000):  # 4 MiB if it never stopped
+            reader.feed(b"a" * 4096)
+    assert error.value.status == 431
+
+
+def test_a_large_body_in_the_first_read_is_not_mistaken_for_a_large_head() -> None:
+    reader = http1.RequestReader()
+    body = b"b" * 200_000
+    reader.feed(b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert sum(len(d) for k, d in reader.events if k == BODY) == len(body)  # type: ignore[arg-type]
+
+
 def test_response_reader_head_1xx_and_close_delimited() -> None:
     reader = http1.ResponseReader()
     reader.start(b"HEAD")
