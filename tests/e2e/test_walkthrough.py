@@ -7,9 +7,7 @@ variants: the namespace labelled for the webhook, and `kubectl mesh inject | kub
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,35 +21,18 @@ WEB, FROM_WEB, TO_VOTING = ("kubectl " + " ".join(c) for c in COMMANDS)
 VARIANTS = ("label", "inject")
 
 
-def _missing() -> str | None:
-    """Why the walkthrough cannot run here, or None."""
-    if importlib.util.find_spec("lab.cluster") is None:
-        return "the lab (tests/lab/cluster.py) is not there yet"
-    from lab.config import bin_dir, missing_binaries
-
-    missing = missing_binaries(bin_dir())
-    if missing:
-        return f"lab binaries missing ({', '.join(missing)}): run `make binaries`"
-    if not os.access(bin_dir() / "helm", os.X_OK):
-        return "helm is missing from the lab binaries: run `make binaries`"
-    return None
-
-
 @pytest.fixture(scope="module")
-def results() -> Iterator[dict[str, Any]]:
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
+def results(lab: Any) -> dict[str, Any]:
+    """The walkthrough, both variants, on the session's lab (tests/lab/pytest_plugin.py)."""
     from e2e import walkthrough as w
 
-    with w.lab_session() as tools:
-        try:
-            done = w.walkthrough(tools, VARIANTS)
-            for result in done:
-                print(f"\n# {result.variant}\n{result.render()}")
-            yield {r.variant: r for r in done}
-        finally:
-            w.remove_app(tools)
+    if not os.access(lab.helm, os.X_OK):
+        pytest.skip(f"helm is missing from {lab.bin_dir}: run `make binaries`")
+    tools = w.tools_for(lab.kubeconfig, lab.bin_dir)
+    done = w.walkthrough(tools, VARIANTS)  # removes the app, and the chart if it installed it
+    for result in done:
+        print(f"\n# {result.variant}\n{result.render()}")
+    return {r.variant: r for r in done}
 
 
 @pytest.mark.timeout(1200)

@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "examples" / "emojivoto" / "emojivoto.yml"
 CHART = REPO / "charts" / "kubectl-mesh"
 DASHBOARDS = CHART / "files" / "dashboards"
+LAB_VALUES = REPO / "tests" / "chart" / "lab-values.yaml"
 NAMESPACE = "emojivoto"
 RELEASE = "kubectl-mesh"
 WINDOW_S = 60  # `kubectl mesh stat`'s default -t 1m
@@ -100,39 +101,56 @@ class Tools:
 
 @contextlib.contextmanager
 def lab_session(keep: bool = False) -> Iterator[Tools]:
-    """The running lab, or one started here (and stopped on exit unless `keep`)."""
+    """The running lab (`make cluster`, a pytest session), or one started here.
+
+    A lab started here is stopped on exit unless `keep` or someone else joined it meanwhile.
+    """
     from lab import cluster
     from lab.config import KUBECONFIG, bin_dir
 
-    started = cluster.running() is None
-    if started:
+    owner = "walkthrough"
+    if cluster.running() is None:
         log("starting the lab (kube-apiserver, etcd, controller-manager, node agent, Prometheus)…")
     t0 = time.monotonic()
-    state = cluster.up(owner="walkthrough")
+    state = cluster.up(owner=owner, user=os.getpid())
     log(f"lab ready in {time.monotonic() - t0:.1f}s: {state.api_url}")
-    helm = str(Path(state.bin_dir or bin_dir()) / "helm")
-    if not os.access(helm, os.X_OK):
-        helm = shutil.which("helm") or helm
     try:
-        yield Tools(KUBECONFIG, helm)
+        yield tools_for(KUBECONFIG, Path(state.bin_dir or bin_dir()))
     finally:
-        if started and not keep:
-            log("stopping the lab…")
-            cluster.down()
+        if keep:
+            log(f"leaving the lab running: KUBECONFIG={KUBECONFIG}; `make cluster-down` stops it")
+        elif cluster.release(os.getpid(), owner=owner):
+            log("stopped the lab")
+
+
+def tools_for(kubeconfig: Path, lab_bin: Path) -> Tools:
+    helm = lab_bin / "helm"
+    return Tools(kubeconfig, str(helm) if os.access(helm, os.X_OK) else (shutil.which("helm") or "helm"))
 
 
 # --- the steps --------------------------------------------------------------------------------
 
 
-def install_chart(tools: Tools) -> None:
-    """`helm install` the control plane (as a user would; upgrade if it is already there)."""
-    log(f"$ helm upgrade --install {RELEASE} charts/kubectl-mesh")
-    lab_values = CHART.parent.parent / "tests" / "chart" / "lab-values.yaml"
-    extra = ["-f", str(lab_values)] if lab_values.exists() else []
-    tools.helm("upgrade", "--install", RELEASE, str(CHART), *extra)
+def install_chart(tools: Tools) -> bool:
+    """`helm install` the control plane, as a user would (an upgrade if it is already there).
+
+    Returns whether the release was installed here (so that the caller uninstalls it). The lab's
+    values (tests/chart/lab-values.yaml) leave out only Grafana, whose image has no command the
+    lab could run; the dashboards' queries are checked against Prometheus instead.
+    """
+    existed = RELEASE in tools.helm("list", "-q", "-n", "default").split()
+    values = ["-f", str(LAB_VALUES)] if LAB_VALUES.exists() else []
+    log(f"$ helm {'upgrade' if existed else 'install'} {RELEASE} charts/kubectl-mesh {' '.join(values)}")
+    tools.helm("upgrade", "--install", RELEASE, str(CHART), *values, "--wait", "--timeout", "240s")
     for deployment in ("mesh-webhook", "prometheus"):
         rollout = ("rollout", "status", f"deployment/{deployment}", "--timeout=180s")
         tools.kubectl("-n", CONTROL_PLANE_NAMESPACE, *rollout, timeout=200)
+    return not existed
+
+
+def uninstall_chart(tools: Tools) -> None:
+    log(f"$ helm uninstall {RELEASE}")
+    tools.helm("uninstall", RELEASE, "--wait", "--timeout", "120s")
 
 
 def remove_app(tools: Tools) -> None:
@@ -333,9 +351,16 @@ def run_variant(tools: Tools, variant: str) -> Result:
     return Result(variant, sections, listing, pods, start, end, boards)
 
 
-def walkthrough(tools: Tools, variants: tuple[str, ...]) -> list[Result]:
-    install_chart(tools)
-    return [run_variant(tools, v) for v in variants]
+def walkthrough(tools: Tools, variants: tuple[str, ...], keep: bool = False) -> list[Result]:
+    """The whole story, per variant; the app and a chart installed here are removed unless `keep`."""
+    installed = install_chart(tools)
+    try:
+        return [run_variant(tools, v) for v in variants]
+    finally:
+        if not keep:
+            remove_app(tools)
+            if installed:
+                uninstall_chart(tools)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,9 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         with lab_session(keep=args.keep) as tools:
-            results = walkthrough(tools, variants)
-            if not args.keep:
-                remove_app(tools)
+            results = walkthrough(tools, variants, keep=args.keep)
     except WalkthroughError as exc:
         print(f"walkthrough: error: {exc}", file=sys.stderr)
         return 1
