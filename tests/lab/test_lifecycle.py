@@ -67,7 +67,6 @@ def leftovers() -> list[str]:
 def test_down_removes_everything_even_after_the_node_agent_crashed() -> None:
     if cluster.running():
         pytest.skip("a lab is already running (make cluster, or another session): not stopping it")
-    assert not leftovers(), "the machine has lab leftovers before the test"
     ip_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
 
     up, up_seconds = lab_cli("up")
