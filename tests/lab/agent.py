@@ -289,9 +289,24 @@ class LogHandler(BaseHTTPRequestHandler):
         body = b"".join(lines)
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
+        if query.get("follow", ["false"])[0] != "true":
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_header("Connection", "close")  # -f: stream until the pod stops or the client leaves
         self.end_headers()
         self.wfile.write(body)
+        self.wfile.flush()
+        with contextlib.suppress(OSError), open(path, "rb") as fh:
+            fh.seek(0, 2)
+            while not runner.stop_event.is_set():
+                chunk = fh.read()
+                if chunk:
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+                else:
+                    time.sleep(0.2)
 
     def log_message(self, format: str, *args: Any) -> None:
         return
