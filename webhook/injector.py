@@ -105,8 +105,9 @@ def make_patch(original: Pod, mutated: Pod) -> list[dict[str, Any]]:
     - sub-objects the mutation did not touch are shared (the same object) by both pods, so they
       are left out of both sides (jsonpatch recurses into a dict that is a dict on both sides
       and never replaces it whole, so keys left out of both stay untouched);
-    - objects that exist only in `mutated` (the added containers) are diffed as opaque tokens
-      and put back into the operations' values afterwards: jsonpatch would only copy them.
+    - objects that exist only in `mutated` (the added containers), and list items both sides
+      hold, are diffed as opaque tokens and put back into the operations' values afterwards:
+      jsonpatch would only copy and compare them.
     """
     tokens: dict[str, Any] = {"": _TOKEN_PREFIX + os.urandom(8).hex()}  # a nonce no pod can contain
     left, right = _reduce(original, mutated, tokens)
@@ -131,8 +132,14 @@ def _reduce(a: Any, b: Any, tokens: dict[str, Any]) -> tuple[Any, Any]:
                 right[key] = _opaque(value, tokens)
         return left, right
     if isinstance(a, list) and isinstance(b, list):
-        known = {id(x) for x in a}
-        return a, [x if id(x) in known else _opaque(x, tokens) for x in b]
+        # Items are compared by position: an item both lists hold (the same object) becomes one
+        # token on both sides, an item only `b` holds its own token.
+        shared: dict[int, Any] = {}
+        left_items = []
+        for x in a:
+            shared[id(x)] = _opaque(x, tokens)
+            left_items.append(shared[id(x)])
+        return left_items, [shared[id(x)] if id(x) in shared else _opaque(x, tokens) for x in b]
     return a, b
 
 
