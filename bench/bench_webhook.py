@@ -211,6 +211,15 @@ class Server:
         self.log.close()
 
 
+def cpu_pressure_us() -> int | None:
+    """Total µs some runnable task waited for a CPU (Linux PSI), or None without PSI."""
+    try:
+        with open("/proc/pressure/cpu") as fh:
+            return int(fh.readline().rsplit("total=", 1)[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -265,14 +274,19 @@ def load(
                 conn.close()
                 conn = conns[worker] = server.connect()
 
-    server_cpu0, client_cpu0 = server.cpu_seconds(), time.process_time()
+    server_cpu0, client_cpu0, pressure0 = server.cpu_seconds(), time.process_time(), cpu_pressure_us()
     started = time.perf_counter()
     gevent.joinall([gevent.spawn(client, i) for i in range(concurrency)])
     duration = time.perf_counter() - started
     server_cpu, client_cpu = server.cpu_seconds() - server_cpu0, time.process_time() - client_cpu0
+    pressure1 = cpu_pressure_us()
     latencies.sort()
     n = max(1, len(latencies))
     return {
+        # Share of the run during which some task (ours or anyone's) waited for a CPU.
+        "cpu_pressure_pct": None
+        if pressure0 is None or pressure1 is None
+        else round((pressure1 - pressure0) / 1e4 / duration, 1),
         "server_cpu_ms_per_admission": round(server_cpu * 1000 / n, 3),
         "client_cpu_ms_per_admission": round(client_cpu * 1000 / n, 3),
         "requests": len(latencies),
@@ -300,7 +314,17 @@ def measure(workers: int | None, worker_class: str | None, args: argparse.Namesp
                 paced = load(server, conns, args.requests, args.seconds, rate=args.rate)
                 result["at_rate"] = {
                     "offered_per_s": args.rate,
-                    **{k: paced[k] for k in ("admissions_per_s", "p50_ms", "p99_ms", "max_ms", "errors")},
+                    **{
+                        k: paced[k]
+                        for k in (
+                            "admissions_per_s",
+                            "p50_ms",
+                            "p99_ms",
+                            "max_ms",
+                            "errors",
+                            "cpu_pressure_pct",
+                        )
+                    },
                 }
             for conn in conns:
                 conn.close()
@@ -351,14 +375,15 @@ def main() -> int:
             f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms, "
             f"{result['requests']} requests in {result['duration_s']} s, errors {result['errors']}; "
             f"CPU per admission: server {result['server_cpu_ms_per_admission']} ms, "
-            f"client {result['client_cpu_ms_per_admission']} ms",
+            f"client {result['client_cpu_ms_per_admission']} ms; CPU pressure {result['cpu_pressure_pct']}%",
             flush=True,
         )
         if "at_rate" in result:
             r = result["at_rate"]
             print(
                 f"  at {r['offered_per_s']:.0f}/s offered: {r['admissions_per_s']} admissions/s, "
-                f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms, errors {r['errors']}",
+                f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms, errors {r['errors']}; "
+                f"CPU pressure {r['cpu_pressure_pct']}%",
                 flush=True,
             )
     best = max(results, key=lambda r: r["admissions_per_s"])
