@@ -282,3 +282,129 @@ def test_an_injected_pod_runs_its_init_rules_and_proxy_and_is_scraped(lab: Lab, 
     series = lab.wait(scraped, 60, "Prometheus to scrape the proxy", interval=1.0)
     labels = series[0]["metric"]
     assert labels["namespace"] == ns and labels["deployment"] == "web" and labels["pod"] == name, labels
+
+
+def test_init_containers_then_sidecar_by_startup_probe_then_app(lab: Lab, lab_namespace: str) -> None:
+    """Init runs first, a native sidecar must pass its startup probe before the app starts, and the
+    sidecar is stopped after the app finishes."""
+    ns = lab_namespace
+    sidecar = (
+        "import socket, time\n"
+        "time.sleep(1)\n"  # the startup probe must wait for this
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "s.bind(('0.0.0.0', 9000)); s.listen(8)\n"
+        "while True: s.accept()[0].close()\n"
+    )
+    app = (
+        "import socket\n"
+        "print(open('/shared/init').read().strip())\n"
+        "socket.create_connection(('127.0.0.1', 9000), timeout=2).close()\n"
+        "print('sidecar up before app')\n"
+    )
+    manifest = textwrap.dedent(
+        f"""\
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: ordered}}
+        spec:
+          restartPolicy: Never
+          initContainers:
+          - name: init
+            image: busybox
+            command: [sh, -c, 'echo init-ran > /shared/init']
+            volumeMounts: [{{name: shared, mountPath: /shared}}]
+          - name: sidecar
+            image: python
+            restartPolicy: Always
+            command: [python3, -c, {json.dumps(sidecar)}]
+            startupProbe: {{tcpSocket: {{port: 9000}}, periodSeconds: 1, failureThreshold: 30}}
+          containers:
+          - name: app
+            image: python
+            command: [python3, -c, {json.dumps(app)}]
+            volumeMounts: [{{name: shared, mountPath: /shared}}]
+          volumes: [{{name: shared, emptyDir: {{}}}}]
+        """
+    )
+    lab.apply(manifest, ns)
+    pod = lab.wait_pod_phase(ns, "ordered", ("Succeeded", "Failed"), timeout=60)
+    out = lab.container_log(ns, "ordered", "app")
+    assert pod["status"]["phase"] == "Succeeded", out
+    assert out.splitlines() == ["init-ran", "sidecar up before app"]
+    inits = {s["name"]: s for s in pod["status"]["initContainerStatuses"]}
+    assert inits["init"]["state"]["terminated"]["exitCode"] == 0
+    assert "terminated" in inits["sidecar"]["state"], "the sidecar stops once the app is done"
+    assert not [pid for pid in lab.pod_pids(pod) if Path(f"/proc/{pid}").exists()]
+
+
+def test_deleting_a_pod_terminates_then_kills_after_the_grace_period(lab: Lab, lab_namespace: str) -> None:
+    ns = lab_namespace
+    stubborn = (
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: time.sleep(1)\n"
+    )
+    manifest = client_pod("stubborn", stubborn).replace(
+        "restartPolicy: Never", "terminationGracePeriodSeconds: 2"
+    )
+    lab.apply(manifest, ns)
+    pod = lab.wait_pods_ready(ns, count=1, timeout=30)[0]
+    pids = lab.pod_pids(pod)
+    assert pids
+    lab.kubectl("-n", ns, "delete", "pod", "stubborn", "--wait=true", "--timeout=20s")
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "SIGKILL after the grace period"
+
+
+def test_config_secret_and_token_reach_the_container(lab: Lab, lab_namespace: str) -> None:
+    ns = lab_namespace
+    code = textwrap.dedent(
+        """
+        import os
+        print(open("/etc/cfg/greeting").read())
+        print(os.environ["FROM_CM"], os.environ["FROM_SECRET"], os.environ["MY_IP"] == os.environ["EXPECT_IP"])
+        print(oct(os.stat("/etc/secret/password").st_mode & 0o777), open("/etc/secret/password").read())
+        print(len(open("/var/run/secrets/tokens/api").read().split(".")))
+        """
+    )
+    manifest = textwrap.dedent(
+        f"""\
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {{name: cfg}}
+        data: {{greeting: hello, word: cm-value}}
+        ---
+        apiVersion: v1
+        kind: Secret
+        metadata: {{name: sec}}
+        stringData: {{password: s3cret}}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {{name: reader}}
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: main
+            image: python
+            command: [python3, -c, {json.dumps(code)}]
+            securityContext: {{runAsUser: 1000}}
+            env:
+            - {{name: FROM_CM, valueFrom: {{configMapKeyRef: {{name: cfg, key: word}}}}}}
+            - {{name: FROM_SECRET, valueFrom: {{secretKeyRef: {{name: sec, key: password}}}}}}
+            - {{name: MY_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+            - {{name: EXPECT_IP, value: "$(MY_IP)"}}
+            volumeMounts:
+            - {{name: cfg, mountPath: /etc/cfg}}
+            - {{name: sec, mountPath: /etc/secret}}
+            - {{name: tok, mountPath: /var/run/secrets/tokens}}
+          volumes:
+          - {{name: cfg, configMap: {{name: cfg}}}}
+          - {{name: sec, secret: {{secretName: sec, defaultMode: 0440}}}}
+          - name: tok
+            projected:
+              sources: [{{serviceAccountToken: {{path: api, audience: lab-test, expirationSeconds: 600}}}}]
+        """
+    )
+    lab.apply(manifest, ns)
+    pod = lab.wait_pod_phase(ns, "reader", ("Succeeded", "Failed"), timeout=30)
+    out = lab.container_log(ns, "reader", "main")
+    assert pod["status"]["phase"] == "Succeeded", out
+    assert out.split() == ["hello", "cm-value", "s3cret", "True", "0o440", "s3cret", "3"], out
