@@ -359,7 +359,8 @@ def test_config_secret_and_token_reach_the_container(lab: Lab, lab_namespace: st
         """
         import os
         print(open("/etc/cfg/greeting").read())
-        print(os.environ["FROM_CM"], os.environ["FROM_SECRET"], os.environ["MY_IP"] == os.environ["EXPECT_IP"])
+        env = os.environ
+        print(env["FROM_CM"], env["FROM_SECRET"], env["MY_IP"] == env["EXPECT_IP"])
         print(oct(os.stat("/etc/secret/password").st_mode & 0o777), open("/etc/secret/password").read())
         print(len(open("/var/run/secrets/tokens/api").read().split(".")))
         """
