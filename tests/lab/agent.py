@@ -158,7 +158,7 @@ class Agent:
         try:
             self.api.post(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/binding", body)
         except ApiError as err:
-            if err.status not in (404, 409):
+            if err.status not in (403, 404, 409):  # 403: its namespace is being deleted
                 log.warning("binding %s/%s: %s", meta["namespace"], meta["name"], err)
 
     def on_runner_gone(self, runner: PodRunner) -> None:

@@ -172,8 +172,11 @@ class PodRunner:
             with contextlib.suppress(Exception):
                 self._report()
         finally:
-            self._stop_all()
-            self._cleanup()
+            for step in (self._stop_all, self._cleanup):
+                try:
+                    step()
+                except Exception:
+                    log.exception("pod %s/%s: %s", self.namespace, self.name, step.__name__)
             self.on_gone(self)
 
     def _run(self) -> None:
@@ -410,7 +413,10 @@ class PodRunner:
 
     def _start(self, c: Container) -> None:
         try:
-            spec = self._spawn_spec(c.spec)
+            try:
+                spec = self._spawn_spec(c.spec)
+            except (KeyError, TypeError, ValueError, OSError, ApiError) as err:  # a spec the lab cannot run
+                raise PodSetupError("CreateContainerConfigError", f"lab node: {err!r}") from err
         except PodSetupError as err:
             c.state = {"waiting": {"reason": err.reason, "message": err.message}}
             if self._restart_policy() == "Never" and c.kind != "sidecar":

@@ -409,3 +409,19 @@ def test_config_secret_and_token_reach_the_container(lab: Lab, lab_namespace: st
     out = lab.container_log(ns, "reader", "main")
     assert pod["status"]["phase"] == "Succeeded", out
     assert out.split() == ["hello", "cm-value", "s3cret", "True", "0o440", "s3cret", "3"], out
+
+
+def test_an_unsupported_volume_is_a_clear_waiting_reason(lab: Lab, lab_namespace: str) -> None:
+    ns = lab_namespace
+    manifest = client_pod("pvc", "print('never')").replace(
+        "    securityContext: {runAsUser: 1000}\n",
+        "    securityContext: {runAsUser: 1000}\n  volumes: [{name: data, persistentVolumeClaim: {claimName: x}}]\n",
+    )
+    lab.apply(manifest, ns)
+
+    def waiting() -> dict[str, str] | None:
+        statuses = lab.pod(ns, "pvc").get("status", {}).get("containerStatuses") or []
+        return statuses[0]["state"].get("waiting") if statuses else None
+
+    state = lab.wait(lambda: (w := waiting()) and "unsupported" in w.get("message", "") and w, 30, "waiting")
+    assert state["reason"] == "ContainerCreating" and "persistentVolumeClaim" in state["message"]

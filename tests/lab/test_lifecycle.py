@@ -18,6 +18,7 @@ from lab import cluster, network
 from lab.config import CHAIN_PREFIX, KUBECONFIG, PREFIX, REPO, RUN_DIR, SERVICE_CIDR, State, alive
 
 pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.lab_lifecycle]
+MOUNT = "/mesh-lab-lifecycle-mount"  # a mount target the node must create on the host, then remove
 
 
 def lab_cli(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -77,13 +78,15 @@ def test_down_removes_everything_even_after_the_node_agent_crashed() -> None:
         assert state is not None and all(alive(p) for p in state.procs)
         pod = (
             "apiVersion: v1\nkind: Pod\nmetadata: {name: sleeper}\nspec:\n  containers:\n"
-            "  - {name: s, image: python, command: [python3, -m, http.server, '8080']}\n"
+            "  - {name: s, image: python, command: [python3, -m, http.server, '8080'],\n"
+            f"     volumeMounts: [{{name: v, mountPath: {MOUNT}}}]}}\n"
+            "  volumes: [{name: v, emptyDir: {}}]\n"
         )
         kubectl("apply", "-f", "-", input=pod)
         kubectl("wait", "--for=condition=Ready", "pod/sleeper", "--timeout=60s")
         uid = json.loads(kubectl("get", "pod", "sleeper", "-o", "json"))["metadata"]["uid"]
         pod_pids = network.netns_pids(f"{PREFIX}-{uid.replace('-', '')[:10]}")
-        assert pod_pids
+        assert pod_pids and Path(MOUNT).is_dir()
         agent = next(p for p in state.procs if p.name == "node-agent")
         os.kill(agent.pid, signal.SIGKILL)  # a crash: nobody stops the pod
     finally:
@@ -96,3 +99,4 @@ def test_down_removes_everything_even_after_the_node_agent_crashed() -> None:
     assert not [d for d in state.temp_dirs if Path(d).exists()]
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == ip_forward
     assert not KUBECONFIG.exists()
+    assert not Path(MOUNT).exists(), "mount targets the node created are removed"
