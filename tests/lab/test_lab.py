@@ -413,10 +413,8 @@ def test_config_secret_and_token_reach_the_container(lab: Lab, lab_namespace: st
 
 def test_an_unsupported_volume_is_a_clear_waiting_reason(lab: Lab, lab_namespace: str) -> None:
     ns = lab_namespace
-    manifest = client_pod("pvc", "print('never')").replace(
-        "    securityContext: {runAsUser: 1000}\n",
-        "    securityContext: {runAsUser: 1000}\n  volumes: [{name: data, persistentVolumeClaim: {claimName: x}}]\n",
-    )
+    volumes = "  volumes: [{name: data, persistentVolumeClaim: {claimName: x}}]\n"
+    manifest = client_pod("pvc", "print('never')") + volumes
     lab.apply(manifest, ns)
 
     def waiting() -> dict[str, str] | None:
