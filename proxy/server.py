@@ -334,11 +334,11 @@ class Proxy:
 
         if address in self.own_addresses:
             loop = UpstreamError("loop", 502)
-            return self._fail(client, direction, authority, peer, start, loop, body_done)
+            return self._fail(client, direction, authority, peer, start, loop, body_done and head.keep_alive)
         try:
             upstream = self._send_upstream(address, data, direction, retry=body_done)
         except UpstreamError as error:
-            return self._fail(client, direction, authority, peer, start, error, body_done)
+            return self._fail(client, direction, authority, peer, start, error, body_done and head.keep_alive)
 
         pump = None
         if not body_done:
@@ -417,12 +417,15 @@ class Proxy:
                                 upstream.address, upstream.retry_payload, direction, retry=False
                             )
                         except UpstreamError as error:
-                            return self._fail(client, direction, authority, peer, start, error, True)
+                            return self._fail(
+                                client, direction, authority, peer, start, error, request.keep_alive
+                            )
                         return self._forward_response(
                             client, reader, request, upstream, direction, authority, peer, start, None
                         )
                     reset = UpstreamError("reset")
-                    return self._fail(client, direction, authority, peer, start, reset, pump is None)
+                    reusable = pump is None and request.keep_alive
+                    return self._fail(client, direction, authority, peer, start, reset, reusable)
                 got_bytes = True
                 upstream.tcp.read += len(data)
                 try:
@@ -430,8 +433,9 @@ class Proxy:
                 except ProtocolError:
                     self._discard(upstream)
                     return self._fail(
-                        client, direction, authority, peer, start, UpstreamError("bad_response"), pump is None
-                    )
+                        client, direction, authority, peer, start, UpstreamError("bad_response"),
+                        pump is None and request.keep_alive,
+                    )  # fmt: skip
                 continue
             kind, response = up_events.popleft()
             if kind != HEAD:

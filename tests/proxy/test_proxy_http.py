@@ -365,3 +365,67 @@ def test_connect_tunnel(client_proxy: ProxyProcess) -> None:
             assert s.recv(100) == b"echo:tunnelled"
     finally:
         echo.stop()
+
+
+class _ScriptedUpstream:
+    """A raw TCP 'server' that answers every connection with fixed bytes, then closes."""
+
+    def __init__(self, answer: bytes) -> None:
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.answer = answer
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(self.answer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "error"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..", 200, "reset"),
+        (b"HTTP/1.1 2x0 OK\r\n\r\n", 502, "bad_response"),
+        (b"", 502, "reset"),
+    ],
+)
+def test_upstream_failures_mid_exchange(tmp_path: Path, answer: bytes, status: int, error: str) -> None:
+    upstream = _ScriptedUpstream(answer)
+    proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{upstream.port}")
+    try:
+        out = raw_exchange(proxy.inbound, b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 %d" % status), out
+        if status == 200:  # headers already went out: the client sees a short body and a close
+            assert out.endswith(b"only ten..")
+        assert proxy.value("response_total", classification="failure", error=error) == 1
+        assert proxy.process.poll() is None
+    finally:
+        proxy.stop()
+        upstream.close()
+
+
+def test_idle_keep_alive_clients_are_closed(app: AppServer, tmp_path: Path) -> None:
+    proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{app.port}", "--idle-timeout", "0.5")
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.inbound), timeout=5) as s:
+            s.sendall(b"GET /status?code=200 HTTP/1.1\r\nHost: web\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            start = time.monotonic()
+            assert s.recv(100) == b"", "an idle client connection is closed by the proxy"
+            assert time.monotonic() - start < 3
+        assert proxy.value("tcp_open_connections", direction="inbound", peer="src") == 0
+    finally:
+        proxy.stop()
