@@ -129,6 +129,10 @@ class Demo:
         if self._cleaned:
             return
         self._cleaned = True
+        # A second Ctrl-C must not cut the clean-up short (children would outlive the demo).
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(ValueError):  # not the main thread (atexit from elsewhere)
+                signal.signal(signum, signal.SIG_IGN)
         if self.sampler is not None:
             self.sampler.stopped.set()
         self.supervisor.stop_all()

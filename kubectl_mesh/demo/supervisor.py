@@ -130,10 +130,14 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 
 
 def install_signal_handlers(on_signal: Callable[[int], None]) -> None:
-    """SIGTERM and SIGHUP end the demo like Ctrl-C does (SIGINT raises KeyboardInterrupt)."""
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP all end the demo the same way.
+
+    SIGINT is set explicitly: a shell starts background jobs with SIGINT ignored, and Python then
+    keeps ignoring it, so `kill -INT` would otherwise leave the demo running.
+    """
 
     def handler(signum: int, _frame: object) -> None:
         on_signal(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, handler)
