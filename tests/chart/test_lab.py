@@ -100,6 +100,19 @@ def test_helm_install_prints_the_next_commands(control_plane: str) -> None:
     assert "kubectl mesh check" in control_plane
 
 
+def test_kubectl_mesh_check_passes_on_the_charts_control_plane(lab: Any, control_plane: str) -> None:
+    """The NOTES' next command: the CLI's checks of the webhook, its certificate and Prometheus."""
+    proc = kubectl_mesh(lab, "check")
+    for check in (
+        "webhook configured",
+        "webhook certificate valid",
+        "webhook answering",
+        "Prometheus answering",
+    ):
+        (line,) = [x for x in proc.stdout.splitlines() if check in x]
+        assert line.startswith("✔"), proc.stdout
+
+
 def test_pod_in_labelled_namespace_comes_back_injected(lab: Any, meshed_namespace: str) -> None:
     proc = create_pod(lab, name="web", namespace=meshed_namespace)
     assert proc.returncode == 0, proc.stderr
