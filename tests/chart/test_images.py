@@ -99,6 +99,15 @@ def test_hadolint_passes(dockerfile: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_actionlint_passes() -> None:
+    """actionlint has no PyPI/Debian package that works offline: it is built with `go install`."""
+    actionlint = shutil.which("actionlint")
+    if not actionlint:
+        pytest.skip("actionlint not on PATH (go install github.com/rhysd/actionlint/cmd/actionlint@v1.7.7)")
+    proc = subprocess.run([actionlint, str(WORKFLOW)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_release_workflow_builds_both_images_the_chart_and_the_krew_archive() -> None:
     workflow = yaml.safe_load(WORKFLOW.read_text())
     triggers = workflow[True] if True in workflow else workflow["on"]  # YAML 1.1 reads `on` as true
