@@ -26,9 +26,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "demo",
         help="run emojivoto in a local mesh (no cluster) and show where its traffic fails",
         description=(
-            "Run the emojivoto demo app on 127.0.0.1, each service with a mesh-proxy beside it, and a "
-            "real Prometheus scraping them; then print the tables of `kubectl mesh stat` that find "
-            "the failing dependency. Needs the `prometheus` binary; no cluster, no root."
+            "Run the emojivoto demo app on 127.0.0.1, each service with a mesh-proxy beside it, and\n"
+            "a real Prometheus scraping them; then print the `kubectl mesh stat` tables of the\n"
+            "walkthrough (docs/walkthrough.md) that find the failing dependency, refreshed until\n"
+            "Ctrl-C. Needs the `prometheus` binary; no cluster, no root."
         ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
