@@ -89,8 +89,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
+            size = int(q.get("size", "0"))
             for i in range(int(q.get("n", "3"))):
-                piece = f"chunk-{i};".encode()
+                piece = f"chunk-{i};".encode() + b"p" * size
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self.wfile.write(b"0\r\n\r\n")
         elif path == "/until-close":

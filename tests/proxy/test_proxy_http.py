@@ -70,6 +70,12 @@ def test_chunked_response_passes_through(server_proxy: ProxyProcess) -> None:
     assert body == b"".join(f"chunk-{i};".encode() for i in range(50))
 
 
+def test_large_chunked_response_is_relayed_intact(server_proxy: ProxyProcess) -> None:
+    status, headers, body = _get(server_proxy, "/chunked?n=40&size=100000")
+    assert status == 200 and headers.get("transfer-encoding") == "chunked"
+    assert body == b"".join(f"chunk-{i};".encode() + b"p" * 100000 for i in range(40))
+
+
 def test_chunked_request_body_streams_to_app(server_proxy: ProxyProcess) -> None:
     pieces = [os.urandom(1000 + i) for i in range(40)]
     conn = http.client.HTTPConnection("127.0.0.1", server_proxy.inbound, timeout=10)

@@ -121,6 +121,12 @@ def test_request_reader_chunked_and_upgrade() -> None:
         (b"GET / HTTP/1.1\r\n" + b"X: v\r\n" * (http1.MAX_HEADERS + 1) + b"\r\n", 431),
         (b"GET /" + b"a" * (http1.MAX_TARGET_BYTES + 1) + b" HTTP/1.1\r\n\r\n", 414),
         (b"\x00\x01garbage\r\n\r\n", 400),
+        # request smuggling vectors: ambiguous framing is refused, never guessed
+        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nX: a\r\n  folded\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
     ],
 )
 def test_request_reader_rejects(data: bytes, status: int) -> None:
