@@ -98,3 +98,5 @@ def test_grafana_dashboards_show_web(results: dict[str, Any]) -> None:
         assert result.dashboards, "no dashboard queries found in the chart"
         empty = [f"{board} / {panel}: {query}" for board, panel, query, n in result.dashboards if n == 0]
         assert empty == [], "dashboard queries without data for web"
+        assert result.variables, "no template variables found in the dashboards"
+        assert [v for v in result.variables if not v[2]] == [], "drop-downs that do not offer web"

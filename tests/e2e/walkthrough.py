@@ -304,6 +304,27 @@ def dashboard_queries(pods: dict[str, dict[str, Any]]) -> list[tuple[str, str, s
     return queries
 
 
+def dashboard_variables(pods: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
+    """(dashboard, variable, PromQL, label, value it must offer) for each `label_values(...)`
+    template variable: Grafana's drop-downs must offer emojivoto, web and web's pod."""
+    import re
+
+    wanted = {"namespace": NAMESPACE, "deployment": "web", "pod": pods["web"]["metadata"]["name"]}
+    found = []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        board = json.loads(path.read_text())
+        for var in board.get("templating", {}).get("list", []):
+            query = var.get("query")
+            text = query.get("query", "") if isinstance(query, dict) else str(query or "")
+            match = re.fullmatch(r"\s*label_values\((.*),\s*(\w+)\s*\)\s*", text, re.S)
+            if not match or match.group(2) not in wanted:
+                continue
+            expr = match.group(1).replace("$namespace", NAMESPACE)
+            found.append((board.get("title", path.stem), var.get("name", ""), expr, match.group(2),
+                          wanted[match.group(2)]))  # fmt: skip
+    return found
+
+
 def prometheus_query(tools: Tools, promql: str) -> list[Any]:
     """An instant query to the chart's Prometheus, through the API server's service proxy."""
     from urllib.parse import quote
@@ -327,6 +348,7 @@ class Result:
     counters_start: dict[str, Any]
     counters_end: dict[str, Any]
     dashboards: list[tuple[str, str, str, int]]  # board, panel, query, number of series
+    variables: list[tuple[str, str, bool]]  # board, template variable, offers web's value
 
     def render(self) -> str:
         return "\n\n".join(f"$ {s.command}\n{s.output}" for s in self.sections) + "\n"
@@ -348,7 +370,11 @@ def run_variant(tools: Tools, variant: str) -> Result:
     finally:
         history.stopped.set()
     boards = [(b, p, q, len(prometheus_query(tools, q))) for b, p, q in dashboard_queries(pods)]
-    return Result(variant, sections, listing, pods, start, end, boards)
+    variables = [
+        (b, name, value in {series["metric"].get(label) for series in prometheus_query(tools, expr)})
+        for b, name, expr, label, value in dashboard_variables(pods)
+    ]
+    return Result(variant, sections, listing, pods, start, end, boards, variables)
 
 
 def walkthrough(tools: Tools, variants: tuple[str, ...], keep: bool = False) -> list[Result]:
@@ -391,7 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = (
             f"{len(result.dashboards) - len(empty)} of {len(result.dashboards)} queries return data for web"
         )
-        print(f"# Grafana dashboards: {summary}" + (f"; empty: {', '.join(empty)}" if empty else "") + "\n")
+        print(f"# Grafana dashboards: {summary}" + (f"; empty: {', '.join(empty)}" if empty else ""))
+        offered = sum(ok for _, _, ok in result.variables)
+        print(f"# their drop-downs offer emojivoto, web and its pod: {offered} of {len(result.variables)}\n")
     if args.json:
         Path(args.json).write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
     log(f"done in {time.monotonic() - t0:.0f}s")
