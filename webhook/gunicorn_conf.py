@@ -33,7 +33,7 @@ if not _cert or not _key:
     sys.exit("error: MESH_TLS_CERT and MESH_TLS_KEY must name the serving certificate and key files")
 
 bind = [os.environ.get("MESH_WEBHOOK_BIND", "0.0.0.0:8443")]
-# gevent's own WSGI server in each worker: ~20% less CPU per admission than gunicorn's gevent
+# gevent's own WSGI server in each worker: ~10% less CPU per admission than gunicorn's gevent
 # handler on this workload (bench/bench_webhook.py --sweep 2:gevent,2:gevent_pywsgi).
 worker_class = os.environ.get("MESH_WEBHOOK_WORKER_CLASS", "gevent_pywsgi")
 workers = int(os.environ.get("MESH_WEBHOOK_WORKERS", "2"))
