@@ -579,9 +579,15 @@ class Proxy:
                     kind, data = events[0]
                     if kind == BODY:
                         events.popleft()
-                        out = http1.chunk(data) if chunked else data
-                        _send(usock, out)
-                        upstream.tcp.written += len(out)
+                        if chunked and len(data) > JOIN_LIMIT:
+                            parts = [b"%x\r\n" % len(data), data, b"\r\n"]
+                            size = len(data) + len(parts[0]) + 2
+                            _send_parts(usock, parts, size)
+                        else:
+                            out = http1.chunk(data) if chunked else data
+                            _send(usock, out)
+                            size = len(out)
+                        upstream.tcp.written += size
                     elif kind == END:
                         events.popleft()
                         if chunked:

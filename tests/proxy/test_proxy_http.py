@@ -435,3 +435,12 @@ def test_idle_keep_alive_clients_are_closed(app: AppServer, tmp_path: Path) -> N
         assert proxy.value("tcp_open_connections", direction="inbound", peer="src") == 0
     finally:
         proxy.stop()
+
+
+def test_large_chunked_upload_is_relayed_intact(server_proxy: ProxyProcess) -> None:
+    pieces = [bytes([i]) * 150_000 for i in range(20)]
+    conn = http.client.HTTPConnection("127.0.0.1", server_proxy.inbound, timeout=30)
+    conn.request("POST", "/count", body=iter(pieces), encode_chunked=True)
+    result = json.loads(conn.getresponse().read())
+    conn.close()
+    assert result == {"size": 3_000_000, "sha256": hashlib.sha256(b"".join(pieces)).hexdigest()}
