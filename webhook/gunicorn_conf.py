@@ -51,8 +51,10 @@ control_socket_disable = True  # no admin socket: nothing to write under $HOME, 
 # The heartbeat files must live on a writable filesystem: the container's root is read-only.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
+_own_metrics_dir = ""
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mesh-webhook-metrics-")
+    _own_metrics_dir = tempfile.mkdtemp(prefix="mesh-webhook-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir
 
 _tls: ReloadingTLS | None = None
 
@@ -93,3 +95,11 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory this configuration created (not one given to it)."""
+    if _own_metrics_dir:
+        import shutil
+
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)
