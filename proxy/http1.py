@@ -253,6 +253,8 @@ class ResponseReader(_Reader):
         self._dirty = False
         self._mode = NO_BODY
         self._in_body = False
+        self._complete = False
+        self.broken = False  # junk followed a complete response: the connection must not be reused
 
     def start(self, method: bytes) -> None:
         if self._dirty:
@@ -260,12 +262,20 @@ class ResponseReader(_Reader):
             self._dirty = False
         self._head_request = method == b"HEAD"
         self._in_body = False
+        self._complete = False
 
     def feed(self, data: bytes) -> None:
-        """Parse `data`; raises ProtocolError (502 for the client) on a malformed response."""
+        """Parse `data`; raises ProtocolError (502 for the client) on a malformed response.
+
+        Bytes after a complete response (a 204 with a body, say) do not spoil that response;
+        they only mark the connection `broken`.
+        """
         try:
             self._feed(self._parser, data)
         except ProtocolError as error:
+            if self._complete:
+                self.broken = True
+                return
             raise ProtocolError(502, "malformed response: " + error.reason) from None
 
     def eof(self) -> bool:
@@ -308,6 +318,7 @@ class ResponseReader(_Reader):
             if self._head_request:
                 self._dirty = True
                 self._in_body = False
+                self._complete = True
                 self.events.append((END, None))
 
     def on_body(self, body: bytes) -> None:
@@ -317,6 +328,7 @@ class ResponseReader(_Reader):
     def on_message_complete(self) -> None:
         if self._in_body:  # 1xx and HEAD responses were completed already
             self._in_body = False
+            self._complete = True
             self.events.append((END, None))
 
 

@@ -196,7 +196,10 @@ class Proxy:
             if dest is not None and dest[1] in self.config.opaque_ports:
                 self._relay_to(client, dest, b"", direction)
                 return
-            protocol, first = self._detect(client)
+            # With no destination of its own (the forward proxy), a connection can only be HTTP:
+            # a quiet client is just early, not a server-speaks-first protocol.
+            patience = self.config.detect_timeout if dest is not None else self.config.idle_timeout
+            protocol, first = self._detect(client, patience)
             if protocol is Protocol.HTTP1:
                 self._serve_http(client, first, dest, direction)
             elif dest is not None and (first or protocol is Protocol.OPAQUE):
@@ -213,10 +216,10 @@ class Proxy:
             return self.config.inbound_forward
         return original_destination(sock)
 
-    def _detect(self, client: Client) -> tuple[Protocol, bytes]:
+    def _detect(self, client: Client, patience: float) -> tuple[Protocol, bytes]:
         """Read until the first bytes tell HTTP/1 from anything else, or the client stays silent."""
         sock = client.sock
-        deadline = time.monotonic() + self.config.detect_timeout
+        deadline = time.monotonic() + patience
         buf = b""
         while True:
             remaining = deadline - time.monotonic()
@@ -529,7 +532,7 @@ class Proxy:
             )  # fmt: skip
         # A pump still running means the upstream answered before the whole request body arrived.
         body_sent = pump is None or (pump.dead and bool(pump.value))
-        if response.keep_alive and body_sent and request.upgrade is None:
+        if response.keep_alive and body_sent and request.upgrade is None and not up_reader.broken:
             self._checkin(upstream)
         else:
             self._discard(upstream)

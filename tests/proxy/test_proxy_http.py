@@ -444,3 +444,15 @@ def test_large_chunked_upload_is_relayed_intact(server_proxy: ProxyProcess) -> N
     result = json.loads(conn.getresponse().read())
     conn.close()
     assert result == {"size": 3_000_000, "sha256": hashlib.sha256(b"".join(pieces)).hexdigest()}
+
+
+def test_forward_proxy_waits_for_a_slow_client(app: AppServer, tmp_path: Path) -> None:
+    """The outbound forward proxy has no opaque fallback: a client that pauses is still served."""
+    proxy = start_proxy(tmp_path, "--inbound-forward", "127.0.0.1:9", "--detect-timeout", "0.2")
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.outbound), timeout=5) as s:
+            time.sleep(0.6)
+            s.sendall(b"GET http://127.0.0.1:%d/status?code=204 HTTP/1.1\r\nHost: x\r\n\r\n" % app.port)
+            assert s.recv(65536).startswith(b"HTTP/1.1 204")
+    finally:
+        proxy.stop()

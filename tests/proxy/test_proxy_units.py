@@ -178,6 +178,14 @@ def test_response_reader_204_304_have_no_body() -> None:
         assert [k for k, _ in reader.events] == [HEAD, END]
 
 
+def test_junk_after_a_complete_response_only_marks_the_connection() -> None:
+    reader = http1.ResponseReader()
+    reader.start(b"GET")
+    reader.feed(b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\nstatus\n")
+    assert [k for k, _ in reader.events] == [HEAD, END]
+    assert reader.broken
+
+
 def test_malformed_response_is_502() -> None:
     reader = http1.ResponseReader()
     reader.start(b"GET")
