@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kubectl_mesh.contract import DEFAULT_INBOUND_PORTS_TO_IGNORE, PROXY_UID
 from proxy import http1
@@ -395,3 +398,40 @@ def test_port_list_parsing() -> None:
     for bad in ("x", "0", "70000", "5-3"):
         with pytest.raises(ValueError):
             parse_port_list(bad)
+
+
+PIPELINE = (
+    b"GET /a HTTP/1.1\r\nHost: web\r\nX-Mesh-Src: ns/deployment/a/a-1\r\n\r\n"
+    b"POST /b HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+    b"PUT /c HTTP/1.1\r\nHost: web\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello world"
+)
+
+
+def _normalise(events: list[tuple[int, object]]) -> list[object]:
+    """Events with body pieces joined (how the body is cut up depends on the reads)."""
+    out: list[object] = []
+    for kind, data in events:
+        if kind == BODY and out and isinstance(out[-1], bytes):
+            out[-1] += data  # type: ignore[operator]
+        elif kind == BODY:
+            out.append(data)
+        elif kind == HEAD:
+            assert isinstance(data, Head)
+            out.append((data.method, data.target, data.headers, data.mesh, data.body_mode, data.keep_alive))
+        else:
+            out.append(kind)
+    return out
+
+
+@given(cuts=st.lists(st.integers(min_value=1, max_value=len(PIPELINE) - 1), max_size=12, unique=True))
+def test_reader_gives_the_same_events_however_the_bytes_arrive(cuts: list[int]) -> None:
+    whole = http1.RequestReader()
+    whole.feed(PIPELINE)
+    pieces = http1.RequestReader()
+    edges = [0, *sorted(cuts), len(PIPELINE)]
+    for start, end in itertools.pairwise(edges):
+        pieces.feed(PIPELINE[start:end])
+    assert _normalise(list(pieces.events)) == _normalise(list(whole.events))
+    bodies = [e for e in _normalise(list(whole.events)) if isinstance(e, bytes)]
+    assert bodies == [b"hello world", b"hello world"]
