@@ -9,7 +9,9 @@ every answer carries a patch. Two phases, each bounded by `--requests` (3000) or
 (20), whichever first, after a warm-up: saturation (closed loop: admissions_per_s, p50_ms,
 p99_ms) and the target rate offered over the same 16 connections (`at_rate`: the latency the API
 server would see at 800 pod creations per second). CPU per admission is measured for server and
-client from /proc, so results can be compared across runs on a shared machine.
+client from /proc. A baseline (the same gunicorn, TLS, client and answer size, with the admission
+logic replaced by a canned answer) runs in the same session, so the cost of the webhook itself is
+a ratio measured in one run (`server_cpu_vs_baseline`), whatever else the machine is doing.
 The last line is one JSON object.
 Target on a 2-core machine: >= 800 admissions/s, p99 <= 25 ms.
 """
@@ -126,8 +128,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+BASELINE_APP = """
+# The same server, TLS and request, with the admission logic replaced by a canned answer.
+with open(__file__.replace("mesh_bench_baseline.py", "answer.json"), "rb") as fh:
+    ANSWER = fh.read()
+
+
+def app(environ, start_response):
+    environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(ANSWER)))])
+    return [ANSWER]
+"""
+
+
+def canned_answer() -> bytes:
+    """A real answer to review_body(), computed in-process: the baseline returns it verbatim."""
+    from webhook.admission import parse_review, review
+    from webhook.config import MeshConfig
+
+    outcome = review(parse_review(review_body("baseline")), MeshConfig(), "bench")
+    return json.dumps(outcome.review, separators=(",", ":")).encode()
+
+
 class Server:
-    def __init__(self, workdir: Path, workers: int | None, worker_class: str | None) -> None:
+    def __init__(
+        self, workdir: Path, workers: int | None, worker_class: str | None, baseline: bool = False
+    ) -> None:
         bundle = generate_webhook_certs(ip_addresses=["127.0.0.1"])
         (workdir / "tls.crt").write_bytes(bundle.cert_pem)
         (workdir / "tls.key").write_bytes(bundle.key_pem)
@@ -146,9 +172,15 @@ class Server:
             env["MESH_WEBHOOK_WORKERS"] = str(workers)
         if worker_class is not None:
             env["MESH_WEBHOOK_WORKER_CLASS"] = worker_class
+        app = "webhook.wsgi:app"
+        if baseline:
+            (workdir / "mesh_bench_baseline.py").write_text(BASELINE_APP)
+            (workdir / "answer.json").write_bytes(canned_answer())
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(workdir), env.get("PYTHONPATH", "")]))
+            app = "mesh_bench_baseline:app"
         self.log = open(workdir / "gunicorn.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [GUNICORN, "-c", "python:webhook.gunicorn_conf", "webhook.wsgi:app"],
+            [GUNICORN, "-c", "python:webhook.gunicorn_conf", app],
             cwd=REPO,
             env=env,
             stdout=self.log,
@@ -299,9 +331,11 @@ def load(
     }
 
 
-def measure(workers: int | None, worker_class: str | None, args: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    workers: int | None, worker_class: str | None, args: argparse.Namespace, baseline: bool = False
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-webhook-") as tmp:
-        server = Server(Path(tmp), workers, worker_class)
+        server = Server(Path(tmp), workers, worker_class, baseline)
         try:
             server.wait_healthy()
             workers = len(server.worker_pids())
@@ -331,7 +365,15 @@ def measure(workers: int | None, worker_class: str | None, args: argparse.Namesp
         finally:
             server.stop()
     result.update(workers=workers, worker_class=worker_class or "default", concurrency=args.concurrency)
+    if baseline:
+        result["app"] = "baseline"
     return result
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median run by throughput."""
+    ordered = sorted(runs, key=lambda r: r["admissions_per_s"])
+    return ordered[len(ordered) // 2]
 
 
 def _print_result(result: dict[str, Any]) -> None:
@@ -363,6 +405,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=300, help="admissions before measuring (default 300)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        help="skip the baseline (same server and TLS, canned answer) measured for comparison",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, help="runs per setup, round-robin; the median is kept"
     )
     parser.add_argument(
@@ -390,14 +438,19 @@ def main() -> int:
             setups.append((int(count), klass or args.worker_class))
     results = []
     runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(setups))}
+    baseline_runs: list[dict[str, Any]] = []
     for _round in range(args.repeat):  # round-robin, so a burst of load elsewhere hits every setup
         for i, (count, klass) in enumerate(setups):
             result = measure(count, klass, args)
             runs[i].append(result)
             _print_result(result)
+        if args.baseline:
+            result = measure(setups[0][0], setups[0][1], args, baseline=True)
+            baseline_runs.append(result)
+            print("baseline (same server, TLS and client; canned answer):", end=" ")
+            _print_result(result)
     for i in range(len(setups)):
-        ordered = sorted(runs[i], key=lambda r: r["admissions_per_s"])
-        results.append(ordered[len(ordered) // 2])  # the median run by throughput
+        results.append(_median(runs[i]))
     best = max(results, key=lambda r: r["admissions_per_s"])
     with open("/proc/loadavg") as fh:
         load1 = float(fh.read().split()[0])
@@ -413,6 +466,27 @@ def main() -> int:
         and best["at_rate"]["admissions_per_s"] >= 0.97 * TARGET_RPS
         and best["at_rate"]["p99_ms"] <= TARGET_P99_MS,
     }
+    if baseline_runs:
+        base = _median(baseline_runs)
+        summary["baseline"] = {
+            k: base[k]
+            for k in (
+                "admissions_per_s",
+                "p50_ms",
+                "p99_ms",
+                "server_cpu_ms_per_admission",
+                "cpu_pressure_pct",
+            )
+        }
+        if "at_rate" in base:
+            summary["baseline"]["at_rate"] = base["at_rate"]
+        # Ratios measured in one run: what the admission logic itself costs on this machine now.
+        summary["server_cpu_vs_baseline"] = round(
+            results[0]["server_cpu_ms_per_admission"] / max(base["server_cpu_ms_per_admission"], 1e-9), 2
+        )
+        summary["throughput_vs_baseline"] = round(
+            results[0]["admissions_per_s"] / max(base["admissions_per_s"], 1e-9), 2
+        )
     if len(results) > 1:
         summary["sweep"] = [
             {
