@@ -160,6 +160,10 @@ def kill_pids(pids: list[int], grace: float) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def running(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists() and not _zombie(pid)
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"

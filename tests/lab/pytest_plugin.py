@@ -169,6 +169,11 @@ class Lab:
         """Every process of a pod (all its containers), by its network namespace."""
         return network.netns_pids(self.netns_of(pod))
 
+    @staticmethod
+    def live(pids: list[int]) -> list[int]:
+        """The pids that still run (a zombie waiting for its parent to reap it has stopped)."""
+        return [pid for pid in pids if network.running(pid)]
+
     # --- Prometheus -------------------------------------------------------------------------
     def prometheus_query(self, promql: str) -> list[JSON]:
         """An instant query against the lab's Prometheus; returns data.result."""

@@ -120,7 +120,7 @@ def test_scaling_to_zero_stops_the_processes(lab: Lab, lab_namespace: str) -> No
     assert pids, "each running pod has processes in its network namespace"
     lab.kubectl("-n", ns, "scale", "deployment/web", "--replicas=0")
     lab.wait(lambda: not lab.pods(ns, "app=web"), 30, "pods of web deleted")
-    alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    alive = lab.live(pids)
     assert not alive, f"processes still running after scale to 0: {alive}"
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert not any(lab.netns_of(p) in netns for p in pods), "the pods' network namespaces are gone"
@@ -334,7 +334,7 @@ def test_init_containers_then_sidecar_by_startup_probe_then_app(lab: Lab, lab_na
     inits = {s["name"]: s for s in pod["status"]["initContainerStatuses"]}
     assert inits["init"]["state"]["terminated"]["exitCode"] == 0
     assert "terminated" in inits["sidecar"]["state"], "the sidecar stops once the app is done"
-    assert not [pid for pid in lab.pod_pids(pod) if Path(f"/proc/{pid}").exists()]
+    assert not lab.live(lab.pod_pids(pod))
 
 
 def test_deleting_a_pod_terminates_then_kills_after_the_grace_period(lab: Lab, lab_namespace: str) -> None:
@@ -350,7 +350,7 @@ def test_deleting_a_pod_terminates_then_kills_after_the_grace_period(lab: Lab, l
     pids = lab.pod_pids(pod)
     assert pids
     lab.kubectl("-n", ns, "delete", "pod", "stubborn", "--wait=true", "--timeout=20s")
-    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()], "SIGKILL after the grace period"
+    assert not lab.live(pids), "SIGKILL after the grace period"
 
 
 def test_config_secret_and_token_reach_the_container(lab: Lab, lab_namespace: str) -> None:

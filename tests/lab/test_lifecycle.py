@@ -94,7 +94,7 @@ def test_down_removes_everything_even_after_the_node_agent_crashed() -> None:
     print(f"\nlab up {up_seconds:.1f}s, lab down {down_seconds:.1f}s (CLI, incl. interpreter start)")
     assert down.returncode == 0, down.stderr
     assert not [p for p in state.procs if alive(p)], "control-plane processes still running"
-    assert not [pid for pid in pod_pids if Path(f"/proc/{pid}").exists()], "pod processes still running"
+    assert not [pid for pid in pod_pids if network.running(pid)], "pod processes still running"
     assert not leftovers(), leftovers()
     assert not [d for d in state.temp_dirs if Path(d).exists()]
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == ip_forward
