@@ -132,20 +132,28 @@ def tools_for(kubeconfig: Path, lab_bin: Path) -> Tools:
 
 
 def install_chart(tools: Tools) -> bool:
-    """`helm install` the control plane, as a user would (an upgrade if it is already there).
+    """`helm install` the control plane, as a user would; a release already there is used as is.
 
     Returns whether the release was installed here (so that the caller uninstalls it). The lab's
     values (tests/chart/lab-values.yaml) leave out only Grafana, whose image has no command the
     lab could run; the dashboards' queries are checked against Prometheus instead.
     """
-    existed = RELEASE in tools.helm("list", "-q", "-n", "default").split()
-    values = ["-f", str(LAB_VALUES)] if LAB_VALUES.exists() else []
-    log(f"$ helm {'upgrade' if existed else 'install'} {RELEASE} charts/kubectl-mesh {' '.join(values)}")
-    tools.helm("upgrade", "--install", RELEASE, str(CHART), *values, "--wait", "--timeout", "240s")
+    installed = False
+    if RELEASE not in tools.helm("list", "-q", "-n", "default").split():
+        values = ["-f", str(LAB_VALUES)] if LAB_VALUES.exists() else []
+        log(f"$ helm install {RELEASE} charts/kubectl-mesh {' '.join(values)}")
+        try:
+            tools.helm("install", RELEASE, str(CHART), *values, "--wait", "--timeout", "240s")
+            installed = True
+        except WalkthroughError as exc:
+            if "re-use a name" not in str(exc):  # someone else installed it meanwhile: use theirs
+                raise
+    else:
+        log(f"using the installed release {RELEASE}")
     for deployment in ("mesh-webhook", "prometheus"):
         rollout = ("rollout", "status", f"deployment/{deployment}", "--timeout=180s")
         tools.kubectl("-n", CONTROL_PLANE_NAMESPACE, *rollout, timeout=200)
-    return not existed
+    return installed
 
 
 def uninstall_chart(tools: Tools) -> None:
@@ -384,9 +392,12 @@ def walkthrough(tools: Tools, variants: tuple[str, ...], keep: bool = False) -> 
         return [run_variant(tools, v) for v in variants]
     finally:
         if not keep:
-            remove_app(tools)
-            if installed:
-                uninstall_chart(tools)
+            try:
+                remove_app(tools)
+                if installed:
+                    uninstall_chart(tools)
+            except WalkthroughError as exc:  # never hide the error that brought us here
+                log(f"clean-up failed: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
