@@ -134,6 +134,8 @@ class Proxy:
         self.own_addresses: set[Address] = set()
         self.stopped = gevent.event.Event()
         self.debug = log.enabled("debug")
+        self._inbound_extra = [(_DST, self.identity)] if self.identity is not None else []
+        self._authorities: dict[bytes, str] = {}  # Host value → label value, memoised
 
     # --- timeouts -------------------------------------------------------------------------------
     def start_watchdog(self) -> None:
@@ -285,9 +287,8 @@ class Proxy:
         self.metrics.response(direction, "", NO_LABELS, error.status, "", 0.0)
 
     def _identity_extra(self, direction: str) -> list[tuple[bytes, bytes]]:
-        if direction == INBOUND and self.identity is not None:
-            return [(_DST, self.identity)]
-        return []
+        """Headers naming this workload on responses: only the server side (inbound) sends them."""
+        return self._inbound_extra if direction == INBOUND else []
 
     def _send_client(self, client: Client, data: bytes) -> bool:
         client.deadline = self.now + self.config.idle_timeout
@@ -320,7 +321,11 @@ class Proxy:
         else:
             address = dest
             authority_bytes = head.host or _hostport(dest).encode()
-        authority = authority_bytes.decode("latin-1").lower()
+        authority = self._authorities.get(authority_bytes)
+        if authority is None:
+            if len(self._authorities) > 4096:
+                self._authorities.clear()
+            authority = self._authorities[authority_bytes] = authority_bytes.decode("latin-1").lower()
         if direction == INBOUND:
             peer = self.src_labels.get(head.mesh.get(_SRC))
             extra = http1.request_framing(head)
