@@ -276,12 +276,17 @@ def test_an_injected_pod_runs_its_init_rules_and_proxy_and_is_scraped(lab: Lab, 
     out = lab.container_log(ns, "client", "main")
     assert done["status"]["phase"] == "Succeeded" and f"SEEN ['{name}']" in out, out
 
+    # The server's proxy counted the client's requests as coming from the client's proxy (which
+    # set the identity header): the client's traffic went through its proxy, as UID 2102, to the
+    # ClusterIP. Prometheus discovered the proxy through the API server and labelled it.
     def scraped() -> list[dict[str, object]]:
-        return lab.prometheus_query(f'request_total{{namespace="{ns}", direction="inbound"}}')
+        query = f'request_total{{namespace="{ns}", direction="inbound", src_pod="client"}}'
+        return lab.prometheus_query(query)
 
     series = lab.wait(scraped, 60, "Prometheus to scrape the proxy", interval=1.0)
     labels = series[0]["metric"]
     assert labels["namespace"] == ns and labels["deployment"] == "web" and labels["pod"] == name, labels
+    assert float(series[0]["value"][1]) >= 1
 
 
 def test_init_containers_then_sidecar_by_startup_probe_then_app(lab: Lab, lab_namespace: str) -> None:
