@@ -256,7 +256,9 @@ def test_check_passes_on_the_installed_mesh(scenario: Scenario) -> None:
         [KUBECTL, "mesh", "check"], env=scenario.env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("✔") == 8 and "✖" not in done.stdout
+    lines = done.stdout.splitlines()
+    assert len([line for line in lines if line.startswith("✔ ")]) == 8 and "✖" not in done.stdout
+    assert lines[-1] == "Status check results are ✔"
 
 
 def test_version_reports_the_control_plane(scenario: Scenario) -> None:
