@@ -428,3 +428,26 @@ def test_an_unsupported_volume_is_a_clear_waiting_reason(lab: Lab, lab_namespace
 
     state = lab.wait(lambda: (w := waiting()) and "unsupported" in w.get("message", "") and w, 30, "waiting")
     assert state["reason"] == "ContainerCreating" and "persistentVolumeClaim" in state["message"]
+
+
+def test_a_service_created_later_resolves_in_a_running_pod(lab: Lab, lab_namespace: str) -> None:
+    """The names in every pod's /etc/hosts follow the Services, without restarting the pod."""
+    ns = lab_namespace
+    code = (
+        "import socket, time\n"
+        "deadline = time.time() + 30\n"
+        "while True:\n"
+        "    try:\n"
+        f"        print(socket.gethostbyname('late.{ns}.svc.cluster.local')); break\n"
+        "    except OSError:\n"
+        "        if time.time() > deadline: raise\n"
+        "        time.sleep(0.2)\n"
+    )
+    lab.apply(client_pod("waiter", code), ns)
+    lab.wait(lambda: lab.pod(ns, "waiter")["status"].get("phase") == "Running", 30, "waiter running")
+    service = "apiVersion: v1\nkind: Service\nmetadata: {name: late}\nspec: {ports: [{port: 80}]}\n"
+    lab.apply(service, ns)
+    cluster_ip = json.loads(lab.kubectl("-n", ns, "get", "svc", "late", "-o", "json"))["spec"]["clusterIP"]
+    pod = lab.wait_pod_phase(ns, "waiter", ("Succeeded", "Failed"), timeout=40)
+    out = lab.container_log(ns, "waiter", "main")
+    assert pod["status"]["phase"] == "Succeeded" and out.strip() == cluster_ip, out
