@@ -76,6 +76,11 @@ class Proxy:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time so far: per request, a figure other load on the machine barely moves."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def requests(self) -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=10) as r:
             text = r.read().decode()
@@ -206,19 +211,32 @@ http {{
         rss_warm_client = client.rss_mib()
 
         rps: dict[str, list[float]] = {name: [] for name in paths}
+        cpu_one_hop, requests_one_hop = 0.0, 0
         for round_ in range(args.rounds):
             order = list(paths) if round_ % 2 == 0 else list(reversed(paths))
             for name in order:
                 port, host = paths[name]
-                rps[name].append(wrk(port, args.duration, host, args.connections)[0])
-                print(f"saturated {name}: {rps[name][-1]:.0f} rps", file=sys.stderr)
+                cpu_before = server.cpu_seconds()
+                rate, completed = wrk(port, args.duration, host, args.connections)
+                if name == "one_hop":
+                    cpu_one_hop += server.cpu_seconds() - cpu_before
+                    requests_one_hop += completed
+                rps[name].append(rate)
+                print(f"saturated {name}: {rate:.0f} rps", file=sys.stderr)
 
+        # Latency in one-second slices, the paths taking turns, so a burst of other load on the
+        # machine lands on all three alike instead of on whichever path was running.
+        samples: dict[str, list[float]] = {name: [] for name in paths}
+        for slice_ in range(max(1, round(args.latency_seconds))):
+            order = list(paths)[slice_ % 3 :] + list(paths)[: slice_ % 3]
+            for name in order:
+                port, host = paths[name]
+                samples[name] += paced_latencies(port, host or f"127.0.0.1:{port}", args.rate, 1.0)
         lat: dict[str, dict[str, float]] = {}
-        for name, (port, host) in paths.items():
-            values = paced_latencies(port, host or f"127.0.0.1:{port}", args.rate, args.latency_seconds)
+        for name, values in samples.items():
             lat[name] = {"p50": percentile(values, 0.50), "p99": percentile(values, 0.99)}
             print(f"latency {name} @ {args.rate:.0f} rps: p50 {lat[name]['p50']:.3f} ms, "
-                  f"p99 {lat[name]['p99']:.3f} ms", file=sys.stderr)  # fmt: skip
+                  f"p99 {lat[name]['p99']:.3f} ms ({len(values)} requests)", file=sys.stderr)  # fmt: skip
 
         while server.requests() < 100_000:
             wrk(server.inbound, 3, None, args.connections)
@@ -243,13 +261,15 @@ http {{
             "added_p99_ms_per_hop_two_hop_path": round(
                 (lat["two_hops"]["p99"] - lat["direct"]["p99"]) / 2, 3
             ),
+            "cpu_us_per_request_one_hop": round(cpu_one_hop / max(1, requests_one_hop) * 1e6, 1),
+            "rps_per_proxy_core_estimate": round(requests_one_hop / max(cpu_one_hop, 1e-9)),
             "rss_mib_warm": round(rss_warm, 1),
             "rss_mib_after_100k": round(rss_after, 1),
             "rss_mib_client_warm": round(rss_warm_client, 1),
             "rss_mib_client_after": round(rss_after_client, 1),
             "server_proxy_requests": int(served),
             "latency_rate_rps": args.rate,
-            "wrk": f"-t1 -c{args.connections} -d{args.duration}s x{args.rounds} (median)",
+            "wrk": f"-t1 -c{args.connections} -d{round(args.duration)}s x{args.rounds} (median)",
             "cpus": os.cpu_count(),
             "loadavg_1m": round(os.getloadavg()[0], 2),
         }
