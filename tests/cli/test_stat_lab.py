@@ -196,6 +196,10 @@ def scenario(lab: Lab) -> Iterator[Scenario]:
 def check_row(s: Scenario, row: dict[str, Any]) -> None:
     success, rps, errors = s.client_truth(time.time())
     assert errors == 0, "the client could not connect for some requests"
+    print(
+        f"stat: success {row['success']:.4f} rps {row['rps']:.2f}; "
+        f"client: success {success:.4f} rps {rps:.2f}"
+    )
     assert (row["meshed"], row["running"]) == (1, 1), row
     assert row["success"] is not None and abs(row["success"] - success) <= SR_TOLERANCE, (row, success)
     assert row["rps"] is not None and abs(row["rps"] - rps) <= RPS_TOLERANCE * rps, (row, rps)
