@@ -136,6 +136,7 @@ class Proxy:
         self.debug = log.enabled("debug")
         self._inbound_extra = [(_DST, self.identity)] if self.identity is not None else []
         self._authorities: dict[bytes, str] = {}  # Host value → label value, memoised
+        self._error_log: dict[tuple[str, str, str], tuple[float, int]] = {}
 
     # --- timeouts -------------------------------------------------------------------------------
     def start_watchdog(self) -> None:
@@ -285,6 +286,20 @@ class Proxy:
         self.log.info("bad_request", direction=direction, status=error.status, reason=error.reason)
         self._send_client(client, http1.error_response(error.status, self._identity_extra(direction)))
         self.metrics.response(direction, "", NO_LABELS, error.status, "", 0.0)
+
+    def _log_upstream_error(self, direction: str, authority: str, error: str) -> None:
+        """One line per destination and error kind per second: an outage must not flood the log."""
+        key = (direction, authority, error)
+        last, suppressed = self._error_log.get(key, (0.0, 0))
+        if self.now - last < 1.0:
+            self._error_log[key] = (last, suppressed + 1)
+            return
+        if len(self._error_log) > 1000:
+            self._error_log.clear()
+        self._error_log[key] = (self.now, 0)
+        self.log.info(
+            "upstream_error", direction=direction, authority=authority, error=error, suppressed=suppressed
+        )
 
     def _identity_extra(self, direction: str) -> list[tuple[bytes, bytes]]:
         """Headers naming this workload on responses: only the server side (inbound) sends them."""
@@ -570,7 +585,7 @@ class Proxy:
         """Answer 502/504 for an upstream that failed before a response head; count it."""
         latency_ms = (time.monotonic() - start) * 1000.0
         self.metrics.response(direction, authority, peer, error.status, error.error, latency_ms)
-        self.log.info("upstream_error", direction=direction, authority=authority, error=error.error)
+        self._log_upstream_error(direction, authority, error.error)
         out = http1.error_response(error.status, self._identity_extra(direction), close=not client_reusable)
         return self._send_client(client, out) and client_reusable and not self.draining
 
@@ -698,7 +713,7 @@ class Proxy:
         try:
             upstream = self._connect(dest, direction)
         except UpstreamError as error:
-            self.log.info("upstream_error", direction=direction, authority=_hostport(dest), error=error.error)
+            self._log_upstream_error(direction, _hostport(dest), error.error)
             return
         try:
             self._relay(client, upstream, first, b"")
