@@ -456,3 +456,32 @@ def test_forward_proxy_waits_for_a_slow_client(app: AppServer, tmp_path: Path) -
             assert s.recv(65536).startswith(b"HTTP/1.1 204")
     finally:
         proxy.stop()
+
+
+def test_websocket_through_both_proxies(server_proxy: ProxyProcess, client_proxy: ProxyProcess) -> None:
+    with socket.create_connection(("127.0.0.1", client_proxy.outbound), timeout=10) as s:
+        s.sendall(
+            b"GET http://127.0.0.1:%d/ws HTTP/1.1\r\nHost: web\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n\r\n" % server_proxy.inbound
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(65536)
+        assert head.startswith(b"HTTP/1.1 101") and b"x-mesh-dst" not in head.lower()
+        s.sendall(b"through two proxies\n")
+        echoed = b""
+        while not echoed.endswith(b"\n"):
+            echoed += s.recv(65536)
+        assert echoed == b"THROUGH TWO PROXIES\n"
+    assert client_proxy.value("response_total", status_code="101", dst_deployment="web") == 1
+
+
+def test_http10_keep_alive_client(server_proxy: ProxyProcess) -> None:
+    with socket.create_connection(("127.0.0.1", server_proxy.inbound), timeout=10) as s:
+        for code in (200, 201):
+            s.sendall(b"GET /status?code=%d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % code)
+            out = b""
+            while b"status\n" not in out:
+                out += s.recv(65536)
+            assert out.startswith(b"HTTP/1.1 %d" % code)
+            assert b"connection: keep-alive" in out.lower(), "HTTP/1.0 keep-alive is confirmed explicitly"
