@@ -13,5 +13,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if os.geteuid() != 0:
         skip_root = pytest.mark.skip(reason="needs root: network namespaces, iptables and other UIDs")
         for item in items:
-            if "root" in item.keywords or "lab" in item.keywords:
+            if item.get_closest_marker("root") or item.get_closest_marker("lab"):
                 item.add_marker(skip_root)
