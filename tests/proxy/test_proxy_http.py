@@ -11,6 +11,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -167,7 +168,7 @@ def test_large_bodies_stream_with_flat_memory(server_proxy: ProxyProcess) -> Non
             peak = max(peak, server_proxy.rss_kib())
     assert received == mib << 20
 
-    def upload() -> object:
+    def upload() -> Iterator[bytes]:
         block = b"u" * (1 << 20)
         for i in range(mib):
             if i % 8 == 0:

@@ -152,7 +152,7 @@ def test_a_large_body_in_the_first_read_is_not_mistaken_for_a_large_head() -> No
     reader = http1.RequestReader()
     body = b"b" * 200_000
     reader.feed(b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-    assert sum(len(d) for k, d in reader.events if k == BODY) == len(body)  # type: ignore[arg-type]
+    assert sum(len(d) for k, d in reader.events if k == BODY) == len(body)
 
 
 def test_response_reader_head_1xx_and_close_delimited() -> None:
@@ -165,11 +165,11 @@ def test_response_reader_head_1xx_and_close_delimited() -> None:
     reader.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
     events = list(reader.events)
     assert [k for k, _ in events] == [HEAD, HEAD, BODY, END]
-    assert [e[1].status for e in events if e[0] == HEAD] == [100, 200]  # type: ignore[attr-defined]
+    assert [e[1].status for e in events if e[0] == HEAD] == [100, 200]
     reader = http1.ResponseReader()
     reader.start(b"GET")
     reader.feed(b"HTTP/1.0 200 OK\r\n\r\nuntil close")
-    assert reader.events[0][1].body_mode == UNTIL_CLOSE  # type: ignore[attr-defined]
+    assert reader.events[0][1].body_mode == UNTIL_CLOSE
     assert reader.eof() and list(reader.events)[-1] == (END, None)
 
 
