@@ -34,6 +34,8 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubectl-mesh"
+LAB_VALUES = REPO / "tests" / "chart" / "lab-values.yaml"  # the chart in the lab: no Grafana (no command)
+RELEASE = "kubectl-mesh"
 VENV_BIN = Path(sys.executable).parent
 KUBECTL = "/usr/bin/kubectl"
 RATE = 10.0
@@ -144,9 +146,15 @@ class Scenario:
         return (sent - failed) / sent, sent / elapsed, int(errors)
 
 
-def install_chart(lab: Lab) -> None:
-    done = lab.run_helm("upgrade", "--install", "kubectl-mesh", str(CHART))
-    assert done.returncode == 0, done.stderr
+def install_chart(lab: Lab) -> bool:
+    """The chart as a user installs it (helm), unless a release is there already (the lab is shared:
+    the suite that installed it uninstalls it). Returns whether it was installed here."""
+    installed = False
+    if RELEASE not in lab.run_helm("list", "-q", "-n", "default").stdout.split():
+        values = ["-f", str(LAB_VALUES)] if LAB_VALUES.exists() else []
+        done = lab.run_helm("install", RELEASE, str(CHART), *values, "--wait", "--timeout", "240s")
+        assert done.returncode == 0 or "re-use a name" in done.stderr, done.stderr
+        installed = done.returncode == 0
     for name in ("mesh-webhook", "prometheus"):
         lab.kubectl(
             "-n",
@@ -157,11 +165,12 @@ def install_chart(lab: Lab) -> None:
             "--timeout=180s",
             timeout=200,
         )
+    return installed
 
 
 @pytest.fixture(scope="module")
 def scenario(lab: Lab) -> Iterator[Scenario]:
-    install_chart(lab)
+    installed = install_chart(lab)
     labels = {INJECT_LABEL: INJECT_ENABLED}
     server_ns = lab.create_namespace("stat-srv", labels)
     client_ns = lab.create_namespace("stat-cli", labels)
@@ -181,7 +190,14 @@ def scenario(lab: Lab) -> Iterator[Scenario]:
         s = Scenario(lab, server_ns, client_ns)
 
         def seen() -> bool:
-            rows = s.stat("deploy", "-n", server_ns)
+            done = subprocess.run(
+                [KUBECTL, "mesh", "stat", "deploy", "-n", server_ns, "-o", "json"],
+                env=s.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            rows = json.loads(done.stdout) if done.returncode == 0 else []
             return bool(rows and rows[0]["rps"])
 
         lab.wait(seen, 180, "voting's traffic in Prometheus", interval=5)
@@ -191,6 +207,8 @@ def scenario(lab: Lab) -> Iterator[Scenario]:
         if os.environ.get("MESH_KEEP_TEST_NAMESPACES") is None:
             lab.delete_namespace(server_ns)
             lab.delete_namespace(client_ns)
+        if installed:
+            lab.run_helm("uninstall", RELEASE, "--wait", "--timeout", "120s")
 
 
 def check_row(s: Scenario, row: dict[str, Any]) -> None:
