@@ -7,10 +7,7 @@ from pathlib import Path
 
 import pytest
 from proxy_backends import AppServer
-from proxy_harness import ProxyProcess, start_proxy
-
-SERVER_ID = ("shop", "deployment", "web", "web-7d9f-abcde")
-CLIENT_ID = ("front", "deployment", "vote", "vote-5c4b-xyz12")
+from proxy_harness import CLIENT_ID, SERVER_ID, ProxyProcess, start_proxy
 
 
 @pytest.fixture

@@ -16,6 +16,9 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from support.runtime import runtime_env
 
+SERVER_ID = ("shop", "deployment", "web", "web-7d9f-abcde")  # the app's sidecar in the fixtures
+CLIENT_ID = ("front", "deployment", "vote", "vote-5c4b-xyz12")  # a client's sidecar
+
 
 def free_port() -> int:
     with socket.socket() as s:

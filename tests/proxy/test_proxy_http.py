@@ -15,9 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLIENT_ID, SERVER_ID
 from proxy_backends import AppServer, TcpServer
-from proxy_harness import ProxyProcess, free_port, raw_exchange, start_proxy
+from proxy_harness import CLIENT_ID, SERVER_ID, ProxyProcess, free_port, raw_exchange, start_proxy
 
 SERVER_IDENTITY = "/".join(SERVER_ID)
 
