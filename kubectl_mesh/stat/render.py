@@ -29,9 +29,11 @@ def fmt_rps(value: float | None) -> str:
 
 
 def fmt_latency(value: float | None) -> str:
+    """Whole milliseconds. Below 1 ms, histogram_quantile only interpolates inside the first
+    bucket (le="1"): all that is known is "within 1 ms", so it shows as 1ms, not 0ms."""
     if value is None or not math.isfinite(value) or value < 0:
         return NO_VALUE
-    return f"{round(value)}ms"
+    return f"{math.ceil(value) if value < 1 else round(value)}ms"
 
 
 def fmt_count(value: float | None) -> str:

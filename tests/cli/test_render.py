@@ -40,6 +40,11 @@ def test_idle_rows_show_dashes_and_rows_are_sorted() -> None:
     assert lines[1].split() == ["emoji", "0/1", "-", "-", "-", "-", "-", "-"]
 
 
+def test_sub_millisecond_latency_is_the_first_bucket_not_zero() -> None:
+    fast = StatRow("emojivoto", "deployment", "web", 1, 1, 1.0, 1.0, 0.5, 0.99, 1.4, 1)
+    assert render([fast], req()).splitlines()[1].split()[4:7] == ["1ms", "1ms", "1ms"]
+
+
 def test_wide_adds_bytes_per_second() -> None:
     lines = render([WEB], req(output="wide")).splitlines()
     assert lines[0].split()[-2:] == ["READ_BYTES/SEC", "WRITE_BYTES/SEC"]
