@@ -293,3 +293,19 @@ def test_version_reports_the_control_plane(scenario: Scenario) -> None:
     )
     info = json.loads(done.stdout)
     assert info["server"].startswith("v") and info["server"] != "unknown", info
+
+
+def test_check_pre_asks_the_api_server_about_rbac(lab: Lab) -> None:
+    env = lab.env(PATH=f"{VENV_BIN}:/usr/bin:/bin")
+    done = subprocess.run(
+        [KUBECTL, "mesh", "check", "--pre", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    assert checks["Kubernetes API reachable"]["ok"]
+    assert checks["Kubernetes version supported"]["ok"]
+    rbac = checks["can create the mesh's objects (RBAC)"]
+    assert rbac["ok"], rbac  # the lab's admin may create everything (SelfSubjectAccessReview says so)
