@@ -309,3 +309,46 @@ def test_check_pre_asks_the_api_server_about_rbac(lab: Lab) -> None:
     assert checks["Kubernetes version supported"]["ok"]
     rbac = checks["can create the mesh's objects (RBAC)"]
     assert rbac["ok"], rbac  # the lab's admin may create everything (SelfSubjectAccessReview says so)
+
+
+def test_check_pre_names_what_a_user_without_rights_cannot_create(
+    lab: Lab, lab_namespace: str, tmp_path: Path
+) -> None:
+    """A ServiceAccount with no role: its own token, its own kubeconfig, as a restricted user has."""
+    from lab.cluster import PKI_DIR
+
+    lab.api.post(f"/api/v1/namespaces/{lab_namespace}/serviceaccounts", {"metadata": {"name": "nobody"}})
+    token = lab.api.post(
+        f"/api/v1/namespaces/{lab_namespace}/serviceaccounts/nobody/token",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 600},
+        },
+    )["status"]["token"]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "lab",
+                        "cluster": {"server": lab.api_url, "certificate-authority": str(PKI_DIR / "ca.crt")},
+                    }
+                ],
+                "users": [{"name": "nobody", "user": {"token": token}}],
+                "contexts": [{"name": "nobody", "context": {"cluster": "lab", "user": "nobody"}}],
+                "current-context": "nobody",
+            }
+        )
+    )
+    env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [KUBECTL, "mesh", "check", "--pre"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, done.stdout
+    line = next(x for x in done.stdout.splitlines() if "RBAC" in x)
+    assert line.startswith("✖") and "namespaces" in line and "mutatingwebhookconfigurations" in line, line
+    assert "hint: ask a cluster admin" in done.stdout
