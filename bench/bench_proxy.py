@@ -97,6 +97,35 @@ class Proxy:
         self.log.close()
 
 
+# The floor of any gevent proxy on this machine: bytes in, bytes out, one upstream connection
+# per client connection, no parsing, no metrics (the environment notes' "minimal relay").
+BARE_RELAY = """
+import sys
+from gevent import socket
+from gevent.server import StreamServer
+UPSTREAM = ("127.0.0.1", int(sys.argv[2]))
+def handle(client, _):
+    upstream = socket.create_connection(UPSTREAM)
+    for s in (client, upstream):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        while True:
+            data = client.recv(65536)
+            if not data:
+                return
+            upstream.sendall(data)
+            data = upstream.recv(65536)
+            if not data:
+                return
+            client.sendall(data)
+    except OSError:
+        pass
+    finally:
+        upstream.close()
+StreamServer(("127.0.0.1", int(sys.argv[1])), handle).serve_forever()
+"""
+
+
 def wrk(port: int, duration: float, host: str | None = None, connections: int = 32) -> tuple[float, int]:
     """Saturated run; returns (requests per second, requests completed)."""
     argv = [WRK, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", f"http://127.0.0.1:{port}/"]
@@ -186,6 +215,7 @@ http {{
 """
     )
     started: list[Proxy] = []
+    relay: subprocess.Popen[bytes] | None = None
     nginx = subprocess.Popen(
         [NGINX, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], stderr=subprocess.DEVNULL
     )
@@ -199,23 +229,29 @@ http {{
                        "--workload-kind", "deployment", "--workload-name", "client", "--pod", "client-0"],
                        False)  # fmt: skip
         started.append(client)
+        relay_port = free_port()
+        relay = subprocess.Popen(
+            [sys.executable, "-c", BARE_RELAY, str(relay_port), str(nginx_port)], stderr=subprocess.DEVNULL
+        )
+        wait_port(relay_port)
         server_authority = f"127.0.0.1:{server.inbound}"
         paths = {
             "direct": (nginx_port, None),
             "one_hop": (server.inbound, None),
             "two_hops": (client.outbound, server_authority),
         }
+        saturated_paths = {**paths, "bare_relay": (relay_port, None)}
         for port, host in paths.values():  # warm-up: connections, pools, caches
             wrk(port, 1, host, args.connections)
         rss_warm = server.rss_mib()
         rss_warm_client = client.rss_mib()
 
-        rps: dict[str, list[float]] = {name: [] for name in paths}
+        rps: dict[str, list[float]] = {name: [] for name in saturated_paths}
         cpu_one_hop, requests_one_hop = 0.0, 0
         for round_ in range(args.rounds):
-            order = list(paths) if round_ % 2 == 0 else list(reversed(paths))
+            order = list(saturated_paths) if round_ % 2 == 0 else list(reversed(saturated_paths))
             for name in order:
-                port, host = paths[name]
+                port, host = saturated_paths[name]
                 cpu_before = server.cpu_seconds()
                 rate, completed = wrk(port, args.duration, host, args.connections)
                 if name == "one_hop":
@@ -249,7 +285,9 @@ http {{
             "rps_direct": round(med["direct"]),
             "rps_one_hop": round(med["one_hop"]),
             "rps_two_hops": round(med["two_hops"]),
+            "rps_bare_gevent_relay": round(med["bare_relay"]),
             "ratio_one_hop_to_direct": round(med["one_hop"] / med["direct"], 3),
+            "ratio_one_hop_to_bare_relay": round(med["one_hop"] / med["bare_relay"], 3),
             "ratio_two_hops_to_one_hop": round(med["two_hops"] / med["one_hop"], 3),
             "p50_ms": {k: round(v["p50"], 3) for k, v in lat.items()},
             "p99_ms": {k: round(v["p99"], 3) for k, v in lat.items()},
@@ -274,6 +312,9 @@ http {{
             "loadavg_1m": round(os.getloadavg()[0], 2),
         }
     finally:
+        if relay is not None and relay.poll() is None:
+            relay.kill()
+            relay.wait()
         for proxy in started:
             proxy.stop()
         nginx.send_signal(signal.SIGQUIT)
