@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import signal
 import subprocess
 import sys
 import threading
@@ -47,7 +48,10 @@ def test_sigterm_finishes_in_flight_request_then_exits_zero(app: AppServer, tmp_
     caller.start()
     time.sleep(0.5)
     start = time.monotonic()
-    rc = proxy.stop(timeout=15)
+    proxy.process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    assert proxy.admin_get("/ready")[0] == 503, "a draining proxy is not ready (no new traffic)"
+    rc = proxy.process.wait(15)
     caller.join(5)
     assert rc == 0
     assert result == {"status": 200, "body": b"slow\n", "connection": "close"}
