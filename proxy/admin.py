@@ -17,25 +17,29 @@ StartResponse = Callable[..., Any]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def make_registry(proxy: Proxy) -> CollectorRegistry:
-    """The proxy's metrics plus the default process metrics (Grafana reads process_start_time_seconds)."""
+def process_registry() -> CollectorRegistry:
+    """prometheus_client's default process metrics (Grafana reads process_start_time_seconds)."""
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
-    registry.register(proxy.metrics)
     return registry
 
 
+def exposition(proxy: Proxy, registry: CollectorRegistry) -> bytes:
+    """The mesh's metrics (rendered by proxy/metrics.py, see why there) and the process metrics."""
+    return proxy.metrics.render().encode() + generate_latest(registry)
+
+
 def admin_app(proxy: Proxy) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
-    registry = make_registry(proxy)
+    registry = process_registry()
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             status, body, ctype = "405 Method Not Allowed", b"method not allowed\n", "text/plain"
         elif path == "/metrics":
-            status, body, ctype = "200 OK", generate_latest(registry), CONTENT_TYPE
+            status, body, ctype = "200 OK", exposition(proxy, registry), CONTENT_TYPE
         elif path == "/live":
             status, body, ctype = "200 OK", b"live\n", "text/plain"
         elif path == "/ready":

@@ -81,7 +81,7 @@ class Pod:
         for family in text_string_to_metric_families(text):
             for s in family.samples:
                 if s.name == name:
-                    out.append({**s.labels, "__value__": str(s.value)})
+                    out.append({**s.labels, "__value__": str(float(s.value))})
         return out
 
     def log(self, name: str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubectl_mesh.contract import LATENCY_BUCKETS_MS
@@ -20,9 +18,7 @@ class Clock:
 
 
 def _samples(metrics: MeshMetrics) -> dict[str, list[tuple[dict[str, str], float]]]:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(metrics)
-    text = generate_latest(registry).decode()
+    text = metrics.render()
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -99,3 +95,25 @@ def test_series_count_is_capped() -> None:
         m.response("inbound", f"host-{i}", (), 200, "", 1.0)
     assert len(m.routes) <= 100
     assert ("inbound", "host-999", ()) in m.routes, "the newest series is kept; the least recently used go"
+
+
+def test_label_values_are_escaped() -> None:
+    m = MeshMetrics()
+    odd = 'we"ird\\host\nname'
+    m.response("inbound", odd, (), 200, "", 1.0)
+    [(labels, value)] = _samples(m)["request_total"]
+    assert labels["authority"] == odd and value == 1
+
+
+def test_render_is_fast_enough_for_the_series_cap() -> None:
+    """A scrape runs on the proxy's only thread: the largest allowed set must render quickly."""
+    import time
+
+    m = MeshMetrics(max_series=2000)
+    for i in range(2000):
+        m.response("inbound", f"host-{i}:80", (("src_namespace", "ns"), ("src_pod", f"p{i}")), 200, "", 1.0)
+    start = time.process_time()
+    text = m.render()
+    elapsed = time.process_time() - start
+    assert text.count("\nrequest_total{") == 2000
+    assert elapsed < 0.25, f"render of 2000 series took {elapsed:.3f} s of CPU"
