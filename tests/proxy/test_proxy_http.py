@@ -432,6 +432,12 @@ def test_idle_keep_alive_clients_are_closed(app: AppServer, tmp_path: Path) -> N
             start = time.monotonic()
             assert s.recv(100) == b"", "an idle client connection is closed by the proxy"
             assert time.monotonic() - start < 3
+        deadline = time.monotonic() + 5  # the handler's bookkeeping runs just after the close the client saw
+        while (
+            proxy.value("tcp_open_connections", direction="inbound", peer="src")
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
         assert proxy.value("tcp_open_connections", direction="inbound", peer="src") == 0
     finally:
         proxy.stop()
