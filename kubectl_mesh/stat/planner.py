@@ -20,8 +20,9 @@ Queries (W = the time window):
 - p50/p95/p99: `histogram_quantile(q, sum(rate(response_latency_ms_bucket{L}[W])) by (le, G))`.
   linkerd uses irate() here, which only sees the last two scrapes and makes the numbers jump
   (linkerd2#3918); rate() covers the same window as SUCCESS and RPS;
-- tcp_open_connections: `sum(tcp_open_connections{L}) by (G)`;
-- tcp_read/write: `sum(rate(tcp_read_bytes_total{L}[W])) by (G)` (bytes per second).
+- tcp_open_connections: `sum(tcp_open_connections{L, peer}) by (G)`;
+- tcp_read/write: `sum(rate(tcp_read_bytes_total{L, peer}[W])) by (G)` (bytes per second);
+  `peer="src"` inbound, `peer="dst"` outbound, so that each connection is counted once.
 """
 
 from __future__ import annotations
@@ -100,7 +101,10 @@ def plan(request: StatRequest) -> QueryPlan:
         queries[field_name] = (
             f"histogram_quantile({q}, sum(rate({METRIC_LATENCY}_bucket{{{sel}}}[{w}])) by (le, {group}))"
         )
-    queries["tcp_open_connections"] = f"sum({METRIC_TCP_OPEN_CONNECTIONS}{{{sel}}}) by ({group})"
-    queries["tcp_read_bytes_rate"] = f"sum(rate({METRIC_TCP_READ_BYTES}{{{sel}}}[{w}])) by ({group})"
-    queries["tcp_write_bytes_rate"] = f"sum(rate({METRIC_TCP_WRITE_BYTES}{{{sel}}}[{w}])) by ({group})"
+    # The proxy counts each connection once per peer (accepted from the client, opened to the
+    # server): keep the side facing the other workload so each connection counts once.
+    tcp_sel = f'{sel}, peer="{"src" if mode == "inbound" else "dst"}"'
+    queries["tcp_open_connections"] = f"sum({METRIC_TCP_OPEN_CONNECTIONS}{{{tcp_sel}}}) by ({group})"
+    queries["tcp_read_bytes_rate"] = f"sum(rate({METRIC_TCP_READ_BYTES}{{{tcp_sel}}}[{w}])) by ({group})"
+    queries["tcp_write_bytes_rate"] = f"sum(rate({METRIC_TCP_WRITE_BYTES}{{{tcp_sel}}}[{w}])) by ({group})"
     return QueryPlan(queries=queries, namespace_label=ns_label, name_label=name_label)

@@ -120,6 +120,19 @@ def test_tcp_queries() -> None:
     assert qp.queries["tcp_write_bytes_rate"].startswith("sum(rate(tcp_write_bytes_total{")
 
 
+@pytest.mark.parametrize(
+    ("flags", "peer"),
+    [({}, 'peer="src"'), ({"to": "deploy/voting"}, 'peer="dst"'), ({"from_": "deploy/web"}, 'peer="dst"')],
+)
+def test_tcp_counts_each_connection_once_by_the_peer_facing_the_other_workload(
+    flags: dict[str, object], peer: str
+) -> None:
+    qp = plan(request(**flags))
+    for field in ("tcp_open_connections", "tcp_read_bytes_rate", "tcp_write_bytes_rate"):
+        assert peer in selector(qp.queries[field])
+    assert "peer" not in qp.queries["responses"]
+
+
 def test_all_is_planned_kind_by_kind() -> None:
     req = request(resources=["all"])
     assert req.kinds() == ("daemonset", "statefulset", "job", "deployment", "pod", "replicaset")
