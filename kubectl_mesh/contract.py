@@ -45,7 +45,9 @@ SKIP_OUTBOUND_PORTS_ANNOTATION = f"{DOMAIN}/skip-outbound-ports"
 OPAQUE_PORTS_ANNOTATION = f"{DOMAIN}/opaque-ports"
 
 CONTROL_PLANE_NAMESPACE = "mesh-system"
-NEVER_INJECT_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", CONTROL_PLANE_NAMESPACE})
+NEVER_INJECT_NAMESPACES = frozenset(
+    {"kube-system", "kube-public", "kube-node-lease", CONTROL_PLANE_NAMESPACE}
+)
 
 # Workload kinds, as they appear in labels (proxy-<kind>), metric labels (src_<kind>, dst_<kind>)
 # and Prometheus target labels (<kind>).

@@ -25,7 +25,9 @@ VENV_BIN = Path(sys.executable).parent
 def _source_files() -> list[Path]:
     files: list[Path] = []
     for pkg in PACKAGES:
-        files.extend(p for p in sorted((REPO / pkg).rglob("*")) if p.is_file() and "__pycache__" not in p.parts)
+        files.extend(
+            p for p in sorted((REPO / pkg).rglob("*")) if p.is_file() and "__pycache__" not in p.parts
+        )
     return files
 
 
