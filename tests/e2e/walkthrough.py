@@ -259,11 +259,27 @@ def wait_for_traffic(tools: Tools, history: CounterHistory, timeout: float = 240
             if {r["name"] for r in rows if r.get("rps")} >= {"web", "emoji", "voting"}:
                 return
         if elapsed > needed + timeout:
-            raise WalkthroughError(f"no traffic in `kubectl mesh stat` after {elapsed:.0f}s")
+            raise WalkthroughError(
+                f"no traffic in `kubectl mesh stat` after {elapsed:.0f}s: {diagnose(tools)}"
+            )
         with history.lock:
             loops = history.samples[-1]["services"]["vote-bot"].get("loops", 0) if history.samples else 0
         log(f"waiting for a {WINDOW_S}s window of traffic: {elapsed:.0f}s of {needed}s, {loops} bot loops")
         time.sleep(10)
+
+
+def diagnose(tools: Tools) -> str:
+    """One line on what is missing: the release, Prometheus, or stat's own complaint."""
+    if RELEASE not in tools.helm("list", "-q", "-n", "default").split():
+        return f"the {RELEASE} release is gone (uninstalled by someone else on this lab?)"
+    available = tools.kubectl(
+        "-n", CONTROL_PLANE_NAMESPACE, "get", "deployment", "prometheus", "--ignore-not-found",
+        "-o", "jsonpath={.status.availableReplicas}", check=False,
+    )  # fmt: skip
+    if available.strip() in ("", "0"):
+        return "the chart's Prometheus is not available"
+    out = tools.kubectl_full(*COMMANDS[0])
+    return f"`kubectl {' '.join(COMMANDS[0])}` said: {(out.stdout + out.stderr).strip()[-300:]}"
 
 
 @dataclass
