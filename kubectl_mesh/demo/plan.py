@@ -195,8 +195,8 @@ def _flags(**flags: object) -> tuple[str, ...]:
 def prometheus_config(plan: DemoPlan) -> str:
     """The scrape job as the cluster's relabelling would leave it, with static targets.
 
-    Same job name, and per target the labels `namespace`, `pod` and `<kind>` that
-    charts/kubectl-mesh/files/scrape-config.yaml derives from a meshed pod. YAML is JSON's
+    Same job name, and per target the labels `namespace`, `pod`, `<kind>` and `replicaset` that
+    charts/kubectl-mesh/files/scrape-config.yaml derives from a meshed Deployment's pod. YAML is JSON's
     superset, so JSON is written (no YAML library needed here).
     """
     import json
@@ -213,7 +213,12 @@ def prometheus_config(plan: DemoPlan) -> str:
                 "static_configs": [
                     {
                         "targets": [f"127.0.0.1:{pod.ports.admin}"],
-                        "labels": {"namespace": NAMESPACE, "pod": pod.pod, KIND: pod.deployment},
+                        "labels": {
+                            "namespace": NAMESPACE,
+                            "pod": pod.pod,
+                            KIND: pod.deployment,
+                            "replicaset": pod.pod.rsplit("-", 1)[0],  # a Deployment's pod has one
+                        },
                     }
                     for pod in plan.pods
                 ],

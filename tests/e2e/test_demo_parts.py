@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +91,19 @@ def test_prometheus_config_is_valid_and_labels_targets_like_the_cluster(tmp_path
     assert checked.returncode == 0, checked.stdout + checked.stderr
     (job,) = json.loads(text)["scrape_configs"]
     assert job["job_name"] == SCRAPE_JOB
-    # The labels the chart's relabelling gives a meshed pod's target (scrape-config.yaml).
+    # The labels the chart's relabelling gives a meshed Deployment's pod (scrape-config.yaml).
     relabel = yaml.safe_load((REPO / "charts/kubectl-mesh/files/scrape-config.yaml").read_text())
     targets = {r.get("target_label") for r in relabel["relabel_configs"]} - {None}
-    assert targets == {"namespace", "pod"}
     labelmaps = [r["regex"] for r in relabel["relabel_configs"] if r.get("action") == "labelmap"]
     assert labelmaps == ["__meta_kubernetes_pod_label_kubectl_mesh_io_proxy_(.+)"]  # -> deployment
     for static, pod in zip(job["static_configs"], plan.pods, strict=True):
         assert static["targets"] == [f"127.0.0.1:{pod.ports.admin}"]
-        assert static["labels"] == {"namespace": "emojivoto", "pod": pod.pod, "deployment": pod.deployment}
+        assert set(static["labels"]) == targets | {"deployment"}
+        assert static["labels"]["namespace"] == "emojivoto"
+        assert static["labels"]["deployment"] == pod.deployment
+        assert static["labels"]["pod"] == pod.pod
+        if "replicaset" in targets:
+            assert pod.pod.startswith(static["labels"]["replicaset"] + "-")
 
 
 def test_walkthrough_headers_are_commands_the_cli_accepts() -> None:
@@ -142,3 +147,32 @@ def test_manifest_runs_each_service_by_explicit_command_outside_the_mesh_for_cou
     web_env = {e["name"]: e["value"] for e in web["env"]}
     for upstream in (web_env["EMOJISVC_HOST"], web_env["VOTINGSVC_HOST"]):
         assert upstream.split(".")[0] in services
+
+
+def test_the_image_holds_everything_the_services_import(tmp_path: Path) -> None:
+    """The files the Dockerfile copies run the services with `python3 -I` (no site-packages)."""
+    dockerfile = (REPO / "examples/emojivoto/Dockerfile").read_text()
+    copies = [line.split()[1:] for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    assert copies, "the Dockerfile copies nothing"
+    for *sources, dest in copies:
+        for source in sources:
+            target = tmp_path / dest / Path(source).name if dest.endswith("/") else tmp_path / dest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(REPO / source, target)
+    done = subprocess.run(
+        ["/usr/bin/python3", "-I", "-c", "import sys; sys.path.insert(0, '.'); "
+         "from kubectl_mesh.demo import emojivoto; print(len(emojivoto.EMOJI))"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == len(emojivoto.EMOJI)
+
+
+HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+
+
+@pytest.mark.skipif(not Path(HADOLINT).exists(), reason="hadolint not installed (dev extra)")
+def test_the_dockerfile_passes_hadolint() -> None:
+    dockerfile = str(REPO / "examples/emojivoto/Dockerfile")
+    done = subprocess.run([HADOLINT, dockerfile], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
