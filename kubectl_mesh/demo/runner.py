@@ -162,6 +162,12 @@ class Demo:
     # --- start ----------------------------------------------------------------------------
 
     def start(self) -> DemoPlan:
+        missing = [m for m in ("proxy", "gevent", "httptools", "prometheus_client") if not _importable(m)]
+        if missing:
+            raise DemoError(
+                f"the demo runs mesh-proxy, which needs {', '.join(missing)} (not in the Krew zipapp: "
+                "C extensions); install the full package: pip install kubectl-mesh"
+            )
         prometheus = find_prometheus(self.options.prometheus)
         if prometheus is None:
             what = self.options.prometheus or "prometheus"
@@ -377,6 +383,15 @@ class Demo:
             self.err.write("\r\x1b[K")
             self.err.flush()
             self._progress_shown = False
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _child_env() -> dict[str, str]:
