@@ -122,6 +122,8 @@ class Demo:
         self.pods: dict[str, tuple[Child, Child]] = {}  # deployment -> (app, proxy)
         self.sampler: CounterSampler | None = None
         self._cleaned = False
+        self._progress_shown = False  # a progress line is on the terminal, to be erased
+        self._last_line = 0.0  # when the last progress line went to a non-terminal
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -361,8 +363,6 @@ class Demo:
 
     # --- progress on stderr -----------------------------------------------------------------
 
-    _progress_shown = False
-
     def progress(self, message: str, fraction: float | None = None) -> None:
         if self.err.isatty():
             bar = ""
@@ -373,7 +373,7 @@ class Demo:
             self._progress_shown = True
         else:
             now = time.monotonic()
-            if now - getattr(self, "_last_line", 0.0) >= 5.0 or fraction is None:
+            if now - self._last_line >= 5.0 or fraction is None:
                 self.err.write(message + "\n")
                 self._last_line = now
         self.err.flush()
