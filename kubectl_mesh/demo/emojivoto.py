@@ -225,6 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
                 try:
                     response = route(parse_qs(url.query))
                 except Exception as exc:  # a bug must cost one request, not the server
+                    self.log_error("%s %s failed: %s: %s", method, url.path, type(exc).__name__, exc)
                     response = Response.json(500, {"error": type(exc).__name__})
         if self.counters is not None:
             self.counters.count_received(url.path if known else "(other)", response.status)

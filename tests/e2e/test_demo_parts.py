@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -176,3 +178,32 @@ def test_the_dockerfile_passes_hadolint() -> None:
     dockerfile = str(REPO / "examples/emojivoto/Dockerfile")
     done = subprocess.run([HADOLINT, dockerfile], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_no_bad_request_takes_a_service_down() -> None:
+    counters = emojivoto.Counters("emoji")
+    server = emojivoto.serve("127.0.0.1", 0, emojivoto.emoji_routes(), counters)
+    port = server.server_address[1]
+    try:
+        bad = [
+            b"\x16\x03\x01\x02\x00garbage\r\n\r\n",
+            b"GET /list HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+            b"POST /list HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n",
+            b"POST /list HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET /find?shortcode=%ff%fe HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n",
+        ]
+        for raw in bad:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(raw)
+                s.shutdown(socket.SHUT_WR)
+                answer = s.recv(65536)
+            # Refused with a 4xx (stdlib answers unparsable input HTTP/0.9-style: a bare error page).
+            assert re.search(rb"\b4\d\d\b", answer.split(b"\r\n", 1)[0] + answer[-400:]), raw[:40]
+            assert not answer.startswith(b"HTTP/1.1 2"), raw[:40]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /find?shortcode=:pizza: HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        server.shutdown()
+        server.server_close()
