@@ -196,7 +196,9 @@ class Demo:
         )
         env = _child_env()
         try:
-            prom = self.supervisor.start("prometheus", plan.prometheus_argv, env)
+            prom = self.supervisor.start(
+                "prometheus", plan.prometheus_argv, {**env, "MESH_DEMO_RUN": str(self.workdir)}
+            )
             proxies = {p.deployment: self.supervisor.start(p.proxy.name, p.proxy.argv, {**env, **p.proxy.env})
                        for p in plan.pods}  # fmt: skip
             for pod in plan.pods:

@@ -215,3 +215,44 @@ def test_missing_prometheus_says_how_to_install(scratch: Path) -> None:
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "apt-get install prometheus" in lines[0], done.stderr
+
+
+def _children_workdir(pid: int) -> str | None:
+    """The demo's work directory, read from the environment of one of its children."""
+    for child in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) != pid:
+                continue
+            for item in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
+                if item.startswith(b"MESH_DEMO_RUN="):
+                    return item.split(b"=", 1)[1].decode()
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+@pytest.mark.timeout(120)
+def test_children_die_with_the_demo_even_on_kill_9(scratch: Path) -> None:
+    demo = subprocess.Popen(
+        _demo("--once"), env=runtime_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=scratch
+    )
+    workdir = None
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (workdir is None or len(processes_of_run(workdir)) < 9):
+            workdir = workdir or _children_workdir(demo.pid)
+            time.sleep(0.2)
+        assert workdir is not None, "the demo started no children"
+        assert len(processes_of_run(workdir)) >= 9  # 4 apps, 4 proxies, Prometheus
+        demo.kill()  # SIGKILL: no clean-up code runs in the demo
+        demo.wait(timeout=10)
+        deadline = time.monotonic() + 10  # PR_SET_PDEATHSIG: each child gets SIGTERM
+        while processes_of_run(workdir) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert processes_of_run(workdir) == [], "children outlived a kill -9 of the demo"
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)  # only the demo's clean-up would remove it
