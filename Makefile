@@ -51,7 +51,7 @@ cluster-down: ## stop the lab and remove everything it made
 	PYTHONPATH=tests $(PY) -m lab down
 
 walkthrough: setup binaries ## the seed walkthrough on the lab (root): install, inject, three stat tables
-	PYTHONPATH=tests $(PY) -m e2e.walkthrough
+	PYTHONPATH=tests $(PY) -m e2e.walkthrough $(ARGS)
 
 krew: setup ## build dist/kubectl-mesh.tar.gz (zipapp + LICENSE) and dist/krew-manifest.yaml
 	$(PY) scripts/build_krew.py
