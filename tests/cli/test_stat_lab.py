@@ -235,6 +235,7 @@ def forms(s: Scenario) -> list[tuple[str, tuple[str, ...], tuple[str, str]]]:
         ("po", ("po", "-n", srv), (srv, voting)),
         ("po --from", ("po", "-n", srv, "--from", f"po/{web}", "--from-namespace", cli), (srv, voting)),
         ("po --to", ("po", "-n", cli, "--to", f"po/{voting}", "--to-namespace", srv), (cli, web)),
+        ("rs", ("rs", "-n", srv), (srv, voting.rsplit("-", 1)[0])),
         ("ns", ("ns", srv), (srv, srv)),
         ("ns --from", ("ns", "--from", f"ns/{cli}"), (srv, srv)),
         ("ns --to", ("ns", "--to", f"ns/{srv}"), (cli, cli)),
@@ -248,6 +249,7 @@ FORM_IDS = [
     "po",
     "po --from",
     "po --to",
+    "rs",
     "ns",
     "ns --from",
     "ns --to",
@@ -271,6 +273,7 @@ def test_the_table_as_users_see_it(scenario: Scenario) -> None:
     cells = row.split()
     assert cells[0] == "voting" and cells[1] == "1/1"
     assert cells[2].endswith("%") and cells[3].endswith("rps") and cells[4].endswith("ms")
+    assert cells[7].isdigit() and int(cells[7]) >= 1, text  # web's proxy keeps a connection open
 
 
 def test_check_passes_on_the_installed_mesh(scenario: Scenario) -> None:
