@@ -30,7 +30,10 @@ demo: setup ## run the local demo mesh and print the walkthrough's tables (ARGS=
 	@command -v prometheus >/dev/null || [ "$$(id -u)" != 0 ] || scripts/install-system-deps.sh
 	$(VENV)/bin/kubectl-mesh demo $(ARGS)
 
-test: setup ## run every test (root runs the namespace, iptables and lab tests too)
+# As root the tests include the lab: its Debian packages and binaries come first (once; then cached).
+AS_ROOT := $(filter 0,$(shell id -u))
+
+test: setup $(if $(AS_ROOT),system-deps binaries) ## run every test (root runs the namespace, iptables and lab tests too)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-fast: setup ## only the tests that need neither root nor the lab
