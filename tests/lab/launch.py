@@ -32,15 +32,20 @@ def main(spec_path: str) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     # Parents before children (as containerd sorts them): a volume at /run, then one at
     # /var/run/secrets/... (a path through /run) is created inside the first volume.
-    for src, dst, readonly in sorted(spec["mounts"], key=lambda m: len(os.path.realpath(m[1]).split("/"))):
-        if os.path.isdir(src):
+    mounts = sorted(spec["mounts"], key=lambda m: len(os.path.realpath(m[1]).split("/")))
+    # Hold every source open before the first mount: a volume mounted at /tmp would otherwise
+    # hide the sources of the next ones when the lab itself lives below /tmp (a CI clone).
+    sources = [os.open(src, os.O_PATH | os.O_CLOEXEC) for src, _, _ in mounts]
+    for fd, (_, dst, readonly) in zip(sources, mounts, strict=True):
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
             os.makedirs(dst, exist_ok=True)
         elif not os.path.exists(dst):
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             open(dst, "a").close()
-        _mount(libc, src, dst, MS_BIND | MS_REC)
+        _mount(libc, f"/proc/self/fd/{fd}", dst, MS_BIND | MS_REC)
         if readonly:
-            _mount(libc, src, dst, MS_BIND | MS_REMOUNT | MS_RDONLY)
+            _mount(libc, dst, dst, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        os.close(fd)
     os.chdir(spec.get("cwd") or "/")
     if spec.get("uid") is not None:
         os.setgroups(spec.get("groups") or [])
