@@ -293,6 +293,19 @@ def kubectl_mesh(lab: Any, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def kubectl_piped(lab: Any, stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`kubectl ARGS` reading manifests from stdin, as `kubectl mesh install | kubectl apply -f -`."""
+    return subprocess.run(
+        ["kubectl", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=lab.env(),
+        timeout=120,
+        check=False,
+    )
+
+
 def test_kubectl_mesh_install_output_is_accepted_by_the_api_server(lab: Any, control_plane: str) -> None:
     install = kubectl_mesh(lab, "install")
     assert install.returncode == 0, install.stderr
@@ -305,28 +318,14 @@ def test_kubectl_mesh_install_output_is_accepted_by_the_api_server(lab: Any, con
         base64.b64decode(h["clientConfig"]["caBundle"]) == bundle for d in docs for h in d.get("webhooks", [])
     )
 
-    applied = subprocess.run(
-        ["kubectl", "apply", "--dry-run=server", "-f", "-"],
-        input=install.stdout,
-        capture_output=True,
-        text=True,
-        env=lab.env(),
-        timeout=120,
-        check=False,
-    )
+    applied = kubectl_piped(lab, install.stdout, "apply", "--dry-run=server", "-f", "-")
     assert applied.returncode == 0, applied.stderr
     assert "mutatingwebhookconfiguration.admissionregistration.k8s.io/kubectl-mesh-injector" in applied.stdout
     assert "(server dry run)" in applied.stdout
 
     uninstall = kubectl_mesh(lab, "uninstall")
-    deleted = subprocess.run(
-        ["kubectl", "delete", "--dry-run=server", "--ignore-not-found", "-f", "-"],
-        input=uninstall.stdout,
-        capture_output=True,
-        text=True,
-        env=lab.env(),
-        timeout=120,
-        check=False,
+    deleted = kubectl_piped(
+        lab, uninstall.stdout, "delete", "--dry-run=server", "--ignore-not-found", "-f", "-"
     )
     assert deleted.returncode == 0, deleted.stderr
     assert 'deployment.apps "mesh-webhook" deleted (server dry run)' in deleted.stdout
