@@ -14,6 +14,11 @@ Cardinality is bounded (docs/architecture.md, "Proxy"): a series idle for `idle_
 (default 10 minutes, Linkerd's rule) is dropped at the next scrape, and at most `max_series`
 HTTP series and as many TCP series are kept; a new one beyond that first evicts the least
 recently used tenth. Open TCP connections' series are never evicted.
+
+TCP series name the peer workload like HTTP ones (src_* inbound, dst_* outbound), learnt from the
+first request (inbound) or response (outbound) on the connection. Until then a connection counts
+into a detached accumulator (`tcp_pending`), folded into its labelled series by `tcp_attach`:
+counters stay monotonic, and a connection that never says who it is lands in the unlabelled one.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ def label_text(labels: Mapping[str, str]) -> str:
 
 
 RouteKey = tuple[str, str, Labels]  # direction, authority, peer labels
-TcpKey = tuple[str, str, str]  # direction, peer (src|dst), authority
+TcpKey = tuple[str, str, str, Labels]  # direction, peer (src|dst), authority, peer workload labels
 
 
 class Route:
@@ -77,10 +82,11 @@ class Tcp:
     __slots__ = ("closes", "labels", "last", "open", "opens", "read", "text", "written")
 
     def __init__(self, key: TcpKey, now: float) -> None:
-        direction, peer, authority = key
+        direction, peer, authority, workload = key
         self.labels = {"direction": direction, "peer": peer}
         if authority:
             self.labels["authority"] = authority
+        self.labels.update(workload)
         self.text = label_text(self.labels)
         self.opens = self.closes = self.open = self.read = self.written = 0
         self.last = now
@@ -121,8 +127,8 @@ class MeshMetrics:
         hist[-2] += latency_ms
         hist[-1] += 1
 
-    def tcp_series(self, direction: str, peer: str, authority: str) -> Tcp:
-        key = (direction, peer, authority)
+    def tcp_series(self, direction: str, peer: str, authority: str, workload: Labels = ()) -> Tcp:
+        key = (direction, peer, authority, workload)
         series = self.tcp.get(key)
         now = self.clock()
         if series is None:
@@ -136,6 +142,19 @@ class MeshMetrics:
         series.opens += 1
         series.open += 1
         series.last = self.clock()
+
+    def tcp_pending(self, direction: str, peer: str, authority: str) -> Tcp:
+        """A detached series for one connection whose peer is not known yet (not rendered)."""
+        return Tcp((direction, peer, authority, ()), 0.0)
+
+    def tcp_attach(self, pending: Tcp, workload: Labels) -> Tcp:
+        """Open the connection in its labelled series, carrying over the bytes counted so far."""
+        direction, peer = pending.labels["direction"], pending.labels["peer"]
+        series = self.tcp_series(direction, peer, pending.labels.get("authority", ""), workload)
+        series.read += pending.read
+        series.written += pending.written
+        self.tcp_open(series)
+        return series
 
     def tcp_close(self, series: Tcp) -> None:
         series.closes += 1

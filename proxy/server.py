@@ -80,6 +80,7 @@ class Upstream:
 
     __slots__ = (
         "address",
+        "attached",
         "deadline",
         "expired",
         "idle_since",
@@ -90,11 +91,12 @@ class Upstream:
         "tcp",
     )
 
-    def __init__(self, sock: Any, address: Address, tcp: Tcp) -> None:
+    def __init__(self, sock: Any, address: Address, tcp: Tcp, attached: bool) -> None:
         self.sock = sock
         self.address = address
         self.reader = http1.ResponseReader()
         self.tcp = tcp
+        self.attached = attached  # False while tcp is a pending accumulator (peer not known yet)
         self.idle_since = 0.0
         self.reused = False
         self.retry_payload = b""
@@ -103,11 +105,12 @@ class Upstream:
 
 
 class Client:
-    __slots__ = ("busy", "deadline", "expired", "sock", "tcp")
+    __slots__ = ("attached", "busy", "deadline", "expired", "sock", "tcp")
 
-    def __init__(self, sock: Any, tcp: Tcp) -> None:
+    def __init__(self, sock: Any, tcp: Tcp, attached: bool) -> None:
         self.sock = sock
         self.tcp = tcp
+        self.attached = attached  # False while tcp is a pending accumulator (peer not known yet)
         self.busy = True
         self.deadline = 0.0
         self.expired = False
@@ -188,9 +191,13 @@ class Proxy:
     def _handle(self, sock: Any, peer: Any, direction: str) -> None:
         sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
         dest = self._destination(sock, direction)
-        tcp = self.metrics.tcp_series(direction, "src", _hostport(dest) if dest else "")
-        self.metrics.tcp_open(tcp)
-        client = Client(sock, tcp)
+        authority = _hostport(dest) if dest else ""
+        if direction == INBOUND:  # labelled with the client workload once its first request names it
+            client = Client(sock, self.metrics.tcp_pending(direction, "src", authority), False)
+        else:
+            tcp = self.metrics.tcp_series(direction, "src", authority)
+            self.metrics.tcp_open(tcp)
+            client = Client(sock, tcp, True)
         self.clients.add(client)
         try:
             if dest is None and direction == INBOUND:
@@ -212,7 +219,14 @@ class Proxy:
         finally:
             self.clients.discard(client)
             _close(sock)
-            self.metrics.tcp_close(tcp)
+            if not client.attached:
+                self._attach(client, NO_LABELS)
+            self.metrics.tcp_close(client.tcp)
+
+    def _attach(self, holder: Client | Upstream, workload: Labels) -> None:
+        """Count a connection under its peer's workload labels from now on (see metrics.py)."""
+        holder.tcp = self.metrics.tcp_attach(holder.tcp, workload)
+        holder.attached = True
 
     def _destination(self, sock: Any, direction: str) -> Address | None:
         if direction == INBOUND and self.config.inbound_forward:
@@ -343,6 +357,8 @@ class Proxy:
             authority = self._authorities[authority_bytes] = authority_bytes.decode("latin-1").lower()
         if direction == INBOUND:
             peer = self.src_labels.get(head.mesh.get(_SRC))
+            if not client.attached:
+                self._attach(client, peer)
             extra = http1.request_framing(head)
         else:
             peer = NO_LABELS
@@ -474,6 +490,8 @@ class Proxy:
         latency_ms = (time.monotonic() - start) * 1000.0
         if direction == OUTBOUND:
             peer = self.dst_labels.get(response.mesh.get(_DST))
+            if not upstream.attached:
+                self._attach(upstream, peer)
         extra = self._identity_extra(direction)
 
         if response.status == 101:
@@ -685,6 +703,8 @@ class Proxy:
         if upstream.sock is not None:
             _close(upstream.sock)
             upstream.sock = None
+            if not upstream.attached:
+                self._attach(upstream, NO_LABELS)
             self.metrics.tcp_close(upstream.tcp)
 
     def _connect(self, address: Address, direction: str) -> Upstream:
@@ -700,9 +720,14 @@ class Proxy:
             raise UpstreamError("connect_error") from None
         sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
         sock.settimeout(None)  # deadlines are the watchdog's job
-        tcp = self.metrics.tcp_series(direction, "dst", _hostport(address))
-        self.metrics.tcp_open(tcp)
-        upstream = Upstream(sock, address, tcp)
+        if direction == OUTBOUND:  # labelled with the server workload once its first response names it
+            upstream = Upstream(
+                sock, address, self.metrics.tcp_pending(direction, "dst", _hostport(address)), False
+            )
+        else:
+            tcp = self.metrics.tcp_series(direction, "dst", _hostport(address))
+            self.metrics.tcp_open(tcp)
+            upstream = Upstream(sock, address, tcp, True)
         self.busy_upstreams.add(upstream)
         return upstream
 
@@ -721,6 +746,11 @@ class Proxy:
             self._discard(upstream)
 
     def _relay(self, client: Client, upstream: Upstream, to_upstream: bytes, to_client: bytes) -> None:
+        # Opaque bytes name no peer; an upgraded connection keeps the labels its HTTP exchange gave it.
+        if not client.attached:
+            self._attach(client, NO_LABELS)
+        if not upstream.attached:
+            self._attach(upstream, NO_LABELS)
         usock, utcp = upstream.sock, upstream.tcp
         csock = client.sock
         csock.settimeout(None)

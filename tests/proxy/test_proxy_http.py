@@ -495,3 +495,38 @@ def test_http10_keep_alive_client(server_proxy: ProxyProcess) -> None:
                 out += s.recv(65536)
             assert out.startswith(b"HTTP/1.1 %d" % code)
             assert b"connection: keep-alive" in out.lower(), "HTTP/1.0 keep-alive is confirmed explicitly"
+
+
+def test_tcp_metrics_name_the_peer_workload(server_proxy: ProxyProcess, client_proxy: ProxyProcess) -> None:
+    """`stat --from/--to` count open connections per peer: TCP series carry src_*/dst_* like HTTP."""
+    request = b"GET http://127.0.0.1:%d/status?code=200 HTTP/1.1\r\nHost: web\r\n\r\n" % server_proxy.inbound
+    with socket.create_connection(("127.0.0.1", client_proxy.outbound), timeout=10) as s:
+        s.sendall(request)
+        out = b""
+        while b"status\n" not in out:
+            out += s.recv(65536)
+        dst = {"direction": "outbound", "peer": "dst", "dst_namespace": SERVER_ID[0], "dst_deployment": "web"}
+        assert client_proxy.value("tcp_open_connections", **dst) == 1, client_proxy.exposition()
+        # The head was read before the labels were known, and it counts (with the x-mesh-dst it had).
+        assert client_proxy.value("tcp_read_bytes_total", **dst) > len(out)
+        src = {"direction": "inbound", "peer": "src", "src_namespace": CLIENT_ID[0], "src_pod": CLIENT_ID[3]}
+        assert server_proxy.value("tcp_open_connections", **src) == 1, server_proxy.exposition()
+        assert server_proxy.value("tcp_read_bytes_total", **src) > len(request), "the request and its x-mesh-src"
+    # A client that never sends a request is counted without peer labels once it leaves.
+    with socket.create_connection(("127.0.0.1", server_proxy.inbound), timeout=10) as s:
+        s.sendall(b"\x16\x03\x01 not http")
+        s.shutdown(socket.SHUT_WR)
+        s.recv(100)
+    deadline = time.monotonic() + 5
+    while server_proxy.value("tcp_close_total", direction="inbound", peer="src") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    unlabelled = [
+        s for s in server_proxy.samples("tcp_open_total")
+        if s.labels.get("peer") == "src" and "src_namespace" not in s.labels
+    ]  # fmt: skip
+    assert [s.value for s in unlabelled] == [1.0]
+    open_now = [
+        s for s in server_proxy.samples("tcp_open_connections") if s.labels.get("peer") == "src" and s.value
+    ]
+    # Only the client proxy's pooled keep-alive connection is still open, under its workload.
+    assert [s.labels.get("src_deployment") for s in open_now] == ["vote"]

@@ -76,6 +76,9 @@ def test_unmodified_client_is_counted_on_both_sides(pods: PodPair) -> None:
         "direction": "inbound", "authority": authority, "src_namespace": "front", "src_deployment": "vote",
         "src_pod": "vote-1", "classification": "success", "status_code": "200", "__value__": "3.0",
     }, server.log("proxy")  # fmt: skip
-    # The TCP view: the client's proxy opened connections to the server's original address.
+    # The TCP view: the client's proxy opened connections to the server's original address,
+    # named by the server's workload; the server's proxy accepted them from the client's workload.
     dst = [s for s in client.samples("tcp_open_total") if s.get("peer") == "dst"]
-    assert dst and dst[0]["authority"] == authority
+    assert dst and {(s["authority"], s.get("dst_deployment")) for s in dst} == {(authority, "web")}, dst
+    src = [s for s in server.samples("tcp_open_total") if s.get("peer") == "src"]
+    assert src and {s.get("src_deployment") for s in src} == {"vote"}, src
