@@ -116,6 +116,9 @@ def test_demo_once_tells_the_walkthrough_story_with_true_numbers(scratch: Path) 
     assert voting is not None and voting < 1.0
     assert [r.name for r in tables[TO_VOTING]] == ["web"], "web is the only caller of voting"
     assert all(r.cells["MESHED"] == "1/1" for rows in tables.values() for r in rows)
+    # Open connections per peer: web's proxy keeps a pooled connection to each callee at this rate.
+    for row in (*callees.values(), *tables[TO_VOTING]):
+        assert row.cells["TCP_CONN"].isdigit() and int(row.cells["TCP_CONN"]) >= 1, row.cells
 
     # The numbers, against what the services counted themselves over the same window.
     recorded = json.loads(record.read_text())

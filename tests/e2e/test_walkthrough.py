@@ -49,6 +49,9 @@ def test_the_seeds_findings(results: dict[str, Any], variant: str) -> None:
     voting = callees["voting"].success
     assert voting is not None and voting < 1.0
     assert [r.name for r in tables[TO_VOTING]] == ["web"], "web is the only caller of voting"
+    # Open connections per peer: web's proxy keeps a pooled connection to each callee at this rate.
+    for row in (*callees.values(), *tables[TO_VOTING]):
+        assert row.cells["TCP_CONN"].isdigit() and int(row.cells["TCP_CONN"]) >= 1, row.cells
 
 
 @pytest.mark.timeout(1200)
