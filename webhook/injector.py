@@ -12,6 +12,7 @@ every level on the way to a change is copied.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -68,6 +69,7 @@ SKIP_REASONS = (
     SKIP_INVALID_ANNOTATION,
 )
 
+_CRONJOB_JOB_NAME = re.compile(r"(.+)-[0-9]{8,10}")
 _OWNER_KINDS = {
     "StatefulSet": "statefulset",
     "DaemonSet": "daemonset",
@@ -171,8 +173,10 @@ def workload_of(pod: Mapping[str, Any]) -> Workload:
     """The workload owning a pod, from its controller ownerReference.
 
     A ReplicaSet named `<deployment>-<pod-template-hash>` belongs to a Deployment (the hash is
-    the pod's `pod-template-hash` label); a Job made by a CronJob is reported as the Job (the
-    pod does not name the CronJob). A pod without a known owner is its own workload.
+    the pod's `pod-template-hash` label). A Job named `<cronjob>-<8 to 10 digits>` belongs to a
+    CronJob: the CronJob controller names its Jobs after the scheduled time in minutes since the
+    epoch, and the pod does not name the CronJob otherwise (Istio's and Cilium's rule; no API
+    lookup, so the injector stays pure). A pod without a known owner is its own workload.
     """
     meta = _mapping(pod.get("metadata"))
     owners = [o for o in meta.get("ownerReferences") or [] if isinstance(o, Mapping)]
@@ -184,6 +188,8 @@ def workload_of(pod: Mapping[str, Any]) -> Workload:
             if isinstance(pod_hash, str) and pod_hash and name.endswith(f"-{pod_hash}"):
                 return Workload("deployment", name[: -len(pod_hash) - 1])
             return Workload("replicaset", name)
+        if kind == "Job" and (scheduled := _CRONJOB_JOB_NAME.fullmatch(name)):
+            return Workload("cronjob", scheduled.group(1))
         if kind in _OWNER_KINDS:
             return Workload(_OWNER_KINDS[kind], name)
     name = meta.get("name") or str(meta.get("generateName") or "").rstrip("-.") or "unknown"

@@ -130,8 +130,8 @@ SHAPES: dict[str, tuple[dict[str, Any], str, str]] = {
                 ],
             },
         },
-        "job",
-        "report-28912345",
+        "cronjob",  # a Job named <cronjob>-<scheduled minute>, as the CronJob controller names them
+        "report",
     ),
     "replicaset without pod-template-hash": (
         {
@@ -442,6 +442,21 @@ def test_workload_of_prefers_the_controller_owner() -> None:
         }
     }
     assert workload_of(pod) == Workload("statefulset", "cache")
+
+
+@pytest.mark.parametrize(
+    ("job", "workload"),
+    [
+        ("nightly-backup-29402460", Workload("cronjob", "nightly-backup")),  # CronJob controller's name
+        ("report-2940246012", Workload("cronjob", "report")),
+        ("migrate-db", Workload("job", "migrate-db")),  # a Job made by hand
+        ("build-1234567", Workload("job", "build-1234567")),  # 7 digits: not a scheduled time
+        ("backup-12345678901", Workload("job", "backup-12345678901")),  # 11 digits: neither
+    ],
+)
+def test_a_job_made_by_a_cronjob_reports_the_cronjob(job: str, workload: Workload) -> None:
+    pod = {"metadata": {"generateName": f"{job}-", "ownerReferences": [owner("Job", job)]}}
+    assert workload_of(pod) == workload
 
 
 def test_schema_validation_catches_a_broken_pod() -> None:
