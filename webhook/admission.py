@@ -9,11 +9,12 @@ block pod creation because of its own bug) and reported in the `Outcome` for log
 from __future__ import annotations
 
 import base64
-import json
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from webhook.config import MeshConfig
 from webhook.injector import inject_pod, make_patch
@@ -87,8 +88,8 @@ def check_content_type(content_type: str | None) -> None:
 def parse_review(body: bytes) -> AdmissionRequest:
     """Decode an admission.k8s.io/v1 AdmissionReview; BadRequest(400) with a reason otherwise."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise BadRequest(400, f"body is not JSON: {_one_line(str(exc))}") from None
     if not isinstance(data, dict):
         raise BadRequest(400, "body must be a JSON object (an AdmissionReview)")
@@ -130,7 +131,7 @@ def _response(
     response: dict[str, Any] = {"uid": uid, "allowed": True}
     if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+        response["patch"] = base64.b64encode(orjson.dumps(patch)).decode()
     if warnings:
         response["warnings"] = [_one_line(w)[:MAX_WARNING_CHARS] for w in warnings]
     return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}

@@ -7,13 +7,13 @@ line rather than injecting pods with defaults nobody asked for.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import time
 from typing import Any
 
+import orjson
 from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from werkzeug.exceptions import HTTPException
@@ -74,7 +74,7 @@ class AdmissionMetrics:
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
 
 
 def _configure_logging() -> None:
