@@ -1,7 +1,7 @@
 """HTTP/1.1 for a proxy, without sockets (the sans-IO idea of h11).
 
 `RequestReader`/`ResponseReader` turn bytes into events using llhttp (via httptools):
-(HEAD, head), (BODY, bytes), (END, None), (UPGRADE, leftover bytes). The functions below
+(HEAD, head), (BODY, bytes), (END, trailer fields or None), (UPGRADE, leftover bytes). The functions below
 decide what a proxy forwards: hop-by-hop headers (RFC 9110 §7.6.1) are dropped, the mesh's
 identity headers are stripped and re-set, bodies are re-framed for the next hop (RFC 9112 §6).
 Nothing here touches a socket, so every rule is unit-tested with plain bytes.
@@ -162,9 +162,11 @@ class _Reader:
         self._limit_error: ProtocolError | None = None
         self._in_head = False
         self._head_fed = 0
+        self._trailers: list[tuple[bytes, bytes]] = []
 
     def on_message_begin(self) -> None:
         self._raw = []
+        self._trailers = []
         self._header_bytes = 0
         self._in_head = True
         self._head_fed = 0
@@ -174,7 +176,10 @@ class _Reader:
         if self._header_bytes > MAX_HEADER_BYTES or len(self._raw) >= MAX_HEADERS:
             self._limit_error = ProtocolError(431, "header section too large")
             raise self._limit_error
-        self._raw.append((name, value))
+        if self._in_head:
+            self._raw.append((name, value))
+        else:  # after a chunked body: a trailer field (the same limits apply)
+            self._trailers.append((name, value))
 
     def on_body(self, body: bytes) -> None:
         self.events.append((BODY, body))
@@ -235,7 +240,7 @@ class RequestReader(_Reader):
         self.events.append((HEAD, head))
 
     def on_message_complete(self) -> None:
-        self.events.append((END, None))
+        self.events.append((END, self._trailers or None))
 
 
 class ResponseReader(_Reader):
@@ -329,7 +334,7 @@ class ResponseReader(_Reader):
         if self._in_body:  # 1xx and HEAD responses were completed already
             self._in_body = False
             self._complete = True
-            self.events.append((END, None))
+            self.events.append((END, self._trailers or None))
 
 
 # --- What goes on the wire to the next hop ---------------------------------------------------
@@ -396,6 +401,17 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def last_chunk(trailers: list[tuple[bytes, bytes]] | None) -> bytes:
+    """The end of a chunked body, carrying the trailer fields a proxy may forward (RFC 9112 §7.1.2).
+
+    Hop-by-hop, framing and mesh fields are dropped, as they would be from a header section.
+    """
+    if not trailers:
+        return LAST_CHUNK
+    kept = [b"%b: %b\r\n" % (name, value) for name, value in trailers if name.lower() not in _SPECIAL]
+    return b"0\r\n" + b"".join(kept) + b"\r\n"
 
 
 def error_response(status: int, extra: list[tuple[bytes, bytes]] | None = None, close: bool = True) -> bytes:

@@ -23,7 +23,7 @@ from kubectl_mesh.contract import DST_HEADER, SRC_HEADER
 from . import http1
 from .config import ProxyConfig
 from .detect import Protocol, detect
-from .http1 import BODY, CHUNKED, END, HEAD, LAST_CHUNK, NO_BODY, UPGRADE, Head, ProtocolError
+from .http1 import BODY, CHUNKED, END, HEAD, NO_BODY, UPGRADE, Head, ProtocolError
 from .identity import NO_LABELS, Labels, PeerLabelCache
 from .log import Logger
 from .metrics import MeshMetrics, Tcp
@@ -528,7 +528,7 @@ class Proxy:
                     continue
                 if kind == END:
                     if chunked_out:
-                        pending.append(LAST_CHUNK)
+                        pending.append(http1.last_chunk(data))
                     break
                 continue
             if pending and not self._flush(client, pending):
@@ -632,8 +632,9 @@ class Proxy:
                     elif kind == END:
                         events.popleft()
                         if chunked:
-                            _send(usock, LAST_CHUNK)
-                            upstream.tcp.written += len(LAST_CHUNK)
+                            end = http1.last_chunk(data)
+                            _send(usock, end)
+                            upstream.tcp.written += len(end)
                         return True
                     else:
                         return False
@@ -811,7 +812,7 @@ def _take_buffered_body(events: Any, payload: list[bytes], chunked: bool, no_bod
         elif kind == END:
             events.popleft()
             if chunked:
-                payload.append(LAST_CHUNK)
+                payload.append(http1.last_chunk(data))
             return True
         else:
             return True

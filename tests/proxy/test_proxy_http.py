@@ -8,6 +8,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -511,14 +512,16 @@ def test_tcp_metrics_name_the_peer_workload(server_proxy: ProxyProcess, client_p
         assert client_proxy.value("tcp_read_bytes_total", **dst) > len(out)
         src = {"direction": "inbound", "peer": "src", "src_namespace": CLIENT_ID[0], "src_pod": CLIENT_ID[3]}
         assert server_proxy.value("tcp_open_connections", **src) == 1, server_proxy.exposition()
-        assert server_proxy.value("tcp_read_bytes_total", **src) > len(request), "the request and its x-mesh-src"
+        # The request and the x-mesh-src the client proxy added to it.
+        assert server_proxy.value("tcp_read_bytes_total", **src) > len(request)
     # A client that never sends a request is counted without peer labels once it leaves.
     with socket.create_connection(("127.0.0.1", server_proxy.inbound), timeout=10) as s:
         s.sendall(b"\x16\x03\x01 not http")
         s.shutdown(socket.SHUT_WR)
         s.recv(100)
     deadline = time.monotonic() + 5
-    while server_proxy.value("tcp_close_total", direction="inbound", peer="src") < 2 and time.monotonic() < deadline:
+    closed = {"direction": "inbound", "peer": "src"}
+    while server_proxy.value("tcp_close_total", **closed) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     unlabelled = [
         s for s in server_proxy.samples("tcp_open_total")
@@ -530,3 +533,44 @@ def test_tcp_metrics_name_the_peer_workload(server_proxy: ProxyProcess, client_p
     ]
     # Only the client proxy's pooled keep-alive connection is still open, under its workload.
     assert [s.labels.get("src_deployment") for s in open_now] == ["vote"]
+
+
+def test_chunked_trailers_pass_both_ways(tmp_path: Path) -> None:
+    """Trailer fields after a chunked body reach the other side (RFC 9112 §7.1.2); hop-by-hop ones do not."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while not re.search(rb"\r\n0\r\n(.*\r\n)*\r\n$", data):
+                data += conn.recv(65536)
+            received.append(data)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n"
+                b"5\r\nhello\r\n0\r\nX-Checksum: 5d41402a\r\nConnection: close\r\n\r\n"
+            )
+
+    threading.Thread(target=serve, daemon=True).start()
+    proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{listener.getsockname()[1]}")
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.inbound), timeout=10) as s:
+            s.sendall(
+                b"POST /upload HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n"
+                b"Trailer: x-digest\r\n\r\n"
+                b"3\r\nabc\r\n0\r\nX-Digest: sha-256=abc\r\nKeep-Alive: timeout=5\r\n\r\n"
+            )
+            out = b""
+            while not out.endswith(b"\r\n0\r\nX-Checksum: 5d41402a\r\n\r\n") and len(out) < 4096:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        assert out.startswith(b"HTTP/1.1 200"), out
+        assert out.endswith(b"5\r\nhello\r\n0\r\nX-Checksum: 5d41402a\r\n\r\n"), out
+        (request,) = received
+        assert request.endswith(b"3\r\nabc\r\n0\r\nX-Digest: sha-256=abc\r\n\r\n"), request
+    finally:
+        proxy.stop()
+        listener.close()

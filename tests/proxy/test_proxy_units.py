@@ -115,6 +115,22 @@ def test_request_reader_chunked_and_upgrade() -> None:
     assert events[-1][1] == b"leftover"
 
 
+def test_trailers_end_the_message_and_only_end_to_end_ones_are_forwarded() -> None:
+    events = _request_events(
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+        b"X-Digest: sha-256=abc\r\nConnection: close\r\nx-mesh-src: a/deployment/b/c\r\n\r\n"
+    )
+    assert [k for k, _ in events] == [HEAD, BODY, END]
+    head, trailers = events[0][1], events[2][1]
+    assert all(name.lower() != b"x-digest" for name, _ in head.headers), "a trailer is not a header"
+    assert http1.last_chunk(trailers) == b"0\r\nX-Digest: sha-256=abc\r\n\r\n"
+    assert http1.last_chunk(None) == http1.last_chunk([]) == b"0\r\n\r\n"
+    reader = http1.ResponseReader()
+    reader.start(b"GET")
+    reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nGrpc-Status: 0\r\n\r\n")
+    assert list(reader.events)[-1] == (END, [(b"Grpc-Status", b"0")])
+
+
 @pytest.mark.parametrize(
     ("data", "status"),
     [
