@@ -44,7 +44,7 @@ lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-binaries: ## build kube-apiserver, kube-controller-manager, etcd, helm, krew into ~/.cache/kubectl-mesh
+binaries: ## build kube-apiserver, kube-controller-manager, etcd, helm, krew, prometheus, actionlint into ~/.cache/kubectl-mesh
 	tests/lab/build-binaries.sh
 
 cluster: setup binaries ## start the local lab cluster; kubeconfig in .lab/kubeconfig

@@ -51,6 +51,11 @@ if [ ! -x "$bin/kubectl-krew" ] || [ ! -x "$bin/validate-krew-manifest" ]; then
     "sigs.k8s.io/krew/cmd/krew@$KREW_VERSION" "sigs.k8s.io/krew/cmd/validate-krew-manifest@$KREW_VERSION"
   mv -f "$bin/krew" "$bin/kubectl-krew"
 fi
+if [ "$("$bin/actionlint" -version 2>/dev/null | head -1)" != "$ACTIONLINT_VERSION" ]; then
+  log "building actionlint $ACTIONLINT_VERSION"
+  GOBIN="$bin" go install -trimpath -ldflags "-s -w -X main.version=$ACTIONLINT_VERSION" \
+    "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
+fi
 prom_version() { "$bin/prometheus" --version 2>/dev/null | awk 'NR==1{print $3}'; }
 if [ "$(prom_version)" != "${PROMETHEUS_VERSION#v}" ]; then
   # Debian's prometheus has no kubernetes_sd_configs; the lab (and the chart's Prometheus pod in
