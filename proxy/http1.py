@@ -82,6 +82,7 @@ class Head:
         "reason",
         "status",
         "target",
+        "te_trailers",
         "transfer_encoding",
         "upgrade",
         "version",
@@ -100,6 +101,7 @@ class Head:
         self.content_length: bytes | None = None
         self.host: bytes | None = None
         self.expect_continue = False
+        self.te_trailers = False  # the client accepts trailers (`TE: trailers`, hop-by-hop)
         self.mesh: dict[bytes, bytes] = {}  # identity headers the peer sent (x-mesh-src/x-mesh-dst)
         self.body_mode = NO_BODY
 
@@ -137,6 +139,8 @@ def split_headers(raw: list[tuple[bytes, bytes]], head: Head) -> None:
             head.transfer_encoding = te if previous is None else previous + b", " + te
         elif lname == b"upgrade":
             upgrade = value.strip()
+        elif lname == b"te":
+            head.te_trailers = head.te_trailers or b"trailers" in value.lower()
     if upgrade is not None and b"upgrade" in connection_options:
         head.upgrade = upgrade
     extra = [o for o in connection_options if o and o not in _CONNECTION_OPTIONS_KEPT]
@@ -163,17 +167,20 @@ class _Reader:
         self._in_head = False
         self._head_fed = 0
         self._trailers: list[tuple[bytes, bytes]] = []
+        self._framing_fed = 0  # bytes fed past the head since the last body data (chunk lines, trailers)
+        self._body_in_feed = False
 
     def on_message_begin(self) -> None:
         self._raw = []
         self._trailers = []
+        self._framing_fed = 0
         self._header_bytes = 0
         self._in_head = True
         self._head_fed = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > MAX_HEADER_BYTES or len(self._raw) >= MAX_HEADERS:
+        if self._header_bytes > MAX_HEADER_BYTES or len(self._raw) + len(self._trailers) >= MAX_HEADERS:
             self._limit_error = ProtocolError(431, "header section too large")
             raise self._limit_error
         if self._in_head:
@@ -182,9 +189,11 @@ class _Reader:
             self._trailers.append((name, value))
 
     def on_body(self, body: bytes) -> None:
+        self._body_in_feed = True
         self.events.append((BODY, body))
 
     def _feed(self, parser: Any, data: bytes) -> None:
+        self._body_in_feed = False
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -197,6 +206,12 @@ class _Reader:
             self._head_fed += len(data)
             if self._head_fed > MAX_OPEN_HEAD_BYTES:
                 raise ProtocolError(431, "header section too large")
+        else:
+            # Chunk-size lines (with extensions) and trailer lines are buffered by httptools until
+            # they end, like a head: reads that bring no body data are capped the same way.
+            self._framing_fed = 0 if self._body_in_feed else self._framing_fed + len(data)
+            if self._framing_fed > MAX_OPEN_HEAD_BYTES:
+                raise ProtocolError(431, "chunk framing or trailer section too large")
 
 
 class RequestReader(_Reader):
@@ -327,6 +342,7 @@ class ResponseReader(_Reader):
                 self.events.append((END, None))
 
     def on_body(self, body: bytes) -> None:
+        self._body_in_feed = True
         if self._in_body:
             self.events.append((BODY, body))
 
@@ -356,9 +372,17 @@ def request_framing(head: Head) -> list[tuple[bytes, bytes]]:
     extra: list[tuple[bytes, bytes]] = []
     if head.body_mode == CHUNKED:
         extra.append((b"Transfer-Encoding", head.transfer_encoding or b"chunked"))
+    options = []
     if head.upgrade is not None:
-        extra.append((b"Connection", b"upgrade"))
+        options.append(b"upgrade")
         extra.append((b"Upgrade", head.upgrade))
+    if head.te_trailers and head.version != "1.0":
+        # The proxy forwards trailers to an HTTP/1.1 client, so it may ask for them on its behalf
+        # (RFC 9110 §10.1.4: TE is hop-by-hop and named in Connection).
+        options.append(b"te")
+        extra.append((b"TE", b"trailers"))
+    if options:
+        extra.append((b"Connection", b", ".join(options)))
     return extra
 
 

@@ -74,6 +74,30 @@ def test_tcp_series() -> None:
     assert _samples(m)["tcp_open_connections"][0][1] == 0
 
 
+def test_a_connection_joins_its_peer_series_once_known_and_counters_never_go_down() -> None:
+    m = MeshMetrics()
+    peer = peer_labels("src", b"front/deployment/vote/vote-1")
+    before = _samples(m)
+    pending = m.tcp_pending("inbound", "src", "10.0.0.1:80")
+    pending.read += 300  # the first request head, read before it named the client
+    assert _samples(m) == before, "a connection whose peer is unknown is not rendered yet"
+    series = m.tcp_attach(pending, peer)
+    series.written += 40
+    s = _samples(m)
+    labels = {"direction": "inbound", "peer": "src", "authority": "10.0.0.1:80"}
+    labels |= {"src_namespace": "front", "src_deployment": "vote", "src_pod": "vote-1"}
+    assert s["tcp_open_total"] == [(labels, 1)] and s["tcp_open_connections"] == [(labels, 1)]
+    assert s["tcp_read_bytes_total"] == [(labels, 300)] and s["tcp_write_bytes_total"] == [(labels, 40)]
+    # A second connection from an unknown peer lands in the unlabelled series; both close.
+    anonymous = m.tcp_attach(m.tcp_pending("inbound", "src", "10.0.0.1:80"), ())
+    m.tcp_close(series)
+    m.tcp_close(anonymous)
+    after = _samples(m)
+    assert sorted(v for _, v in after["tcp_open_total"]) == [1, 1]
+    assert [v for _, v in after["tcp_open_connections"]] == [0, 0]
+    assert after["tcp_read_bytes_total"][0][1] == 300, "bytes stay counted after the close"
+
+
 def test_idle_series_are_evicted_but_open_connections_stay() -> None:
     clock = Clock()
     m = MeshMetrics(idle_seconds=600, clock=clock)

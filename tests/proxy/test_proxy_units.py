@@ -13,7 +13,7 @@ from kubectl_mesh.contract import DEFAULT_INBOUND_PORTS_TO_IGNORE, PROXY_UID
 from proxy import http1
 from proxy.config import ConfigError, parse_run_args
 from proxy.detect import Protocol, detect
-from proxy.http1 import BODY, CHUNKED, END, HEAD, LENGTH, NO_BODY, UNTIL_CLOSE, UPGRADE, Head
+from proxy.http1 import BODY, CHUNKED, END, HEAD, LENGTH, NO_BODY, UNTIL_CLOSE, UPGRADE, Head, ProtocolError
 from proxy.identity import PeerLabelCache, identity_from_parts, parse_identity, peer_labels
 from proxy.init import config_from_args
 from proxy.iptables import (
@@ -129,6 +129,36 @@ def test_trailers_end_the_message_and_only_end_to_end_ones_are_forwarded() -> No
     reader.start(b"GET")
     reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nGrpc-Status: 0\r\n\r\n")
     assert list(reader.events)[-1] == (END, [(b"Grpc-Status", b"0")])
+
+
+def test_trailers_are_bounded_like_a_head() -> None:
+    start = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+    many = start + b"X-T: v\r\n" * (http1.MAX_HEADERS + 1) + b"\r\n"
+    with pytest.raises(ProtocolError) as info:
+        _request_events(many)
+    assert info.value.status == 431
+    # A trailer line that never ends is refused once it outgrows a head, not buffered forever.
+    reader = http1.RequestReader()
+    reader.feed(start + b"X-Endless: ")
+    with pytest.raises(ProtocolError) as info:
+        for _ in range(http1.MAX_OPEN_HEAD_BYTES // 65536 + 2):
+            reader.feed(b"v" * 65536)
+    assert info.value.status == 431
+    # Body data keeps flowing however long the body: only framing and trailers are capped.
+    reader = http1.RequestReader()
+    reader.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(50):
+        reader.feed(b"10000\r\n" + b"x" * 0x10000 + b"\r\n")
+    reader.feed(b"0\r\n\r\n")
+    assert list(reader.events)[-1] == (END, None)
+
+
+def test_te_trailers_is_asked_for_again_upstream() -> None:
+    (_, head), _ = _request_events(b"GET / HTTP/1.1\r\nTE: trailers\r\nConnection: TE\r\n\r\n")
+    assert isinstance(head, Head) and not any(n.lower() == b"te" for n, _ in head.headers)
+    assert http1.request_framing(head) == [(b"TE", b"trailers"), (b"Connection", b"te")]
+    (_, old), _ = _request_events(b"GET / HTTP/1.0\r\nTE: trailers\r\nConnection: TE\r\n\r\n")
+    assert isinstance(old, Head) and http1.request_framing(old) == [], "an HTTP/1.0 client gets no trailers"
 
 
 @pytest.mark.parametrize(
