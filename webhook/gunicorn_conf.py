@@ -82,27 +82,24 @@ def ssl_context(conf: Any, default_ssl_context_factory: Any) -> Any:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Per worker, before its server starts: routine TLS failures stay quiet; accept one at a time.
+    """Per worker, before its server starts: routine TLS failures stay quiet; GC skips start-up.
 
     A client that fails the TLS handshake (scanner, wrong CA) is routine, not a traceback.
-    gevent's servers accept up to 100 connections per wake-up, so when the API server opens its
-    pool of keep-alive connections at once, one worker can take them all and serve every
-    admission on one core while the others idle (bench/bench_webhook.py reports the spread).
-    Accepting one connection per wake-up gives an idle worker a chance at the next one (bench,
-    6 runs each: the connections spread over both workers 3 times, against once with 100).
+    (Each worker already accepts one connection per wake-up: gunicorn sets gevent's
+    `max_accept` to 1 when it runs more than one worker.)
     """
     import gc
     import ssl
 
     import gevent
-    import gevent.baseserver
 
     hub = gevent.get_hub()
     hub.NOT_ERROR = (*hub.NOT_ERROR, ssl.SSLError, ConnectionError)
-    gevent.baseserver.BaseServer.max_accept = 1
     # Everything loaded so far (Flask, the config, the injector) lives as long as the worker:
     # keep it out of the cyclic GC's scans, which otherwise walk it on every full collection
-    # (server CPU per admission 0.80 -> 0.65 ms, bench/bench_webhook.py).
+    # (server CPU per admission 0.80 -> 0.65 ms, bench/bench_webhook.py). Collect first, so no
+    # start-up garbage is frozen for good.
+    gc.collect()
     gc.freeze()
 
 

@@ -69,7 +69,8 @@ SKIP_REASONS = (
     SKIP_INVALID_ANNOTATION,
 )
 
-_CRONJOB_JOB_NAME = re.compile(r"(.+)-[0-9]{8,10}")
+_CRONJOB_JOB_NAME = re.compile(r"(.+)-([0-9]{8})")
+_FIRST_SCHEDULED_MINUTE = 25_000_000  # 2017-07-14; 8 digits last until the year 2160
 _OWNER_KINDS = {
     "StatefulSet": "statefulset",
     "DaemonSet": "daemonset",
@@ -173,10 +174,12 @@ def workload_of(pod: Mapping[str, Any]) -> Workload:
     """The workload owning a pod, from its controller ownerReference.
 
     A ReplicaSet named `<deployment>-<pod-template-hash>` belongs to a Deployment (the hash is
-    the pod's `pod-template-hash` label). A Job named `<cronjob>-<8 to 10 digits>` belongs to a
-    CronJob: the CronJob controller names its Jobs after the scheduled time in minutes since the
-    epoch, and the pod does not name the CronJob otherwise (Istio's and Cilium's rule; no API
-    lookup, so the injector stays pure). A pod without a known owner is its own workload.
+    the pod's `pod-template-hash` label). A Job named `<cronjob>-<8 digits>` belongs to a CronJob
+    when the number is a plausible scheduled minute: the CronJob controller names its Jobs after
+    the scheduled time in minutes since the epoch, and the pod names the CronJob nowhere else.
+    Istio and Cilium take any 8-10 digits; requiring a minute after mid-2017 keeps a hand-made
+    `backup-20250101` a Job (no API lookup: the injector stays pure). A pod without a known owner
+    is its own workload.
     """
     meta = _mapping(pod.get("metadata"))
     owners = [o for o in meta.get("ownerReferences") or [] if isinstance(o, Mapping)]
@@ -188,7 +191,8 @@ def workload_of(pod: Mapping[str, Any]) -> Workload:
             if isinstance(pod_hash, str) and pod_hash and name.endswith(f"-{pod_hash}"):
                 return Workload("deployment", name[: -len(pod_hash) - 1])
             return Workload("replicaset", name)
-        if kind == "Job" and (scheduled := _CRONJOB_JOB_NAME.fullmatch(name)):
+        scheduled = _CRONJOB_JOB_NAME.fullmatch(name) if kind == "Job" else None
+        if scheduled and int(scheduled.group(2)) >= _FIRST_SCHEDULED_MINUTE:
             return Workload("cronjob", scheduled.group(1))
         if kind in _OWNER_KINDS:
             return Workload(_OWNER_KINDS[kind], name)

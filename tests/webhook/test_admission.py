@@ -128,6 +128,8 @@ def test_missing_object_fails_open() -> None:
         (b'{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":""}}', "uid"),
         (b'{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{"uid":7}}', "uid"),
         (b"[" * 100_000, "not JSON"),
+        (b'{"kind":"AdmissionReview","request":{"uid":"a","x":NaN}}', "not JSON"),  # not JSON (RFC 8259)
+        (b'{"kind":"AdmissionReview","request":{"uid":"\xed\xa0\x80"}}', "not JSON"),  # a lone surrogate
     ],
 )
 def test_bad_bodies_are_400_with_one_line(body: bytes, reason: str) -> None:

@@ -448,9 +448,11 @@ def test_workload_of_prefers_the_controller_owner() -> None:
     ("job", "workload"),
     [
         ("nightly-backup-29402460", Workload("cronjob", "nightly-backup")),  # CronJob controller's name
-        ("report-2940246012", Workload("cronjob", "report")),
+        ("a-b-25000000", Workload("cronjob", "a-b")),  # the first minute the rule accepts
         ("migrate-db", Workload("job", "migrate-db")),  # a Job made by hand
+        ("db-backup-20250101", Workload("job", "db-backup-20250101")),  # a date, not a minute
         ("build-1234567", Workload("job", "build-1234567")),  # 7 digits: not a scheduled time
+        ("report-2940246012", Workload("job", "report-2940246012")),  # 10 digits: year 7560
         ("backup-12345678901", Workload("job", "backup-12345678901")),  # 11 digits: neither
     ],
 )
