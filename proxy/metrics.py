@@ -17,8 +17,9 @@ recently used tenth. Open TCP connections' series are never evicted.
 
 TCP series name the peer workload like HTTP ones (src_* inbound, dst_* outbound), learnt from the
 first request (inbound) or response (outbound) on the connection. Until then a connection counts
-into a detached accumulator (`tcp_pending`), folded into its labelled series by `tcp_attach`:
-counters stay monotonic, and a connection that never says who it is lands in the unlabelled one.
+into a detached accumulator (`tcp_connection(..., wait_for_peer=True)`), folded into its labelled
+series by `tcp_attach`: counters stay monotonic, and a connection that never says who it is lands
+in the unlabelled one.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Route:
 
 
 class Tcp:
-    __slots__ = ("closes", "labels", "last", "open", "opens", "read", "text", "written")
+    __slots__ = ("closes", "labels", "last", "open", "opens", "pending", "read", "text", "written")
 
     def __init__(self, key: TcpKey, now: float) -> None:
         direction, peer, authority, workload = key
@@ -90,6 +91,7 @@ class Tcp:
         self.text = label_text(self.labels)
         self.opens = self.closes = self.open = self.read = self.written = 0
         self.last = now
+        self.pending = False  # a detached accumulator of one connection, not rendered
 
 
 class MeshMetrics:
@@ -143,9 +145,16 @@ class MeshMetrics:
         series.open += 1
         series.last = self.clock()
 
-    def tcp_pending(self, direction: str, peer: str, authority: str) -> Tcp:
-        """A detached series for one connection whose peer is not known yet (not rendered)."""
-        return Tcp((direction, peer, authority, ()), 0.0)
+    def tcp_connection(self, direction: str, peer: str, authority: str, wait_for_peer: bool) -> Tcp:
+        """The series a new connection counts into: its open series, or with `wait_for_peer` a
+        detached accumulator (`pending`) until `tcp_attach` names the peer workload."""
+        if not wait_for_peer:
+            series = self.tcp_series(direction, peer, authority)
+            self.tcp_open(series)
+            return series
+        pending = Tcp((direction, peer, authority, ()), 0.0)
+        pending.pending = True
+        return pending
 
     def tcp_attach(self, pending: Tcp, workload: Labels) -> Tcp:
         """Open the connection in its labelled series, carrying over the bytes counted so far."""

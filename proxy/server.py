@@ -80,7 +80,6 @@ class Upstream:
 
     __slots__ = (
         "address",
-        "attached",
         "deadline",
         "expired",
         "idle_since",
@@ -91,12 +90,11 @@ class Upstream:
         "tcp",
     )
 
-    def __init__(self, sock: Any, address: Address, tcp: Tcp, attached: bool) -> None:
+    def __init__(self, sock: Any, address: Address, tcp: Tcp) -> None:
         self.sock = sock
         self.address = address
         self.reader = http1.ResponseReader()
         self.tcp = tcp
-        self.attached = attached  # False while tcp is a pending accumulator (peer not known yet)
         self.idle_since = 0.0
         self.reused = False
         self.retry_payload = b""
@@ -105,12 +103,11 @@ class Upstream:
 
 
 class Client:
-    __slots__ = ("attached", "busy", "deadline", "expired", "sock", "tcp")
+    __slots__ = ("busy", "deadline", "expired", "sock", "tcp")
 
-    def __init__(self, sock: Any, tcp: Tcp, attached: bool) -> None:
+    def __init__(self, sock: Any, tcp: Tcp) -> None:
         self.sock = sock
         self.tcp = tcp
-        self.attached = attached  # False while tcp is a pending accumulator (peer not known yet)
         self.busy = True
         self.deadline = 0.0
         self.expired = False
@@ -191,13 +188,7 @@ class Proxy:
     def _handle(self, sock: Any, peer: Any, direction: str) -> None:
         sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
         dest = self._destination(sock, direction)
-        authority = _hostport(dest) if dest else ""
-        if direction == INBOUND:  # labelled with the client workload once its first request names it
-            client = Client(sock, self.metrics.tcp_pending(direction, "src", authority), False)
-        else:
-            tcp = self.metrics.tcp_series(direction, "src", authority)
-            self.metrics.tcp_open(tcp)
-            client = Client(sock, tcp, True)
+        client = Client(sock, self._tcp_connection(direction, "src", _hostport(dest) if dest else ""))
         self.clients.add(client)
         try:
             if dest is None and direction == INBOUND:
@@ -219,14 +210,19 @@ class Proxy:
         finally:
             self.clients.discard(client)
             _close(sock)
-            if not client.attached:
+            if client.tcp.pending:
                 self._attach(client, NO_LABELS)
             self.metrics.tcp_close(client.tcp)
+
+    def _tcp_connection(self, direction: str, peer: str, authority: str) -> Tcp:
+        """The side facing the other workload (inbound clients, outbound upstreams) waits to be
+        labelled with it until the first request or response names it (see metrics.py)."""
+        facing_peer = (direction == INBOUND) == (peer == "src")
+        return self.metrics.tcp_connection(direction, peer, authority, wait_for_peer=facing_peer)
 
     def _attach(self, holder: Client | Upstream, workload: Labels) -> None:
         """Count a connection under its peer's workload labels from now on (see metrics.py)."""
         holder.tcp = self.metrics.tcp_attach(holder.tcp, workload)
-        holder.attached = True
 
     def _destination(self, sock: Any, direction: str) -> Address | None:
         if direction == INBOUND and self.config.inbound_forward:
@@ -357,7 +353,7 @@ class Proxy:
             authority = self._authorities[authority_bytes] = authority_bytes.decode("latin-1").lower()
         if direction == INBOUND:
             peer = self.src_labels.get(head.mesh.get(_SRC))
-            if not client.attached:
+            if client.tcp.pending:
                 self._attach(client, peer)
             extra = http1.request_framing(head)
         else:
@@ -490,7 +486,7 @@ class Proxy:
         latency_ms = (time.monotonic() - start) * 1000.0
         if direction == OUTBOUND:
             peer = self.dst_labels.get(response.mesh.get(_DST))
-            if not upstream.attached:
+            if upstream.tcp.pending:
                 self._attach(upstream, peer)
         extra = self._identity_extra(direction)
 
@@ -704,7 +700,7 @@ class Proxy:
         if upstream.sock is not None:
             _close(upstream.sock)
             upstream.sock = None
-            if not upstream.attached:
+            if upstream.tcp.pending:
                 self._attach(upstream, NO_LABELS)
             self.metrics.tcp_close(upstream.tcp)
 
@@ -721,14 +717,7 @@ class Proxy:
             raise UpstreamError("connect_error") from None
         sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
         sock.settimeout(None)  # deadlines are the watchdog's job
-        if direction == OUTBOUND:  # labelled with the server workload once its first response names it
-            upstream = Upstream(
-                sock, address, self.metrics.tcp_pending(direction, "dst", _hostport(address)), False
-            )
-        else:
-            tcp = self.metrics.tcp_series(direction, "dst", _hostport(address))
-            self.metrics.tcp_open(tcp)
-            upstream = Upstream(sock, address, tcp, True)
+        upstream = Upstream(sock, address, self._tcp_connection(direction, "dst", _hostport(address)))
         self.busy_upstreams.add(upstream)
         return upstream
 
@@ -748,9 +737,9 @@ class Proxy:
 
     def _relay(self, client: Client, upstream: Upstream, to_upstream: bytes, to_client: bytes) -> None:
         # Opaque bytes name no peer; an upgraded connection keeps the labels its HTTP exchange gave it.
-        if not client.attached:
+        if client.tcp.pending:
             self._attach(client, NO_LABELS)
-        if not upstream.attached:
+        if upstream.tcp.pending:
             self._attach(upstream, NO_LABELS)
         usock, utcp = upstream.sock, upstream.tcp
         csock = client.sock

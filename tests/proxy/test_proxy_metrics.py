@@ -78,7 +78,7 @@ def test_a_connection_joins_its_peer_series_once_known_and_counters_never_go_dow
     m = MeshMetrics()
     peer = peer_labels("src", b"front/deployment/vote/vote-1")
     before = _samples(m)
-    pending = m.tcp_pending("inbound", "src", "10.0.0.1:80")
+    pending = m.tcp_connection("inbound", "src", "10.0.0.1:80", wait_for_peer=True)
     pending.read += 300  # the first request head, read before it named the client
     assert _samples(m) == before, "a connection whose peer is unknown is not rendered yet"
     series = m.tcp_attach(pending, peer)
@@ -89,7 +89,7 @@ def test_a_connection_joins_its_peer_series_once_known_and_counters_never_go_dow
     assert s["tcp_open_total"] == [(labels, 1)] and s["tcp_open_connections"] == [(labels, 1)]
     assert s["tcp_read_bytes_total"] == [(labels, 300)] and s["tcp_write_bytes_total"] == [(labels, 40)]
     # A second connection from an unknown peer lands in the unlabelled series; both close.
-    anonymous = m.tcp_attach(m.tcp_pending("inbound", "src", "10.0.0.1:80"), ())
+    anonymous = m.tcp_attach(m.tcp_connection("inbound", "src", "10.0.0.1:80", wait_for_peer=True), ())
     m.tcp_close(series)
     m.tcp_close(anonymous)
     after = _samples(m)
