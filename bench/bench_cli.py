@@ -114,9 +114,11 @@ def main(argv: list[str] | None = None) -> int:
             prom_flags = ["--prometheus-url", state.prometheus_url]
         else:
             sys.path.insert(0, str(REPO / "tests"))
-            from cli.loopback_mesh import free_port, wait_http
+            from cli.loopback_mesh import wait_http
 
-            port = free_port()
+            from kubectl_mesh.demo.ports import free_ports
+
+            (port,) = free_ports(1)
             (tmp / "prometheus.yml").write_text("global: {scrape_interval: 10s}\nscrape_configs: []\n")
             local_prometheus = subprocess.Popen(
                 [

@@ -31,15 +31,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from kubectl_mesh.demo.ports import free_ports
+
 REPO = Path(__file__).resolve().parents[1]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 20) -> None:
@@ -55,7 +51,7 @@ def wait_port(port: int, timeout: float = 20) -> None:
 
 class Proxy:
     def __init__(self, tmp: Path, name: str, args: list[str], profile: bool) -> None:
-        self.inbound, self.outbound, self.admin = free_port(), free_port(), free_port()
+        self.inbound, self.outbound, self.admin = free_ports(3)
         argv = [
             sys.executable, "-m", "proxy", "run", "--log-level", "warning",
             "--inbound-addr", "127.0.0.1", "--inbound-port", str(self.inbound),
@@ -200,7 +196,7 @@ def main() -> int:
             return 1
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
-    nginx_port = free_port()
+    (nginx_port,) = free_ports(1)
     (tmp / "nginx.conf").write_text(
         f"""worker_processes 1;
 daemon off;
@@ -229,7 +225,7 @@ http {{
                        "--workload-kind", "deployment", "--workload-name", "client", "--pod", "client-0"],
                        False)  # fmt: skip
         started.append(client)
-        relay_port = free_port()
+        (relay_port,) = free_ports(1)
         relay = subprocess.Popen(
             [sys.executable, "-c", BARE_RELAY, str(relay_port), str(nginx_port)], stderr=subprocess.DEVNULL
         )

@@ -27,7 +27,6 @@ import http.client  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import ssl  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -41,6 +40,7 @@ import gevent  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from kubectl_mesh.demo.ports import free_ports  # noqa: E402
 from webhook.certs import generate_webhook_certs  # noqa: E402
 
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
@@ -122,12 +122,6 @@ def review_body(uid: str) -> bytes:
     ).encode()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 BASELINE_APP = """
 # The same server, TLS and request, with the admission logic replaced by a canned answer.
 import os
@@ -165,7 +159,7 @@ class Server:
         (workdir / "tls.key").write_bytes(bundle.key_pem)
         (workdir / "metrics").mkdir()
         self.ca = bundle.ca_cert_pem.decode()
-        self.port = free_port()
+        (self.port,) = free_ports(1)
         env = dict(os.environ)
         env.update(
             MESH_TLS_CERT=str(workdir / "tls.crt"),

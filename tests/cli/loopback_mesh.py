@@ -15,7 +15,6 @@ import http.client
 import http.server
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,13 +24,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kubectl_mesh.demo.ports import free_ports
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 20.0) -> None:
@@ -95,9 +90,10 @@ class LoopbackMesh:
         self.app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _App)
         self.app_port = self.app.server_address[1]
         threading.Thread(target=self.app.serve_forever, daemon=True).start()
-        self.server = Proxy("back", "deployment", "voting", "voting-1", free_port(), free_port(), free_port())
-        self.client = Proxy("front", "deployment", "web", "web-1", free_port(), free_port(), free_port())
-        self.prom_port = free_port()
+        ports = free_ports(7)
+        self.server = Proxy("back", "deployment", "voting", "voting-1", *ports[0:3])
+        self.client = Proxy("front", "deployment", "web", "web-1", *ports[3:6])
+        self.prom_port = ports[6]
         self.prometheus: subprocess.Popen[bytes] | None = None
         self.scrape_interval = scrape_interval
         try:

@@ -11,7 +11,6 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from kubectl_mesh.demo.ports import free_ports
 from lab import network
 from lab.config import (
     API_PORT,
@@ -69,12 +69,6 @@ def locked() -> Iterator[None]:
     with open(LOCK_FILE, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def running() -> State | None:
@@ -213,7 +207,7 @@ def _up_locked(owner: str, bins: Path, timeout: float, with_prometheus: bool) ->
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     etcd_dir = Path(tempfile.mkdtemp(prefix="mesh-lab-etcd-", dir=base))
     state.temp_dirs.append(str(etcd_dir))
-    client_port, peer_port = free_port(), free_port()
+    client_port, peer_port = free_ports(2)
     etcd_url = f"http://127.0.0.1:{client_port}"
     etcd = _start(state, "etcd", [
         str(bins / "etcd"), "--name=lab", f"--data-dir={etcd_dir}",
@@ -307,7 +301,7 @@ def _start_prometheus(state: State, bins: Path) -> subprocess.Popen[bytes]:
     publish_pod_binaries()  # the chart's Prometheus pod (any UID) runs the same upstream build
     prom_dir = RUN_DIR / "prometheus"
     prom_dir.mkdir(exist_ok=True)
-    prom_port = free_port()
+    (prom_port,) = free_ports(1)
     prom_config = RUN_DIR / "prometheus.yml"
     prom_kubeconfig = RUN_DIR / "prometheus.kubeconfig"
     prom_config.write_text(yaml.safe_dump(prometheus_config(prom_kubeconfig), sort_keys=False))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -16,14 +15,10 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from support.runtime import runtime_env
 
+from kubectl_mesh.demo.ports import free_ports
+
 SERVER_ID = ("shop", "deployment", "web", "web-7d9f-abcde")  # the app's sidecar in the fixtures
 CLIENT_ID = ("front", "deployment", "vote", "vote-5c4b-xyz12")  # a client's sidecar
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -94,10 +89,9 @@ def start_proxy(
     tmp: Path,
     *args: str,
     identity: tuple[str, str, str, str] | None = None,
-    env: dict[str, str] | None = None,
 ) -> ProxyProcess:
     """Run `python -m proxy run` on free loopback ports; returns once /ready says 200."""
-    inbound, outbound, admin = free_port(), free_port(), free_port()
+    inbound, outbound, admin = free_ports(3)
     argv = [
         sys.executable, "-m", "proxy", "run",
         "--inbound-addr", "127.0.0.1", "--inbound-port", str(inbound),
@@ -110,8 +104,8 @@ def start_proxy(
         ns, kind, name, pod = identity
         argv += ["--namespace", ns, "--workload-kind", kind, "--workload-name", name, "--pod", pod]
     log_path = tmp / f"proxy-{inbound}.log"
-    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
-    child_env = runtime_env(**clean_env, **(env or {}))
+    # The code under test on PYTHONPATH, and no MESH_* setting of the caller's leaking in.
+    child_env = {k: v for k, v in runtime_env().items() if not k.startswith("MESH_")}
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log_path.open("wb"), env=child_env)
     proxy = ProxyProcess(process, inbound, outbound, admin, log_path, argv)
     deadline = time.monotonic() + 20

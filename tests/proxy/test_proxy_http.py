@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 from proxy_backends import AppServer, TcpServer
-from proxy_harness import CLIENT_ID, SERVER_ID, ProxyProcess, free_port, raw_exchange, start_proxy
+from proxy_harness import CLIENT_ID, SERVER_ID, ProxyProcess, raw_exchange, start_proxy
+
+from kubectl_mesh.demo.ports import free_ports
 
 SERVER_IDENTITY = "/".join(SERVER_ID)
 
@@ -219,7 +221,7 @@ def test_hop_by_hop_headers_do_not_cross(server_proxy: ProxyProcess) -> None:
 
 
 def test_upstream_down_is_502_counted_as_failure(tmp_path: Path) -> None:
-    proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{free_port()}", identity=SERVER_ID)
+    proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{free_ports(1)[0]}", identity=SERVER_ID)
     try:
         for _ in range(3):
             status, _, _ = _get(proxy, "/")

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 from proxy_backends import AppServer
-from proxy_harness import ProxyProcess, free_port, start_proxy
+from proxy_harness import ProxyProcess, start_proxy
 from support.runtime import runtime_env
+
+from kubectl_mesh.demo.ports import free_ports
 
 
 def test_admin_endpoints(server_proxy: ProxyProcess) -> None:
@@ -79,7 +81,7 @@ def test_bad_arguments_give_one_line_and_nonzero_exit() -> None:
 
 
 def test_port_in_use_is_a_clear_error() -> None:
-    port = free_port()
+    (port,) = free_ports(1)
     import socket
 
     with socket.socket() as busy:

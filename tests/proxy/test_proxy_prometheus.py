@@ -11,9 +11,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from proxy_harness import ProxyProcess, free_port
+from proxy_harness import ProxyProcess
 
 from kubectl_mesh.contract import SCRAPE_JOB
+from kubectl_mesh.demo.ports import free_ports
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -50,7 +51,7 @@ def test_promtool_accepts_exposition(server_proxy: ProxyProcess) -> None:
 
 def test_prometheus_scrapes_proxy(server_proxy: ProxyProcess, tmp_path: Path) -> None:
     _traffic(server_proxy)
-    port = free_port()
+    (port,) = free_ports(1)
     config = tmp_path / "prometheus.yml"
     config.write_text(
         f"""

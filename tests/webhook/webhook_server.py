@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -14,17 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kubectl_mesh.demo.ports import free_ports
 from webhook.certs import generate_webhook_certs
 
 REPO = Path(__file__).resolve().parents[2]
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 SERVER_NAME = "mesh-webhook.mesh-system.svc"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_certs(directory: Path) -> Path:
@@ -47,7 +41,7 @@ class WebhookServer:
         self.workdir = workdir
         self.tls_dir = workdir / "tls"
         self.ca_file = write_certs(self.tls_dir)
-        self.port = free_port()
+        (self.port,) = free_ports(1)
         self.log_path = workdir / "gunicorn.log"
         metrics_dir = workdir / "metrics"
         metrics_dir.mkdir(exist_ok=True)
