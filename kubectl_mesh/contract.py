@@ -28,6 +28,7 @@ ENV_SERVICE_ACCOUNT = "MESH_SERVICE_ACCOUNT"
 ENV_WORKLOAD_KIND = "MESH_WORKLOAD_KIND"  # deployment|statefulset|daemonset|job|cronjob|replicaset|pod
 ENV_WORKLOAD_NAME = "MESH_WORKLOAD_NAME"
 ENV_LOG_LEVEL = "MESH_LOG_LEVEL"
+LOG_LEVELS = ("debug", "info", "warning", "error")  # the values of ENV_LOG_LEVEL
 ENV_OPAQUE_PORTS = "MESH_OPAQUE_PORTS"  # comma-separated ports relayed as TCP without detection
 
 # --- Kubernetes labels and annotations ----------------------------------------------------
@@ -83,6 +84,7 @@ WEBHOOK_SERVICE = "mesh-webhook"
 WEBHOOK_PORT = 443
 WEBHOOK_CONTAINER_PORT = 8443
 WEBHOOK_PATH = "/mutate"
+WEBHOOK_TLS_SECRET = "mesh-webhook-tls"  # the serving certificate and key the chart makes
 SCRAPE_JOB = "mesh-proxy"
 SCRAPE_INTERVAL = "10s"
 ENV_PROMETHEUS_URL = "MESH_PROMETHEUS_URL"

@@ -14,14 +14,13 @@ from kubectl_mesh.contract import (
     ENV_POD_NAMESPACE,
     ENV_WORKLOAD_KIND,
     ENV_WORKLOAD_NAME,
+    LOG_LEVELS,
     PROXY_ADMIN_PORT,
     PROXY_INBOUND_PORT,
     PROXY_OUTBOUND_PORT,
 )
 
 from .identity import Identity, identity_from_parts
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(ValueError):

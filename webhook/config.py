@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubectl_mesh import __version__
-from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE
+from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, LOG_LEVELS
 
 ENV_MESH_CONFIG = "MESH_CONFIG"
 
@@ -25,7 +25,6 @@ DEFAULT_PROXY_IMAGE = "ghcr.io/kubectl-mesh/proxy"
 # Server-speaks-first protocols (SMTP, MySQL, PostgreSQL, Redis, memcached, ...): protocol
 # detection would wait for a request that never comes, so these are relayed as opaque TCP.
 DEFAULT_OPAQUE_PORTS = "25,587,3306,4444,5432,6379,9300,11211"
-LOG_LEVELS = ("debug", "info", "warning", "error")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 _QUANTITY = re.compile(r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]i?|Ki)?$")

@@ -28,12 +28,12 @@ from kubectl_mesh.contract import (
     SCRAPE_JOB,
     WEBHOOK_PATH,
     WEBHOOK_SERVICE,
+    WEBHOOK_TLS_SECRET,
 )
 from kubectl_mesh.flags import add_command, add_kube_flags, add_output_flag, add_prometheus_flag
 
 MIN_KUBERNETES = (1, 26)
 CERT_MIN_DAYS = 30
-WEBHOOK_TLS_SECRET = "mesh-webhook-tls"
 INSTALL_HINT = (
     "install the mesh: kubectl mesh install | kubectl apply -f -  "
     "(or: helm install kubectl-mesh charts/kubectl-mesh)"

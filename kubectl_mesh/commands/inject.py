@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubectl_mesh import __version__
 from kubectl_mesh.cli import CliError
+from kubectl_mesh.contract import LOG_LEVELS
 
 if TYPE_CHECKING:
     from webhook.config import MeshConfig
@@ -52,7 +53,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--proxy-image", help="proxy image (default from the mesh config)")
     parser.add_argument("--proxy-version", help="proxy image tag and proxy-version annotation")
     parser.add_argument("--init-image", help="image of the mesh-init step (default: the proxy image)")
-    parser.add_argument("--proxy-log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--proxy-log-level", choices=LOG_LEVELS)
     parser.add_argument("--skip-inbound-ports", metavar="PORTS", help="e.g. 25,3306,8000-8100")
     parser.add_argument("--skip-outbound-ports", metavar="PORTS", help="e.g. 25,3306")
     parser.add_argument(

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubectl_mesh.contract import WEBHOOK_TLS_SECRET
+
 SNAPSHOT_RESOURCE = "chart-snapshot.json"
 SNAPSHOT_FORMAT = 1
 TOKEN_PATTERN = re.compile(r"__MESH_[A-Z_]+__")
@@ -73,7 +75,7 @@ TOGGLES: Mapping[str, str] = {"prometheus.enabled": "prometheus", "grafana.enabl
 TLS_CERT_TOKEN = "__MESH_TLS_CRT__"
 TLS_KEY_TOKEN = "__MESH_TLS_KEY__"
 CA_CERT_TOKEN = "__MESH_CA_CRT__"
-TLS_SECRET = "mesh-webhook-tls"
+TLS_SECRET = WEBHOOK_TLS_SECRET
 
 
 @dataclass(frozen=True)
