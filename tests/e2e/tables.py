@@ -9,8 +9,11 @@ Shared by the demo's and the lab walkthrough's tests: both print sections of the
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 
 @dataclass(frozen=True)
@@ -101,3 +104,35 @@ def success_tolerance(requests: int, window_s: float, scrape_s: float) -> float:
 # the window, so what remains is the counters' read times (about 1 s off in a 20 s or 60 s
 # window) and the count's rounding: well under 15 %.
 RPS_TOLERANCE = 0.15
+
+
+def assert_seeds_findings(
+    web_rows: list[Row], from_web: list[Row], to_voting: list[Row]
+) -> tuple[Row, dict[str, Row]]:
+    """The seed's story in the three tables: web fails some requests; from web, emoji is fine and
+    voting is not; only web calls voting. Returns web's row and its callees' rows by name."""
+    (web,) = web_rows
+    assert web.name == "web" and web.success is not None and web.success < 1.0
+    callees = {r.name: r for r in from_web}
+    assert set(callees) == {"emoji", "voting"}
+    assert callees["emoji"].success == 1.0
+    voting = callees["voting"].success
+    assert voting is not None and voting < 1.0
+    assert [r.name for r in to_voting] == ["web"], "web is the only caller of voting"
+    # Open connections per peer: web's proxy keeps a pooled connection to each callee at this rate.
+    for row in (*callees.values(), *to_voting):
+        assert row.cells["TCP_CONN"].isdigit() and int(row.cells["TCP_CONN"]) >= 1, row.cells
+    return web, callees
+
+
+def assert_matches_truth(
+    checks: Iterable[tuple[str, Row, Truth]], window_s: float, scrape_s: float, prefix: str = ""
+) -> None:
+    """Each (what, the mesh's row, the services' own count) agrees within the tolerances above."""
+    for what, row, true in checks:
+        print(
+            f"{prefix}{what}: mesh {row.success} {row.rps}rps, counted {true.success:.4f} {true.rps:.2f}rps"
+        )
+        tolerance = success_tolerance(true.requests, window_s, scrape_s)
+        assert row.success == pytest.approx(true.success, abs=tolerance), what
+        assert row.rps == pytest.approx(true.rps, rel=RPS_TOLERANCE), what

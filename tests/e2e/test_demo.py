@@ -23,7 +23,14 @@ from pathlib import Path
 import pytest
 from support.runtime import is_root, runtime_env
 
-from e2e.tables import RPS_TOLERANCE, parse_sections, success_tolerance, truth
+from e2e.tables import (
+    RPS_TOLERANCE,
+    assert_matches_truth,
+    assert_seeds_findings,
+    parse_sections,
+    success_tolerance,
+    truth,
+)
 
 VENV_BIN = Path(sys.executable).parent
 KUBECTL_MESH = str(VENV_BIN / "kubectl-mesh")
@@ -105,20 +112,10 @@ def test_demo_once_tells_the_walkthrough_story_with_true_numbers(scratch: Path) 
     tables = parse_sections(done.stdout)
     assert list(tables) == [WEB, FROM_WEB, TO_VOTING]
 
-    # The seed's findings.
-    (web,) = tables[WEB]
-    assert web.name == "web" and web.cells["MESHED"] == "1/1"
-    assert web.success is not None and web.success < 1.0
-    callees = {r.name: r for r in tables[FROM_WEB]}
-    assert set(callees) == {"emoji", "voting"}
-    assert callees["emoji"].success == 1.0
-    voting = callees["voting"].success
-    assert voting is not None and voting < 1.0
-    assert [r.name for r in tables[TO_VOTING]] == ["web"], "web is the only caller of voting"
+    web, callees = assert_seeds_findings(tables[WEB], tables[FROM_WEB], tables[TO_VOTING])
+    assert web.cells["MESHED"] == "1/1"
     assert all(r.cells["MESHED"] == "1/1" for rows in tables.values() for r in rows)
-    # Open connections per peer: web's proxy keeps a pooled connection to each callee at this rate.
-    for row in (*callees.values(), *tables[TO_VOTING]):
-        assert row.cells["TCP_CONN"].isdigit() and int(row.cells["TCP_CONN"]) >= 1, row.cells
+    voting = callees["voting"].success
 
     # The numbers, against what the services counted themselves over the same window.
     recorded = json.loads(record.read_text())
@@ -137,10 +134,7 @@ def test_demo_once_tells_the_walkthrough_story_with_true_numbers(scratch: Path) 
         ("web -> voting, seen from --to", tables[TO_VOTING][0], truth(start, end, "web", "voting")),
     ]
     bot = truth(start, end, "vote-bot", "web")
-    for what, row, true in checks:
-        print(f"{what}: mesh {row.success} {row.rps}rps; counted {true.success:.4f} {true.rps:.2f}rps")
-        assert row.success == pytest.approx(true.success, abs=tolerance(true.requests)), what
-        assert row.rps == pytest.approx(true.rps, rel=RPS_TOLERANCE), what
+    assert_matches_truth(checks, window_s, scrape_s)
     # And what the bot sent is what web received: the mesh lost or invented nothing.
     assert web.success == pytest.approx(bot.success, abs=tolerance(bot.requests))
     assert web.rps == pytest.approx(bot.rps, rel=RPS_TOLERANCE)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from e2e.tables import RPS_TOLERANCE, parse_sections, success_tolerance, truth
+from e2e.tables import assert_matches_truth, assert_seeds_findings, parse_sections, truth
 from e2e.walkthrough import COMMANDS
 
 pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.slow]
@@ -41,17 +41,7 @@ def test_the_seeds_findings(results: dict[str, Any], variant: str) -> None:
     result = results[variant]
     tables = parse_sections(result.render())
     assert list(tables) == [WEB, FROM_WEB, TO_VOTING]
-    (web,) = tables[WEB]
-    assert web.name == "web" and web.success is not None and web.success < 1.0
-    callees = {r.name: r for r in tables[FROM_WEB]}
-    assert set(callees) == {"emoji", "voting"}
-    assert callees["emoji"].success == 1.0
-    voting = callees["voting"].success
-    assert voting is not None and voting < 1.0
-    assert [r.name for r in tables[TO_VOTING]] == ["web"], "web is the only caller of voting"
-    # Open connections per peer: web's proxy keeps a pooled connection to each callee at this rate.
-    for row in (*callees.values(), *tables[TO_VOTING]):
-        assert row.cells["TCP_CONN"].isdigit() and int(row.cells["TCP_CONN"]) >= 1, row.cells
+    assert_seeds_findings(tables[WEB], tables[FROM_WEB], tables[TO_VOTING])
 
 
 @pytest.mark.timeout(1200)
@@ -86,13 +76,7 @@ def test_numbers_match_what_the_services_counted(results: dict[str, Any], varian
         ("web -> voting, from --to", tables[TO_VOTING][0], truth(start, end, "web", "voting")),
         ("voting inbound", callees["voting"], truth(start, end, "voting")),
     ]
-    for what, row, true in checks:
-        print(
-            f"{variant} {what}: mesh {row.success} {row.rps}rps, counted {true.success:.4f} {true.rps:.2f}rps"
-        )
-        tolerance = success_tolerance(true.requests, WINDOW_S, SCRAPE_S)
-        assert row.success == pytest.approx(true.success, abs=tolerance), what
-        assert row.rps == pytest.approx(true.rps, rel=RPS_TOLERANCE), what
+    assert_matches_truth(checks, WINDOW_S, SCRAPE_S, prefix=f"{variant} ")
 
 
 @pytest.mark.timeout(1200)

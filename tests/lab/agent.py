@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import network, services
-from lab.config import BRIDGE_IP, KUBELET_PORT, NODE_NAME, POD_CIDR, run, versions
+from lab.config import API_PORT, BRIDGE_IP, KUBELET_PORT, NODE_NAME, POD_CIDR, run, versions
 from lab.pods import PodRunner, now_rfc3339
 from lab.rest import Api, ApiError
 
@@ -64,7 +64,7 @@ class Agent:
     def __init__(self, run_dir: Path) -> None:
         pki = run_dir / "pki"
         self.run_dir = run_dir
-        self.api = Api(f"https://{BRIDGE_IP}:6443", str(pki / "ca.crt"), str(pki / "node-agent.crt"),
+        self.api = Api(f"https://{BRIDGE_IP}:{API_PORT}", str(pki / "ca.crt"), str(pki / "node-agent.crt"),
                        str(pki / "node-agent.key"))  # fmt: skip
         self.ips = IpAllocator()
         self.runners: dict[str, PodRunner] = {}

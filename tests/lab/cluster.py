@@ -160,7 +160,9 @@ def up(owner: str = "cli", timeout: float = 90.0, prometheus: bool = True, user:
                 _down_locked()
                 raise
         elif prometheus and not state.prometheus_url and not missing_binaries(Path(state.bin_dir)):
-            # A lab started with --no-prometheus (or before Prometheus was built): add it.
+            # A lab started with --no-prometheus (or before Prometheus was built): add it, and give
+            # pods (the chart's Prometheus, any UID) the build `up` could not publish then.
+            publish_pod_binaries()
             proc = _start_prometheus(state, Path(state.bin_dir))
             url = state.prometheus_url
             _wait("prometheus /-/ready", lambda: _http_ok(f"{url}/-/ready"), {"prometheus": proc}, timeout)
@@ -200,7 +202,7 @@ def _up_locked(owner: str, bins: Path, timeout: float, with_prometheus: bool) ->
     state = State(owner=owner, bin_dir=str(bins), api_url=API_URL, started_at=time.time())
     state.temp_dirs.append(str(RUN_DIR))
     state.save()
-    publish_pod_binaries()
+    publish_pod_binaries()  # pods (any UID) run the lab's prometheus and helm from there
     state.ip_forward = network.setup_host()
     state.save()
 
@@ -298,7 +300,6 @@ def _up_locked(owner: str, bins: Path, timeout: float, with_prometheus: bool) ->
 
 
 def _start_prometheus(state: State, bins: Path) -> subprocess.Popen[bytes]:
-    publish_pod_binaries()  # the chart's Prometheus pod (any UID) runs the same upstream build
     prom_dir = RUN_DIR / "prometheus"
     prom_dir.mkdir(exist_ok=True)
     (prom_port,) = free_ports(1)

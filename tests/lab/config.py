@@ -6,6 +6,7 @@ bridge, iptables chains), so teardown can find all of them even after a crash.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -42,7 +43,9 @@ VERSIONS_ENV = Path(__file__).resolve().parent / "versions.env"
 SCRAPE_CONFIG = REPO / "charts" / "kubectl-mesh" / "files" / "scrape-config.yaml"
 
 
+@functools.cache
 def versions() -> dict[str, str]:
+    """versions.env as a dict: read once per process (bin_dir() asks for it at every container start)."""
     out: dict[str, str] = {}
     for line in VERSIONS_ENV.read_text().splitlines():
         line = line.strip()

@@ -26,12 +26,12 @@ from lab.config import (
     SERVICE_CIDR,
     run,
 )
+from lab.services import SERVICES_CHAIN
 
 ETC_NETNS = Path("/etc/netns")
 FORWARD_CHAIN = f"{CHAIN_PREFIX}FORWARD"
 OUTPUT_CHAIN = f"{CHAIN_PREFIX}OUTPUT"
 POSTROUTING_CHAIN = f"{CHAIN_PREFIX}POSTROUTING"
-SERVICES_CHAIN = f"{CHAIN_PREFIX}SERVICES"
 # (table, built-in chain, lab chain) jumps, inserted first in the built-in chain.
 JUMPS = (
     ("filter", "FORWARD", FORWARD_CHAIN),
@@ -152,7 +152,7 @@ def kill_pids(pids: list[int], grace: float) -> None:
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while pids and time.monotonic() < deadline:
-        pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+        pids = [p for p in pids if running(p)]
         if pids:
             time.sleep(0.05)
     for pid in pids:

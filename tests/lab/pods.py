@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,13 @@ class PodRunner:
     """Runs one pod until it is deleted; reports its status through the API."""
 
     def __init__(
-        self, api: Api, pod: JSON, ip: str, run_dir: Path, on_gone: Any, hosts_text: Any = None
+        self,
+        api: Api,
+        pod: JSON,
+        ip: str,
+        run_dir: Path,
+        on_gone: Any,
+        hosts_text: Callable[[PodRunner], str],
     ) -> None:
         self.api = api
         self.pod = pod
@@ -139,7 +146,6 @@ class PodRunner:
         self.last_conditions: list[JSON] = []
         self.report_retry_at = 0.0
         self.finished = False  # Succeeded or Failed: nothing restarts any more
-        self.env_cache: dict[str, dict[str, str]] = {}
         spec = pod["spec"]
         self.containers: list[Container] = []
         for c in spec.get("initContainers") or []:
@@ -203,10 +209,7 @@ class PodRunner:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         etc = network.ETC_NETNS / self.netns
         etc.mkdir(parents=True, exist_ok=True)
-        hosts = (
-            self.hosts_text(self) if self.hosts_text else f"127.0.0.1\tlocalhost\n{self.ip}\t{self.name}\n"
-        )
-        (etc / "hosts").write_text(hosts)
+        (etc / "hosts").write_text(self.hosts_text(self))
         # No DNS server in the lab: names come from hosts (kept in sync by the service syncer);
         # anything else fails fast on loopback instead of reaching the host's resolver.
         (etc / "resolv.conf").write_text(
