@@ -1,11 +1,8 @@
 """Talking to the Kubernetes API: kubeconfig (--kubeconfig, $KUBECONFIG, --context) and requests.
 
-Two clients over one loaded kubeconfig:
-- `KubeClient`: a small JSON-over-HTTPS client on the standard library (`http.client`, `ssl`). The
-  commands users run all the time (`stat`, `check`, `version`, completion) use it, because
-  importing the `kubernetes` package alone costs about 0.25 s — most of the CLI's budget.
-- `api_client(config)`: the official `kubernetes.client.ApiClient` for the same cluster, user
-  and namespace, imported only when called (install/inject use its typed models).
+`KubeClient` is a small JSON-over-HTTPS client on the standard library (`http.client`, `ssl`). The
+commands users run all the time (`stat`, `check`, `version`, completion) use it, because importing
+the `kubernetes` package alone costs about 0.25 s — most of the CLI's budget.
 
 Authentication: client certificates (file or data), bearer tokens (token, tokenFile), basic auth
 and `exec` credential plugins (client.authentication.k8s.io ExecCredential: token or client
@@ -20,7 +17,7 @@ import os
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
@@ -60,7 +57,6 @@ class KubeConfig:
     password: str | None = None
     exec_spec: dict[str, Any] | None = None
     source: str = ""  # the kubeconfig file(s), for messages
-    raw_user: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def _kubeconfig_paths(explicit: str | None) -> list[Path]:
@@ -151,7 +147,6 @@ def load_config(kubeconfig: str | None = None, context: str | None = None) -> Ku
         password=user.get("password"),
         exec_spec=user.get("exec"),
         source=source,
-        raw_user=user,
     )
 
 
@@ -320,10 +315,6 @@ class KubeClient:
                 self._local.conn = None
                 if attempt == 2:
                     raise self._unreachable(exc) from None
-            except OSError as exc:
-                conn.close()
-                self._local.conn = None
-                raise self._unreachable(exc) from None
             except Exception as exc:  # http.client.HTTPException and friends
                 conn.close()
                 self._local.conn = None
@@ -388,43 +379,3 @@ def namespace_from_args(args: Any) -> tuple[str, bool]:
         return load_config(getattr(args, "kubeconfig", None), getattr(args, "context", None)).namespace, False
     except KubeError:
         return "default", False
-
-
-def api_client(config: KubeConfig) -> Any:
-    """The official `kubernetes.client.ApiClient` for `config` (imports `kubernetes`: ~0.25 s)."""
-    from kubernetes import client
-
-    configuration = client.Configuration()
-    configuration.host = config.server
-    configuration.verify_ssl = not config.insecure
-    import atexit
-    import shutil
-
-    tmp = Path(tempfile.mkdtemp(prefix="kubectl-mesh-"))  # mode 0700; removed at exit
-    atexit.register(shutil.rmtree, tmp, True)
-    if config.ca_data:
-        (tmp / "ca.crt").write_bytes(config.ca_data)
-        configuration.ssl_ca_cert = str(tmp / "ca.crt")
-    token = config.token
-    cert, key = config.client_cert_data, config.client_key_data
-    if config.exec_spec:
-        status = _run_exec_plugin(config.exec_spec, config.server)
-        token = status.get("token") or token
-        if status.get("clientCertificateData"):
-            cert = status["clientCertificateData"].encode()
-            key = str(status.get("clientKeyData", "")).encode()
-    if cert and key:
-        (tmp / "client.crt").write_bytes(cert)
-        fd = os.open(tmp / "client.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key)
-        configuration.cert_file = str(tmp / "client.crt")
-        configuration.key_file = str(tmp / "client.key")
-    if token:
-        configuration.api_key = {"authorization": f"Bearer {token}"}
-    elif config.username is not None:
-        configuration.username = config.username
-        configuration.password = config.password or ""
-    if config.tls_server_name:
-        configuration.tls_server_name = config.tls_server_name
-    return client.ApiClient(configuration)

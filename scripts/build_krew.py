@@ -143,8 +143,8 @@ def build_archive(zipapp_path: Path, out: Path) -> Path:
     return archive
 
 
-def write_manifest(archive: Path, out: Path, uri: str) -> Path:
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+def write_manifest(digest: str, out: Path, uri: str) -> Path:
+    """The manifest for the archive whose sha256 is `digest` (hashed once, in main)."""
     manifest = yaml.safe_load((REPO / "krew-manifest.yaml").read_text())
     manifest["spec"]["version"] = f"v{__version__}"
     for platform in manifest["spec"]["platforms"]:
@@ -169,10 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(app, out / "kubectl-mesh")
         (out / "kubectl-mesh").chmod(0o755)
         archive = build_archive(app, out)
-    manifest = write_manifest(archive, out, args.uri)
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    manifest = write_manifest(digest, out, args.uri)
     size_kib = archive.stat().st_size / 1024
     print(f"built {archive} ({size_kib:.0f} KiB) and {manifest}")
-    print(f"sha256 {hashlib.sha256(archive.read_bytes()).hexdigest()}")
+    print(f"sha256 {digest}")
     return 0
 
 

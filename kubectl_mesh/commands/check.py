@@ -129,12 +129,13 @@ Check = Callable[[Context], str]
 
 def check_api(ctx: Context) -> str:
     info = ctx.get("/version")
-    ctx.facts["kubernetes"] = info.get("gitVersion", "?")
+    ctx.facts["version"] = info  # for check_kubernetes_version, which runs only after this passed
     return f"{info.get('gitVersion', '?')} at {ctx.client().config.server}"
 
 
 def check_kubernetes_version(ctx: Context) -> str:
-    info = ctx.get("/version")
+    # The first try reuses check_api's answer; a --wait retry fetches it afresh.
+    info = ctx.facts.pop("version", None) or ctx.get("/version")
     try:
         major = int(str(info.get("major", "0")).rstrip("+"))
         minor = int(str(info.get("minor", "0")).rstrip("+"))
@@ -159,12 +160,7 @@ def check_can_create(ctx: Context) -> str:
             "kind": "SelfSubjectAccessReview",
             "spec": {"resourceAttributes": attributes},
         }
-        from kubectl_mesh.kube import KubeError
-
-        try:
-            answer = ctx.client().post_json("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)
-        except KubeError as exc:
-            raise CheckFailed(str(exc)) from None
+        answer = ctx.client().post_json("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)
         if not (answer.get("status") or {}).get("allowed"):
             missing.append(f"{resource}.{group}" if group else resource)
     if missing:
@@ -202,12 +198,8 @@ def check_namespace_present(ctx: Context) -> str:
 
 def check_version_skew(ctx: Context) -> str:
     from kubectl_mesh.commands.version import client_version, control_plane_version
-    from kubectl_mesh.kube import KubeError
 
-    try:
-        server = control_plane_version(ctx.client())
-    except KubeError as exc:
-        raise CheckFailed(str(exc)) from None
+    server = control_plane_version(ctx.client())  # a KubeError fails the check via run_one
     client = client_version()
     if server is None:
         raise CheckFailed(f"no {WEBHOOK_SERVICE} deployment in {CONTROL_PLANE_NAMESPACE}", INSTALL_HINT)

@@ -159,17 +159,16 @@ def _contexts(words: Sequence[str]) -> list[str]:
 
 def candidates(words: Sequence[str]) -> tuple[list[str], int]:
     """Pure except for cluster look-ups: the words after `mesh` (last = current) -> candidates."""
-    from kubectl_mesh.cli import build_parser
+    from kubectl_mesh.cli import COMMANDS, build_parser
 
     words = list(words) or [""]
     current = words[-1]
-    parser = build_parser()
-    commands = _subparsers(parser)
     if len(words) == 1:
         if current.startswith("-"):
             return ["--help", "--version"], DIRECTIVE_NO_FILE
-        return sorted(commands), DIRECTIVE_NO_FILE
-    command = commands.get(words[0])
+        return sorted(COMMANDS), DIRECTIVE_NO_FILE
+    # Only the named command's module is imported: every TAB runs a fresh process.
+    command = _subparsers(build_parser(only=words[0])).get(words[0]) if words[0] in COMMANDS else None
     if command is None:
         return [], DIRECTIVE_NO_FILE
     flags = _flags(command)

@@ -9,12 +9,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-Vector = list[tuple[dict[str, str], float]]
+from kubectl_mesh.prom import PrometheusError, Vector
+
 INSTALL_HINT = "sudo apt-get install prometheus"
-
-
-class PrometheusError(RuntimeError):
-    """Prometheus could not answer; one line for the user."""
 
 
 def find_prometheus(explicit: str | None) -> str | None:

@@ -37,8 +37,9 @@ from kubectl_mesh.demo.plan import (
     walkthrough,
 )
 from kubectl_mesh.demo.ports import PortsInUse, free_ports, ports_from
-from kubectl_mesh.demo.prometheus import INSTALL_HINT, PrometheusClient, PrometheusError, find_prometheus
+from kubectl_mesh.demo.prometheus import INSTALL_HINT, PrometheusClient, find_prometheus
 from kubectl_mesh.demo.supervisor import Child, StartError, Supervisor, install_signal_handlers
+from kubectl_mesh.prom import PrometheusError
 from kubectl_mesh.stat import StatRequest, StatRow, Workload, compute_stat, render
 from kubectl_mesh.stat.model import duration_seconds
 
@@ -203,17 +204,16 @@ class Demo:
                        for p in plan.pods}  # fmt: skip
             for pod in plan.pods:
                 self.supervisor.wait_ready(proxies[pod.deployment], pod.proxy.ready_url, timeout=30)
-            apps: dict[str, Child] = {}
-            for pod in plan.pods:  # servers first, then the bot (DEPLOYMENTS order)
-                apps[pod.deployment] = self.supervisor.start(
-                    pod.app.name, pod.app.argv, {**env, **pod.app.env}
-                )
-                if pod.deployment in SERVERS:
-                    continue
-                for server in SERVERS:
-                    s = plan.pod(server)
-                    self.supervisor.wait_ready(apps[server], s.app.ready_url, timeout=30)
+            # The servers first (DEPLOYMENTS order); the bot once they all answer.
+            servers = [pod for pod in plan.pods if pod.deployment in SERVERS]
+            apps: dict[str, Child] = {
+                pod.deployment: self.supervisor.start(pod.app.name, pod.app.argv, {**env, **pod.app.env})
+                for pod in servers
+            }
+            for pod in servers:
+                self.supervisor.wait_ready(apps[pod.deployment], pod.app.ready_url, timeout=30)
             bot = plan.pod("vote-bot")
+            apps["vote-bot"] = self.supervisor.start(bot.app.name, bot.app.argv, {**env, **bot.app.env})
             self.supervisor.wait_ready(apps["vote-bot"], bot.app.ready_url, timeout=30)
             self.supervisor.wait_ready(prom, f"{plan.prometheus_url}/-/ready", timeout=30)
         except StartError as exc:
