@@ -21,6 +21,7 @@ from kubectl_mesh.contract import (
 )
 
 from .identity import Identity, identity_from_parts
+from .iptables import parse_port_list
 
 
 class ConfigError(ValueError):
@@ -50,19 +51,10 @@ class ProxyConfig:
 
 def parse_ports(text: str) -> frozenset[int]:
     """`"3306,5432"` or `"8000-8002"` → ports; ConfigError on anything else."""
-    ports: set[int] = set()
-    for item in (t.strip() for t in text.split(",")):
-        if not item:
-            continue
-        low, _, high = item.partition("-")
-        try:
-            first, last = int(low), int(high or low)
-        except ValueError:
-            raise ConfigError(f"not a port or port range: {item!r}") from None
-        if not 0 < first <= last < 65536:
-            raise ConfigError(f"port out of range: {item!r}")
-        ports.update(range(first, last + 1))
-    return frozenset(ports)
+    try:
+        return frozenset(parse_port_list(text))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def parse_hostport(text: str) -> tuple[str, int]:

@@ -26,9 +26,9 @@ MAX_TARGET_BYTES = 8 * 1024  # request target; more → 414
 # bytes fed while a head is still open are capped too (with slack for one read's overcount).
 MAX_OPEN_HEAD_BYTES = MAX_HEADER_BYTES + MAX_TARGET_BYTES + 64 * 1024
 
-_SRC = SRC_HEADER.encode()
-_DST = DST_HEADER.encode()
-MESH_HEADERS = frozenset({_SRC, _DST})
+MESH_SRC = SRC_HEADER.encode()
+MESH_DST = DST_HEADER.encode()
+MESH_HEADERS = frozenset({MESH_SRC, MESH_DST})
 HOP_BY_HOP = frozenset(
     {
         b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
@@ -450,11 +450,6 @@ def error_response(status: int, extra: list[tuple[bytes, bytes]] | None = None, 
         parts.append(b"Connection: close\r\n")
     parts += (b"\r\n", body)
     return b"".join(parts)
-
-
-def classify(status: int, error: str) -> str:
-    """Linkerd's rule: a 5xx or a proxy error is a failure, everything else a success."""
-    return "failure" if error or status >= 500 else "success"
 
 
 def split_authority(authority: bytes, default_port: int) -> tuple[str, int] | None:

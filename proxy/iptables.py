@@ -130,7 +130,7 @@ def parse_port_list(text: str) -> tuple[int, ...]:
         if not item:
             continue
         low, _, high = item.partition("-")
-        if not low.isdigit() or (high and not high.isdigit()):
+        if not item.isascii() or not low.isdigit() or (high and not high.isdigit()):  # "²".isdigit()
             raise ValueError(f"not a port or port range: {item!r}")
         first, last = int(low), int(high or low)
         if not 0 < first <= last < 65536:

@@ -56,6 +56,11 @@ def label_text(labels: Mapping[str, str]) -> str:
     return ",".join(f'{name}="{_escape(value)}"' for name, value in labels.items())
 
 
+def classify(status: int, error: str) -> str:
+    """Linkerd's rule: a 5xx or a proxy error is a failure, everything else a success."""
+    return "failure" if error or status >= 500 else "success"
+
+
 RouteKey = tuple[str, str, Labels]  # direction, authority, peer labels
 TcpKey = tuple[str, str, str, Labels]  # direction, peer (src|dst), authority, peer workload labels
 
@@ -120,7 +125,7 @@ class MeshMetrics:
             route = self.routes[key] = Route(key, now)
         route.last = now
         route.requests += 1
-        rkey = (status, "failure" if error or status >= 500 else "success", error)
+        rkey = (status, classify(status, error), error)
         route.responses[rkey] = route.responses.get(rkey, 0) + 1
         hist = route.latency.get(status)
         if hist is None:

@@ -18,12 +18,10 @@ import gevent
 import gevent.event
 from gevent import socket
 
-from kubectl_mesh.contract import DST_HEADER, SRC_HEADER
-
 from . import http1
 from .config import ProxyConfig
 from .detect import Protocol, detect
-from .http1 import BODY, CHUNKED, END, HEAD, NO_BODY, UPGRADE, Head, ProtocolError
+from .http1 import BODY, CHUNKED, END, HEAD, MESH_DST, MESH_SRC, UPGRADE, Head, ProtocolError
 from .identity import NO_LABELS, Labels, PeerLabelCache
 from .log import Logger
 from .metrics import MeshMetrics, Tcp
@@ -33,8 +31,6 @@ RECV = 65536
 SEND_BATCH = 65536  # body pieces are gathered up to this size before a send
 JOIN_LIMIT = 16384  # below this, pieces are joined (one copy is cheaper than sendmsg's setup)
 SO_ORIGINAL_DST = 80
-_SRC = SRC_HEADER.encode()
-_DST = DST_HEADER.encode()
 _PEEK_FLAGS = stdsocket.MSG_PEEK | stdsocket.MSG_DONTWAIT
 Address = tuple[str, int]
 
@@ -85,7 +81,6 @@ class Upstream:
         "idle_since",
         "reader",
         "retry_payload",
-        "reused",
         "sock",
         "tcp",
     )
@@ -96,8 +91,7 @@ class Upstream:
         self.reader = http1.ResponseReader()
         self.tcp = tcp
         self.idle_since = 0.0
-        self.reused = False
-        self.retry_payload = b""
+        self.retry_payload = b""  # set only on a reused connection: the whole request, for one fresh retry
         self.deadline = 0.0  # the watchdog shuts the socket after this (coarse clock); 0 = none
         self.expired = False
 
@@ -134,7 +128,7 @@ class Proxy:
         self.own_addresses: set[Address] = set()
         self.stopped = gevent.event.Event()
         self.debug = log.enabled("debug")
-        self._inbound_extra = [(_DST, self.identity)] if self.identity is not None else []
+        self._inbound_extra = [(MESH_DST, self.identity)] if self.identity is not None else []
         self._authorities: dict[bytes, str] = {}  # Host value → label value, memoised
         self._error_log: dict[tuple[str, str, str], tuple[float, int]] = {}
 
@@ -351,21 +345,20 @@ class Proxy:
             if len(self._authorities) > 4096:
                 self._authorities.clear()
             authority = self._authorities[authority_bytes] = authority_bytes.decode("latin-1").lower()
+        extra = http1.request_framing(head)
         if direction == INBOUND:
-            peer = self.src_labels.get(head.mesh.get(_SRC))
+            peer = self.src_labels.get(head.mesh.get(MESH_SRC))
             if client.tcp.pending:
                 self._attach(client, peer)
-            extra = http1.request_framing(head)
         else:
             peer = NO_LABELS
-            extra = http1.request_framing(head)
             if self.identity is not None:
-                extra.append((_SRC, self.identity))
+                extra.append((MESH_SRC, self.identity))
         if head.host is None and dest is not None:
             extra.append((b"Host", authority_bytes))
         payload = [http1.encode_request_head(head, target, extra)]
         chunked = head.body_mode == CHUNKED
-        body_done = _take_buffered_body(events, payload, chunked, head.body_mode == NO_BODY)
+        body_done = _take_buffered_body(events, payload, chunked)
         data = payload[0] if len(payload) == 1 else b"".join(payload)
 
         if address in self.own_addresses:
@@ -403,16 +396,20 @@ class Proxy:
             self._discard(upstream)
             if not (reused and retry):
                 raise UpstreamError("reset") from None
-            upstream = self._connect(address, direction)
-            try:
-                _send(upstream.sock, data)
-            except OSError:
-                self._discard(upstream)
-                raise UpstreamError("reset") from None
-            reused = False
+            return self._send_fresh(address, data, direction)
         upstream.tcp.written += len(data)
-        upstream.reused = reused and retry
-        upstream.retry_payload = data if upstream.reused else b""
+        upstream.retry_payload = data if reused and retry else b""
+        return upstream
+
+    def _send_fresh(self, address: Address, data: bytes, direction: str) -> Upstream:
+        """The one retry after a stale pooled connection: a new connection, never another pooled one."""
+        upstream = self._connect(address, direction)
+        try:
+            _send(upstream.sock, data)
+        except OSError:
+            self._discard(upstream)
+            raise UpstreamError("reset") from None
+        upstream.tcp.written += len(data)
         return upstream
 
     def _forward_response(
@@ -447,11 +444,9 @@ class Proxy:
                     return self._fail(client, direction, authority, peer, start, timeout, False)
                 if not data:
                     self._discard(upstream)
-                    if upstream.reused and not got_bytes and pump is None:
+                    if upstream.retry_payload and not got_bytes and pump is None:
                         try:  # the pooled connection was stale: one fresh attempt
-                            upstream = self._send_upstream(
-                                upstream.address, upstream.retry_payload, direction, retry=False
-                            )
+                            upstream = self._send_fresh(upstream.address, upstream.retry_payload, direction)
                         except UpstreamError as error:
                             return self._fail(
                                 client, direction, authority, peer, start, error, request.keep_alive
@@ -485,7 +480,7 @@ class Proxy:
                 return False
         latency_ms = (time.monotonic() - start) * 1000.0
         if direction == OUTBOUND:
-            peer = self.dst_labels.get(response.mesh.get(_DST))
+            peer = self.dst_labels.get(response.mesh.get(MESH_DST))
             if upstream.tcp.pending:
                 self._attach(upstream, peer)
         extra = self._identity_extra(direction)
@@ -496,7 +491,7 @@ class Proxy:
             if not self._send_client(client, out):
                 self._discard(upstream)
                 return False
-            self._switch_protocols(client, reader, upstream, direction)
+            self._switch_protocols(client, reader, upstream)
             return False
 
         chunked_out, client_keep = http1.response_plan(response, request.version)
@@ -516,10 +511,10 @@ class Proxy:
                     else:
                         pending.append(data)
                     pending_size += len(data)
-                    if pending_size >= SEND_BATCH and not self._flush(client, pending):
-                        failure = "client_gone"
-                        break
                     if pending_size >= SEND_BATCH:
+                        if not self._flush(client, pending):
+                            failure = "client_gone"
+                            break
                         pending, pending_size = [], 0
                     continue
                 if kind == END:
@@ -550,13 +545,11 @@ class Proxy:
             except ProtocolError:
                 failure = "bad_response"
                 break
+        if not failure and pending and not self._flush(client, pending):
+            failure = "client_gone"
         if failure:
             self._discard(upstream)
             self.metrics.response(direction, authority, peer, response.status, failure, latency_ms)
-            return False
-        if pending and not self._flush(client, pending):
-            self._discard(upstream)
-            self.metrics.response(direction, authority, peer, response.status, "client_gone", latency_ms)
             return False
         self.metrics.response(direction, authority, peer, response.status, "", latency_ms)
         if self.debug:  # method and status only: targets may carry tokens, bodies are never logged
@@ -644,9 +637,7 @@ class Proxy:
             _shutdown(usock)  # the upstream must not wait for a body that will never come
             return False
 
-    def _switch_protocols(
-        self, client: Client, reader: http1.RequestReader, upstream: Upstream, direction: str
-    ) -> None:
+    def _switch_protocols(self, client: Client, reader: http1.RequestReader, upstream: Upstream) -> None:
         """After 101: both sides speak something else; relay bytes both ways until both end."""
         client_left = b"".join(d for k, d in reader.events if k == UPGRADE and d)
         up_left = b"".join(d for k, d in upstream.reader.events if k in (UPGRADE, BODY) and d)
@@ -788,11 +779,8 @@ class Proxy:
         return not self.clients
 
 
-def _take_buffered_body(events: Any, payload: list[bytes], chunked: bool, no_body: bool) -> bool:
+def _take_buffered_body(events: Any, payload: list[bytes], chunked: bool) -> bool:
     """Move the body events already parsed into `payload`; True if the whole body was there."""
-    if no_body and events and events[0][0] == END:
-        events.popleft()
-        return True
     while events:
         kind, data = events[0]
         if kind == BODY:

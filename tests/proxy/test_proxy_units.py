@@ -27,6 +27,7 @@ from proxy.iptables import (
     plan_rules,
     render,
 )
+from proxy.metrics import classify
 
 # --- detection ----------------------------------------------------------------------------------
 
@@ -283,7 +284,7 @@ def test_request_encoding_adds_framing_and_identity() -> None:
     ],
 )
 def test_classify(status: int, error: str, expected: str) -> None:
-    assert http1.classify(status, error) == expected
+    assert classify(status, error) == expected
 
 
 @pytest.mark.parametrize(
