@@ -56,6 +56,15 @@ class AdmissionRequest:
         return ns if isinstance(ns, str) and ns else None
 
     @property
+    def pod_name(self) -> str:
+        """The pod's name (or generateName: the API server names it later), "?" when neither."""
+        obj = self.request.get("object")
+        meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+        if isinstance(meta, Mapping):
+            return str(meta.get("name") or meta.get("generateName") or "?")
+        return "?"
+
+    @property
     def is_pod_create(self) -> bool:
         kind = self.request.get("kind")
         resource = self.request.get("resource")

@@ -23,6 +23,7 @@ from kubectl_mesh.contract import WEBHOOK_PATH
 from webhook.admission import (
     MAX_BODY_BYTES,
     RESULT_ERROR,
+    AdmissionRequest,
     BadRequest,
     check_content_type,
     parse_review,
@@ -110,16 +111,15 @@ def create_app(config: MeshConfig | None = None) -> Flask:
         outcome = review(req, mesh_config, INJECTED_BY)
         metrics.admissions.labels(outcome.result, outcome.reason).inc()
         metrics.latency.observe(time.perf_counter() - started)
-        where = f"{req.namespace or '-'}/{_pod_name(req.request)}"
         if outcome.result == RESULT_ERROR:
             log.error(
                 "injection failed for pod %s (uid %s), admitted without proxy:\n%s",
-                where,
+                _where(req),
                 req.uid,
                 outcome.error,
             )
         elif log.isEnabledFor(logging.DEBUG):
-            log.debug("pod %s: %s %s", where, outcome.result, outcome.reason)
+            log.debug("pod %s: %s %s", _where(req), outcome.result, outcome.reason)
         return _json(outcome.review)
 
     @app.get("/healthz")
@@ -163,9 +163,6 @@ def _read_body() -> bytes:
     return data
 
 
-def _pod_name(request_obj: Any) -> str:
-    obj = request_obj.get("object") if isinstance(request_obj, dict) else None
-    meta = obj.get("metadata") if isinstance(obj, dict) else None
-    if isinstance(meta, dict):
-        return str(meta.get("name") or meta.get("generateName") or "?")
-    return "?"
+def _where(req: AdmissionRequest) -> str:
+    """`namespace/pod` for the log, built only when a line is written."""
+    return f"{req.namespace or '-'}/{req.pod_name}"

@@ -95,17 +95,23 @@ def load_config(environ: Mapping[str, str] | None = None) -> MeshConfig:
     path = env.get(ENV_MESH_CONFIG, "")
     if not path:
         return MeshConfig()
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read mesh config {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"mesh config {path} is not valid JSON: {exc}") from None
+    data = read_config_file(path, "mesh config")
     try:
         return MeshConfig.from_mapping(data)
     except ConfigError as exc:
         raise ConfigError(f"mesh config {path}: {exc}") from None
+
+
+def read_config_file(path: str, what: str) -> Any:
+    """The JSON in `path`; ConfigError says `cannot read <what> <path>` or `<what> <path> is not
+    valid JSON`, so `load_config` and `kubectl mesh inject --config` report the same way."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{what} {path} is not valid JSON: {exc}") from None
 
 
 # --- validation helpers -------------------------------------------------------------------------
@@ -131,11 +137,7 @@ def parse_port_list(text: str) -> list[tuple[int, int]]:
 
 def format_port_list(ranges: list[tuple[int, int]]) -> str:
     """Sorted, de-duplicated, canonical text of port ranges ('80,8000-8080')."""
-    seen: list[tuple[int, int]] = []
-    for r in sorted(set(ranges)):
-        if r not in seen:
-            seen.append(r)
-    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in seen)
+    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in sorted(set(ranges)))
 
 
 def parse_subnet_list(text: str) -> list[str]:
@@ -156,6 +158,7 @@ def _with_tag(image: str, tag: str) -> str:
 
 
 def _plain(value: Any) -> Any:
+    """Nested mappings as new plain dicts: a pod or JSON never shares the config's own."""
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     return value

@@ -21,23 +21,14 @@ from typing import Any
 import jsonpatch
 
 from kubectl_mesh import contract as c
-from webhook.config import (
-    ConfigError,
-    MeshConfig,
-    format_port_list,
-    load_config,
-    parse_port_list,
-)
+from webhook.config import MeshConfig, _plain, format_port_list, parse_port_list
 
 __all__ = [
     "SKIP_REASONS",
-    "ConfigError",
     "Decision",
-    "MeshConfig",
     "Workload",
     "inject_pod",
     "is_injected",
-    "load_config",
     "make_patch",
     "uninject_pod",
     "workload_of",
@@ -510,10 +501,4 @@ def _label_value(name: str) -> str:
     value = name[:63]
     while value and not value[-1].isalnum():
         value = value[:-1]
-    return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
     return value

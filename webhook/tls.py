@@ -37,7 +37,6 @@ class ReloadingTLS:
         self._ids = self._file_ids()
         self._current = self._build()  # raises if the initial pair is unusable: fail at start-up
         self._next_check = clock() + check_interval
-        self.reloads = 0
         self._base: ssl.SSLContext | None = None
 
     def context(self) -> ssl.SSLContext:
@@ -80,7 +79,6 @@ class ReloadingTLS:
             return  # retry at the next check: the other file of the pair may still be coming
         self._ids = ids
         self._current = fresh
-        self.reloads += 1
         log.info("reloaded TLS certificate from %s", self.certfile)
 
     def _file_ids(self) -> tuple[_FileId, _FileId]:

@@ -89,19 +89,14 @@ def run(args: argparse.Namespace) -> int:
 
 def build_config(args: argparse.Namespace) -> MeshConfig:
     """The mesh config: --config's JSON, then the flags on top; errors become one line."""
-    import json
-
-    from webhook.config import ConfigError, MeshConfig
+    from webhook.config import ConfigError, MeshConfig, read_config_file
 
     mapping: dict[str, Any] = {}
     if args.config:
         try:
-            with open(args.config, encoding="utf-8") as fh:
-                loaded = json.load(fh)
-        except OSError as exc:
-            raise CliError(f"cannot read --config {args.config}: {exc.strerror or exc}") from None
-        except ValueError as exc:
-            raise CliError(f"--config {args.config} is not valid JSON: {exc}") from None
+            loaded = read_config_file(args.config, "--config")
+        except ConfigError as exc:
+            raise CliError(str(exc)) from None
         if not isinstance(loaded, dict):
             raise CliError(f"--config {args.config} must hold a JSON object")
         mapping.update(loaded)

@@ -11,7 +11,6 @@ Where a value goes is decided by the chart alone; tests/chart checks the result 
 from __future__ import annotations
 
 import base64
-import copy
 import hashlib
 import json
 import re
@@ -187,17 +186,15 @@ def render(snapshot: Snapshot, settings: Settings, tls: WebhookTLS) -> list[dict
         TLS_KEY_TOKEN: _b64(tls.key),
         CA_CERT_TOKEN: _b64(tls.ca_cert),
     }
+    # `_substitute` builds new dicts and lists, so the snapshot's objects are never modified.
     objects = [
-        _substitute(copy.deepcopy(obj), replacements)
+        _substitute(obj, replacements)
         for obj in snapshot.objects
         if _labels(obj).get(COMPONENT_LABEL) not in disabled
     ]
     for obj in objects:
         _relabel(obj)
     update_checksums(objects)
-    leftover = TOKEN_PATTERN.search(json.dumps(objects))
-    if leftover:  # a token the chart added without an Option: a bug, not a user error
-        raise RuntimeError(f"chart snapshot token {leftover.group()} has no value")
     return objects
 
 
@@ -245,34 +242,28 @@ def delete_order(objects: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def to_yaml(objects: Iterable[Mapping[str, Any]], header: str = "") -> str:
     """YAML documents for `kubectl apply -f -`; multi-line strings as literal blocks."""
-    import yaml
+    from kubectl_mesh import manifests  # not at import: `kubectl mesh --help` stays cheap
 
-    class Dumper(yaml.SafeDumper):
-        pass
-
-    def represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
-        style = "|" if "\n" in data and not _has_trailing_space(data) else None
-        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
-
-    Dumper.add_representer(str, represent_str)
-    docs = [yaml.dump(dict(obj), Dumper=Dumper, sort_keys=False, width=1 << 16) for obj in objects]
-    return header + "---\n" + "---\n".join(docs)
-
-
-def _has_trailing_space(text: str) -> bool:
-    return any(line != line.rstrip(" \t") for line in text.split("\n"))
+    return header + manifests.dump_yaml(objects)
 
 
 def _substitute(value: Any, replacements: Mapping[str, str]) -> Any:
+    """A copy of `value` with the tokens in its strings replaced (new dicts and lists throughout)."""
     if isinstance(value, str):
         if "__MESH_" not in value:
             return value
-        return TOKEN_PATTERN.sub(lambda m: replacements.get(m.group(), m.group()), value)
+        return TOKEN_PATTERN.sub(lambda m: _replacement(m.group(), replacements), value)
     if isinstance(value, dict):
         return {k: _substitute(v, replacements) for k, v in value.items()}
     if isinstance(value, list):
         return [_substitute(v, replacements) for v in value]
     return value
+
+
+def _replacement(token: str, replacements: Mapping[str, str]) -> str:
+    if token not in replacements:  # a token the chart added without an Option: a bug, not a user error
+        raise RuntimeError(f"chart snapshot token {token} has no value")
+    return replacements[token]
 
 
 def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
