@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import gevent
 from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import generate_latest
@@ -26,9 +27,15 @@ def process_registry() -> CollectorRegistry:
     return registry
 
 
-def exposition(proxy: Proxy, registry: CollectorRegistry) -> bytes:
-    """The mesh's metrics (rendered by proxy/metrics.py, see why there) and the process metrics."""
-    return proxy.metrics.render().encode() + generate_latest(registry)
+def exposition(proxy: Proxy, registry: CollectorRegistry) -> Iterator[bytes]:
+    """The mesh's metrics (rendered by proxy/metrics.py, see why there) and the process metrics,
+    as a stream: gevent's WSGI server sends each chunk (chunked transfer coding) before the next
+    is rendered, so a scrape never holds the whole text, nor its encoded copy. Between chunks the
+    proxy's traffic runs (sleep(0)), so a large scrape stalls it for one chunk at a time."""
+    for chunk in proxy.metrics.render_chunks():
+        yield chunk.encode()
+        gevent.sleep(0)
+    yield generate_latest(registry)
 
 
 def admin_app(proxy: Proxy) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
@@ -36,10 +43,13 @@ def admin_app(proxy: Proxy) -> Callable[[dict[str, Any], StartResponse], Iterabl
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+        method = environ.get("REQUEST_METHOD")
+        if method not in ("GET", "HEAD"):
             status, body, ctype = "405 Method Not Allowed", b"method not allowed\n", "text/plain"
         elif path == "/metrics":
-            status, body, ctype = "200 OK", exposition(proxy, registry), CONTENT_TYPE
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE)])
+            # HEAD renders nothing (the server then says Content-Length: 0, and sends no body).
+            return [] if method == "HEAD" else exposition(proxy, registry)
         elif path == "/live":
             status, body, ctype = "200 OK", b"live\n", "text/plain"
         elif path == "/ready":
@@ -50,7 +60,7 @@ def admin_app(proxy: Proxy) -> Callable[[dict[str, Any], StartResponse], Iterabl
         else:
             status, body, ctype = "404 Not Found", b"not found\n", "text/plain"
         start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
-        return [body]
+        return [] if method == "HEAD" else [body]
 
     return app
 

@@ -10,10 +10,15 @@ series took 0.7 s, stalling all traffic meanwhile. Rendering from cached label s
 few percent of that. prometheus_client still renders the process metrics (admin.py); tests check
 this text with prometheus_client's parser, `promtool check metrics` and a real Prometheus.
 
-Cardinality is bounded (docs/architecture.md, "Proxy"): a series idle for `idle_seconds`
-(default 10 minutes, Linkerd's rule) is dropped at the next scrape, and at most `max_series`
-HTTP series and as many TCP series are kept; a new one beyond that first evicts the least
-recently used tenth. Open TCP connections' series are never evicted.
+Cardinality and bytes are bounded (docs/architecture.md, "Metric labels and cardinality"): a
+series idle for `idle_seconds` (default 10 minutes, Linkerd's rule) is dropped at the next scrape;
+at most `max_series` latency histograms (one per route and status code: the HTTP series, ~28 lines
+each) and as many TCP series are kept, and a new one beyond that first evicts the least recently
+used routes (a tenth of the budget). Open TCP connections' series are never evicted. Label values
+the client controls are folded: an authority longer than a DNS name becomes a prefix plus a hash
+(`authority_label`), a status code outside 100–599, or beyond a route's first
+`STATUS_CODES_PER_ROUTE`, counts in the route's shared bucket (no `status_code`). A scrape is
+rendered as a stream of chunks (`render_chunks`), so its memory is one chunk, not the whole text.
 
 TCP series name the peer workload like HTTP ones (src_* inbound, dst_* outbound), learnt from the
 first request (inbound) or response (outbound) on the connection. Until then a connection counts
@@ -24,9 +29,10 @@ in the unlabelled one.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from kubectl_mesh.contract import (
@@ -46,6 +52,34 @@ from .identity import Labels
 _BUCKETS = tuple(float(b) for b in LATENCY_BUCKETS_MS)
 _LE = [*(str(b) for b in LATENCY_BUCKETS_MS), "+Inf"]
 
+AUTHORITY_MAX = 253  # a DNS name's longest: the longest `authority` label value
+_HASH_HEX = 16  # 64 bits of blake2b: distinct values stay distinct (no accidental merge)
+_PREFIX = AUTHORITY_MAX - 1 - _HASH_HEX  # kept from a folded value, before "~" and the hash
+# Characters kept as they are in an authority label: printable ASCII that never needs escaping.
+_PLAIN = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+STATUS_CODES_PER_ROUTE = 8  # status codes with their own series per route; more share one bucket
+CHUNK_LINES = 512  # a scrape is sent in chunks of about this many lines (plus one route's)
+
+
+def fold_authority(text: str) -> str:
+    """`text` itself when it is at most 253 plain characters (printable ASCII but `"` and `\\`);
+    otherwise its first 236 characters (others replaced by `?`), `~` and 16 hex digits of its
+    blake2b hash. So a label value is ≤ 253 bytes, never needs escaping, and distinct values stay
+    distinct (two values meet only if one was chosen to equal the other's fold)."""
+    # isprintable() excludes \n; `"` and `\\` are the text format's other escaped characters.
+    plain = text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+    if plain and len(text) <= AUTHORITY_MAX:
+        return text
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=_HASH_HEX // 2).hexdigest()
+    prefix = "".join(c if c in _PLAIN else "?" for c in text[:_PREFIX])
+    return f"{prefix}~{digest}"
+
+
+def authority_label(raw: bytes) -> str:
+    """The `authority` label for a request's Host (or absolute-form authority) bytes: latin-1,
+    lowercased, then `fold_authority`. Pure and deterministic; callers may memoise it by `raw`."""
+    return fold_authority(raw.decode("latin-1").lower())
+
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
@@ -57,8 +91,12 @@ def label_text(labels: Mapping[str, str]) -> str:
 
 
 def classify(status: int, error: str) -> str:
-    """Linkerd's rule: a 5xx or a proxy error is a failure, everything else a success."""
-    return "failure" if error or status >= 500 else "success"
+    """Linkerd's rule: a 5xx or a proxy error is a failure, everything else a success; and a
+    status code outside 100–599 (not HTTP) is a failure. A client that went away or stalled
+    (`client_*`) fails only itself: the response is judged by its status alone."""
+    if error.startswith("client_"):
+        return "failure" if status >= 500 else "success"
+    return "failure" if error or not 100 <= status < 500 else "success"
 
 
 RouteKey = tuple[str, str, Labels]  # direction, authority, peer labels
@@ -79,8 +117,9 @@ class Route:
         self.labels = labels
         self.text = label_text(labels)
         self.requests = 0
-        self.responses: dict[tuple[int, str, str], int] = {}  # (status, classification, error)
-        self.latency: dict[int, list[float]] = {}  # status → bucket counts…, sum, count
+        # (status, classification, error) → count; status 0 is the shared bucket (no status_code)
+        self.responses: dict[tuple[int, str, str], int] = {}
+        self.latency: dict[int, list[Any]] = {}  # status (0: shared) → bucket counts…, sum, count
         self.last = now
 
 
@@ -110,31 +149,55 @@ class MeshMetrics:
         self.clock = clock
         self.routes: dict[RouteKey, Route] = {}
         self.tcp: dict[TcpKey, Tcp] = {}
+        self.histograms = 0  # latency histograms over all routes: what max_series bounds for HTTP
 
     # --- hot path -----------------------------------------------------------------------------
     def response(
         self, direction: str, authority: str, peer: Labels, status: int, error: str, latency_ms: float
     ) -> None:
-        """One finished request: counts the request, its response and its latency (to headers)."""
+        """One finished request: counts the request, its response and its latency (to headers).
+
+        `authority` should come from `authority_label` (memoised by the caller); a longer value is
+        folded here too. A status outside 100–599, or a route's ninth distinct one, is counted in
+        the route's shared bucket (no status_code label), classified by the status it had."""
+        if len(authority) > AUTHORITY_MAX:
+            authority = fold_authority(authority)
         key = (direction, authority, peer)
         now = self.clock()
         route = self.routes.get(key)
         if route is None:
-            if len(self.routes) >= self.max_series:
+            if self.histograms >= self.max_series:
                 self._make_room(self.routes, now)
             route = self.routes[key] = Route(key, now)
         route.last = now
         route.requests += 1
-        rkey = (status, classify(status, error), error)
-        route.responses[rkey] = route.responses.get(rkey, 0) + 1
+        classification = classify(status, error)
         hist = route.latency.get(status)
         if hist is None:
-            hist = route.latency[status] = [0.0] * (len(_BUCKETS) + 3)
+            status, hist = self._histogram(key, route, status, now)
+        rkey = (status, classification, error)
+        route.responses[rkey] = route.responses.get(rkey, 0) + 1
         hist[bisect_left(_BUCKETS, latency_ms)] += 1
         hist[-2] += latency_ms
         hist[-1] += 1
 
+    def _histogram(self, key: RouteKey, route: Route, status: int, now: float) -> tuple[int, list[Any]]:
+        """The status a response is counted under and its histogram, made if new (the rare path)."""
+        own = len(route.latency) - (0 in route.latency)
+        if not (100 <= status <= 599 and own < STATUS_CODES_PER_ROUTE):
+            status = 0  # the shared bucket
+            hist = route.latency.get(0)
+            if hist is not None:
+                return 0, hist
+        if self.histograms >= self.max_series:
+            self._make_room(self.routes, now, keep=key)
+        hist = route.latency[status] = [0] * len(_LE) + [0.0, 0]
+        self.histograms += 1
+        return status, hist
+
     def tcp_series(self, direction: str, peer: str, authority: str, workload: Labels = ()) -> Tcp:
+        if len(authority) > AUTHORITY_MAX:
+            authority = fold_authority(authority)
         key = (direction, peer, authority, workload)
         series = self.tcp.get(key)
         now = self.clock()
@@ -175,33 +238,56 @@ class MeshMetrics:
         series.open -= 1
         series.last = self.clock()
 
-    def _make_room(self, table: dict[Any, Any], now: float) -> None:
-        """Drop idle series, then the least recently used tenth if still full."""
+    def _size(self, table: dict[Any, Any]) -> int:
+        return self.histograms if table is self.routes else len(table)
+
+    def _drop(self, table: dict[Any, Any], key: Any) -> None:
+        series = table.pop(key)
+        if isinstance(series, Route):
+            self.histograms -= len(series.latency)
+
+    def _make_room(self, table: dict[Any, Any], now: float, keep: Any = None) -> None:
+        """Drop idle series, then if still full the least recently used ones (but `keep`) until a
+        tenth of the budget is free."""
         self._evict_idle(table, now)
-        if len(table) < self.max_series:
+        if self._size(table) < self.max_series:
             return
-        candidates = sorted((s.last, k) for k, s in table.items() if not (isinstance(s, Tcp) and s.open > 0))
-        for _, key in candidates[: max(1, self.max_series // 10)]:
-            del table[key]
+        goal = self.max_series - max(1, self.max_series // 10)
+        candidates = sorted((s.last, k) for k, s in table.items() if k != keep and not _busy(s))
+        for _, key in candidates:
+            if self._size(table) <= goal:
+                break
+            self._drop(table, key)
 
     def _evict_idle(self, table: dict[Any, Any], now: float) -> None:
         cutoff = now - self.idle_seconds
-        stale = [k for k, s in table.items() if s.last < cutoff and not (isinstance(s, Tcp) and s.open > 0)]
-        for key in stale:
-            del table[key]
+        for key in [k for k, s in table.items() if s.last < cutoff and not _busy(s)]:
+            self._drop(table, key)
 
     # --- exposition -----------------------------------------------------------------------------
     def render(self) -> str:
         """All series in the Prometheus text format (0.0.4), after dropping idle ones."""
+        return "".join(self.render_chunks())
+
+    def render_chunks(self) -> Iterator[str]:
+        """`render()` as a stream of pieces of about `CHUNK_LINES` lines, each ending in a newline.
+
+        The admin server sends each piece before the next is made, so a scrape holds one piece,
+        not the whole text and its encoded copy. Series are taken at the first piece; a greenlet
+        switch happens only between pieces (while one is sent), never inside a series."""
         now = self.clock()
         self._evict_idle(self.routes, now)
         self._evict_idle(self.tcp, now)
         routes = list(self.routes.values())
+        tcp = list(self.tcp.values())
         out: list[str] = []
         add = out.append
         add(_head(METRIC_REQUESTS, "Requests the proxy forwarded, by peer.", "counter"))
         for route in routes:
             add(f"{METRIC_REQUESTS}{{{route.text}}} {route.requests}\n")
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out)
+                out.clear()
         add(_head(METRIC_RESPONSES, "Responses, by status, classification and error.", "counter"))
         for route in routes:
             for (status, classification, error), count in list(route.responses.items()):
@@ -211,17 +297,23 @@ class MeshMetrics:
                 if error:
                     extra += f',error="{_escape(error)}"'
                 add(f"{METRIC_RESPONSES}{{{route.text}{extra}}} {count}\n")
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out)
+                out.clear()
         add(_head(METRIC_LATENCY, "Time to response headers, in milliseconds.", "histogram"))
         for route in routes:
             for status, hist in list(route.latency.items()):
                 base = f'{route.text},status_code="{status}"' if status else route.text
+                bucket = f'{METRIC_LATENCY}_bucket{{{base},le="'
                 cumulative = 0
-                for le, bucket in zip(_LE, hist[:-2], strict=True):
-                    cumulative += int(bucket)
-                    add(f'{METRIC_LATENCY}_bucket{{{base},le="{le}"}} {cumulative}\n')
+                for le, count in zip(_LE, hist, strict=False):  # hist: the buckets, then sum, count
+                    cumulative += count
+                    add(f'{bucket}{le}"}} {cumulative}\n')
                 add(f"{METRIC_LATENCY}_sum{{{base}}} {hist[-2]!r}\n")
-                add(f"{METRIC_LATENCY}_count{{{base}}} {int(hist[-1])}\n")
-        tcp = list(self.tcp.values())
+                add(f"{METRIC_LATENCY}_count{{{base}}} {hist[-1]}\n")
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out)
+                out.clear()
         for name, doc, kind, attr in (
             (METRIC_TCP_OPEN, "Connections opened.", "counter", "opens"),
             (METRIC_TCP_CLOSE, "Connections closed.", "counter", "closes"),
@@ -232,7 +324,16 @@ class MeshMetrics:
             add(_head(name, doc, kind))
             for series in tcp:
                 add(f"{name}{{{series.text}}} {getattr(series, attr)}\n")
-        return "".join(out)
+                if len(out) >= CHUNK_LINES:
+                    yield "".join(out)
+                    out.clear()
+        if out:
+            yield "".join(out)
+
+
+def _busy(series: Route | Tcp) -> bool:
+    """A TCP series with open connections: never dropped."""
+    return isinstance(series, Tcp) and series.open > 0
 
 
 def _head(name: str, doc: str, kind: str) -> str:
