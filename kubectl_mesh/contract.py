@@ -61,6 +61,9 @@ WORKLOAD_KINDS = ("deployment", "statefulset", "daemonset", "job", "cronjob", "r
 # client-side proxy strips it before the app sees it.
 SRC_HEADER = "x-mesh-src"
 DST_HEADER = "x-mesh-dst"
+# The hop marker: each proxy that forwards a request outbound appends its own random id; a proxy
+# that finds its id there refuses the request (a forwarding loop). Stripped before any app.
+VIA_HEADER = "x-mesh-via"
 
 # --- Metrics (Linkerd-compatible names) ----------------------------------------------------
 METRIC_REQUESTS = "request_total"

@@ -43,6 +43,8 @@ class ProxyConfig:
     response_timeout: float = 10.0
     detect_timeout: float = 1.0
     idle_timeout: float = 300.0
+    header_timeout: float = 10.0
+    max_connections: int = 0  # per listener; 0: from the descriptor limit (server.py)
     shutdown_grace: float = 20.0
     log_level: str = "info"
     max_series: int = 2000
@@ -84,6 +86,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     a("--response-timeout", type=float, default=d.response_timeout, help="seconds to response headers (504)")
     a("--detect-timeout", type=float, default=d.detect_timeout, help="seconds of client silence → opaque TCP")
     a("--idle-timeout", type=float, default=d.idle_timeout, help="seconds an idle keep-alive client may wait")
+    a("--header-timeout", type=float, default=d.header_timeout, help="seconds to send a request head (408)")
+    a(
+        "--max-connections", type=int, default=d.max_connections,
+        help="client connections per listener (default: from the descriptor limit)",
+    )  # fmt: skip
     a("--shutdown-grace", type=float, default=d.shutdown_grace, help="seconds SIGTERM waits for requests")
     a("--log-level", choices=LOG_LEVELS, help=f"log level (env {ENV_LOG_LEVEL}, default info)")
     a("--max-series", type=int, default=d.max_series, help="cap on HTTP (and on TCP) metric series")
@@ -112,7 +119,9 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] = os.envir
     for name in ("inbound_port", "outbound_port", "admin_port"):
         if not 0 <= getattr(args, name) < 65536:
             raise ConfigError(f"--{name.replace('_', '-')} out of range")
-    for name in ("connect_timeout", "response_timeout", "detect_timeout", "idle_timeout"):
+    if args.max_connections < 0:
+        raise ConfigError("--max-connections must not be negative")
+    for name in ("connect_timeout", "response_timeout", "detect_timeout", "idle_timeout", "header_timeout"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
     opaque = args.opaque_ports if args.opaque_ports is not None else env.get(ENV_OPAQUE_PORTS, "")
@@ -130,6 +139,8 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] = os.envir
         response_timeout=args.response_timeout,
         detect_timeout=args.detect_timeout,
         idle_timeout=args.idle_timeout,
+        header_timeout=args.header_timeout,
+        max_connections=args.max_connections,
         shutdown_grace=max(0.0, args.shutdown_grace),
         log_level=log_level,
         max_series=max(10, args.max_series),

@@ -14,7 +14,7 @@ from typing import Any
 
 import httptools
 
-from kubectl_mesh.contract import DST_HEADER, SRC_HEADER
+from kubectl_mesh.contract import DST_HEADER, SRC_HEADER, VIA_HEADER
 
 HEAD, BODY, END, UPGRADE = 0, 1, 2, 3
 Event = tuple[int, Any]
@@ -28,7 +28,8 @@ MAX_OPEN_HEAD_BYTES = MAX_HEADER_BYTES + MAX_TARGET_BYTES + 64 * 1024
 
 MESH_SRC = SRC_HEADER.encode()
 MESH_DST = DST_HEADER.encode()
-MESH_HEADERS = frozenset({MESH_SRC, MESH_DST})
+MESH_VIA = VIA_HEADER.encode()
+MESH_HEADERS = frozenset({MESH_SRC, MESH_DST, MESH_VIA})
 HOP_BY_HOP = frozenset(
     {
         b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
@@ -38,6 +39,9 @@ HOP_BY_HOP = frozenset(
 _RECORDED = frozenset({b"host", b"content-length", b"expect"})
 _SPECIAL = HOP_BY_HOP | MESH_HEADERS | _RECORDED
 _CONNECTION_OPTIONS_KEPT = frozenset({b"close", b"keep-alive", b"upgrade"})
+# A Connection option never removes what frames the message or names its target: that is how
+# `Connection: content-length` once smuggled a body past the proxy as a second request.
+_NEVER_CONNECTION_OPTIONS = frozenset({b"host", b"content-length", b"transfer-encoding"})
 
 # Body modes of a message.
 NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
@@ -98,7 +102,7 @@ class Head:
         self.keep_alive = True
         self.upgrade: bytes | None = None  # the Upgrade header's value when the peer asks to switch
         self.transfer_encoding: bytes | None = None
-        self.content_length: bytes | None = None
+        self.content_length: int | None = None  # as parsed (llhttp checked it); written anew
         self.host: bytes | None = None
         self.expect_continue = False
         self.te_trailers = False  # the client accepts trailers (`TE: trailers`, hop-by-hop)
@@ -109,8 +113,9 @@ class Head:
 def split_headers(raw: list[tuple[bytes, bytes]], head: Head) -> None:
     """Fill `head.headers` with the end-to-end headers of `raw`; record the ones a proxy acts on.
 
-    Drops hop-by-hop headers, the headers the Connection header names, and the mesh's identity
-    headers (kept aside in `head.mesh`, never forwarded as the peer sent them).
+    Drops hop-by-hop headers, the headers the Connection header names (never Host or framing),
+    the mesh's headers (kept aside in `head.mesh`, never forwarded as the peer sent them), and
+    Content-Length, which the encoder writes from the parsed value (framing comes from state).
     """
     kept: list[tuple[bytes, bytes]] = []
     connection_options: list[bytes] = []
@@ -123,8 +128,8 @@ def split_headers(raw: list[tuple[bytes, bytes]], head: Head) -> None:
             head.host = value.strip()
             kept.append((name, value))
         elif lname == b"content-length":
-            head.content_length = value.strip()
-            kept.append((name, value))
+            # llhttp refused anything but digits, and a second, different value; one is written.
+            head.content_length = int(value.strip() or b"0")
         elif lname == b"expect":
             if value.strip().lower() == b"100-continue":
                 head.expect_continue = True
@@ -144,10 +149,16 @@ def split_headers(raw: list[tuple[bytes, bytes]], head: Head) -> None:
     if upgrade is not None and b"upgrade" in connection_options:
         head.upgrade = upgrade
     extra = [o for o in connection_options if o and o not in _CONNECTION_OPTIONS_KEPT]
+    extra = [o for o in extra if o not in _NEVER_CONNECTION_OPTIONS]
     if extra:
         named = frozenset(extra)
         kept = [(n, v) for n, v in kept if n.lower() not in named]
     head.headers = kept
+
+
+def is_informational(status: int) -> bool:
+    """1xx: more responses follow for the same request (RFC 9110 §15.2)."""
+    return 100 <= status < 200
 
 
 def is_chunked(transfer_encoding: bytes | None) -> bool:
@@ -223,6 +234,11 @@ class RequestReader(_Reader):
         self._target: list[bytes] = []
         self._target_bytes = 0
 
+    @property
+    def head_started(self) -> bool:
+        """Bytes of a request head arrived, and the head is not complete yet."""
+        return self._in_head
+
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises ProtocolError (status 400/414/431) on input that is not forwardable."""
         self._feed(self._parser, data)
@@ -250,7 +266,7 @@ class RequestReader(_Reader):
         split_headers(self._raw, head)
         if is_chunked(head.transfer_encoding):
             head.body_mode = CHUNKED
-        elif head.content_length is not None and head.content_length != b"0":
+        elif head.content_length:
             head.body_mode = LENGTH
         self.events.append((HEAD, head))
 
@@ -298,6 +314,14 @@ class ResponseReader(_Reader):
                 return
             raise ProtocolError(502, "malformed response: " + error.reason) from None
 
+    def clean(self) -> bool:
+        """Nothing is left over from the last response: no parsed event, no byte of a next message.
+
+        Only then may the connection carry another request; else the next client could read
+        what this one's upstream sent (a second response, stray bytes).
+        """
+        return not self.events and not self.broken and not self._in_head and not self._in_body
+
     def eof(self) -> bool:
         """The upstream closed: True if that ends the current response (close-delimited body)."""
         if self._in_body and self._mode == UNTIL_CLOSE:
@@ -322,18 +346,18 @@ class ResponseReader(_Reader):
         head.version = p.get_http_version()
         head.keep_alive = p.should_keep_alive()
         split_headers(self._raw, head)
-        if status < 200 or status in (204, 304) or self._head_request:
+        if is_informational(status) or status in (204, 304) or self._head_request:
             head.body_mode = NO_BODY
         elif is_chunked(head.transfer_encoding):
             head.body_mode = CHUNKED
         elif head.content_length is not None:
-            head.body_mode = LENGTH if head.content_length != b"0" else NO_BODY
+            head.body_mode = LENGTH if head.content_length else NO_BODY
         else:
             head.body_mode = UNTIL_CLOSE
             head.keep_alive = False
         self._mode = head.body_mode
         self.events.append((HEAD, head))
-        if status >= 200:
+        if not is_informational(status):  # llhttp too takes 0xx for a final response
             self._in_body = True
             if self._head_request:
                 self._dirty = True
@@ -372,6 +396,8 @@ def request_framing(head: Head) -> list[tuple[bytes, bytes]]:
     extra: list[tuple[bytes, bytes]] = []
     if head.body_mode == CHUNKED:
         extra.append((b"Transfer-Encoding", head.transfer_encoding or b"chunked"))
+    elif head.content_length is not None:
+        extra.append((b"Content-Length", b"%d" % head.content_length))
     options = []
     if head.upgrade is not None:
         options.append(b"upgrade")
@@ -397,6 +423,8 @@ def encode_response_head(
         parts += (name, b": ", value, b"\r\n")
     if chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif head.content_length is not None and not is_informational(head.status) and head.status != 204:
+        parts.append(b"Content-Length: %d\r\n" % head.content_length)
     if head.status == 101 and head.upgrade is not None:
         parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
     elif not keep_alive:
@@ -427,6 +455,43 @@ def chunk(data: bytes) -> bytes:
 LAST_CHUNK = b"0\r\n\r\n"
 
 
+class ChunkedWriter:
+    """A body re-framed as chunks for the next hop (h11's writers: framing lives here, not in I/O).
+
+    Writers append pieces to the caller's list, never joining them: a big piece goes to the
+    socket as it came from the parser (scatter/gather send), with no copy.
+    """
+
+    __slots__ = ()
+
+    def write(self, data: bytes, out: list[bytes]) -> None:
+        out += (b"%x\r\n" % len(data), data, b"\r\n")
+
+    def end(self, trailers: list[tuple[bytes, bytes]] | None, out: list[bytes]) -> None:
+        out.append(last_chunk(trailers))
+
+
+class PlainWriter:
+    """A body sent as it is: framed by Content-Length, or by closing the connection."""
+
+    __slots__ = ()
+
+    def write(self, data: bytes, out: list[bytes]) -> None:
+        out.append(data)
+
+    def end(self, trailers: list[tuple[bytes, bytes]] | None, out: list[bytes]) -> None:
+        pass  # trailers cannot travel without chunks (RFC 9112 §7.1.2): they are dropped
+
+
+BodyWriter = ChunkedWriter | PlainWriter
+CHUNKED_WRITER = ChunkedWriter()
+PLAIN_WRITER = PlainWriter()
+
+
+def body_writer(chunked: bool) -> BodyWriter:
+    return CHUNKED_WRITER if chunked else PLAIN_WRITER
+
+
 def last_chunk(trailers: list[tuple[bytes, bytes]] | None) -> bytes:
     """The end of a chunked body, carrying the trailer fields a proxy may forward (RFC 9112 §7.1.2).
 
@@ -438,10 +503,29 @@ def last_chunk(trailers: list[tuple[bytes, bytes]] | None) -> bytes:
     return b"0\r\n" + b"".join(kept) + b"\r\n"
 
 
-def error_response(status: int, extra: list[tuple[bytes, bytes]] | None = None, close: bool = True) -> bytes:
-    """A small response the proxy itself answers with (400, 431, 502, 504 …)."""
+# RFC 9110 §9.2.2: a request with one of these methods may be sent again after a failure.
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+MAX_HOPS = 16  # proxies one request may pass through before it is taken for a loop
+
+
+def via_loops(via: bytes | None, own_id: bytes) -> bool:
+    """True if the hop marker shows this proxy already forwarded the request (or too many did)."""
+    if not via:
+        return False
+    hops = [hop.strip() for hop in via.split(b",")]
+    return own_id in hops or len(hops) >= MAX_HOPS
+
+
+def via_add(via: bytes | None, own_id: bytes) -> bytes:
+    return own_id if not via else via + b"," + own_id
+
+
+def error_response(
+    status: int, extra: list[tuple[bytes, bytes]] | None = None, close: bool = True, detail: bytes = b""
+) -> bytes:
+    """A small response the proxy itself answers with (400, 431, 502, 504 …); `detail` says why."""
     reason = REASONS.get(status, b"Error")
-    body = reason + b"\n"
+    body = (detail or reason) + b"\n"
     parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason), b"Content-Type: text/plain\r\n"]
     parts.append(b"Content-Length: %d\r\n" % len(body))
     for name, value in extra or ():

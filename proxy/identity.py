@@ -17,6 +17,8 @@ _NAME = re.compile(rb"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
 _KINDS = frozenset(k.encode() for k in WORKLOAD_KINDS)
 
 Labels = tuple[tuple[str, str], ...]
+# The longest well-formed value: three 253-byte names, the longest kind and three slashes.
+MAX_IDENTITY_BYTES = 3 * 253 + len("statefulset") + 3
 NO_LABELS: Labels = ()
 
 
@@ -70,7 +72,10 @@ def peer_labels(prefix: str, value: bytes | None) -> Labels:
 
 
 class PeerLabelCache:
-    """Header value → labels, memoised: every request of a peer carries the same value."""
+    """Header value → labels, memoised: every request of a peer carries the same value.
+
+    Only values that could be well formed are kept, so the memo stays small whatever peers send.
+    """
 
     def __init__(self, prefix: str, max_entries: int = 4096) -> None:
         self._prefix = prefix
@@ -83,6 +88,8 @@ class PeerLabelCache:
         labels = self._cache.get(value)
         if labels is None:
             labels = peer_labels(self._prefix, value)
+            if len(value) > MAX_IDENTITY_BYTES:
+                return labels
             if len(self._cache) >= self._max:
                 self._cache.clear()
             self._cache[value] = labels

@@ -273,6 +273,91 @@ def test_request_encoding_adds_framing_and_identity() -> None:
     )
 
 
+@pytest.mark.parametrize("named", [b"content-length", b"Content-Length, x-a", b"host", b"transfer-encoding"])
+def test_a_connection_option_never_removes_framing_or_host(named: bytes) -> None:
+    """`Connection: content-length` once dropped the length but forwarded the body: smuggling."""
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\nx-mesh-src: evil/deployment/evil/p\r\n\r\n"
+    data = b"POST /p HTTP/1.1\r\nHost: h\r\nConnection: %b\r\nContent-Length: %d\r\n\r\n%b" % (
+        named,
+        len(smuggled),
+        smuggled,
+    )
+    events = _request_events(data)
+    assert [k for k, _ in events] == [HEAD, BODY, END], "one request, its body, its end: nothing else"
+    head = events[0][1]
+    assert isinstance(head, Head)
+    out = http1.encode_request_head(head, b"/p", http1.request_framing(head))
+    assert out == b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(smuggled)
+
+
+def test_content_length_is_written_from_the_parsed_value() -> None:
+    [(_, head), *_] = _request_events(b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 003\r\n\r\nabc")
+    assert isinstance(head, Head)
+    assert head.content_length == 3 and head.body_mode == LENGTH
+    assert b"Content-Length: 3\r\n" in http1.encode_request_head(head, b"/p", http1.request_framing(head))
+    [(_, empty), *_] = _request_events(b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
+    assert isinstance(empty, Head) and empty.body_mode == NO_BODY
+    assert b"Content-Length: 0\r\n" in http1.encode_request_head(empty, b"/p", http1.request_framing(empty))
+    with pytest.raises(ProtocolError):
+        _request_events(b"POST /p HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd")
+
+
+def test_response_content_length_from_state_and_never_on_204() -> None:
+    reader = http1.ResponseReader()
+    reader.start(b"HEAD")
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0042\r\n\r\n")
+    head = reader.events[0][1]
+    out = http1.encode_response_head(head, "1.1", True, False, [])
+    assert out == b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n", "a HEAD answer keeps its length"
+    head.status = 204
+    assert b"Content-Length" not in http1.encode_response_head(head, "1.1", True, False, [])
+
+
+def test_body_writers_frame_like_h11() -> None:
+    out: list[bytes] = []
+    http1.CHUNKED_WRITER.write(b"abc", out)
+    http1.CHUNKED_WRITER.end([(b"X-T", b"1"), (b"Content-Length", b"9")], out)
+    assert b"".join(out) == b"3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"
+    out = []
+    http1.PLAIN_WRITER.write(b"abc", out)
+    http1.PLAIN_WRITER.end([(b"X-T", b"1")], out)
+    assert out == [b"abc"], "no chunks, no trailers"
+    big = b"x" * 100_000
+    out = []
+    http1.CHUNKED_WRITER.write(big, out)
+    assert out[1] is big, "a body piece is never copied"
+
+
+def test_a_response_with_leftovers_is_not_clean() -> None:
+    reader = http1.ResponseReader()
+    reader.start(b"GET")
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+    assert [k for k, _ in reader.events] == [HEAD, BODY, END]
+    reader.events.clear()
+    assert reader.clean()
+    reader.start(b"GET")
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+    for _ in range(3):
+        reader.events.popleft()
+    assert not reader.clean(), "a second, unasked-for response stays in the reader"
+    reader = http1.ResponseReader()
+    reader.start(b"GET")
+    reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 2")
+    for _ in range(3):
+        reader.events.popleft()
+    assert not reader.clean(), "the first bytes of a next message stay in the reader"
+
+
+def test_hop_marker_finds_loops() -> None:
+    assert not http1.via_loops(None, b"a1")
+    assert not http1.via_loops(b"b2, c3", b"a1")
+    assert http1.via_loops(b"b2, a1", b"a1")
+    assert http1.via_add(None, b"a1") == b"a1"
+    assert http1.via_add(b"b2", b"a1") == b"b2,a1"
+    many = b",".join(b"p%d" % i for i in range(http1.MAX_HOPS))
+    assert http1.via_loops(many, b"a1"), "too many hops is a loop through proxies that forget"
+
+
 @pytest.mark.parametrize(
     ("status", "error", "expected"),
     [
@@ -281,6 +366,17 @@ def test_request_encoding_adds_framing_and_identity() -> None:
         (500, "", "failure"),
         (503, "", "failure"),
         (0, "reset", "failure"),
+        (200, "client_timeout", "success"),
+        (0, "client_gone", "success"),
+        (503, "client_gone", "failure"),
+        (100, "", "success"),
+        (499, "", "success"),
+        (599, "", "failure"),
+        # Not an HTTP status code: a failure, counted in the route's shared bucket.
+        (0, "", "failure"),
+        (99, "", "failure"),
+        (600, "", "failure"),
+        (999, "", "failure"),
     ],
 )
 def test_classify(status: int, error: str, expected: str) -> None:
