@@ -1,17 +1,26 @@
-"""Proxy benchmark: throughput, added latency per hop, and memory, on one machine in one run.
+"""Proxy benchmark: throughput, added latency per hop, CPU and memory, on one machine in one run.
 
-Three paths under the same load, side by side:
+Paths under the same load, side by side:
   direct     wrk → nginx
   one hop    wrk → server-side proxy (inbound, --inbound-forward) → nginx
+  haproxy    wrk → HAProxy (one thread, keep-alive to nginx): the peer for the one hop
   two hops   wrk → client-side proxy (outbound, forward proxy by Host) → server-side proxy → nginx
+  bare relay wrk → a 25-line gevent relay → nginx: the floor of any gevent proxy
 Saturated throughput comes from `wrk -t1 -c32` (keep-alive, small responses, nginx-light with one
-worker answering `return 200`, so the proxy is the bottleneck). Latency is measured at a fixed
-rate (default 1000 rps) by a paced client that times each request from its *scheduled* send time
-(no coordinated omission). Memory is the server-side proxy's RSS after warm-up and after at least
+worker answering `return 200`, so the proxy is the bottleneck), the paths taking turns for
+`--rounds` rounds, median. Latency is measured at a fixed rate (default 1000 rps) by a paced client
+that times each request from its *scheduled* send time (no coordinated omission), in
+`--latency-rounds` rounds; in each round direct, one hop and two hops take turns in one-second
+slices, the added latency is proxied minus direct *of that round*, and the median over rounds is
+reported with its [min, max]. Memory is the server-side proxy's RSS after warm-up and after at least
 100k requests. Prints one JSON object on its last line. Figures, not pass/fail; on a shared
 machine compare the ratios within one run.
 
-Usage: python bench/bench_proxy.py [--duration 5] [--rounds 2] [--rate 1000] [--latency-seconds 8]
+`--profile` instead profiles the one-hop proxy during one saturated round (cProfile, made
+greenlet-aware) and prints the functions with the most own time per request.
+
+Usage: python bench/bench_proxy.py [--duration 5] [--rounds 3] [--rate 1000] [--latency-rounds 5]
+                                   [--latency-seconds 3] [--connections 32] [--profile]
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pstats
 import re
 import shutil
 import signal
@@ -30,17 +40,22 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from kubectl_mesh.demo.ports import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+Process = subprocess.Popen[bytes]
 
 
-def wait_port(port: int, timeout: float = 20) -> None:
+def wait_port(port: int, timeout: float = 20, process: Process | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise SystemExit(f"bench_proxy: {process.args!r} exited ({process.returncode}) before listening")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
@@ -49,22 +64,45 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise SystemExit(f"bench_proxy: nothing listening on 127.0.0.1:{port}")
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far: per request, a figure other load on the machine barely moves."""
+    return sum(cpu_times(pid))
+
+
+def stop(process: Process, sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class Proxy:
-    def __init__(self, tmp: Path, name: str, args: list[str], profile: bool) -> None:
+    """`python -m proxy run` (or `python -c <launcher> ... run`, for the profiler) on free ports."""
+
+    def __init__(self, tmp: Path, name: str, args: list[str], launcher: list[str] | None = None) -> None:
         self.inbound, self.outbound, self.admin = free_ports(3)
         argv = [
-            sys.executable, "-m", "proxy", "run", "--log-level", "warning",
+            sys.executable, *(launcher or ["-m", "proxy"]), "run", "--log-level", "warning",
             "--inbound-addr", "127.0.0.1", "--inbound-port", str(self.inbound),
             "--outbound-port", str(self.outbound),
             "--admin-addr", "127.0.0.1", "--admin-port", str(self.admin), *args,
         ]  # fmt: skip
-        if profile:
-            argv[1:3] = ["-m", "cProfile", "-s", "tottime", "-m", "proxy"]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.log = (tmp / f"{name}.log").open("wb")
-        self.process = subprocess.Popen(argv, stdout=self.log, stderr=self.log, env=env)
-        wait_port(self.admin)
-        wait_port(self.inbound)
+        self.log = tmp / f"{name}.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
+        wait_port(self.admin, process=self.process)
+        wait_port(self.inbound, process=self.process)
 
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -72,25 +110,19 @@ class Proxy:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time so far: per request, a figure other load on the machine barely moves."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
     def requests(self) -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=10) as r:
             text = r.read().decode()
         return sum(float(m.group(1)) for m in re.finditer(r"^request_total\{[^}]*\} (\S+)$", text, re.M))
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+        stop(self.process)
+
+
+def server_proxy(tmp: Path, nginx_port: int, launcher: list[str] | None = None) -> Proxy:
+    return Proxy(tmp, "server-proxy", ["--inbound-forward", f"127.0.0.1:{nginx_port}",
+                 "--namespace", "bench", "--workload-kind", "deployment", "--workload-name", "server",
+                 "--pod", "server-0"], launcher)  # fmt: skip
 
 
 # The floor of any gevent proxy on this machine: bytes in, bytes out, one upstream connection
@@ -119,6 +151,62 @@ def handle(client, _):
     finally:
         upstream.close()
 StreamServer(("127.0.0.1", int(sys.argv[1])), handle).serve_forever()
+"""
+
+# The peer: what a mature event-loop proxy does with one core, the same backend and the same load.
+HAPROXY_CONFIG = """global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  http-reuse always
+  maxconn 4096
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  timeout http-keep-alive 30s
+frontend one_hop
+  bind 127.0.0.1:{port}
+  default_backend nginx
+backend nginx
+  server nginx 127.0.0.1:{backend}
+"""  # no `log` line: HAProxy logs nothing, like the proxy at --log-level warning
+
+
+def start_haproxy(tmp: Path, backend: int) -> tuple[Process, int]:
+    (port,) = free_ports(1)
+    (tmp / "haproxy.cfg").write_text(HAPROXY_CONFIG.format(port=port, backend=backend))
+    with (tmp / "haproxy.log").open("wb") as log:  # -db: foreground, one process (its CPU is /proc/pid)
+        process = subprocess.Popen([HAPROXY, "-db", "-f", str(tmp / "haproxy.cfg")], stdout=log, stderr=log)
+    wait_port(port, process=process)
+    return process, port
+
+
+# `python -m proxy` under cProfile, on from SIGUSR1 to SIGUSR2 (then the stats are written). cProfile
+# keeps one stack per thread, so greenlet switches would charge one greenlet's time to another's
+# functions; closing the open frames at each switch keeps every function's own time right (only
+# what a frame does after it resumes from a switch, a few lines at most, goes uncounted).
+PROFILED_PROXY = """
+import cProfile, os, runpy, signal, sys
+import greenlet
+stats = sys.argv[1]
+sys.argv = ["proxy", *sys.argv[2:]]
+profiler = cProfile.Profile()
+def restart(event, args):
+    profiler.disable()
+    profiler.enable()
+def start(signum, frame):
+    greenlet.settrace(restart)
+    profiler.enable()
+def stop(signum, frame):
+    profiler.disable()
+    greenlet.settrace(None)
+    profiler.dump_stats(stats + ".tmp")
+    os.replace(stats + ".tmp", stats)
+signal.signal(signal.SIGUSR1, start)
+signal.signal(signal.SIGUSR2, stop)
+runpy.run_module("proxy", run_name="__main__", alter_sys=True)
 """
 
 
@@ -181,18 +269,246 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def median_and_spread(values: list[float]) -> tuple[float, list[float]]:
+    return round(statistics.median(values), 3), [round(min(values), 3), round(max(values), 3)]
+
+
+def measure(args: argparse.Namespace, tmp: Path, nginx_port: int, started: list[Proxy],
+            helpers: list[Process]) -> dict[str, Any]:  # fmt: skip
+    server = server_proxy(tmp, nginx_port)
+    started.append(server)
+    client = Proxy(tmp, "client-proxy", ["--inbound-forward", "127.0.0.1:9", "--namespace", "bench",
+                   "--workload-kind", "deployment", "--workload-name", "client",
+                   "--pod", "client-0"])  # fmt: skip
+    started.append(client)
+    (relay_port,) = free_ports(1)
+    relay = subprocess.Popen(
+        [sys.executable, "-c", BARE_RELAY, str(relay_port), str(nginx_port)], stderr=subprocess.DEVNULL
+    )
+    helpers.append(relay)
+    wait_port(relay_port, process=relay)
+    haproxy, haproxy_port = start_haproxy(tmp, nginx_port)
+    helpers.append(haproxy)
+
+    server_authority = f"127.0.0.1:{server.inbound}"
+    paths = {
+        "direct": (nginx_port, None),
+        "one_hop": (server.inbound, None),
+        "two_hops": (client.outbound, server_authority),
+    }
+    # In this order, reversed every other round: one_hop and its peer always back to back.
+    saturated_paths = {
+        "direct": paths["direct"],
+        "one_hop": paths["one_hop"],
+        "haproxy_one_hop": (haproxy_port, None),
+        "two_hops": paths["two_hops"],
+        "bare_relay": (relay_port, None),
+    }
+    for port, host in saturated_paths.values():  # warm-up: connections, pools, caches
+        wrk(port, 1, host, args.connections)
+    rss_warm = server.rss_mib()
+    rss_warm_client = client.rss_mib()
+
+    # CPU per request of the process doing the one hop (the figure other load moves least).
+    measured_pid = {"one_hop": server.process.pid, "haproxy_one_hop": haproxy.pid}
+    cpu = {name: 0.0 for name in measured_pid}
+    served = {name: 0 for name in measured_pid}
+    rps: dict[str, list[float]] = {name: [] for name in saturated_paths}
+    for round_ in range(args.rounds):
+        order = list(saturated_paths) if round_ % 2 == 0 else list(reversed(saturated_paths))
+        for name in order:
+            port, host = saturated_paths[name]
+            pid = measured_pid.get(name)
+            cpu_before = cpu_seconds(pid) if pid else 0.0
+            rate, completed = wrk(port, args.duration, host, args.connections)
+            if pid:
+                cpu[name] += cpu_seconds(pid) - cpu_before
+                served[name] += completed
+            rps[name].append(rate)
+            print(f"saturated {name}: {rate:.0f} rps", file=sys.stderr)
+
+    # Latency in rounds; within a round the three paths take turns in one-second slices, so a burst
+    # of other load lands on all alike, and each round's added latency is proxied minus direct of
+    # that same round. Medians over rounds, with their spread, because one round's p99 is noise.
+    names = list(paths)
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    rounds: list[dict[str, dict[str, float]]] = []
+    slices = max(1, round(args.latency_seconds))
+    for round_ in range(args.latency_rounds):
+        this: dict[str, list[float]] = {name: [] for name in paths}
+        for slice_ in range(slices):
+            k = (round_ * slices + slice_) % len(names)
+            for name in names[k:] + names[:k]:
+                port, host = paths[name]
+                this[name] += paced_latencies(port, host or f"127.0.0.1:{port}", args.rate, 1.0)
+        rounds.append({n: {"p50": percentile(v, 0.50), "p99": percentile(v, 0.99)} for n, v in this.items()})
+        for name, values in this.items():
+            samples[name] += values
+        shown = ", ".join(f"{n} p50 {r['p50']:.3f} p99 {r['p99']:.3f}" for n, r in rounds[-1].items())
+        print(f"latency round {round_ + 1} (ms): {shown}", file=sys.stderr)
+    added: dict[str, list[float]] = {"p50": [], "p99": [], "p50_two": [], "p99_two": []}
+    for r in rounds:
+        for q in ("p50", "p99"):
+            added[q].append(r["one_hop"][q] - r["direct"][q])
+            added[f"{q}_two"].append((r["two_hops"][q] - r["direct"][q]) / 2)
+    lat = {n: {"p50": percentile(v, 0.50), "p99": percentile(v, 0.99)} for n, v in samples.items()}
+
+    for _ in range(50):  # memory after at least 100k requests (the rounds above usually did it)
+        if server.requests() >= 100_000:
+            break
+        wrk(server.inbound, 3, None, args.connections)
+    served_total = server.requests()
+    rss_after = server.rss_mib()
+    rss_after_client = client.rss_mib()
+
+    med = {name: statistics.median(values) for name, values in rps.items()}
+    cpu_us = {name: cpu[name] / max(1, served[name]) * 1e6 for name in cpu}
+    p50, p50_spread = median_and_spread(added["p50"])
+    p99, p99_spread = median_and_spread(added["p99"])
+    p50_two, p50_two_spread = median_and_spread(added["p50_two"])
+    p99_two, p99_two_spread = median_and_spread(added["p99_two"])
+    return {
+        "rps_direct": round(med["direct"]),
+        "rps_one_hop": round(med["one_hop"]),
+        "rps_haproxy_one_hop": round(med["haproxy_one_hop"]),
+        "ratio_vs_haproxy": round(med["one_hop"] / med["haproxy_one_hop"], 3),
+        "rps_two_hops": round(med["two_hops"]),
+        "rps_bare_gevent_relay": round(med["bare_relay"]),
+        "ratio_one_hop_to_direct": round(med["one_hop"] / med["direct"], 3),
+        "ratio_one_hop_to_bare_relay": round(med["one_hop"] / med["bare_relay"], 3),
+        "ratio_two_hops_to_one_hop": round(med["two_hops"] / med["one_hop"], 3),
+        "cpu_us_per_request": round(cpu_us["one_hop"], 1),
+        "cpu_us_per_request_haproxy": round(cpu_us["haproxy_one_hop"], 1),
+        "p50_ms": {k: round(v["p50"], 3) for k, v in lat.items()},
+        "p99_ms": {k: round(v["p99"], 3) for k, v in lat.items()},
+        "added_p50_ms_per_hop": p50,
+        "added_p50_ms_per_hop_spread": p50_spread,
+        "added_p99_ms_per_hop": p99,
+        "added_p99_ms_per_hop_spread": p99_spread,
+        "added_p50_ms_per_hop_two_hop_path": p50_two,
+        "added_p50_ms_per_hop_two_hop_path_spread": p50_two_spread,
+        "added_p99_ms_per_hop_two_hop_path": p99_two,
+        "added_p99_ms_per_hop_two_hop_path_spread": p99_two_spread,
+        "p99_ms_direct_spread": median_and_spread([r["direct"]["p99"] for r in rounds])[1],
+        "cpu_us_per_request_one_hop": round(cpu_us["one_hop"], 1),  # the same figure, its former name
+        "rps_per_proxy_core_estimate": round(served["one_hop"] / max(cpu["one_hop"], 1e-9)),
+        "rss_mib_warm": round(rss_warm, 1),
+        "rss_mib_after_100k": round(rss_after, 1),
+        "rss_mib_client_warm": round(rss_warm_client, 1),
+        "rss_mib_client_after": round(rss_after_client, 1),
+        "server_proxy_requests": int(served_total),
+        "latency_rate_rps": args.rate,
+        "latency_rounds": f"{args.latency_rounds} x {slices}s per path (median of per-round differences)",
+        "wrk": f"-t1 -c{args.connections} -d{round(args.duration)}s x{args.rounds} (median)",
+        "cpus": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def _where(filename: str, line: int, name: str) -> str:
+    if filename == "~":
+        return name
+    for marker in (f"{REPO}/", "site-packages/", "/lib/python3."):
+        if marker in filename:
+            filename = filename.split(marker, 1)[1]
+            break
+    return f"{filename}:{line}({name})"
+
+
+def _area(filename: str, name: str) -> str:
+    if filename.startswith(f"{REPO}/proxy/"):
+        return "proxy (Python)"
+    if "/gevent/" in filename or (filename == "~" and ("gevent" in name or "greenlet" in name)):
+        return "gevent and greenlet"
+    if filename == "~" and "_socket.socket" in name:
+        return "socket calls (syscalls)"
+    if filename == "~":
+        return "other built-ins (C)"
+    return "other Python (stdlib, libraries)"
+
+
+def profile(args: argparse.Namespace, tmp: Path, nginx_port: int, started: list[Proxy]) -> dict[str, Any]:
+    """One saturated one-hop round unprofiled, then one under cProfile; own time per request."""
+    stats_path = tmp / "one_hop.pstats"
+    server = server_proxy(tmp, nginx_port, ["-c", PROFILED_PROXY, str(stats_path)])
+    started.append(server)
+    pid = server.process.pid
+    wrk(server.inbound, 2, None, args.connections)  # warm-up
+    user0, system0 = cpu_times(pid)
+    rate, completed = wrk(server.inbound, args.duration, None, args.connections)
+    user1, system1 = cpu_times(pid)
+    server.process.send_signal(signal.SIGUSR1)
+    time.sleep(0.5)  # the handler runs at the proxy's next signal check (idle: within 0.3 s)
+    cpu_before = cpu_seconds(pid)
+    rate_profiled, completed_profiled = wrk(server.inbound, args.duration, None, args.connections)
+    cpu_profiled = cpu_seconds(pid) - cpu_before
+    server.process.send_signal(signal.SIGUSR2)
+    for _ in range(200):
+        if stats_path.exists():
+            break
+        time.sleep(0.1)
+    else:
+        raise SystemExit(f"bench_proxy: no profile written; the proxy's log:\n{server.log.read_text()}")
+    raw: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = pstats.Stats(str(stats_path)).stats  # type: ignore[attr-defined]
+    per_request = 1e6 / max(1, completed_profiled)
+    rows = sorted(((tt, nc, key) for key, (_, nc, tt, _, _) in raw.items()), reverse=True)
+    total = sum(tt for tt, _, _ in rows)
+    areas: dict[str, float] = {}
+    for tt, _, key in rows:
+        area = _area(key[0], key[2])
+        areas[area] = areas.get(area, 0.0) + tt * per_request
+    top = [
+        {
+            "us": round(tt * per_request, 2),
+            "calls": round(nc * per_request / 1e6, 2),
+            "function": _where(*key),
+        }
+        for tt, nc, key in rows[: args.profile_top]
+    ]
+    counted, spent = total * per_request, cpu_profiled * per_request
+    user, system = (user1 - user0) / max(1, completed) * 1e6, (system1 - system0) / max(1, completed) * 1e6
+    print(f"\nunprofiled: {rate:.0f} rps, CPU per request {user + system:.1f} us = {user:.1f} user + "
+          f"{system:.1f} system (kernel)", file=sys.stderr)  # fmt: skip
+    print(f"under cProfile: {rate_profiled:.0f} rps, CPU per request {spent:.1f} us "
+          f"({spent / max(user + system, 1e-9):.1f}x: the profiler's cost, most on functions called "
+          f"most); own time (wall clock) counted {counted:.1f} us:", file=sys.stderr)  # fmt: skip
+    print(f"{'us/req':>8} {'calls/req':>9}  function", file=sys.stderr)
+    for row in top:
+        print(f"{row['us']:8.2f} {row['calls']:9.2f}  {row['function']}", file=sys.stderr)
+    print("\nby area (us per request, under cProfile):", file=sys.stderr)
+    for area, us in sorted(areas.items(), key=lambda item: -item[1]):
+        print(f"{us:8.2f}  {area}", file=sys.stderr)
+    return {
+        "profile": "one_hop",
+        "rps_one_hop": round(rate),
+        "cpu_us_per_request": round(user + system, 1),
+        "cpu_us_per_request_user": round(user, 1),
+        "cpu_us_per_request_system": round(system, 1),
+        "rps_one_hop_profiled": round(rate_profiled),
+        "cpu_us_per_request_profiled": round(spent, 1),
+        "profiled_us_per_request_counted": round(counted, 1),
+        "profiled_us_per_request_by_area": {area: round(us, 1) for area, us in areas.items()},
+        "top_by_own_time": top,
+        "wrk": f"-t1 -c{args.connections} -d{round(args.duration)}s",
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per saturated wrk run")
-    parser.add_argument("--rounds", type=int, default=2, help="saturated runs per path (median reported)")
+    parser.add_argument("--rounds", type=int, default=3, help="saturated runs per path (median reported)")
     parser.add_argument("--rate", type=float, default=1000.0, help="requests per second for latency")
-    parser.add_argument("--latency-seconds", type=float, default=8.0, help="seconds per latency run")
+    parser.add_argument("--latency-rounds", type=int, default=5, help="latency rounds (median of per-round)")
+    parser.add_argument("--latency-seconds", type=float, default=3.0, help="seconds per path per round")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
-    parser.add_argument("--profile", action="store_true", help="run the server-side proxy under cProfile")
+    parser.add_argument("--profile", action="store_true", help="only profile the one-hop proxy (cProfile)")
+    parser.add_argument("--profile-top", type=int, default=25, help="functions listed by --profile")
     args = parser.parse_args()
-    for tool in (NGINX, WRK):
-        if not Path(tool).exists():
-            print(f"bench_proxy: {tool} is missing (apt-get install -y nginx-light wrk)", file=sys.stderr)
+    for tool, package in ((NGINX, "nginx-light"), (WRK, "wrk"), (HAPROXY, "haproxy")):
+        if not Path(tool).exists() and not (args.profile and package == "haproxy"):
+            print(f"bench_proxy: {tool} is missing: apt-get install -y {package} "
+                  "(or scripts/install-system-deps.sh)", file=sys.stderr)  # fmt: skip
             return 1
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
@@ -211,115 +527,22 @@ http {{
 """
     )
     started: list[Proxy] = []
-    relay: subprocess.Popen[bytes] | None = None
+    helpers: list[Process] = []
     nginx = subprocess.Popen(
         [NGINX, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], stderr=subprocess.DEVNULL
     )
     try:
-        wait_port(nginx_port)
-        server = Proxy(tmp, "server-proxy", ["--inbound-forward", f"127.0.0.1:{nginx_port}",
-                       "--namespace", "bench", "--workload-kind", "deployment", "--workload-name", "server",
-                       "--pod", "server-0"], args.profile)  # fmt: skip
-        started.append(server)
-        client = Proxy(tmp, "client-proxy", ["--inbound-forward", "127.0.0.1:9", "--namespace", "bench",
-                       "--workload-kind", "deployment", "--workload-name", "client", "--pod", "client-0"],
-                       False)  # fmt: skip
-        started.append(client)
-        (relay_port,) = free_ports(1)
-        relay = subprocess.Popen(
-            [sys.executable, "-c", BARE_RELAY, str(relay_port), str(nginx_port)], stderr=subprocess.DEVNULL
-        )
-        wait_port(relay_port)
-        server_authority = f"127.0.0.1:{server.inbound}"
-        paths = {
-            "direct": (nginx_port, None),
-            "one_hop": (server.inbound, None),
-            "two_hops": (client.outbound, server_authority),
-        }
-        saturated_paths = {**paths, "bare_relay": (relay_port, None)}
-        for port, host in paths.values():  # warm-up: connections, pools, caches
-            wrk(port, 1, host, args.connections)
-        rss_warm = server.rss_mib()
-        rss_warm_client = client.rss_mib()
-
-        rps: dict[str, list[float]] = {name: [] for name in saturated_paths}
-        cpu_one_hop, requests_one_hop = 0.0, 0
-        for round_ in range(args.rounds):
-            order = list(saturated_paths) if round_ % 2 == 0 else list(reversed(saturated_paths))
-            for name in order:
-                port, host = saturated_paths[name]
-                cpu_before = server.cpu_seconds()
-                rate, completed = wrk(port, args.duration, host, args.connections)
-                if name == "one_hop":
-                    cpu_one_hop += server.cpu_seconds() - cpu_before
-                    requests_one_hop += completed
-                rps[name].append(rate)
-                print(f"saturated {name}: {rate:.0f} rps", file=sys.stderr)
-
-        # Latency in one-second slices, the paths taking turns, so a burst of other load on the
-        # machine lands on all three alike instead of on whichever path was running.
-        samples: dict[str, list[float]] = {name: [] for name in paths}
-        for slice_ in range(max(1, round(args.latency_seconds))):
-            order = list(paths)[slice_ % 3 :] + list(paths)[: slice_ % 3]
-            for name in order:
-                port, host = paths[name]
-                samples[name] += paced_latencies(port, host or f"127.0.0.1:{port}", args.rate, 1.0)
-        lat: dict[str, dict[str, float]] = {}
-        for name, values in samples.items():
-            lat[name] = {"p50": percentile(values, 0.50), "p99": percentile(values, 0.99)}
-            print(f"latency {name} @ {args.rate:.0f} rps: p50 {lat[name]['p50']:.3f} ms, "
-                  f"p99 {lat[name]['p99']:.3f} ms ({len(values)} requests)", file=sys.stderr)  # fmt: skip
-
-        while server.requests() < 100_000:
-            wrk(server.inbound, 3, None, args.connections)
-        served = server.requests()
-        rss_after = server.rss_mib()
-        rss_after_client = client.rss_mib()
-
-        med = {name: statistics.median(values) for name, values in rps.items()}
-        result = {
-            "rps_direct": round(med["direct"]),
-            "rps_one_hop": round(med["one_hop"]),
-            "rps_two_hops": round(med["two_hops"]),
-            "rps_bare_gevent_relay": round(med["bare_relay"]),
-            "ratio_one_hop_to_direct": round(med["one_hop"] / med["direct"], 3),
-            "ratio_one_hop_to_bare_relay": round(med["one_hop"] / med["bare_relay"], 3),
-            "ratio_two_hops_to_one_hop": round(med["two_hops"] / med["one_hop"], 3),
-            "p50_ms": {k: round(v["p50"], 3) for k, v in lat.items()},
-            "p99_ms": {k: round(v["p99"], 3) for k, v in lat.items()},
-            "added_p50_ms_per_hop": round(lat["one_hop"]["p50"] - lat["direct"]["p50"], 3),
-            "added_p99_ms_per_hop": round(lat["one_hop"]["p99"] - lat["direct"]["p99"], 3),
-            "added_p50_ms_per_hop_two_hop_path": round(
-                (lat["two_hops"]["p50"] - lat["direct"]["p50"]) / 2, 3
-            ),
-            "added_p99_ms_per_hop_two_hop_path": round(
-                (lat["two_hops"]["p99"] - lat["direct"]["p99"]) / 2, 3
-            ),
-            "cpu_us_per_request_one_hop": round(cpu_one_hop / max(1, requests_one_hop) * 1e6, 1),
-            "rps_per_proxy_core_estimate": round(requests_one_hop / max(cpu_one_hop, 1e-9)),
-            "rss_mib_warm": round(rss_warm, 1),
-            "rss_mib_after_100k": round(rss_after, 1),
-            "rss_mib_client_warm": round(rss_warm_client, 1),
-            "rss_mib_client_after": round(rss_after_client, 1),
-            "server_proxy_requests": int(served),
-            "latency_rate_rps": args.rate,
-            "wrk": f"-t1 -c{args.connections} -d{round(args.duration)}s x{args.rounds} (median)",
-            "cpus": os.cpu_count(),
-            "loadavg_1m": round(os.getloadavg()[0], 2),
-        }
+        wait_port(nginx_port, process=nginx)
+        if args.profile:
+            result = profile(args, tmp, nginx_port, started)
+        else:
+            result = measure(args, tmp, nginx_port, started, helpers)
     finally:
-        if relay is not None and relay.poll() is None:
-            relay.kill()
-            relay.wait()
+        for helper in helpers:
+            stop(helper)
         for proxy in started:
             proxy.stop()
-        nginx.send_signal(signal.SIGQUIT)
-        try:
-            nginx.wait(10)
-        except subprocess.TimeoutExpired:
-            nginx.kill()
-        if args.profile and started:
-            print((tmp / "server-proxy.log").read_text()[:6000], file=sys.stderr)
+        stop(nginx, signal.SIGQUIT)
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
     return 0
