@@ -55,11 +55,12 @@ class Pod:
         self.exec(sys.executable, "-m", "proxy", "init")
         return self.exec("iptables-save", "-t", "nat").stdout
 
-    def start_proxy(self) -> None:
+    def start_proxy(self, *extra: str) -> None:
+        """Start `mesh-proxy run` as the proxy's UID; `extra` flags are appended (e.g. timeouts)."""
         ns, kind, name, pod = self.identity
         self.proxy = self.spawn(
             "proxy", sys.executable, "-m", "proxy", "run", "--namespace", ns, "--workload-kind", kind,
-            "--workload-name", name, "--pod", pod, "--log-level", "debug", as_proxy_uid=True,
+            "--workload-name", name, "--pod", pod, "--log-level", "debug", *extra, as_proxy_uid=True,
         )  # fmt: skip
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import signal
 import socket
 import subprocess
@@ -71,6 +73,10 @@ class ProxyProcess:
                 return int(line.split()[1])
         raise AssertionError("no VmRSS")
 
+    def fd_count(self) -> int:
+        """Open file descriptors of the proxy process."""
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -89,8 +95,12 @@ def start_proxy(
     tmp: Path,
     *args: str,
     identity: tuple[str, str, str, str] | None = None,
+    rlimit_nofile: int | None = None,
 ) -> ProxyProcess:
-    """Run `python -m proxy run` on free loopback ports; returns once /ready says 200."""
+    """Run `python -m proxy run` on free loopback ports; returns once /ready says 200.
+
+    `rlimit_nofile` caps the proxy's descriptors (soft and hard), as a container's limit would.
+    """
     inbound, outbound, admin = free_ports(3)
     argv = [
         sys.executable, "-m", "proxy", "run",
@@ -106,7 +116,18 @@ def start_proxy(
     log_path = tmp / f"proxy-{inbound}.log"
     # The code under test on PYTHONPATH, and no MESH_* setting of the caller's leaking in.
     child_env = {k: v for k, v in runtime_env().items() if not k.startswith("MESH_")}
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log_path.open("wb"), env=child_env)
+
+    def limit_fds() -> None:  # runs in the child, before exec
+        if rlimit_nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (rlimit_nofile, rlimit_nofile))
+
+    process = subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=log_path.open("wb"),
+        env=child_env,
+        preexec_fn=limit_fds if rlimit_nofile is not None else None,
+    )
     proxy = ProxyProcess(process, inbound, outbound, admin, log_path, argv)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
