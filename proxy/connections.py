@@ -17,6 +17,8 @@ from . import http1
 from .metrics import Tcp
 
 RECV = 65536
+HEAD_RECV = 4096  # reads while a request head is awaited: what one read can queue stays small
+IOV_MAX = 1024  # buffers one sendmsg takes (Linux); more fail with EMSGSIZE
 JOIN_LIMIT = 16384  # below this, pieces are joined (one copy is cheaper than sendmsg's setup)
 SO_ORIGINAL_DST = 80
 _PEEK_FLAGS = stdsocket.MSG_PEEK | stdsocket.MSG_DONTWAIT
@@ -48,17 +50,22 @@ class Client:
 class Upstream:
     """A connection to an upstream with its response parser; lives in the pool between requests."""
 
-    __slots__ = ("address", "deadline", "expired", "idle_since", "reader", "retry_payload", "sock", "tcp")
+    __slots__ = (
+        "address", "deadline", "direction", "expired", "idle_since", "reader", "retry_payload", "sock", "tcp",
+        "write_deadline",
+    )  # fmt: skip
 
-    def __init__(self, sock: Any, address: Address, tcp: Tcp) -> None:
+    def __init__(self, sock: Any, address: Address, direction: str, tcp: Tcp) -> None:
         self.sock = sock
         self.address = address
+        self.direction = direction  # pooled apart per direction: its TCP series names it
         self.reader = http1.ResponseReader()
         self.tcp = tcp
         self.idle_since = 0.0
         # Set only on a reused connection, and only when the request may be sent again (see pool.py).
         self.retry_payload = b""
-        self.deadline = 0.0
+        self.deadline = 0.0  # while the proxy waits to read from it (the response)
+        self.write_deadline = 0.0  # while a send of the request body to it is blocked
         self.expired = False
 
 
@@ -113,7 +120,7 @@ def alive_and_clean(sock: Any) -> bool:
     return False
 
 
-def recv_when_readable(sock: Any) -> bytes:
+def recv_when_readable(sock: Any, size: int = RECV) -> bytes:
     """recv for when data is probably not there yet (the next request, a response).
 
     gevent's recv tries first and waits on EAGAIN, which costs an exception per call on
@@ -121,9 +128,9 @@ def recv_when_readable(sock: Any) -> bytes:
     """
     sock._wait(sock._read_event)
     try:
-        return sock._sock.recv(RECV)
+        return sock._sock.recv(size)
     except BlockingIOError:
-        return sock.recv(RECV)
+        return sock.recv(size)
 
 
 def send(sock: Any, data: bytes) -> None:
@@ -144,18 +151,18 @@ def send_pieces(sock: Any, pieces: list[bytes]) -> int:
         send(sock, b"".join(pieces))
         return total
     views = [memoryview(p) for p in pieces if p]
-    left = total
-    while True:
-        sent = sock.sendmsg(views)
-        left -= sent
-        if left <= 0:
-            return total
-        while sent:  # drop what went out, keep the rest of a piece that went out in part
-            if sent >= len(views[0]):
-                sent -= len(views.pop(0))
+    first = 0
+    while first < len(views):
+        sent = sock.sendmsg(views[first : first + IOV_MAX])
+        while sent:  # step past what went out, keep the rest of a piece that went out in part
+            size = len(views[first])
+            if sent >= size:
+                sent -= size
+                first += 1
             else:
-                views[0] = views[0][sent:]
+                views[first] = views[first][sent:]
                 sent = 0
+    return total
 
 
 def shutdown(sock: Any, how: int = stdsocket.SHUT_RDWR) -> None:

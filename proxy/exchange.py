@@ -21,6 +21,7 @@ import gevent
 
 from . import http1, tunnel
 from .connections import (
+    HEAD_RECV,
     RECV,
     Address,
     Client,
@@ -39,6 +40,7 @@ from .http1 import (
     MESH_DST,
     MESH_SRC,
     MESH_VIA,
+    UPGRADE,
     BodyWriter,
     Event,
     Head,
@@ -64,12 +66,14 @@ def serve_http(proxy: Proxy, client: Client, first: bytes, dest: Address | None,
     head_deadline = 0.0
     data = first
     while True:
-        if data:
-            try:
+        try:
+            if data:
                 reader.feed(data)
-            except ProtocolError as error:
-                proxy.reject(client, error, direction)
-                return
+            elif not events:
+                reader.resume()  # what a read held beyond the last request, or its error
+        except ProtocolError as error:
+            proxy.reject(client, error, direction)
+            return
         if events:
             kind, head = events.popleft()
             if kind != HEAD:
@@ -84,6 +88,8 @@ def serve_http(proxy: Proxy, client: Client, first: bytes, dest: Address | None,
             head_deadline = 0.0
             data = b""
             continue
+        if reader.backlog:
+            continue
         if proxy.draining:
             return
         if reader.head_started:  # a head is on its way: it has header_timeout from its first byte
@@ -93,7 +99,7 @@ def serve_http(proxy: Proxy, client: Client, first: bytes, dest: Address | None,
         else:
             client.deadline = proxy.now + config.idle_timeout
         try:
-            data = recv_when_readable(sock)
+            data = recv_when_readable(sock, HEAD_RECV)
         except OSError:
             data = b""
         if not data:
@@ -107,7 +113,8 @@ class Exchange:
     """One request and its response, from the client's head to the end of the upstream's body."""
 
     __slots__ = (
-        "authority", "client", "direction", "head", "peer", "proxy", "reader", "reply_extra", "start",
+        "authority", "client", "direction", "head", "head_received", "peer", "proxy", "reader",
+        "reply_extra", "start",
     )  # fmt: skip
 
     def __init__(
@@ -122,6 +129,7 @@ class Exchange:
         self.authority = ""
         self.peer: Labels = NO_LABELS
         self.reply_extra: list[tuple[bytes, bytes]] = []  # mesh headers for the client's response
+        self.head_received = False  # the final response head arrived (the pump leaves the clock be)
 
     # --- the request ---------------------------------------------------------------------------
     def run(self, dest: Address | None) -> bool:
@@ -167,6 +175,8 @@ class Exchange:
         writer = http1.body_writer(head.body_mode == CHUNKED)
         body_done = _take_buffered_body(self.reader.events, payload, writer)
         data = payload[0] if len(payload) == 1 else b"".join(payload)
+        if head.method == _CONNECT:
+            return self._tunnel(address, data)
         repeatable = body_done and head.method in http1.IDEMPOTENT_METHODS
         try:
             upstream = proxy.pool.send(address, data, self.direction, repeatable)
@@ -182,11 +192,79 @@ class Exchange:
             if pump is not None and not pump.dead:
                 pump.kill(block=False)
 
+    def _tunnel(self, address: Address, head_bytes: bytes) -> bool:
+        """CONNECT on a listener with a destination (an app using an egress proxy).
+
+        The head goes on, on a connection of its own that is never pooled. Only a 2xx answer
+        opens the tunnel: then the client's bytes after its head go up, and bytes flow both
+        ways unparsed. Any other answer is relayed as a response and the connection closed, so
+        bytes the client sent after a refused CONNECT never reach the app as requests.
+        """
+        proxy = self.proxy
+        try:
+            upstream = proxy.pool.connect(address, self.direction)
+            proxy.pool.send_on(upstream, head_bytes)
+        except UpstreamError as error:
+            return self._fail(error, False)
+        try:
+            head_end, buf = self._read_raw_head(upstream)
+            status_line = buf[: buf.find(b"\r\n")]
+            opened = status_line[:7] == b"HTTP/1." and status_line[9:10] == b"2"
+            upstream.reader.start(b"HEAD" if opened else b"CONNECT")  # a tunnel's 2xx has no body
+            upstream.reader.feed(buf[:head_end] if opened else buf)
+        except UpstreamError as error:
+            proxy.pool.discard(upstream)
+            return self._fail(error, False)
+        except ProtocolError:
+            proxy.pool.discard(upstream)
+            return self._fail(UpstreamError("bad_response"), False)
+        _, response = upstream.reader.events.popleft()
+        latency_ms = (time.monotonic() - self.start) * 1000.0
+        if not opened:
+            failure = self._relay_body(upstream, response, False, False)
+            proxy.pool.discard(upstream)
+            proxy.metrics.response(
+                self.direction, self.authority, self.peer, response.status, failure, latency_ms
+            )
+            return False
+        proxy.metrics.response(self.direction, self.authority, self.peer, response.status, "", latency_ms)
+        out = http1.encode_response_head(response, "1.1", True, False, self.reply_extra)
+        left = b"".join(d for k, d in self.reader.events if k == UPGRADE and d)
+        try:
+            if proxy.send_client(self.client, out):
+                tunnel.relay(proxy, self.client, upstream, left, buf[head_end:])
+        finally:
+            proxy.pool.discard(upstream)
+        return False
+
+    def _read_raw_head(self, upstream: Upstream) -> tuple[int, bytes]:
+        """Read until a response head is complete; (where it ends, all bytes read so far)."""
+        proxy = self.proxy
+        upstream.deadline = proxy.now + proxy.config.response_timeout
+        buf = b""
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end != -1:
+                return end + 4, buf
+            if len(buf) > http1.MAX_OPEN_HEAD_BYTES:
+                raise ProtocolError(502, "response head too large")
+            try:
+                data = recv_when_readable(upstream.sock)
+            except OSError:
+                data = b""
+            if upstream.expired:
+                raise UpstreamError("timeout", 504)
+            if not data:
+                raise UpstreamError("reset")
+            upstream.tcp.read += len(data)
+            buf += data
+
     def _pump_body(self, upstream: Upstream, writer: BodyWriter) -> bool:
         """Stream the rest of a request body to the upstream while the response is awaited.
 
-        The upstream's deadline runs only while a send to it is blocked; the response timeout
-        starts when the body is complete.
+        The upstream's write deadline runs only while a send to it is blocked; the response
+        timeout (its read deadline) starts when the body is complete, unless the response head
+        came first. A malformed request after this one is left to the next read of the client.
         """
         proxy, client = self.proxy, self.client
         events = self.reader.events
@@ -208,12 +286,13 @@ class Exchange:
                     else:
                         return False
                 if out:
-                    upstream.deadline = proxy.now + proxy.config.response_timeout
+                    upstream.write_deadline = proxy.now + proxy.config.response_timeout
                     upstream.tcp.written += send_pieces(usock, out)
                     out.clear()
-                    upstream.deadline = 0.0
+                    upstream.write_deadline = 0.0
                 if done:
-                    upstream.deadline = proxy.now + proxy.config.response_timeout
+                    if not self.head_received:
+                        upstream.deadline = proxy.now + proxy.config.response_timeout
                     return True
                 client.deadline = proxy.now + proxy.config.idle_timeout
                 data = csock.recv(RECV)
@@ -267,15 +346,17 @@ class Exchange:
             kind, response = up_events.popleft()
             if kind != HEAD:
                 continue
-            if not http1.is_informational(response.status) or (
-                response.status == 101 and request.upgrade is not None
-            ):
+            if response.status == 101 and request.upgrade is None:  # a switch nobody asked for
+                proxy.pool.discard(upstream)
+                return self._fail(UpstreamError("bad_response"), False)
+            if not http1.is_informational(response.status) or response.status == 101:
                 break
             # 1xx go to HTTP/1.1 clients only (RFC 9110 §15.2).
             informational = http1.encode_response_head(response, "1.1", True, False, [])
             if request.version != "1.0" and not proxy.send_client(client, informational):
                 proxy.pool.discard(upstream)
                 return False
+        self.head_received = True
         latency_ms = (time.monotonic() - self.start) * 1000.0
         if direction == OUTBOUND:
             self.peer = proxy.dst_labels.get(response.mesh.get(MESH_DST))

@@ -25,6 +25,8 @@ MAX_TARGET_BYTES = 8 * 1024  # request target; more → 414
 # httptools buffers a header line until it ends, so one endless line would grow without bound:
 # bytes fed while a head is still open are capped too (with slack for one read's overcount).
 MAX_OPEN_HEAD_BYTES = MAX_HEADER_BYTES + MAX_TARGET_BYTES + 64 * 1024
+FEED_SLICE = 1024  # request bytes parsed at a time outside a body (see RequestReader)
+CHUNKED_FEED_SLICE = 16384  # and inside a chunked body
 
 MESH_SRC = SRC_HEADER.encode()
 MESH_DST = DST_HEADER.encode()
@@ -146,6 +148,9 @@ def split_headers(raw: list[tuple[bytes, bytes]], head: Head) -> None:
             upgrade = value.strip()
         elif lname == b"te":
             head.te_trailers = head.te_trailers or b"trailers" in value.lower()
+    if head.transfer_encoding is not None:  # written again from what it means: codings, in order
+        codings = [c.strip().lower() for c in head.transfer_encoding.split(b",")]
+        head.transfer_encoding = b", ".join(c for c in codings if c and c != b"identity") or None
     if upgrade is not None and b"upgrade" in connection_options:
         head.upgrade = upgrade
     extra = [o for o in connection_options if o and o not in _CONNECTION_OPTIONS_KEPT]
@@ -226,13 +231,24 @@ class _Reader:
 
 
 class RequestReader(_Reader):
-    """Bytes from a client → request events. Pipelined requests queue up in order."""
+    """Bytes from a client → request events. Pipelined requests queue up in order, but never far.
+
+    Parsing stops (at most one slice) past the end of a message while its events still wait to
+    be taken: the rest stays unparsed in `backlog` until `resume()`. Heads are parsed a slice at
+    a time, so one read full of tiny pipelined requests never turns into hundreds of parsed
+    heads (each far larger in memory than its bytes). A Content-Length body is parsed whole.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self._parser = httptools.HttpRequestParser(self)
         self._target: list[bytes] = []
         self._target_bytes = 0
+        self._between = True  # no message begun since the last one ended
+        self._completed = 0  # messages ended so far
+        self._error: ProtocolError | None = None  # found in a later request: raised when it is due
+        self._body_left = 0  # bytes of a Content-Length body still to come
+        self.backlog: bytes | memoryview = b""
 
     @property
     def head_started(self) -> bool:
@@ -241,10 +257,86 @@ class RequestReader(_Reader):
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises ProtocolError (status 400/414/431) on input that is not forwardable."""
-        self._feed(self._parser, data)
+        if self._error is not None:
+            raise self._error
+        if self.backlog:  # keep the order: behind what is waiting
+            self.backlog = bytes(self.backlog) + data
+            return
+        self._parse(data if len(data) <= FEED_SLICE else memoryview(data))
+
+    def resume(self) -> None:
+        """Parse what was held back, once the events before it have been taken."""
+        if self._error is not None:
+            raise self._error
+        data, self.backlog = self.backlog, b""
+        if data:
+            self._parse(data)
+
+    def _parse(self, data: bytes | memoryview) -> None:
+        pos, end = 0, len(data)
+        first = self._completed
+        while pos < end:  # every piece is at least one byte
+            if self._between or self._in_head:
+                size = FEED_SLICE
+            elif self._body_left > 0:  # a Content-Length body: up to its end, in one piece
+                size = self._body_left
+            else:  # a chunked body (its end is not known) or a trailer section
+                size = CHUNKED_FEED_SLICE
+            piece = data[pos : pos + size]
+            pos += len(piece)
+            completed = self._completed
+            try:
+                self._feed(self._parser, piece)  # type: ignore[arg-type]
+            except ProtocolError as error:
+                if self._completed == completed:
+                    raise
+                self._error = error  # the request before it is whole: it goes first
+                return
+            if self.events and self.events[-1][0] == UPGRADE:
+                self._upgraded(data[pos:])
+                return
+            if pos < end and self.events and self._completed != first:
+                self.backlog = data[pos:]  # a whole message waits to be taken: no further ahead
+                return
+
+    def _upgraded(self, rest: bytes | memoryview) -> None:
+        """llhttp stopped at a request that asks to switch protocols; the bytes after its head
+        are the new protocol's. Unless the switch is declined: a request with a body, or `h2c`
+        (the proxy keeps HTTP/1.1 on the next hop, as Linkerd does), goes on as a plain request,
+        its body read by its own framing, and parsing resumes behind it on a fresh parser."""
+        _, left = self.events.pop()
+        left = bytes(left) + bytes(rest)
+        head = next(h for k, h in reversed(self.events) if k == HEAD)
+        if head.method == b"CONNECT" or head.upgrade is None:
+            self.events.append((UPGRADE, left))
+            return
+        if head.body_mode == NO_BODY and head.upgrade.lower() != b"h2c":
+            self.events.append((UPGRADE, left))
+            return
+        head.upgrade = None
+        self._parser = httptools.HttpRequestParser(self)
+        if head.body_mode != NO_BODY:
+            self.events.pop()  # llhttp ended the message at its head; its body comes next
+            framing = (
+                b"Transfer-Encoding: chunked"
+                if head.body_mode == CHUNKED
+                else b"Content-Length: %d" % (head.content_length or 0)
+            )
+            self._feed(self._parser, b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+            self.events.pop()  # that head only set the parser up for the body
+        self._between = head.body_mode == NO_BODY
+        if left:
+            self._parse(left)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_in_feed = True
+        self._body_left -= len(body)
+        self.events.append((BODY, body))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._between = False
+        self._body_left = 0
         self._target = []
         self._target_bytes = 0
 
@@ -262,15 +354,21 @@ class RequestReader(_Reader):
         head.method = p.get_method()
         head.target = b"".join(self._target)
         head.version = p.get_http_version()
+        if head.version not in ("1.0", "1.1"):  # llhttp reads `GET  HTTP/1.0` as HTTP/0.9
+            self._limit_error = ProtocolError(400, "only HTTP/1.0 and HTTP/1.1 requests")
+            raise self._limit_error
         head.keep_alive = p.should_keep_alive()
         split_headers(self._raw, head)
         if is_chunked(head.transfer_encoding):
             head.body_mode = CHUNKED
         elif head.content_length:
             head.body_mode = LENGTH
+            self._body_left = head.content_length
         self.events.append((HEAD, head))
 
     def on_message_complete(self) -> None:
+        self._between = True
+        self._completed += 1
         self.events.append((END, self._trailers or None))
 
 

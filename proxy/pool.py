@@ -39,7 +39,7 @@ class UpstreamPool:
         self.max_idle_per_destination = max_idle_per_destination
         self.max_idle = max_idle
         self.idle_seconds = idle_seconds
-        self.idle: dict[Address, list[Upstream]] = {}
+        self.idle: dict[tuple[str, Address], list[Upstream]] = {}
         self.idle_count = 0
         self.busy: set[Upstream] = set()  # checked out: the watchdog enforces their deadlines
         self.closed = False
@@ -52,7 +52,7 @@ class UpstreamPool:
         connection that fails the send before any byte left is replaced by a fresh one whatever
         the method; one that took bytes only when `repeatable`.
         """
-        upstream = self.checkout(address)
+        upstream = self.checkout(address, direction)
         if upstream is None:
             upstream = self.connect(address, direction)
             self._send_first(upstream, data)
@@ -82,6 +82,10 @@ class UpstreamPool:
         self._send_first(upstream, data)
         return upstream
 
+    def send_on(self, upstream: Upstream, data: bytes) -> None:
+        """Send on a connection of the caller's own (a tunnel's), never pooled."""
+        self._send_first(upstream, data)
+
     def _send_first(self, upstream: Upstream, data: bytes) -> None:
         try:
             connections.send(upstream.sock, data)
@@ -91,8 +95,9 @@ class UpstreamPool:
         upstream.tcp.written += len(data)
 
     # --- the pool --------------------------------------------------------------------------------
-    def checkout(self, address: Address) -> Upstream | None:
-        idle = self.idle.get(address)
+    def checkout(self, address: Address, direction: str) -> Upstream | None:
+        key = (direction, address)
+        idle = self.idle.get(key)
         if not idle:
             return None
         now = time.monotonic()
@@ -106,15 +111,16 @@ class UpstreamPool:
                 break
             self.discard(upstream)
         if not idle:
-            del self.idle[address]
+            del self.idle[key]
         return found
 
     def checkin(self, upstream: Upstream) -> None:
         """Keep a connection for the next request if it is clean, else close it."""
         self.busy.discard(upstream)
-        upstream.deadline = 0.0
+        upstream.deadline = upstream.write_deadline = 0.0
         upstream.retry_payload = b""
-        idle = self.idle.get(upstream.address)
+        key = (upstream.direction, upstream.address)
+        idle = self.idle.get(key)
         if (
             self.closed
             or not upstream.reader.clean()
@@ -125,7 +131,7 @@ class UpstreamPool:
             return
         upstream.idle_since = time.monotonic()
         if idle is None:
-            self.idle[upstream.address] = [upstream]
+            self.idle[key] = [upstream]
         else:
             idle.append(upstream)
         self.idle_count += 1
@@ -157,7 +163,7 @@ class UpstreamPool:
         sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
         sock.settimeout(None)  # deadlines are the watchdog's job
         tcp = self.tcp_connection(direction, "dst", connections.hostport(address))
-        upstream = Upstream(sock, address, tcp)
+        upstream = Upstream(sock, address, direction, tcp)
         self.busy.add(upstream)
         return upstream
 
@@ -173,14 +179,14 @@ class UpstreamPool:
     def expire_idle(self, now: float) -> None:
         """Close connections idle too long (the watchdog calls this now and then)."""
         cutoff = now - self.idle_seconds
-        for address in list(self.idle):
-            idle = self.idle[address]
+        for key in list(self.idle):
+            idle = self.idle[key]
             keep = [u for u in idle if u.idle_since >= cutoff]
             for upstream in idle:
                 if upstream.idle_since < cutoff:
                     self.discard(upstream)
             self.idle_count -= len(idle) - len(keep)
             if keep:
-                self.idle[address] = keep
+                self.idle[key] = keep
             else:
-                del self.idle[address]
+                del self.idle[key]

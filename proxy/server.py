@@ -9,6 +9,7 @@ head, label bytes (metrics.py).
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import secrets
 import signal
@@ -25,7 +26,7 @@ from gevent import socket
 from . import http1, tunnel
 from .config import ProxyConfig
 from .connections import (
-    RECV,
+    HEAD_RECV,
     Address,
     Client,
     Upstream,
@@ -116,7 +117,10 @@ class Proxy:
                     elif now > deadline + 1.0:
                         shutdown(client.sock)
             for upstream in list(self.pool.busy):
-                if upstream.deadline and now > upstream.deadline and not upstream.expired:
+                if upstream.expired:
+                    continue
+                read, write = upstream.deadline, upstream.write_deadline
+                if (read and now > read) or (write and now > write):
                     upstream.expired = True
                     if upstream.sock is not None:
                         shutdown(upstream.sock)
@@ -149,15 +153,17 @@ class Proxy:
                     return
                 gevent.sleep(0.01)  # EMFILE and friends: back off, keep serving
                 continue
+            # Counted here, not in the handler: accept() does not yield while connections are
+            # queued, so a burst from the backlog must meet the cap one by one.
             if self.open_per_listener[direction] >= self.max_connections:
                 close(sock)  # over the cap: refused at once rather than left to hang
                 self.log_limited("connection_refused", direction=direction, reason="max_connections")
                 continue
+            self.open_per_listener[direction] += 1
             gevent.spawn(self._handle, sock, peer, direction)
 
     # --- one client connection --------------------------------------------------------------------
     def _handle(self, sock: Any, peer: Any, direction: str) -> None:
-        self.open_per_listener[direction] += 1
         sock.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, 1)
         dest = self._destination(sock, direction)
         client = Client(sock, self._tcp_connection(direction, "src", hostport(dest) if dest else ""))
@@ -218,7 +224,7 @@ class Proxy:
                 return Protocol.NEED_MORE, buf
             sock.settimeout(remaining)
             try:
-                data = sock.recv(RECV)
+                data = sock.recv(HEAD_RECV)
             except TimeoutError:
                 return Protocol.NEED_MORE, buf
             except OSError:
@@ -248,13 +254,19 @@ class Proxy:
         protocol = detect(buf)
         while protocol is Protocol.NEED_MORE:
             readable, _, _ = gevent.select.select([sock, upstream.sock], [], [], self.config.idle_timeout)
-            if not readable or upstream.sock in readable:
-                break
-            try:
-                data = sock.recv(RECV)
-            except OSError:
-                data = b""
+            if upstream.sock in readable:
+                break  # the server spoke first (or closed): opaque
+            data = b""
+            if readable:
+                with contextlib.suppress(OSError):
+                    data = sock.recv(HEAD_RECV)
             if not data:
+                # Silence is never a reason to relay unparsed bytes: more could follow that the
+                # other side would parse as HTTP. Only a client that ended after starting
+                # something (nothing can follow) gets those bytes passed on.
+                if not readable or not buf:
+                    self.pool.discard(upstream)
+                    return
                 break
             client.tcp.read += len(data)
             buf += data

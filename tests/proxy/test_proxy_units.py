@@ -56,9 +56,15 @@ def test_detect(first: bytes, expected: Protocol) -> None:
 
 
 def _request_events(data: bytes) -> list[tuple[int, object]]:
+    """Every event of `data`, taking them as the proxy does (what is held back comes on resume)."""
     reader = http1.RequestReader()
     reader.feed(data)
-    return list(reader.events)
+    events = []
+    while reader.events:
+        events.extend(reader.events)
+        reader.events.clear()
+        reader.resume()
+    return events
 
 
 def test_split_headers_drops_hop_by_hop_and_connection_named() -> None:
@@ -346,6 +352,74 @@ def test_a_response_with_leftovers_is_not_clean() -> None:
     for _ in range(3):
         reader.events.popleft()
     assert not reader.clean(), "the first bytes of a next message stay in the reader"
+
+
+def test_pipelined_requests_are_parsed_a_message_at_a_time() -> None:
+    """One read full of tiny pipelined requests must not become hundreds of parsed heads."""
+    one = b"GET /%d HTTP/1.1\r\nHost: x\r\n" + b"a: b\r\n" * 90 + b"\r\n"
+    data = b"".join(one % i for i in range(100))
+    reader = http1.RequestReader()
+    reader.feed(data)
+    heads = [h for k, h in reader.events if k == HEAD]
+    assert 1 <= len(heads) <= 3, "parsing stops at a message boundary while events wait"
+    assert reader.backlog
+    targets = []
+    for _ in range(1000):
+        while reader.events:
+            kind, head = reader.events.popleft()
+            if kind == HEAD:
+                targets.append(head.target)
+        if not reader.backlog:
+            break
+        reader.resume()
+    assert targets == [b"/%d" % i for i in range(100)], "every request, in order"
+
+
+def test_a_bad_request_after_a_good_one_waits_its_turn() -> None:
+    reader = http1.RequestReader()
+    reader.feed(b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\n")
+    reader.feed(b"abcBAD REQUEST\r\n\r\n")
+    assert [k for k, _ in reader.events] == [HEAD, BODY, END], "the good request is whole"
+    reader.events.clear()
+    with pytest.raises(ProtocolError) as error:
+        reader.resume()
+    assert error.value.status == 400
+
+
+@pytest.mark.parametrize("upgrade", [b"h2c", b"websocket"])
+def test_an_upgrade_offer_with_a_body_goes_on_as_a_plain_request(upgrade: bytes) -> None:
+    events = _request_events(
+        b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAA\r\n"
+        b"Upgrade: %b\r\nContent-Length: 11\r\n\r\nhello=worldGET /next HTTP/1.1\r\nHost: x\r\n\r\n" % upgrade
+    )
+    assert [k for k, _ in events] == [HEAD, BODY, END, HEAD, END]
+    head = events[0][1]
+    assert isinstance(head, Head) and head.upgrade is None
+    assert events[1][1] == b"hello=world"
+    out = http1.encode_request_head(head, b"/", http1.request_framing(head))
+    assert b"Upgrade" not in out and b"HTTP2-Settings" not in out and b"Content-Length: 11\r\n" in out
+    assert events[3][1].target == b"/next"
+
+
+def test_h2c_without_a_body_stays_http1_and_websocket_switches() -> None:
+    events = _request_events(
+        b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nGET /2 HTTP/1.1\r\n\r\n"
+    )
+    assert [k for k, _ in events] == [HEAD, END, HEAD, END]
+    assert events[0][1].upgrade is None, "h2c is declined: the next hop stays HTTP/1.1 (as Linkerd)"
+
+
+def test_http09_request_lines_are_refused() -> None:
+    with pytest.raises(ProtocolError):
+        _request_events(b"CONNECT  HTTP/1.0\r\n\r\n")
+
+
+def test_transfer_coding_is_written_from_what_it_means() -> None:
+    [(_, head), *_] = _request_events(
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: Identity, Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+    assert isinstance(head, Head) and head.body_mode == CHUNKED
+    assert (b"Transfer-Encoding", b"chunked") in http1.request_framing(head)
 
 
 def test_hop_marker_finds_loops() -> None:
