@@ -80,6 +80,12 @@ def pattern_digest(size: int) -> str:
     return digest.hexdigest()
 
 
+def chunked_body(data: bytes, size: int) -> bytes:
+    """`data` framed as chunks of `size` bytes (the last may be shorter), with the last-chunk."""
+    pieces = [data[i : i + size] for i in range(0, len(data), size)]
+    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
 class BadRequest(Exception):
     pass
 
@@ -130,6 +136,12 @@ class DesyncBackend:
       hang           read requests and never answer (until the peer closes)
       body_size      answer with this many bytes of `pattern` instead of the naming body
       body_delay     seconds between 64 KiB blocks of a `body_size` answer
+      chunk_size     with `body_size`: the answer is chunked, in chunks of this many bytes,
+                     head and all chunks written in one go
+      answer_delay   seconds to wait before each answer (read when the answer is due)
+      answer_before_body  answer a request with a body as soon as its head is read, then read
+                     the body (recorded as usual; the answer's X-Seen is the seq the request
+                     is about to get, exact while one request at a time is in flight)
       read_delay     seconds between 4 KiB reads of a request body
       extra_headers  added to every answer (e.g. a forged x-mesh-dst)
     Records: `requests` (Seen, in parse order), `connections` (accepted), `errors` (parse errors).
@@ -143,6 +155,9 @@ class DesyncBackend:
         self.hang = False
         self.body_size: int | None = None
         self.body_delay = 0.0
+        self.chunk_size = 0
+        self.answer_delay = 0.0
+        self.answer_before_body = False
         self.read_delay = 0.0
         self.extra_headers: list[tuple[str, str]] = []
         self.requests: list[Seen] = []
@@ -206,7 +221,7 @@ class DesyncBackend:
             while not self._stopped.is_set():
                 index += 1
                 try:
-                    seen, close = self._read_request(conn, conn_id, index)
+                    seen, close, answered = self._read_request(conn, conn_id, index)
                 except EOFError:
                     return
                 except BadRequest as error:
@@ -225,7 +240,10 @@ class DesyncBackend:
                 # Not a proxy: CONNECT is refused and the connection closed (as nginx does), so
                 # what follows it is never read as requests; 2xx would make it a tunnel.
                 close = close or seen.method == "CONNECT"
-                self._answer(sock, seen, close)
+                if not answered:
+                    if self.answer_delay:
+                        time.sleep(self.answer_delay)
+                    self._answer(sock, seen, close)
                 if close:
                     return
         except OSError:
@@ -235,7 +253,8 @@ class DesyncBackend:
                 self._socks.discard(sock)
             sock.close()
 
-    def _read_request(self, conn: _Conn, conn_id: int, index: int) -> tuple[Seen, bool]:
+    def _read_request(self, conn: _Conn, conn_id: int, index: int) -> tuple[Seen, bool, bool]:
+        """One request: (as parsed, close after it, already answered)."""
         line = conn.line()
         match = _REQUEST_LINE.fullmatch(line)
         if not match:
@@ -258,18 +277,24 @@ class DesyncBackend:
         te, cl = lower.get(b"transfer-encoding"), lower.get(b"content-length")
         if te and cl:
             raise BadRequest("both Transfer-Encoding and Content-Length")
+        if te and [v.lower() for v in te] != [b"chunked"]:
+            raise BadRequest(f"unsupported Transfer-Encoding {te!r}")
+        if cl and (len(set(cl)) != 1 or not cl[0].isdigit()):
+            raise BadRequest(f"bad Content-Length {cl!r}")
+        tokens = b",".join(lower.get(b"connection", [])).lower()
+        close = minor == b"0" or b"close" in [t.strip() for t in tokens.split(b",")]
+        answered = self.answer_before_body and bool(te or (cl and cl[0] != b"0"))
+        if answered:
+            with self._lock:
+                seq = len(self.requests) + 1
+            early = Seen(seq, conn_id, index, method.decode("latin-1"), target.decode("latin-1"), [], b"")
+            self._answer(conn.sock, early, close)
         if te:
-            if [v.lower() for v in te] != [b"chunked"]:
-                raise BadRequest(f"unsupported Transfer-Encoding {te!r}")
             body = self._read_chunked(conn)
         elif cl:
-            if len(set(cl)) != 1 or not cl[0].isdigit():
-                raise BadRequest(f"bad Content-Length {cl!r}")
             body = conn.exact(int(cl[0]), slow=True)
         else:
             body = b""
-        tokens = b",".join(lower.get(b"connection", [])).lower()
-        close = minor == b"0" or b"close" in [t.strip() for t in tokens.split(b",")]
         with self._lock:
             seen = Seen(
                 seq=len(self.requests) + 1,
@@ -284,7 +309,7 @@ class DesyncBackend:
         if self._record:
             with open(self._record, "a") as f:
                 f.write(seen.to_json() + "\n")
-        return seen, close
+        return seen, close, answered
 
     def _read_chunked(self, conn: _Conn) -> bytes:
         parts: list[bytes] = []
@@ -309,7 +334,8 @@ class DesyncBackend:
         status = 405 if seen.method == "CONNECT" else self.status
         head = [f"HTTP/1.1 {status:03d} Whatever", f"X-Seen: {seen.seq}", f"X-Conn: {seen.conn}"]
         head += [f"{n}: {v}" for n, v in self.extra_headers]
-        head.append(f"Content-Length: {length}")
+        chunked = size is not None and self.chunk_size > 0
+        head.append("Transfer-Encoding: chunked" if chunked else f"Content-Length: {length}")
         if close:
             head.append("Connection: close")
         out = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
@@ -317,6 +343,8 @@ class DesyncBackend:
             sock.sendall(out)
         elif size is None:
             sock.sendall(out + body)
+        elif chunked:
+            sock.sendall(out + chunked_body(b"".join(pattern(size)), self.chunk_size))
         else:
             sock.sendall(out)
             for piece in pattern(size):

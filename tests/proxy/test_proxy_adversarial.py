@@ -23,6 +23,7 @@ import select
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from desync_backend import DesyncBackend, Seen, pattern_digest
+from desync_backend import DesyncBackend, Seen, chunked_body, pattern, pattern_digest
 from netns_pods import HERE, PodPair
 from prometheus_client.parser import text_string_to_metric_families
 from proxy_harness import CLIENT_ID, SERVER_ID, ProxyProcess, Sample, start_proxy
@@ -917,3 +918,473 @@ def test_transparent_peers_cannot_be_made_to_trust_a_forged_source(
         assert all(r.mesh_headers() == [] for r in seen), "the server app saw a mesh header"
         assert out.startswith("HTTP/1.1 200") and out.endswith("req-1 GET /forged"), out[:300]
     # get/FOO are not HTTP to either side: relayed as bytes, which no proxy may rewrite
+
+
+# === Findings of an adversarial read of the rewrite (fixed in 6ea54ff) ==========================
+def mentioning(proxy: ProxyProcess, word: str) -> list[Sample]:
+    """Samples with a label value that contains `word`."""
+    return [s for s in all_samples(proxy) if any(word in v for v in s.labels.values())]
+
+
+def failures(proxy: ProxyProcess) -> list[Sample]:
+    """response_total samples that name an error."""
+    return [s for s in proxy.samples("response_total") if "error" in s.labels and s.value]
+
+
+def read_body(c: Client, size: int) -> tuple[int, str]:
+    """After `head()`: read a Content-Length body of `size` bytes; (bytes received, sha256)."""
+    digest = hashlib.sha256(c.buf[:size])
+    received, c.buf = len(c.buf[:size]), c.buf[size:]
+    with contextlib.suppress(OSError):
+        while received < size:
+            piece = c.sock.recv(min(1 << 20, size - received))
+            if not piece:
+                break
+            digest.update(piece)
+            received += len(piece)
+    return received, digest.hexdigest()
+
+
+class Holder:
+    """An upstream that accepts connections and holds them: it never reads, sends or closes
+    (an app that does not close on a half-close)."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self.socks: list[socket.socket] = []
+        self._stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.socks.append(sock)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._listener.close()
+        for s in self.socks:
+            s.close()
+
+
+class EgressProxy:
+    """A tiny HTTP egress proxy (as squid): `CONNECT` → `200 Connection established` (plus
+    `framing`), then echoes every byte; any other request → 200 naming it and its connection.
+    Records, per connection, each head's first line and each tunnelled read."""
+
+    def __init__(self, framing: bytes) -> None:
+        self.framing = framing
+        self.heads: list[tuple[int, bytes]] = []  # (connection, request line)
+        self.tunnelled: list[tuple[int, bytes]] = []  # (connection, bytes read inside a tunnel)
+        self.connections = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._stopped = threading.Event()
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            self._socks.append(sock)
+            threading.Thread(target=self._serve, args=(sock, self.connections), daemon=True).start()
+
+    def _serve(self, sock: socket.socket, conn: int) -> None:
+        buf = b""
+        with contextlib.suppress(OSError):
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                line = head.split(b"\r\n")[0]
+                self.heads.append((conn, line))
+                if line.startswith(b"CONNECT "):
+                    sock.sendall(b"HTTP/1.1 200 Connection established\r\n" + self.framing + b"\r\n")
+                    while data := buf or sock.recv(65536):
+                        buf = b""
+                        self.tunnelled.append((conn, data))
+                        sock.sendall(data)
+                    sock.shutdown(socket.SHUT_WR)
+                    return
+                body = b"egress %d %s" % (conn, line)
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._listener.close()
+        for s in self._socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+# --- sendmsg takes at most IOV_MAX buffers -------------------------------------------------------
+def test_a_body_of_many_small_chunks_in_one_write_crosses_whole(
+    backend: DesyncBackend, server: ProxyProcess
+) -> None:
+    fd_base = server.fd_count()
+    count, size = 2000, 100  # one read of them becomes far more than 1024 pieces to send
+    total = count * size
+    data = b"".join(pattern(total))
+
+    backend.body_size, backend.chunk_size = total, size  # the answer: head and 2000 chunks in one write
+    down = request(server.inbound, "GET", "/chunks", "web")
+    assert down.status == 200 and down.header("x-seen") == "1", down.headers
+    assert (len(down.body), hashlib.sha256(down.body).hexdigest()) == (total, pattern_digest(total))
+
+    backend.body_size = None
+    c = Client(server.inbound)
+    c.send(b"POST /upload HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n")
+    time.sleep(0.3)  # the head goes first: the body is streamed by the request pump
+    c.send(chunked_body(data, size))
+    up = c.reply("POST")
+    c.close()
+    seen = assert_own(up, backend, "POST", "/upload")
+    assert (len(seen.body), seen.body == data) == (total, True), "the upload reached the app cut or changed"
+    assert backend.targets() == ["/chunks", "/upload"]
+    assert server.value("request_total") == 2
+    assert server.value("response_total", classification="success", status_code="200") == 2
+    assert failures(server) == []
+    assert_settled(server, fd_base)
+
+
+# --- a client silent past the idle timeout is closed, never relayed unparsed ----------------------
+FORGED_ADMIN = "kube-system/deployment/admin/admin-0"
+
+
+@pytest.mark.slow
+def test_a_client_silent_past_the_idle_timeout_cannot_forge_the_source(
+    backend: DesyncBackend, server: ProxyProcess, tmp_path: Path
+) -> None:
+    # A (the client's sidecar, a listener with a destination) → B (`server`) → the backend.
+    a = start_proxy(
+        tmp_path,
+        "--inbound-forward", f"127.0.0.1:{server.inbound}",
+        "--detect-timeout", "0.3", "--idle-timeout", "2",
+        identity=CLIENT_ID,
+    )  # fmt: skip
+    try:
+        a_fds, b_fds = a.fd_count(), server.fd_count()
+        c = Client(a.inbound)
+        time.sleep(0.3 + 2 + 0.7)  # past A's detect timeout, then past its idle timeout
+        with contextlib.suppress(OSError):
+            c.send(f"GET / HTTP/1.1\r\nHost: web\r\nx-mesh-src: {FORGED_ADMIN}\r\n\r\n".encode())
+        c.closed(2.0)
+        c.close()
+        assert b"x-mesh-" not in c.buf.lower(), f"the client learnt the server's identity: {c.buf[:300]!r}"
+        seen = backend.settled()
+        assert all(r.mesh_headers() == [] for r in seen), "the app saw a mesh header"
+        assert [
+            s for s in server.samples("request_total") if s.labels.get("src_namespace") == "kube-system"
+        ] == []
+        assert mentioning(server, "kube-system") == [] and mentioning(a, "kube-system") == []
+        assert_settled(server, b_fds)
+        assert_settled(a, a_fds)
+    finally:
+        a.stop()
+
+
+# --- pipelined tiny requests are parsed no further than one message ahead -------------------------
+@pytest.mark.slow
+def test_bursts_of_tiny_pipelined_requests_keep_memory_bounded(
+    backend: DesyncBackend, tmp_path: Path
+) -> None:
+    proxy = start_proxy(
+        tmp_path,
+        "--inbound-forward", f"127.0.0.1:{backend.port}", "--response-timeout", "10",
+        identity=SERVER_ID, rlimit_nofile=4096,
+    )  # fmt: skip
+    clients: list[Client] = []
+    try:
+        fd_base, rss_base = proxy.fd_count(), proxy.rss_kib()
+        backend.answer_delay = 2.5  # slow: the proxy waits on each connection's first answer
+
+        def one(conn: int, i: int) -> bytes:
+            return f"GET /{conn}/{i} HTTP/1.1\r\nHost: web\r\n".encode() + b"a:\r\n" * 90 + b"\r\n"
+
+        per_burst = 65536 // len(one(999, 999))  # ~165 requests of ~400 bytes: one 64 KiB burst
+        for conn in range(150):
+            c = Client(proxy.inbound, timeout=10)
+            c.send(b"".join(one(conn, i) for i in range(per_burst)))
+            clients.append(c)
+        peak = rss_base
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:
+            peak = max(peak, proxy.rss_kib())
+            time.sleep(0.02)
+        growth_mib = (peak - rss_base) / 1024
+        assert growth_mib < 40, f"RSS grew {growth_mib:.0f} MiB for 150 bursts of 64 KiB"
+
+        backend.answer_delay = 0.0
+        for c in clients[2:]:
+            c.close()
+        for conn in (0, 1):  # every request answered, in order, each with its own response
+            for i in range(per_burst):
+                assert_own(clients[conn].reply(), backend, "GET", f"/{conn}/{i}")
+        assert proxy.value("response_total", classification="success", status_code="200") >= 2 * per_burst
+        assert proxy.value("response_total", error="timeout") == 0
+        for c in clients[:2]:
+            c.close()
+        assert_settled(proxy, fd_base, slack=64 + 10)  # up to 64 idle pooled upstream connections
+    finally:
+        for c in clients:
+            c.close()
+        proxy.stop()
+
+
+# --- the request pump's end never arms a deadline on a response blocked on the client -------------
+@pytest.mark.slow
+def test_a_body_sent_late_never_times_out_a_download_paused_by_the_client(
+    backend: DesyncBackend, server: ProxyProcess
+) -> None:
+    fd_base = server.fd_count()
+    size = 64 * MIB
+    backend.body_size, backend.answer_before_body = size, True  # the download starts before the body
+    c = Client(server.inbound, timeout=10)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    c.send(b"POST /download HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\n")
+    time.sleep(0.3)
+    c.send(b"hello")  # the pump ends here, while the response waits on the client
+    time.sleep(5.0)  # the client reads nothing for longer than the 2 s response timeout
+    head = c.head()
+    assert head.status == 200 and head.header("content-length") == str(size), head
+    received, digest = read_body(c, size)
+    c.close()
+    assert received == size, f"download cut at {received} of {size} bytes"
+    assert digest == pattern_digest(size)
+    seen = backend.settled()
+    assert [(r.method, r.target, r.body) for r in seen] == [("POST", "/download", b"hello")]
+    assert server.value("response_total", error="timeout") == 0, "a client's pause blamed on the upstream"
+    assert server.value("response_total", classification="success", status_code="200") == 1
+    assert failures(server) == []
+    assert_settled(server, fd_base)
+
+
+# --- an upgrade offer with a body goes on as a plain request --------------------------------------
+def test_an_h2c_upgrade_offer_with_a_body_is_served_as_http1(
+    backend: DesyncBackend, server: ProxyProcess
+) -> None:
+    fd_base = server.fd_count()
+    c = Client(server.inbound)
+    c.send(
+        b"POST /form HTTP/1.1\r\nHost: web\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nContent-Length: 11\r\n\r\nhello=world"
+        b"GET /next HTTP/1.1\r\nHost: web\r\n\r\n"  # as `curl --http2 -d`, and one more behind it
+    )
+    post, after = c.reply("POST"), c.reply()
+    c.close()
+    seen = assert_own(post, backend, "POST", "/form")
+    assert seen.body == b"hello=world"
+    assert seen.header("upgrade") is None and seen.header("http2-settings") is None, seen.headers
+    assert "upgrade" not in (seen.header("connection") or "").lower()
+    assert_own(after, backend, "GET", "/next")
+    assert backend.targets() == ["/form", "/next"]
+    assert server.value("response_total", classification="success", status_code="200") == 2
+    assert failures(server) == []
+    assert_settled(server, fd_base)
+
+
+# --- CONNECT on a listener with a destination ---------------------------------------------------
+@pytest.mark.parametrize("framing", [b"", b"Content-Length: 0\r\n"], ids=["no-length", "length-0"])
+def test_connect_to_an_egress_proxy_tunnels_and_is_never_pooled(framing: bytes, tmp_path: Path) -> None:
+    egress = EgressProxy(framing)
+    proxy = start_proxy(
+        tmp_path,
+        "--inbound-forward",
+        f"127.0.0.1:{egress.port}",
+        "--response-timeout",
+        "2",
+        identity=SERVER_ID,
+    )
+    try:
+        fd_base = proxy.fd_count()
+        c = Client(proxy.inbound)
+        c.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        opened = c.reply("CONNECT")
+        assert opened.status == 200 and opened.header("transfer-encoding") is None, opened
+        sent = []
+        for n in range(3):  # both ways, unparsed
+            data = b"\x16\x03\x01 client-hello %d" % n
+            c.send(data)
+            sent.append(data)
+            assert c._exact(len(data)) == data
+        # Other clients, while the tunnel is open and after: their own upstream connections.
+        other = request(proxy.inbound, "GET", "/other", "web")
+        c.close()
+        time.sleep(0.2)
+        later = request(proxy.inbound, "GET", "/later", "web")
+        [tunnel_conn] = [n for n, line in egress.heads if line.startswith(b"CONNECT ")]
+        assert {n for n, _ in egress.tunnelled} == {tunnel_conn}
+        assert b"".join(d for _, d in egress.tunnelled) == b"".join(sent), "a request went into the tunnel"
+        gets = [(n, line) for n, line in egress.heads if n != tunnel_conn]
+        assert [line for _, line in gets] == [b"GET /other HTTP/1.1", b"GET /later HTTP/1.1"], egress.heads
+        for reply, (n, line) in zip((other, later), gets, strict=True):
+            assert (reply.status, reply.body) == (200, b"egress %d %s" % (n, line))
+        assert proxy.value("response_total", classification="success", status_code="200") == 3
+        assert failures(proxy) == []
+        assert_settled(proxy, fd_base)
+    finally:
+        proxy.stop()
+        egress.stop()
+
+
+def test_a_refused_connect_never_lets_the_bytes_after_it_reach_the_app(
+    backend: DesyncBackend, server: ProxyProcess
+) -> None:
+    fd_base = server.fd_count()
+    c = Client(server.inbound)
+    c.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n" + SMUGGLED)
+    refused = c.reply("CONNECT")
+    closed = c.closed(2.0)
+    c.close()
+    assert refused.status == 405 and refused.body == b"req-1 CONNECT example.com:443", refused
+    assert closed, "the connection stays open after a refused CONNECT"
+    assert not c.buf, f"more than one response: {c.buf[:200]!r}"
+    assert [(r.method, r.target) for r in backend.settled()] == [("CONNECT", "example.com:443")]
+    assert all(r.mesh_headers() == [] for r in backend.seen())
+    assert forged(server) == []
+    assert server.value("response_total", status_code="405") == 1
+    assert server.value("request_total") == 1
+    assert_settled(server, fd_base)
+
+
+# --- the connection cap holds for a burst from the backlog --------------------------------------
+def test_a_backlog_burst_meets_the_connection_cap(backend: DesyncBackend, tmp_path: Path) -> None:
+    cap = 10
+    proxy = start_proxy(
+        tmp_path,
+        "--inbound-forward", f"127.0.0.1:{backend.port}", "--max-connections", str(cap),
+        "--response-timeout", "1",  # the held requests end soon after their clients have gone
+        identity=SERVER_ID, rlimit_nofile=1024,
+    )  # fmt: skip
+    backend.hang = True  # requests stay in flight: each accepted client holds two descriptors
+    socks: list[socket.socket] = []
+    try:
+        fd_base = proxy.fd_count()
+        os.kill(proxy.process.pid, signal.SIGSTOP)  # busy for a moment: connections queue up
+        try:
+            for _ in range(300):
+                socks.append(socket.create_connection(("127.0.0.1", proxy.inbound), timeout=5))
+        finally:
+            os.kill(proxy.process.pid, signal.SIGCONT)
+        peak = proxy.fd_count()
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.sendall(b"GET /held HTTP/1.1\r\nHost: web\r\n\r\n")
+            peak = max(peak, proxy.fd_count())
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:
+            peak = max(peak, proxy.fd_count())
+            time.sleep(0.01)
+        assert peak <= fd_base + 2 * cap + 4, f"descriptors {fd_base} → {peak} with --max-connections {cap}"
+        assert backend.connections <= cap, f"the backend saw {backend.connections} connections"
+        assert len(backend.seen()) <= cap
+        assert proxy.value("tcp_open_connections", direction="inbound", peer="src") <= cap
+        for s in socks:
+            s.close()
+        socks.clear()
+        backend.hang = False
+        assert_settled(proxy, fd_base)
+        after = request(proxy.inbound, "GET", "/after", "web")  # the cap's count came back down
+        assert_own(after, backend, "GET", "/after")
+    finally:
+        for s in socks:
+            s.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proxy.process.pid, signal.SIGCONT)
+        proxy.stop()
+
+
+# --- SIGTERM and a silent client whose upstream never closes ------------------------------------
+def test_sigterm_does_not_wait_for_a_silent_client_whose_upstream_stays_open(tmp_path: Path) -> None:
+    holder = Holder()
+    proxy = start_proxy(
+        tmp_path,
+        "--inbound-forward", f"127.0.0.1:{holder.port}",
+        "--detect-timeout", "0.3", "--shutdown-grace", "8",
+        identity=SERVER_ID,
+    )  # fmt: skip
+    c = Client(proxy.inbound)
+    try:
+        until = time.monotonic() + 3
+        while not holder.socks and time.monotonic() < until:  # past the detect timeout: connected
+            time.sleep(0.02)
+        assert len(holder.socks) == 1, "the proxy did not connect the upstream of a silent client"
+        time.sleep(0.3)
+        start = time.monotonic()
+        proxy.process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proxy.process.wait(3)
+        took = time.monotonic() - start
+        rc = proxy.process.poll()
+        assert rc == 0 and took < 2.0, f"exit {rc} after {took:.1f} s (grace 8 s) with a silent client"
+        assert "drained=True" in proxy.log()
+        assert c.closed(1.0) and c.buf == b"", c.buf[:200]
+        upstream = holder.socks[0]
+        upstream.settimeout(1.0)
+        assert upstream.recv(65536) == b"", "the upstream got bytes from a client that sent none"
+    finally:
+        c.close()
+        if proxy.process.poll() is None:
+            proxy.process.kill()
+            proxy.process.wait()
+        holder.stop()
+
+
+# --- a bad pipelined request after a good one ----------------------------------------------------
+def test_a_bad_pipelined_request_does_not_cut_the_good_one_before_it(
+    backend: DesyncBackend, server: ProxyProcess
+) -> None:
+    fd_base = server.fd_count()
+    c = Client(server.inbound)
+    c.send(b"POST /valid HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\n")
+    time.sleep(0.3)  # the body comes later, so the request pump reads it, with the bad request
+    c.send(b"hello" + b"GET /next HTTP/1.1\r\nHost: web\r\nContent-Length: x\r\n\r\n")
+    post = c.reply("POST")
+    bad = c.reply()
+    closed = c.closed(2.0)
+    c.close()
+    seen = assert_own(post, backend, "POST", "/valid")
+    assert seen.body == b"hello"
+    assert bad.status == 400 and closed, (bad, closed)
+    assert backend.targets() == ["/valid"]
+    assert server.value("response_total", classification="success", status_code="200") == 1
+    assert server.value("response_total", status_code="400") == 1
+    assert failures(server) == []
+    assert_settled(server, fd_base)
+
+
+# --- a 101 nobody asked for --------------------------------------------------------------------
+def test_an_unasked_switching_protocols_is_a_bad_response(
+    backend: DesyncBackend, server: ProxyProcess
+) -> None:
+    fd_base = server.fd_count()
+    backend.status = 101
+    backend.extra_headers = [("Upgrade", "x"), ("Connection", "upgrade")]
+    c = Client(server.inbound)
+    c.send(b"GET /switch HTTP/1.1\r\nHost: web\r\n\r\n")
+    c.closed(3.0)
+    c.close()
+    assert c.buf.startswith(b"HTTP/1.1 502 "), f"the client got {c.buf[:200]!r}"
+    assert c.buf.count(b"HTTP/1.") == 1 and b" 101 " not in c.buf, c.buf[:300]
+    assert b"req-1" not in c.buf, "bytes after the 101 reached the client"
+    assert backend.targets() == ["/switch"], "sent once, never retried"
+    assert server.value("response_total", status_code="502", error="bad_response") == 1
+    assert server.value("request_total") == 1
+    assert_settled(server, fd_base)
