@@ -49,6 +49,9 @@ from .pool import UpstreamPool
 # Descriptors never used by app traffic, so that /live, /ready and /metrics answer when it has
 # used up the rest (each proxied connection may hold two: the client's and its upstream's).
 FD_RESERVE = 64
+# The default cap also keeps memory under the injected 256Mi: a connection in a request head
+# holds ~12 KiB (measured), one in an exchange a few times that.
+MAX_CONNECTIONS_DEFAULT = 4096
 _AUTHORITY_MEMO = 4096
 
 
@@ -79,7 +82,7 @@ class Proxy:
         self.clients: set[Client] = set()
         self.open_per_listener: dict[str, int] = {INBOUND: 0, OUTBOUND: 0}
         fd_limit = raise_fd_limit()
-        auto = max(16, (fd_limit - FD_RESERVE - self.pool.max_idle) // 4)
+        auto = max(16, min(MAX_CONNECTIONS_DEFAULT, (fd_limit - FD_RESERVE - self.pool.max_idle) // 4))
         self.max_connections = config.max_connections or auto
         self.now = time.monotonic()  # coarse clock for deadlines, advanced by the watchdog
         self.tick = min(0.1, config.response_timeout / 4, config.idle_timeout / 4, config.header_timeout / 4)

@@ -78,15 +78,21 @@ def client_pod(name: str, code: str, uid: int = 1000, labels: str = "{}") -> str
     )
 
 
+# Until both pods answered (bounded: 200 requests, 30 s): a pod that turned ready a moment ago
+# may not be in the node's service rules yet, so the first requests can all meet the other one.
 FETCH_NAMES = """
 import sys, time, urllib.request
 seen, deadline = [], time.time() + 30
-for _ in range(40):
+for _ in range(200):
     try:
         seen.append(urllib.request.urlopen(URL, timeout=3).read().decode().strip())
     except OSError as err:
         if time.time() > deadline: raise
         print("retry:", err, flush=True); time.sleep(0.5)
+    if len(set(seen)) > 1 and len(seen) >= 40 or time.time() > deadline:
+        break
+    if len(seen) >= 40:
+        time.sleep(0.1)
 print("SEEN", sorted(set(seen)))
 """
 
