@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kubectl_mesh.contract import (
     ENV_LOG_LEVEL,
@@ -19,9 +19,9 @@ from kubectl_mesh.contract import (
     PROXY_INBOUND_PORT,
     PROXY_OUTBOUND_PORT,
 )
+from kubectl_mesh.portlist import NO_PORTS, PortList
 
 from .identity import Identity, identity_from_parts
-from .iptables import parse_port_list
 
 
 class ConfigError(ValueError):
@@ -37,7 +37,7 @@ class ProxyConfig:
     admin_addr: str = "0.0.0.0"
     admin_port: int = PROXY_ADMIN_PORT
     identity: Identity | None = None
-    opaque_ports: frozenset[int] = field(default_factory=frozenset)
+    opaque_ports: PortList = NO_PORTS
     inbound_forward: tuple[str, int] | None = None
     connect_timeout: float = 2.0
     response_timeout: float = 10.0
@@ -51,12 +51,12 @@ class ProxyConfig:
     series_idle_seconds: float = 600.0
 
 
-def parse_ports(text: str) -> frozenset[int]:
-    """`"3306,5432"` or `"8000-8002"` → ports; ConfigError on anything else."""
+def parse_ports(text: str, source: str = "opaque ports") -> PortList:
+    """`"3306,5432"` or `"8000-8002"` → ports; ConfigError naming `source` on anything else."""
     try:
-        return frozenset(parse_port_list(text))
+        return PortList.parse(text)
     except ValueError as error:
-        raise ConfigError(str(error)) from None
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -124,7 +124,10 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] = os.envir
     for name in ("connect_timeout", "response_timeout", "detect_timeout", "idle_timeout", "header_timeout"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-    opaque = args.opaque_ports if args.opaque_ports is not None else env.get(ENV_OPAQUE_PORTS, "")
+    if args.opaque_ports is not None:
+        opaque = parse_ports(args.opaque_ports, "--opaque-ports")
+    else:
+        opaque = parse_ports(env.get(ENV_OPAQUE_PORTS, ""), ENV_OPAQUE_PORTS)
     return ProxyConfig(
         inbound_addr=args.inbound_addr,
         inbound_port=args.inbound_port,
@@ -133,7 +136,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] = os.envir
         admin_addr=args.admin_addr,
         admin_port=args.admin_port,
         identity=identity,
-        opaque_ports=parse_ports(opaque),
+        opaque_ports=opaque,
         inbound_forward=parse_hostport(args.inbound_forward) if args.inbound_forward else None,
         connect_timeout=args.connect_timeout,
         response_timeout=args.response_timeout,
