@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from kubectl_mesh import __version__
 from kubectl_mesh.contract import WEBHOOK_PATH
+from kubectl_mesh.inject import MeshConfig, load_config
 from webhook.admission import (
     MAX_BODY_BYTES,
     RESULT_ERROR,
@@ -29,7 +30,6 @@ from webhook.admission import (
     parse_review,
     review,
 )
-from webhook.config import MeshConfig, load_config
 
 INJECTED_BY = f"kubectl-mesh-webhook/{__version__}"
 ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"

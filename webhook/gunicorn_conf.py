@@ -5,7 +5,7 @@
 | variable | meaning | default |
 | --- | --- | --- |
 | `MESH_TLS_CERT`, `MESH_TLS_KEY` | serving cert and key files (required; reloaded on change) | |
-| `MESH_CONFIG` | mesh config JSON file (`webhook.config`) | built-in defaults |
+| `MESH_CONFIG` | mesh config JSON file (`kubectl_mesh.inject.config`) | built-in defaults |
 | `MESH_WEBHOOK_BIND` | listen address | `0.0.0.0:8443` |
 | `MESH_WEBHOOK_WORKERS` | gevent worker processes | `2` |
 | `MESH_WEBHOOK_WORKER_CLASS` | `gevent_pywsgi` or `gevent` | `gevent_pywsgi` |
@@ -24,7 +24,7 @@ import sys
 import tempfile
 from typing import Any
 
-from webhook.config import ConfigError, load_config
+from kubectl_mesh.inject import ConfigError, load_config
 from webhook.tls import ReloadingTLS
 
 _cert = os.environ.get("MESH_TLS_CERT", "")

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from chart.helpers import Render, containers, find, run_helm
 from kubectl_mesh import __version__
 from kubectl_mesh import contract as c
+from kubectl_mesh.inject.config import MeshConfig
 from kubectl_mesh.install.snapshot import CHART, KUBE_VERSION
-from webhook.config import MeshConfig
 
 COMPONENT = "app.kubernetes.io/component"
 

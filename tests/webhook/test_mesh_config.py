@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from webhook.config import ConfigError, MeshConfig, load_config
+from kubectl_mesh.inject.config import ConfigError, MeshConfig, load_config
 
 
 def test_defaults_round_trip_through_the_mapping() -> None:

@@ -20,8 +20,8 @@ from typing import Any
 import jsonpatch
 
 from kubectl_mesh import contract as c
+from kubectl_mesh.inject.config import MeshConfig, _plain
 from kubectl_mesh.portlist import NO_PORTS, PortList
-from webhook.config import MeshConfig, _plain
 
 __all__ = [
     "SKIP_REASONS",

@@ -2,8 +2,9 @@
 
 One frozen `MeshConfig`, read from a JSON object whose keys are camelCase like Helm values
 (the chart renders `values.yaml` into a ConfigMap holding exactly these keys; the webhook reads
-the file named by `$MESH_CONFIG`). Unknown keys are an error, so a typo in the chart fails
-loudly at start-up instead of silently injecting defaults. Pure apart from `load_config`.
+the file named by `$MESH_CONFIG`, `kubectl mesh inject --config` any file). Unknown keys are an
+error, so a typo in the chart fails loudly at start-up instead of silently injecting defaults.
+Pure apart from `load_config` and `read_config_file`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from kubectl_mesh import __version__
 from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, LOG_LEVELS
+from kubectl_mesh.errors import MeshError
 from kubectl_mesh.portlist import NO_PORTS, PortList
 
 ENV_MESH_CONFIG = "MESH_CONFIG"
@@ -32,8 +34,8 @@ _QUANTITY = re.compile(r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numk
 _RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
 
 
-class ConfigError(ValueError):
-    """The configuration is unusable; the message names the key."""
+class ConfigError(MeshError):
+    """The configuration is unusable; the message names the key (and the file, when read from one)."""
 
 
 def _default_proxy_resources() -> dict[str, dict[str, str]]:
