@@ -540,6 +540,14 @@ def test_config_errors(argv: list[str]) -> None:
         parse_run_args(argv, {})
 
 
+def test_log_format_flag_and_environment() -> None:
+    assert parse_run_args([], {}).log_format == "logfmt"
+    assert parse_run_args([], {"MESH_LOG_FORMAT": "json"}).log_format == "json"
+    assert parse_run_args(["--log-format", "logfmt"], {"MESH_LOG_FORMAT": "json"}).log_format == "logfmt"
+    with pytest.raises(ConfigError, match="MESH_LOG_FORMAT must be one of logfmt, json"):
+        parse_run_args([], {"MESH_LOG_FORMAT": "xml"})
+
+
 def test_opaque_port_errors_name_their_source() -> None:
     with pytest.raises(ConfigError, match=r"^--opaque-ports: '0' is not within 1-65535"):
         parse_run_args(["--opaque-ports", "0"], {})
