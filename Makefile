@@ -39,10 +39,11 @@ test: setup $(if $(AS_ROOT),system-deps binaries) ## run every test (root runs t
 test-fast: setup ## only the tests that need neither root nor the lab
 	$(VENV)/bin/pytest -m 'not root and not lab' $(PYTEST_ARGS)
 
-lint: setup ## ruff and mypy
+lint: setup ## ruff, mypy and the import contracts (pyproject.toml's [tool.importlinter])
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 binaries: ## build kube-apiserver, kube-controller-manager, etcd, helm, krew, prometheus, actionlint into ~/.cache/kubectl-mesh
 	tests/lab/build-binaries.sh

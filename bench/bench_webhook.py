@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kubectl_mesh.demo.ports import free_ports  # noqa: E402
-from webhook.certs import generate_webhook_certs  # noqa: E402
+from kubectl_mesh.install.certs import generate_webhook_certs  # noqa: E402
 
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 TARGET_RPS = 800
@@ -143,8 +143,8 @@ def app(environ, start_response):
 
 def canned_answer() -> bytes:
     """A real answer to review_body(), computed in-process: the baseline returns it verbatim."""
+    from kubectl_mesh.inject import MeshConfig
     from webhook.admission import parse_review, review
-    from webhook.config import MeshConfig
 
     outcome = review(parse_review(review_body("baseline")), MeshConfig(), "bench")
     return json.dumps(outcome.review, separators=(",", ":")).encode()

@@ -29,6 +29,9 @@ ENV_WORKLOAD_KIND = "MESH_WORKLOAD_KIND"  # deployment|statefulset|daemonset|job
 ENV_WORKLOAD_NAME = "MESH_WORKLOAD_NAME"
 ENV_LOG_LEVEL = "MESH_LOG_LEVEL"
 LOG_LEVELS = ("debug", "info", "warning", "error")  # the values of ENV_LOG_LEVEL
+# The proxy's and the webhook's log lines (kubectl_mesh/log.py): logfmt (default) or JSON lines.
+ENV_LOG_FORMAT = "MESH_LOG_FORMAT"
+LOG_FORMATS = ("logfmt", "json")
 ENV_OPAQUE_PORTS = "MESH_OPAQUE_PORTS"  # comma-separated ports relayed as TCP without detection
 
 # --- Kubernetes labels and annotations ----------------------------------------------------

@@ -5,23 +5,26 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kubectl_mesh.contract import (
+    ENV_LOG_FORMAT,
     ENV_LOG_LEVEL,
     ENV_OPAQUE_PORTS,
     ENV_POD_NAME,
     ENV_POD_NAMESPACE,
     ENV_WORKLOAD_KIND,
     ENV_WORKLOAD_NAME,
+    LOG_FORMATS,
     LOG_LEVELS,
     PROXY_ADMIN_PORT,
     PROXY_INBOUND_PORT,
     PROXY_OUTBOUND_PORT,
 )
+from kubectl_mesh.log import check_format, format_from_env
+from kubectl_mesh.portlist import NO_PORTS, PortList
 
 from .identity import Identity, identity_from_parts
-from .iptables import parse_port_list
 
 
 class ConfigError(ValueError):
@@ -37,7 +40,7 @@ class ProxyConfig:
     admin_addr: str = "0.0.0.0"
     admin_port: int = PROXY_ADMIN_PORT
     identity: Identity | None = None
-    opaque_ports: frozenset[int] = field(default_factory=frozenset)
+    opaque_ports: PortList = NO_PORTS
     inbound_forward: tuple[str, int] | None = None
     connect_timeout: float = 2.0
     response_timeout: float = 10.0
@@ -47,16 +50,17 @@ class ProxyConfig:
     max_connections: int = 0  # per listener; 0: from the descriptor limit (server.py)
     shutdown_grace: float = 20.0
     log_level: str = "info"
+    log_format: str = "logfmt"  # kubectl_mesh/log.py: logfmt or json
     max_series: int = 2000
     series_idle_seconds: float = 600.0
 
 
-def parse_ports(text: str) -> frozenset[int]:
-    """`"3306,5432"` or `"8000-8002"` → ports; ConfigError on anything else."""
+def parse_ports(text: str, source: str = "opaque ports") -> PortList:
+    """`"3306,5432"` or `"8000-8002"` → ports; ConfigError naming `source` on anything else."""
     try:
-        return frozenset(parse_port_list(text))
+        return PortList.parse(text)
     except ValueError as error:
-        raise ConfigError(str(error)) from None
+        raise ConfigError(f"{source}: {error}") from None
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -93,6 +97,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     a("--shutdown-grace", type=float, default=d.shutdown_grace, help="seconds SIGTERM waits for requests")
     a("--log-level", choices=LOG_LEVELS, help=f"log level (env {ENV_LOG_LEVEL}, default info)")
+    a("--log-format", choices=LOG_FORMATS, help=f"log lines (env {ENV_LOG_FORMAT}, default logfmt)")
     a("--max-series", type=int, default=d.max_series, help="cap on HTTP (and on TCP) metric series")
     a("--series-idle-seconds", type=float, default=d.series_idle_seconds, help="drop series idle this long")
 
@@ -116,6 +121,12 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] = os.envir
     log_level = (args.log_level or env.get(ENV_LOG_LEVEL) or "info").lower()
     if log_level not in LOG_LEVELS:
         raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    try:
+        log_format = (
+            check_format(args.log_format, "--log-format") if args.log_format else format_from_env(env)
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     for name in ("inbound_port", "outbound_port", "admin_port"):
         if not 0 <= getattr(args, name) < 65536:
             raise ConfigError(f"--{name.replace('_', '-')} out of range")
@@ -124,7 +135,10 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] = os.envir
     for name in ("connect_timeout", "response_timeout", "detect_timeout", "idle_timeout", "header_timeout"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
-    opaque = args.opaque_ports if args.opaque_ports is not None else env.get(ENV_OPAQUE_PORTS, "")
+    if args.opaque_ports is not None:
+        opaque = parse_ports(args.opaque_ports, "--opaque-ports")
+    else:
+        opaque = parse_ports(env.get(ENV_OPAQUE_PORTS, ""), ENV_OPAQUE_PORTS)
     return ProxyConfig(
         inbound_addr=args.inbound_addr,
         inbound_port=args.inbound_port,
@@ -133,7 +147,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] = os.envir
         admin_addr=args.admin_addr,
         admin_port=args.admin_port,
         identity=identity,
-        opaque_ports=parse_ports(opaque),
+        opaque_ports=opaque,
         inbound_forward=parse_hostport(args.inbound_forward) if args.inbound_forward else None,
         connect_timeout=args.connect_timeout,
         response_timeout=args.response_timeout,
@@ -143,6 +157,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] = os.envir
         max_connections=args.max_connections,
         shutdown_grace=max(0.0, args.shutdown_grace),
         log_level=log_level,
+        log_format=log_format,
         max_series=max(10, args.max_series),
         series_idle_seconds=args.series_idle_seconds,
     )

@@ -12,18 +12,18 @@ import sys
 from collections.abc import Sequence
 
 from kubectl_mesh.contract import (
-    DEFAULT_INBOUND_PORTS_TO_IGNORE,
     PROXY_INBOUND_PORT,
     PROXY_OUTBOUND_PORT,
     PROXY_UID,
 )
+from kubectl_mesh.portlist import PortList
 
 from .iptables import (
+    DEFAULT_INBOUND_IGNORE,
     InitConfig,
     clean_rules,
     has_any,
     is_applied,
-    parse_port_list,
     parse_subnets,
     plan_rules,
     render,
@@ -51,16 +51,22 @@ def config_from_args(args: argparse.Namespace) -> InitConfig:
             raise ValueError(f"--{name.replace('_', '-')} out of range")
     if args.proxy_uid < 0:
         raise ValueError("--proxy-uid must be a UID")
+    inbound = _ports("--inbound-ports-to-ignore", args.inbound_ports_to_ignore)
     return InitConfig(
         proxy_uid=args.proxy_uid,
         inbound_port=args.inbound_port,
         outbound_port=args.outbound_port,
-        inbound_ports_to_ignore=tuple(
-            sorted({*DEFAULT_INBOUND_PORTS_TO_IGNORE, *parse_port_list(args.inbound_ports_to_ignore)})
-        ),
-        outbound_ports_to_ignore=parse_port_list(args.outbound_ports_to_ignore),
+        inbound_ports_to_ignore=DEFAULT_INBOUND_IGNORE | inbound,
+        outbound_ports_to_ignore=_ports("--outbound-ports-to-ignore", args.outbound_ports_to_ignore),
         subnets_to_ignore=parse_subnets(args.subnets_to_ignore),
     )
+
+
+def _ports(flag: str, text: str) -> PortList:
+    try:
+        return PortList.parse(text)
+    except ValueError as error:
+        raise ValueError(f"{flag}: {error}") from None
 
 
 def _iptables_save() -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import shlex
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kubectl_mesh.contract import (
@@ -20,10 +19,12 @@ from kubectl_mesh.contract import (
     PROXY_OUTBOUND_PORT,
     PROXY_UID,
 )
+from kubectl_mesh.portlist import NO_PORTS, PortList
 
 INBOUND_CHAIN = "MESH_INBOUND_REDIRECT"
 OUTPUT_CHAIN = "MESH_OUTPUT"
 COMMENT = "kubectl-mesh"
+DEFAULT_INBOUND_IGNORE = PortList.of(DEFAULT_INBOUND_PORTS_TO_IGNORE)
 
 
 @dataclass(frozen=True)
@@ -31,22 +32,14 @@ class InitConfig:
     proxy_uid: int = PROXY_UID
     inbound_port: int = PROXY_INBOUND_PORT
     outbound_port: int = PROXY_OUTBOUND_PORT
-    inbound_ports_to_ignore: tuple[int, ...] = DEFAULT_INBOUND_PORTS_TO_IGNORE
-    outbound_ports_to_ignore: tuple[int, ...] = ()
+    inbound_ports_to_ignore: PortList = DEFAULT_INBOUND_IGNORE
+    outbound_ports_to_ignore: PortList = NO_PORTS
     subnets_to_ignore: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _port_groups(ports: Iterable[int]) -> list[str]:
+def _port_groups(ports: PortList) -> list[str]:
     """multiport accepts at most 15 ports per rule; ranges count double, so use groups of 7 ranges."""
-    ordered = sorted(set(ports))
-    ranges: list[str] = []
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        ranges.append(str(ordered[i]) if i == j else f"{ordered[i]}:{ordered[j]}")
-        i = j + 1
+    ranges = [str(low) if low == high else f"{low}:{high}" for low, high in ports.spans]
     return [",".join(ranges[k : k + 7]) for k in range(0, len(ranges), 7)]
 
 
@@ -122,21 +115,6 @@ def has_any(save_output: str, besides: str = "") -> bool:
         if line.startswith("-A") and COMMENT + ":" in line and not (besides and besides in line):
             return True
     return False
-
-
-def parse_port_list(text: str) -> tuple[int, ...]:
-    ports: list[int] = []
-    for item in (t.strip() for t in text.split(",")):
-        if not item:
-            continue
-        low, _, high = item.partition("-")
-        if not item.isascii() or not low.isdigit() or (high and not high.isdigit()):  # "²".isdigit()
-            raise ValueError(f"not a port or port range: {item!r}")
-        first, last = int(low), int(high or low)
-        if not 0 < first <= last < 65536:
-            raise ValueError(f"port out of range: {item!r}")
-        ports.extend(range(first, last + 1))
-    return tuple(ports)
 
 
 def parse_subnets(text: str) -> tuple[str, ...]:

@@ -23,6 +23,8 @@ import gevent.event
 import gevent.select
 from gevent import socket
 
+from kubectl_mesh.log import Logger
+
 from . import http1, tunnel
 from .config import ProxyConfig
 from .connections import (
@@ -42,7 +44,6 @@ from .detect import Protocol, detect
 from .exchange import INBOUND, OUTBOUND, serve_http
 from .http1 import MESH_DST, ProtocolError
 from .identity import NO_LABELS, Labels, PeerLabelCache
-from .log import Logger
 from .metrics import AUTHORITY_MAX, MeshMetrics, Tcp, authority_label
 from .pool import UpstreamPool
 
@@ -387,7 +388,7 @@ def run(config: ProxyConfig, on_ready: Callable[[Proxy], None] | None = None) ->
     """`mesh-proxy run`: serve until SIGTERM/SIGINT, drain, exit 0 (1 if a listener cannot bind)."""
     from .admin import serve_admin
 
-    log = Logger(config.log_level)
+    log = Logger(config.log_level, config.log_format)
     proxy = Proxy(config, log)
     try:
         admin = serve_admin(proxy, (config.admin_addr, config.admin_port))

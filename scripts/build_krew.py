@@ -4,8 +4,9 @@
     dist/kubectl-mesh.tar.gz   kubectl-mesh (a zipapp: only python3 >= 3.11 needed) + LICENSE
     dist/krew-manifest.yaml    krew-manifest.yaml with this archive's version, URI and sha256
 
-The zipapp holds the `kubectl_mesh` package, the pure injector (`webhook.injector`,
-`webhook.config`, for `inject`) and the pure-Python dependencies the CLI imports, copied from the
+The zipapp holds the whole `kubectl_mesh` package (the injector `inject` uses is
+`kubectl_mesh.inject`; `kubectl_mesh` never imports `webhook` or `proxy`, an import-linter contract
+of `make lint`) and the pure-Python dependencies the CLI imports, copied from the
 installed environment (the versions the tests ran against): tabulate, PyYAML (its C accelerator
 dropped: PyYAML falls back to pure Python), jsonpatch, jsonpointer. No C extension goes in; the
 build fails if one would. The `kubernetes` package is not vendored: no command imports it (the CLI
@@ -39,9 +40,8 @@ from kubectl_mesh import __version__  # noqa: E402
 
 # Distributions vendored into the zipapp (pure Python; see the module docstring).
 VENDORED = ("tabulate", "PyYAML", "jsonpatch", "jsonpointer")
-# Parts of this repository in the zipapp.
-OWN_PACKAGES = ("kubectl_mesh",)
-OWN_MODULES = ("webhook/__init__.py", "webhook/injector.py", "webhook/config.py")
+# The part of this repository in the zipapp: the CLI's package, whole.
+OWN_PACKAGE = "kubectl_mesh"
 DEFAULT_URI = "https://github.com/kubectl-mesh/kubectl-mesh/releases/download/v{version}/kubectl-mesh.tar.gz"
 ARCHIVE_NAME = "kubectl-mesh.tar.gz"
 REPRODUCIBLE_MTIME = 315532800  # 1980-01-01, the oldest time a zip can hold
@@ -105,12 +105,7 @@ def compile_tree(root: Path) -> None:
 def build_zipapp(work: Path) -> Path:
     src = work / "src"
     src.mkdir()
-    for package in OWN_PACKAGES:
-        copy_tree(REPO / package, src)
-    for module in OWN_MODULES:
-        dest = src / module
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(REPO / module, dest)
+    copy_tree(REPO / OWN_PACKAGE, src)
     for name in VENDORED:
         for dropped in vendor(name, src):
             print(f"  {name}: left out C extension {dropped} (pure-Python fallback)")

@@ -1,4 +1,2 @@
-"""The admission webhook and the pure injector it shares with `kubectl mesh inject`.
-
-Importing this package must not import Flask: the CLI uses `webhook.injector`.
-"""
+"""The admission webhook: Flask app, gunicorn config, TLS. It serves `kubectl_mesh.inject`, the
+pure injector it shares with `kubectl mesh inject`; nothing imports this package."""

@@ -16,8 +16,7 @@ from typing import Any
 
 import orjson
 
-from webhook.config import MeshConfig
-from webhook.injector import inject_pod, make_patch
+from kubectl_mesh.inject import MeshConfig, inject_pod, make_patch
 
 API_VERSION = "admission.k8s.io/v1"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a pod is at most ~1.5 MB in etcd; the review holds one object

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from kubectl_mesh import __version__
 from kubectl_mesh.contract import WEBHOOK_PATH
+from kubectl_mesh.inject import MeshConfig, load_config
 from webhook.admission import (
     MAX_BODY_BYTES,
     RESULT_ERROR,
@@ -29,13 +29,13 @@ from webhook.admission import (
     parse_review,
     review,
 )
-from webhook.config import MeshConfig, load_config
+from webhook.logs import level_from_env, logger, stdlib_handler
 
 INJECTED_BY = f"kubectl-mesh-webhook/{__version__}"
 ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-log = logging.getLogger("webhook")
+flask_log = logging.getLogger("webhook")  # Flask("webhook").logger: unhandled exceptions
 
 
 class AdmissionMetrics:
@@ -79,20 +79,18 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
 
 
 def _configure_logging() -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
-        )
-        log.addHandler(handler)
-        log.setLevel(os.environ.get("MESH_WEBHOOK_LOG_LEVEL", "INFO").upper())
-        log.propagate = False
+    """What Flask logs through `logging` (an exception in a view) in the mesh's format too."""
+    if not flask_log.handlers:
+        flask_log.addHandler(stdlib_handler())
+        flask_log.setLevel(level_from_env().upper())
+        flask_log.propagate = False
 
 
 def create_app(config: MeshConfig | None = None) -> Flask:
     """The Flask app. `config` defaults to the file named by $MESH_CONFIG (or built-in defaults)."""
     mesh_config = config if config is not None else load_config()
     _configure_logging()
+    log = logger()
     app = Flask("webhook")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     metrics = AdmissionMetrics()
@@ -113,13 +111,14 @@ def create_app(config: MeshConfig | None = None) -> Flask:
         metrics.latency.observe(time.perf_counter() - started)
         if outcome.result == RESULT_ERROR:
             log.error(
-                "injection failed for pod %s (uid %s), admitted without proxy:\n%s",
-                _where(req),
-                req.uid,
-                outcome.error,
+                "injection_failed",
+                pod=_where(req),
+                uid=req.uid,
+                admitted="without proxy",
+                error=outcome.error,
             )
-        elif log.isEnabledFor(logging.DEBUG):
-            log.debug("pod %s: %s %s", _where(req), outcome.result, outcome.reason)
+        elif log.threshold <= 10:
+            log.debug("admission", pod=_where(req), result=outcome.result, reason=outcome.reason or "-")
         return _json(outcome.review)
 
     @app.get("/healthz")

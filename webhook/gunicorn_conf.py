@@ -5,11 +5,12 @@
 | variable | meaning | default |
 | --- | --- | --- |
 | `MESH_TLS_CERT`, `MESH_TLS_KEY` | serving cert and key files (required; reloaded on change) | |
-| `MESH_CONFIG` | mesh config JSON file (`webhook.config`) | built-in defaults |
+| `MESH_CONFIG` | mesh config JSON file (`kubectl_mesh.inject.config`) | built-in defaults |
 | `MESH_WEBHOOK_BIND` | listen address | `0.0.0.0:8443` |
 | `MESH_WEBHOOK_WORKERS` | gevent worker processes | `2` |
 | `MESH_WEBHOOK_WORKER_CLASS` | `gevent_pywsgi` or `gevent` | `gevent_pywsgi` |
 | `MESH_WEBHOOK_LOG_LEVEL` | gunicorn and webhook log level | `info` |
+| `MESH_LOG_FORMAT` | `logfmt` or `json` lines (`kubectl_mesh/log.py`), for gunicorn's lines too | `logfmt` |
 | `PROMETHEUS_MULTIPROC_DIR` | where workers share metrics (a writable emptyDir) | a new dir under `$TMPDIR` |
 
 TLS 1.2 is the minimum. The config is checked in the master before any worker starts, so a bad
@@ -24,13 +25,36 @@ import sys
 import tempfile
 from typing import Any
 
-from webhook.config import ConfigError, load_config
+from gunicorn.glogging import Logger as GunicornLogger
+
+from kubectl_mesh.inject import ConfigError, load_config
+from kubectl_mesh.log import Formatter, format_from_env
+from webhook.logs import ENV_WEBHOOK_LOG_LEVEL
 from webhook.tls import ReloadingTLS
 
 _cert = os.environ.get("MESH_TLS_CERT", "")
 _key = os.environ.get("MESH_TLS_KEY", "")
 if not _cert or not _key:
     sys.exit("error: MESH_TLS_CERT and MESH_TLS_KEY must name the serving certificate and key files")
+try:
+    _log_format = format_from_env()
+except ValueError as _exc:
+    sys.exit(f"error: {_exc}")
+
+
+class MeshLogger(GunicornLogger):
+    """gunicorn's logger, its lines in the mesh's format (as the webhook's and the proxy's).
+
+    Only the formatter changes: gunicorn still decides what goes where, and the access log stays
+    off (`logconfig_dict` would switch it on, paying for it on every admission).
+    """
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(Formatter(_log_format))
+
 
 bind = [os.environ.get("MESH_WEBHOOK_BIND", "0.0.0.0:8443")]
 # gevent's own WSGI server in each worker: ~10% less CPU per admission than gunicorn's gevent
@@ -43,9 +67,10 @@ timeout = 30
 graceful_timeout = 5  # admissions take milliseconds; idle keep-alive connections hold a worker until this
 certfile = _cert
 keyfile = _key
-loglevel = os.environ.get("MESH_WEBHOOK_LOG_LEVEL", "info")
+loglevel = os.environ.get(ENV_WEBHOOK_LOG_LEVEL, "info")
 errorlog = "-"
 accesslog = None
+logger_class = MeshLogger
 proc_name = "mesh-webhook"
 control_socket_disable = True  # no admin socket: nothing to write under $HOME, nothing extra exposed
 # The heartbeat files must live on a writable filesystem: the container's root is read-only.

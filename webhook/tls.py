@@ -9,14 +9,13 @@ certificate). A half-written or mismatched pair is logged and ignored: the old o
 
 from __future__ import annotations
 
-import logging
 import os
 import ssl
 import threading
 import time
 from collections.abc import Callable
 
-log = logging.getLogger("webhook.tls")
+from webhook.logs import logger
 
 _FileId = tuple[int, int, int, int]
 
@@ -68,18 +67,26 @@ class ReloadingTLS:
         try:
             ids = self._file_ids()
         except OSError as exc:
-            log.warning("TLS files unreadable, keeping the current certificate: %s", exc)
+            logger().warning(
+                "tls_reload_skipped",
+                reason="TLS files unreadable, keeping the current certificate",
+                error=exc,
+            )
             return
         if ids == self._ids:
             return
         try:
             fresh = self._build()
         except (OSError, ssl.SSLError, ValueError) as exc:
-            log.warning("new TLS certificate not usable yet, keeping the current one: %s", exc)
+            logger().warning(
+                "tls_reload_skipped",
+                reason="new TLS certificate not usable yet, keeping the current one",
+                error=exc,
+            )
             return  # retry at the next check: the other file of the pair may still be coming
         self._ids = ids
         self._current = fresh
-        log.info("reloaded TLS certificate from %s", self.certfile)
+        logger().info("tls_reloaded", cert=self.certfile)
 
     def _file_ids(self) -> tuple[_FileId, _FileId]:
         def ident(path: str) -> _FileId:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from kubectl_mesh.inject import ConfigError
 from webhook.app import create_app
-from webhook.config import ConfigError
 
 try:
     app = create_app()

@@ -2,7 +2,7 @@
 
     kubectl mesh inject app.yaml | kubectl apply -f -
 
-The same pure injector as the admission webhook (`webhook.injector`), applied to each
+The same pure injector as the admission webhook (`kubectl_mesh.inject`), applied to each
 workload's pod template. Other objects pass through unchanged. The YAML goes to stdout only
 once every input has been read and parsed (a bad file leaves stdout empty); a per-object report
 goes to stderr, like `linkerd inject`.
@@ -20,8 +20,7 @@ from kubectl_mesh.cli import CliError
 from kubectl_mesh.contract import LOG_LEVELS
 
 if TYPE_CHECKING:
-    from webhook.config import MeshConfig
-    from webhook.injector import Workload
+    from kubectl_mesh.inject import MeshConfig, Workload
 
 INJECTED_BY = f"kubectl-mesh/{__version__}"
 
@@ -74,7 +73,7 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from webhook.injector import inject_pod
+    from kubectl_mesh.inject import inject_pod
 
     config = build_config(args)
 
@@ -89,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
 def build_config(args: argparse.Namespace) -> MeshConfig:
     """The mesh config: --config's JSON, then the flags on top; errors become one line."""
-    from webhook.config import ConfigError, MeshConfig, read_config_file
+    from kubectl_mesh.inject import ConfigError, MeshConfig, read_config_file
 
     mapping: dict[str, Any] = {}
     if args.config:
@@ -162,7 +161,7 @@ def transform_object(obj: dict[str, Any], action: PodAction, done: str, report: 
     if not isinstance(template, dict):
         report.append(f"{label} skipped: no pod template")
         return obj
-    from webhook.injector import Workload
+    from kubectl_mesh.inject import Workload
 
     namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else None
     workload = None if kind == "Pod" else Workload(kind.lower(), str(name))

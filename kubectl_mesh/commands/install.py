@@ -114,9 +114,9 @@ def existing_tls(args: argparse.Namespace) -> Any:
 
 
 def new_tls(valid_days: int) -> Any:
-    """A new CA and serving certificate for mesh-webhook.mesh-system.svc (webhook/certs.py)."""
+    """A new CA and serving certificate for mesh-webhook.mesh-system.svc (install/certs.py)."""
+    from kubectl_mesh.install.certs import generate_webhook_certs
     from kubectl_mesh.install.manifest import WebhookTLS
-    from webhook.certs import generate_webhook_certs
 
     bundle = generate_webhook_certs(valid_days=valid_days)
     return WebhookTLS(ca_cert=bundle.ca_cert_pem, cert=bundle.cert_pem, key=bundle.key_pem)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from kubectl_mesh.commands.inject import add_input_arguments, transform_files
 
 if TYPE_CHECKING:
-    from webhook.injector import Workload
+    from kubectl_mesh.inject import Workload
 
 
 def register(sub: Any) -> None:
@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from webhook.injector import uninject_pod
+    from kubectl_mesh.inject import uninject_pod
 
     def uninject(
         pod: dict[str, Any], namespace: str | None, workload: Workload | None

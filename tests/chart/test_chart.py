@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from chart.helpers import Render, containers, find, run_helm
 from kubectl_mesh import __version__
 from kubectl_mesh import contract as c
+from kubectl_mesh.inject.config import MeshConfig
 from kubectl_mesh.install.snapshot import CHART, KUBE_VERSION
-from webhook.config import MeshConfig
 
 COMPONENT = "app.kubernetes.io/component"
 
@@ -334,8 +334,8 @@ def test_proxy_values_reach_the_webhook_as_a_mesh_config_it_accepts(
     assert custom.proxy_image_ref == "registry.example/mesh/proxy:1.2.3"
     assert custom.proxy_version == "1.2.3"
     assert (custom.log_level, custom.native_sidecar) == ("debug", False)
-    assert (custom.skip_inbound_ports, custom.skip_outbound_ports) == ("8080,9090", "3306")
-    assert (custom.skip_subnets, custom.opaque_ports) == ("10.96.0.0/12", "5432")
+    assert (str(custom.skip_inbound_ports), str(custom.skip_outbound_ports)) == ("8080,9090", "3306")
+    assert (custom.skip_subnets, str(custom.opaque_ports)) == ("10.96.0.0/12", "5432")
     assert custom.proxy_resources["limits"]["memory"] == "64Mi"
 
 

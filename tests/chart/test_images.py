@@ -20,9 +20,9 @@ import yaml
 
 from chart.helpers import find
 from kubectl_mesh import contract as c
+from kubectl_mesh.inject.config import MeshConfig
+from kubectl_mesh.inject.injector import inject_pod
 from kubectl_mesh.install.snapshot import REPO
-from webhook.config import MeshConfig
-from webhook.injector import inject_pod
 
 WORKFLOW = REPO / ".github" / "workflows" / "release.yml"
 

@@ -16,10 +16,10 @@ import yaml
 from chart.helpers import Render, find
 from chart.test_chart import _verify_serving_cert
 from kubectl_mesh.install import manifest
+from kubectl_mesh.install.certs import generate_webhook_certs
 from kubectl_mesh.install.manifest import InstallError, Settings, WebhookTLS, go_json, load_snapshot, render
 from kubectl_mesh.install.snapshot import OUTPUT
 from kubectl_mesh.install.snapshot import main as snapshot_main
-from webhook.certs import generate_webhook_certs
 
 CERT = "<certificate>"
 

@@ -119,7 +119,10 @@ def test_archive_holds_the_zipapp_and_license_and_no_c_extension(served_dist: tu
         assert tar.getmember("kubectl-mesh").mode & 0o111
     with zipfile.ZipFile(dist / "kubectl-mesh") as app:
         names = app.namelist()
-    assert "__main__.py" in names and "kubectl_mesh/cli.py" in names and "webhook/injector.py" in names
+    assert "__main__.py" in names and "kubectl_mesh/inject/injector.py" in names
+    assert not any(name.startswith(("webhook/", "proxy/")) for name in names), "kubectl_mesh, not webhook"
+    package = {str(p.relative_to(REPO)) for p in (REPO / "kubectl_mesh").rglob("*.py")}
+    assert package <= set(names), sorted(package - set(names))
     assert not [n for n in names if n.endswith((".so", ".pyd", ".dylib"))]
     assert not [n for n in names if n.startswith(("gevent", "flask", "gunicorn", "prometheus_client"))]
     manifest = yaml.safe_load((dist / "krew-manifest.yaml").read_text())

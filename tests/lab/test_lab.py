@@ -229,7 +229,7 @@ def test_pods_reach_the_api_server_in_cluster(lab: Lab, lab_namespace: str) -> N
 
 
 def _mesh_missing() -> str | None:
-    for module in ("webhook.injector", "proxy.init", "kubectl_mesh.commands.inject"):
+    for module in ("kubectl_mesh.inject", "proxy.init", "kubectl_mesh.commands.inject"):
         if importlib.util.find_spec(module) is None:
             return f"{module} has not landed yet"
     if not shutil.which("kubectl-mesh", path=str(Path(__import__("sys").executable).parent)):

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kubectl_mesh.contract import DEFAULT_INBOUND_PORTS_TO_IGNORE, PROXY_UID
+from kubectl_mesh.portlist import PortList
 from proxy import http1
 from proxy.config import ConfigError, parse_run_args
 from proxy.detect import Protocol, detect
@@ -23,7 +24,6 @@ from proxy.iptables import (
     clean_rules,
     has_any,
     is_applied,
-    parse_port_list,
     plan_rules,
     render,
 )
@@ -518,7 +518,8 @@ def test_config_env_fallback_and_flags_win() -> None:
     }
     config = parse_run_args(["--pod", "web-2"], env)
     assert config.identity is not None and config.identity.header_value() == b"shop/deployment/web/web-2"
-    assert config.opaque_ports == {3306, 5432, 5433}
+    assert set(config.opaque_ports) == {3306, 5432, 5433}
+    assert 5432 in config.opaque_ports and 5434 not in config.opaque_ports
     assert config.log_level == "debug"
     assert parse_run_args([], {}).identity is None
     assert parse_run_args(["--inbound-forward", "127.0.0.1:8080"], {}).inbound_forward == ("127.0.0.1", 8080)
@@ -529,6 +530,7 @@ def test_config_env_fallback_and_flags_win() -> None:
     [
         ["--namespace", "shop"],  # a partial identity
         ["--opaque-ports", "70000"],
+        ["--opaque-ports", "٨٠"],
         ["--inbound-forward", "nohost"],
         ["--response-timeout", "0"],
     ],
@@ -536,6 +538,21 @@ def test_config_env_fallback_and_flags_win() -> None:
 def test_config_errors(argv: list[str]) -> None:
     with pytest.raises(ConfigError):
         parse_run_args(argv, {})
+
+
+def test_log_format_flag_and_environment() -> None:
+    assert parse_run_args([], {}).log_format == "logfmt"
+    assert parse_run_args([], {"MESH_LOG_FORMAT": "json"}).log_format == "json"
+    assert parse_run_args(["--log-format", "logfmt"], {"MESH_LOG_FORMAT": "json"}).log_format == "logfmt"
+    with pytest.raises(ConfigError, match="MESH_LOG_FORMAT must be one of logfmt, json"):
+        parse_run_args([], {"MESH_LOG_FORMAT": "xml"})
+
+
+def test_opaque_port_errors_name_their_source() -> None:
+    with pytest.raises(ConfigError, match=r"^--opaque-ports: '0' is not within 1-65535"):
+        parse_run_args(["--opaque-ports", "0"], {})
+    with pytest.raises(ConfigError, match=r"^MESH_OPAQUE_PORTS: 'x' is not a port or a port range"):
+        parse_run_args([], {"MESH_OPAQUE_PORTS": "x"})
 
 
 # --- iptables ------------------------------------------------------------------------------------------
@@ -580,7 +597,7 @@ def test_plan_rules_like_proxy_init() -> None:
 
 def test_many_ignored_ports_split_into_multiport_groups() -> None:
     ports = tuple(range(1000, 1040, 2))  # 20 single ports: more than one multiport rule holds
-    rules = plan_rules(InitConfig(inbound_ports_to_ignore=ports))
+    rules = plan_rules(InitConfig(inbound_ports_to_ignore=PortList.of(ports)))
     groups = [r[r.index("--dports") + 1] for r in rules if "--dports" in r]
     assert sorted(int(p) for g in groups for p in g.split(",")) == list(ports)
     assert all(len(g.split(",")) <= 7 for g in groups)
@@ -602,7 +619,8 @@ def test_idempotence_and_clean() -> None:
     config = InitConfig()
     saved = _save_output(config)
     assert is_applied(saved, config)
-    assert not is_applied(saved, InitConfig(inbound_ports_to_ignore=(22,))), "other settings → re-apply"
+    other = InitConfig(inbound_ports_to_ignore=PortList.of([22]))
+    assert not is_applied(saved, other), "other settings → re-apply"
     assert not is_applied("*nat\nCOMMIT", config) and not has_any("*nat\nCOMMIT")
     commands = clean_rules(saved)
     assert commands[0][:2] == ["-D", "PREROUTING"] and commands[1][:2] == ["-D", "OUTPUT"]
@@ -610,11 +628,19 @@ def test_idempotence_and_clean() -> None:
     assert "kubectl-mesh:" in commands[0][commands[0].index("--comment") + 1], "comment unquoted for iptables"
 
 
-def test_port_list_parsing() -> None:
-    assert parse_port_list("22, 8000-8002") == (22, 8000, 8001, 8002)
-    for bad in ("x", "0", "70000", "5-3"):
-        with pytest.raises(ValueError):
-            parse_port_list(bad)
+def test_init_port_flags() -> None:
+    config = config_from_args(_init_args(outbound_ports_to_ignore="22, 8000-8002"))
+    assert tuple(config.outbound_ports_to_ignore) == (22, 8000, 8001, 8002)
+    for bad in ("x", "0", "70000", "5-3", "٨٠"):
+        with pytest.raises(ValueError, match=r"^--inbound-ports-to-ignore: "):
+            config_from_args(_init_args(inbound_ports_to_ignore=bad))
+
+
+def test_ignored_port_ranges_stay_ranges_in_the_rules() -> None:
+    """A wide range is one multiport item, not 65535 ports expanded and regrouped."""
+    config = config_from_args(_init_args(outbound_ports_to_ignore="1-65535"))
+    groups = [r[r.index("--dports") + 1] for r in plan_rules(config) if "--dports" in r]
+    assert groups == ["4190:4191", "1:65535"]
 
 
 PIPELINE = (

@@ -11,6 +11,7 @@ import jsonpatch
 import pytest
 from webhook_testlib import validate_pod
 
+from kubectl_mesh.inject.config import MeshConfig
 from webhook.admission import (
     RESULT_ERROR,
     RESULT_IGNORED,
@@ -21,7 +22,6 @@ from webhook.admission import (
     parse_review,
     review,
 )
-from webhook.config import MeshConfig
 
 POD = {
     "apiVersion": "v1",

@@ -1,4 +1,4 @@
-"""webhook.certs: a CA and a serving certificate that a TLS client really accepts."""
+"""kubectl_mesh.install.certs: a CA and a serving certificate that a TLS client really accepts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from webhook.certs import generate_ca, generate_serving_cert, generate_webhook_certs
+from kubectl_mesh.install.certs import generate_ca, generate_serving_cert, generate_webhook_certs
 
 
 def test_bundle_names_the_service_and_is_signed_by_the_ca() -> None:

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from webhook_testlib import validate_pod
 
 from kubectl_mesh import contract as c
-from webhook.config import MeshConfig
-from webhook.injector import (
+from kubectl_mesh.inject.config import MeshConfig
+from kubectl_mesh.inject.injector import (
     SKIP_ALREADY_INJECTED,
     SKIP_HOST_NETWORK,
     SKIP_INVALID_ANNOTATION,

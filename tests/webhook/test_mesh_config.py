@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from webhook.config import ConfigError, MeshConfig, load_config
+from kubectl_mesh.inject.config import ConfigError, MeshConfig, load_config
 
 
 def test_defaults_round_trip_through_the_mapping() -> None:
@@ -25,8 +25,9 @@ def test_port_lists_are_canonical_and_accept_arrays() -> None:
     config = MeshConfig.from_mapping(
         {"skipInboundPorts": [9090, "80", "8000-8010"], "opaquePorts": "3306, 25,25"}
     )
-    assert config.skip_inbound_ports == "80,8000-8010,9090"
-    assert config.opaque_ports == "25,3306"
+    assert str(config.skip_inbound_ports) == "80,8000-8010,9090"
+    assert str(config.opaque_ports) == "25,3306"
+    assert config.to_mapping()["skipInboundPorts"] == "80,8000-8010,9090"
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,12 @@ def test_internal_error_fails_open_and_is_counted(server: WebhookServer) -> None
     )
     assert "admitted without the mesh proxy" in answer["response"]["warnings"][0]
     assert admissions(metric_samples(server), "error") == admissions(before, "error") + 1
-    assert "injection failed for pod emojivoto/web-7f9-" in server.log_path.read_text()
+    lines = [line for line in server.log_path.read_text().splitlines() if "event=injection_failed" in line]
+    assert len(lines) == 1, "one line per event, the traceback escaped into it"
+    assert (
+        lines[0].startswith("ts=") and " level=error " in lines[0] and " pod=emojivoto/web-7f9-" in lines[0]
+    )
+    assert "uid=uid-error" in lines[0] and "Traceback (most recent call last):\\n" in lines[0]
 
 
 @pytest.mark.parametrize(
@@ -254,7 +259,7 @@ def test_workers_survive_the_malformed_bodies(server: WebhookServer) -> None:
 def _only_injector_tracebacks(server: WebhookServer) -> bool:
     """Every traceback in the log belongs to a logged, fail-open injector error."""
     text = server.log_path.read_text()
-    return text.count("Traceback") == text.count("injection failed for pod")
+    return text.count("Traceback") == text.count("event=injection_failed")
 
 
 # --- lifecycle: certificate reload, bad config ----------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kubectl_mesh.demo.ports import free_ports
-from webhook.certs import generate_webhook_certs
+from kubectl_mesh.install.certs import generate_webhook_certs
 
 REPO = Path(__file__).resolve().parents[2]
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")

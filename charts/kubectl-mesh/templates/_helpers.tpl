@@ -58,7 +58,7 @@ tolerations:
 {{- end -}}
 
 {{/*
-The MeshConfig the webhook reads (env MESH_CONFIG; webhook/config.py): camelCase keys, as JSON.
+The MeshConfig the webhook reads (env MESH_CONFIG; kubectl_mesh/inject/config.py): camelCase keys, as JSON.
 Its sha256 is a pod annotation of the webhook, so a change rolls the webhook pods.
 */}}
 {{- define "mesh.webhook.configData" -}}

@@ -1,8 +1,9 @@
 """A self-signed CA and a serving certificate for the webhook, as PEM bytes.
 
 Used by `kubectl mesh install` (the API server must trust the webhook: the CA goes into the
-MutatingWebhookConfiguration's `caBundle`, the pair into the webhook's Secret) and by the
-tests. Pure apart from reading the clock and the OS random source: no files are written.
+MutatingWebhookConfiguration's `caBundle`, the pair into the webhook's Secret), by the tests'
+webhook server and by `make bench-webhook`. Pure apart from reading the clock and the OS random
+source: no files are written.
 ECDSA P-256 keys: small, and the TLS handshake is cheap for the API server and for us.
 """
 

@@ -15,13 +15,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import jsonpatch
 
 from kubectl_mesh import contract as c
-from webhook.config import MeshConfig, _plain, format_port_list, parse_port_list
+from kubectl_mesh.inject.config import MeshConfig, _plain
+from kubectl_mesh.portlist import NO_PORTS, PortList
 
 __all__ = [
     "SKIP_REASONS",
@@ -280,34 +280,27 @@ class _Ports:
     opaque: str
 
 
+_DEFAULT_INBOUND_IGNORE = PortList.of(c.DEFAULT_INBOUND_PORTS_TO_IGNORE)
+
+
 def _ports_for(annotations: Mapping[str, Any], config: MeshConfig) -> _Ports:
-    def annotation(key: str) -> list[tuple[int, int]]:
+    def annotation(key: str) -> PortList:
         value = annotations.get(key)
         if value is None:
-            return []
+            return NO_PORTS
         try:
-            return parse_port_list(str(value))
+            return PortList.parse(str(value))
         except ValueError as exc:
             raise ValueError(f"annotation {key}: {exc}") from None
 
-    inbound = [(p, p) for p in c.DEFAULT_INBOUND_PORTS_TO_IGNORE]
-    inbound += _config_ports(config.skip_inbound_ports) + annotation(c.SKIP_INBOUND_PORTS_ANNOTATION)
-    outbound = _config_ports(config.skip_outbound_ports) + annotation(c.SKIP_OUTBOUND_PORTS_ANNOTATION)
+    inbound = _DEFAULT_INBOUND_IGNORE | config.skip_inbound_ports
+    inbound |= annotation(c.SKIP_INBOUND_PORTS_ANNOTATION)
+    outbound = config.skip_outbound_ports | annotation(c.SKIP_OUTBOUND_PORTS_ANNOTATION)
     if c.OPAQUE_PORTS_ANNOTATION in annotations:
         opaque = annotation(c.OPAQUE_PORTS_ANNOTATION)
     else:
-        opaque = _config_ports(config.opaque_ports)
-    return _Ports(format_port_list(inbound), format_port_list(outbound), format_port_list(opaque))
-
-
-@lru_cache(maxsize=64)
-def _config_parsed(text: str) -> tuple[tuple[int, int], ...]:
-    return tuple(parse_port_list(text))
-
-
-def _config_ports(text: str) -> list[tuple[int, int]]:
-    """The config's port lists are validated once and parsed once, not per admission."""
-    return list(_config_parsed(text))
+        opaque = config.opaque_ports
+    return _Ports(str(inbound), str(outbound), str(opaque))
 
 
 def _mutate(

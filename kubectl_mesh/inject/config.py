@@ -2,8 +2,9 @@
 
 One frozen `MeshConfig`, read from a JSON object whose keys are camelCase like Helm values
 (the chart renders `values.yaml` into a ConfigMap holding exactly these keys; the webhook reads
-the file named by `$MESH_CONFIG`). Unknown keys are an error, so a typo in the chart fails
-loudly at start-up instead of silently injecting defaults. Pure apart from `load_config`.
+the file named by `$MESH_CONFIG`, `kubectl mesh inject --config` any file). Unknown keys are an
+error, so a typo in the chart fails loudly at start-up instead of silently injecting defaults.
+Pure apart from `load_config` and `read_config_file`.
 """
 
 from __future__ import annotations
@@ -18,21 +19,23 @@ from typing import Any
 
 from kubectl_mesh import __version__
 from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, LOG_LEVELS
+from kubectl_mesh.errors import MeshError
+from kubectl_mesh.portlist import NO_PORTS, PortList
 
 ENV_MESH_CONFIG = "MESH_CONFIG"
 
 DEFAULT_PROXY_IMAGE = "ghcr.io/kubectl-mesh/proxy"
 # Server-speaks-first protocols (SMTP, MySQL, PostgreSQL, Redis, memcached, ...): protocol
 # detection would wait for a request that never comes, so these are relayed as opaque TCP.
-DEFAULT_OPAQUE_PORTS = "25,587,3306,4444,5432,6379,9300,11211"
+DEFAULT_OPAQUE_PORTS = PortList.parse("25,587,3306,4444,5432,6379,9300,11211")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 _QUANTITY = re.compile(r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]i?|Ki)?$")
 _RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
 
 
-class ConfigError(ValueError):
-    """The configuration is unusable; the message names the key."""
+class ConfigError(MeshError):
+    """The configuration is unusable; the message names the key (and the file, when read from one)."""
 
 
 def _default_proxy_resources() -> dict[str, dict[str, str]]:
@@ -55,10 +58,10 @@ class MeshConfig:
     init_resources: Mapping[str, Mapping[str, str]] = field(default_factory=_default_init_resources)
     log_level: str = "info"
     native_sidecar: bool = True  # False for clusters older than 1.29: proxy as first container
-    skip_inbound_ports: str = ""  # added to 4190,4191 and the pod's annotation
-    skip_outbound_ports: str = ""  # added to the pod's annotation
+    skip_inbound_ports: PortList = NO_PORTS  # added to 4190,4191 and the pod's annotation
+    skip_outbound_ports: PortList = NO_PORTS  # added to the pod's annotation
     skip_subnets: str = ""  # CIDRs whose outbound traffic is never redirected
-    opaque_ports: str = DEFAULT_OPAQUE_PORTS  # the pod's annotation replaces this default
+    opaque_ports: PortList = DEFAULT_OPAQUE_PORTS  # the pod's annotation replaces this default
     control_plane_namespace: str = CONTROL_PLANE_NAMESPACE
 
     @property
@@ -86,7 +89,7 @@ class MeshConfig:
 
     def to_mapping(self) -> dict[str, Any]:
         """The camelCase JSON object `from_mapping` reads (what the chart's ConfigMap holds)."""
-        return {key: _plain(getattr(self, attr)) for key, (attr, _check) in _KEYS.items()}
+        return {key: _json_value(getattr(self, attr)) for key, (attr, _check) in _KEYS.items()}
 
 
 def load_config(environ: Mapping[str, str] | None = None) -> MeshConfig:
@@ -117,29 +120,6 @@ def read_config_file(path: str, what: str) -> Any:
 # --- validation helpers -------------------------------------------------------------------------
 
 
-def parse_port_list(text: str) -> list[tuple[int, int]]:
-    """'80,443,8000-8080' -> [(80, 80), (443, 443), (8000, 8080)]; raises ValueError on junk."""
-    ranges: list[tuple[int, int]] = []
-    for raw in text.split(","):
-        item = raw.strip()
-        if not item:
-            continue
-        lo_s, sep, hi_s = item.partition("-")
-        if not lo_s.strip().isdigit() or (sep and not hi_s.strip().isdigit()):
-            raise ValueError(f"{item!r} is not a port or a port range")
-        lo = int(lo_s)
-        hi = int(hi_s) if sep else lo
-        if not (1 <= lo <= hi <= 65535):
-            raise ValueError(f"{item!r} is not within 1-65535")
-        ranges.append((lo, hi))
-    return ranges
-
-
-def format_port_list(ranges: list[tuple[int, int]]) -> str:
-    """Sorted, de-duplicated, canonical text of port ranges ('80,8000-8080')."""
-    return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in sorted(set(ranges)))
-
-
 def parse_subnet_list(text: str) -> list[str]:
     """'10.0.0.0/8, 192.168.1.1' -> canonical CIDRs; raises ValueError on junk."""
     out: list[str] = []
@@ -155,6 +135,11 @@ def _with_tag(image: str, tag: str) -> str:
     if "@" in image or ":" in last or not tag:
         return image
     return f"{image}:{tag}"
+
+
+def _json_value(value: Any) -> Any:
+    """A config value as the ConfigMap's JSON holds it: port lists as their canonical text."""
+    return str(value) if isinstance(value, PortList) else _plain(value)
 
 
 def _plain(value: Any) -> Any:
@@ -191,11 +176,11 @@ def _choice(options: tuple[str, ...]) -> Any:
     return check
 
 
-def _ports(key: str, value: Any) -> str:
+def _ports(key: str, value: Any) -> PortList:
     if isinstance(value, list):
         value = ",".join(str(v) for v in value)
     try:
-        return format_port_list(parse_port_list(_string(key, value)))
+        return PortList.parse(_string(key, value))
     except ValueError as exc:
         raise ConfigError(f"{key}: {exc}") from None
 
