@@ -496,7 +496,7 @@ def test_a_real_proxy_at_the_series_cap_with_the_longest_labels(tmp_path: Path) 
     for every error kind on every histogram, and 20-digit counters), and RSS far under the 256 MiB
     the injector sets."""
     from proxy_backends import AppServer
-    from proxy_harness import SERVER_ID, start_proxy
+    from support.proxy_process import SERVER_ID, start_proxy
 
     app = AppServer()
     proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{app.port}", identity=SERVER_ID)
@@ -594,7 +594,7 @@ def test_distinct_30_kb_hosts_make_a_small_scrape(tmp_path: Path) -> None:
     """The issue's case: 200 requests with distinct 30 KB Host values made one scrape 180 MB and
     the proxy's RSS 400 MB. Now each authority is a 253-character label."""
     from proxy_backends import AppServer
-    from proxy_harness import SERVER_ID, start_proxy
+    from support.proxy_process import SERVER_ID, start_proxy
 
     app = AppServer()
     proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{app.port}", identity=SERVER_ID)
