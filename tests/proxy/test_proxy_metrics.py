@@ -555,7 +555,7 @@ gevent.wait()
 
 
 @pytest.mark.slow
-def test_the_worst_case_scrape_streams_from_the_admin_server_in_bounded_memory() -> None:
+def test_the_worst_case_scrape_streams_from_the_admin_server_in_bounded_memory(tmp_path: Path) -> None:
     """The documented worst case (every series at the cap, the longest labels, a response_total for
     every error kind, 20-digit counters), built directly in a MeshMetrics (real requests cannot
     give one status every error kind) and scraped from the real admin server (gevent's WSGI server,
@@ -563,16 +563,16 @@ def test_the_worst_case_scrape_streams_from_the_admin_server_in_bounded_memory()
     more than a proxy needs)."""
     from support.runtime import runtime_env
 
-    from kubectl_mesh.demo.ports import free_ports
+    from kubectl_mesh.procs import free_ports, spawn
 
     (port,) = free_ports(1)
     here = Path(__file__).resolve().parent
     script = _WORST_CASE_ADMIN.format(paths=[str(here), str(here.parent)], port=port)
-    child = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, env=runtime_env(), text=True
+    child = spawn(
+        "worst-case admin server", [sys.executable, "-c", script], tmp_path / "admin.log", env=runtime_env()
     )
     try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        child.wait_ready(lambda: "ready" in child.log().splitlines(), timeout=120, tail=40)
         filled = _status_kib(child.pid)
         size, tail, seconds = _scrape(port)
         after = _status_kib(child.pid)
@@ -585,8 +585,7 @@ def test_the_worst_case_scrape_streams_from_the_admin_server_in_bounded_memory()
         assert after["VmHWM"] - filled["VmHWM"] < 16 * 1024, "the scrape itself adds little"
         assert after["VmHWM"] < INJECTED_MEMORY_LIMIT_KIB // 2, after
     finally:
-        child.kill()
-        child.wait()
+        child.stop(grace=0)
 
 
 @pytest.mark.slow
