@@ -159,7 +159,7 @@ def test_demo_live_stops_everything_on_ctrl_c(scratch: Path) -> None:
         cwd=scratch,
     )
     try:
-        # The first print, then a refresh (each refresh starts with `--- HH:MM:SS`).
+        # The first print, then two refreshes (each starts with `--- HH:MM:SS`).
         demo.wait_ready(lambda: demo.log().count("\n--- ") >= 2, timeout=150, tail=40)
         out = demo.log()
         assert sum(line.startswith("$ ") for line in out.splitlines()) >= 6, out  # first print + a refresh
