@@ -61,10 +61,10 @@ krew: setup ## build dist/kubectl-mesh.tar.gz (zipapp + LICENSE) and dist/krew-m
 	$(PY) scripts/build_krew.py
 
 bench-proxy: setup ## proxy throughput, added latency and memory (JSON on the last line)
-	$(PY) bench/bench_proxy.py $(ARGS)
+	$(PY) -m bench.bench_proxy $(ARGS)
 
 bench-webhook: setup ## admissions per second and latency over TLS (JSON on the last line)
-	$(PY) bench/bench_webhook.py $(ARGS)
+	$(PY) -m bench.bench_webhook $(ARGS)
 
 bench-cli: setup binaries ## kubectl mesh stat vs kubectl get against the lab (JSON on the last line)
 	$(PY) bench/bench_cli.py $(ARGS)

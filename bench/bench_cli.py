@@ -35,6 +35,7 @@ from lab import cluster  # noqa: E402
 from lab.config import KUBECONFIG, bin_dir, missing_binaries  # noqa: E402
 
 from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, PROMETHEUS_SERVICE  # noqa: E402
+from kubectl_mesh.procs import Prometheus, StartError, start_prometheus  # noqa: E402
 
 KUBECTL = "/usr/bin/kubectl"
 VENV_BIN = Path(sys.executable).parent
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     env["PATH"] = f"{VENV_BIN}:{state.bin_dir or bin_dir()}:/usr/bin:/bin"
     env.pop("MESH_PROMETHEUS_URL", None)
     namespace = f"bench-cli-{uuid.uuid4().hex[:6]}"
-    local_prometheus: subprocess.Popen[bytes] | None = None
+    local_prometheus: Prometheus | None = None
     tmp = Path(tempfile.mkdtemp(prefix="bench-cli-"))
     try:
         subprocess.run([KUBECTL, "create", "namespace", namespace], env=env, check=True, capture_output=True)
@@ -113,26 +114,13 @@ def main(argv: list[str] | None = None) -> int:
             prometheus = state.prometheus_url
             prom_flags = ["--prometheus-url", state.prometheus_url]
         else:
-            sys.path.insert(0, str(REPO / "tests"))
-            from cli.loopback_mesh import wait_http
-
-            from kubectl_mesh.demo.ports import free_ports
-
-            (port,) = free_ports(1)
-            (tmp / "prometheus.yml").write_text("global: {scrape_interval: 10s}\nscrape_configs: []\n")
-            local_prometheus = subprocess.Popen(
-                [
-                    shutil.which("prometheus") or "prometheus",
-                    f"--config.file={tmp / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            wait_http(f"http://127.0.0.1:{port}/-/ready", timeout=30)
-            prometheus = f"http://127.0.0.1:{port} (started here)"
-            prom_flags = ["--prometheus-url", f"http://127.0.0.1:{port}"]
+            config = {"global": {"scrape_interval": "10s"}, "scrape_configs": []}
+            try:
+                local_prometheus = start_prometheus(config, tmp)
+            except StartError as exc:
+                raise SystemExit(f"bench: {exc}") from None
+            prometheus = f"{local_prometheus.url} (started here)"
+            prom_flags = ["--prometheus-url", local_prometheus.url]
 
         stat_via_kubectl = [KUBECTL, "mesh", "stat", "deploy", "-n", namespace, "--unmeshed", *prom_flags]
         stat_direct = [str(VENV_BIN / "kubectl-mesh"), *stat_via_kubectl[2:]]
@@ -154,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             [KUBECTL, "delete", "namespace", namespace, "--wait=false"], env=env, capture_output=True
         )
         if local_prometheus is not None:
-            local_prometheus.terminate()
-            local_prometheus.wait(timeout=10)
+            local_prometheus.stop()
         shutil.rmtree(tmp, ignore_errors=True)
         if cluster.release(os.getpid(), "bench-cli"):
             print("bench-cli: lab stopped", file=sys.stderr)

@@ -19,8 +19,8 @@ machine compare the ratios within one run.
 `--profile` instead profiles the one-hop proxy during one saturated round (cProfile, made
 greenlet-aware) and prints the functions with the most own time per request.
 
-Usage: python bench/bench_proxy.py [--duration 5] [--rounds 3] [--rate 1000] [--latency-rounds 5]
-                                   [--latency-seconds 3] [--connections 32] [--profile]
+Usage (from the repository's root): python -m bench.bench_proxy [--duration 5] [--rounds 3]
+        [--rate 1000] [--latency-rounds 5] [--latency-seconds 3] [--connections 32] [--profile]
 """
 
 from __future__ import annotations
@@ -38,30 +38,28 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from kubectl_mesh.demo.ports import free_ports
+from kubectl_mesh.procs import Proc, free_ports, spawn
+from tests.support.proxy_process import ProxyProcess, start_proxy
+from tests.support.runtime import runtime_pythonpath
 
 REPO = Path(__file__).resolve().parents[1]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
-Process = subprocess.Popen[bytes]
 
 
-def wait_port(port: int, timeout: float = 20, process: Process | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise SystemExit(f"bench_proxy: {process.args!r} exited ({process.returncode}) before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"bench_proxy: nothing listening on 127.0.0.1:{port}")
+def start(tmp: Path, name: str, argv: list[str], port: int) -> Proc:
+    """Start a helper (nginx, HAProxy, the relay) and wait until it listens on `port`."""
+    proc = spawn(name, argv, tmp / f"{name}.log")
+    try:
+        proc.wait_ready(port, timeout=20)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
@@ -76,53 +74,15 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
-def stop(process: Process, sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def rss_mib(proxy: ProxyProcess) -> float:
+    return proxy.rss_kib() / 1024
 
 
-class Proxy:
-    """`python -m proxy run` (or `python -c <launcher> ... run`, for the profiler) on free ports."""
-
-    def __init__(self, tmp: Path, name: str, args: list[str], launcher: list[str] | None = None) -> None:
-        self.inbound, self.outbound, self.admin = free_ports(3)
-        argv = [
-            sys.executable, *(launcher or ["-m", "proxy"]), "run", "--log-level", "warning",
-            "--inbound-addr", "127.0.0.1", "--inbound-port", str(self.inbound),
-            "--outbound-port", str(self.outbound),
-            "--admin-addr", "127.0.0.1", "--admin-port", str(self.admin), *args,
-        ]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.log = tmp / f"{name}.log"
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
-        wait_port(self.admin, process=self.process)
-        wait_port(self.inbound, process=self.process)
-
-    def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def requests(self) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        return sum(float(m.group(1)) for m in re.finditer(r"^request_total\{[^}]*\} (\S+)$", text, re.M))
-
-    def stop(self) -> None:
-        stop(self.process)
-
-
-def server_proxy(tmp: Path, nginx_port: int, launcher: list[str] | None = None) -> Proxy:
-    return Proxy(tmp, "server-proxy", ["--inbound-forward", f"127.0.0.1:{nginx_port}",
-                 "--namespace", "bench", "--workload-kind", "deployment", "--workload-name", "server",
-                 "--pod", "server-0"], launcher)  # fmt: skip
+def server_proxy(tmp: Path, nginx_port: int, launcher: list[str] | None = None) -> ProxyProcess:
+    """The server-side proxy, inbound forwarding to nginx (`launcher`: e.g. under the profiler)."""
+    return start_proxy(tmp, "--inbound-forward", f"127.0.0.1:{nginx_port}",
+                       identity=("bench", "deployment", "server", "server-0"), log_level="warning",
+                       launcher=launcher or ("-m", "proxy"), name="server-proxy")  # fmt: skip
 
 
 # The floor of any gevent proxy on this machine: bytes in, bytes out, one upstream connection
@@ -174,13 +134,11 @@ backend nginx
 """  # no `log` line: HAProxy logs nothing, like the proxy at --log-level warning
 
 
-def start_haproxy(tmp: Path, backend: int) -> tuple[Process, int]:
+def start_haproxy(tmp: Path, backend: int) -> tuple[Proc, int]:
     (port,) = free_ports(1)
     (tmp / "haproxy.cfg").write_text(HAPROXY_CONFIG.format(port=port, backend=backend))
-    with (tmp / "haproxy.log").open("wb") as log:  # -db: foreground, one process (its CPU is /proc/pid)
-        process = subprocess.Popen([HAPROXY, "-db", "-f", str(tmp / "haproxy.cfg")], stdout=log, stderr=log)
-    wait_port(port, process=process)
-    return process, port
+    # -db: foreground, one process (its CPU is /proc/pid)
+    return start(tmp, "haproxy", [HAPROXY, "-db", "-f", str(tmp / "haproxy.cfg")], port), port
 
 
 # `python -m proxy` under cProfile, on from SIGUSR1 to SIGUSR2 (then the stats are written). cProfile
@@ -273,20 +231,19 @@ def median_and_spread(values: list[float]) -> tuple[float, list[float]]:
     return round(statistics.median(values), 3), [round(min(values), 3), round(max(values), 3)]
 
 
-def measure(args: argparse.Namespace, tmp: Path, nginx_port: int, started: list[Proxy],
-            helpers: list[Process]) -> dict[str, Any]:  # fmt: skip
+def measure(args: argparse.Namespace, tmp: Path, nginx_port: int, started: list[ProxyProcess],
+            helpers: list[Proc]) -> dict[str, Any]:  # fmt: skip
     server = server_proxy(tmp, nginx_port)
     started.append(server)
-    client = Proxy(tmp, "client-proxy", ["--inbound-forward", "127.0.0.1:9", "--namespace", "bench",
-                   "--workload-kind", "deployment", "--workload-name", "client",
-                   "--pod", "client-0"])  # fmt: skip
+    client = start_proxy(tmp, "--inbound-forward", "127.0.0.1:9",
+                         identity=("bench", "deployment", "client", "client-0"), log_level="warning",
+                         name="client-proxy")  # fmt: skip
     started.append(client)
     (relay_port,) = free_ports(1)
-    relay = subprocess.Popen(
-        [sys.executable, "-c", BARE_RELAY, str(relay_port), str(nginx_port)], stderr=subprocess.DEVNULL
+    relay = start(
+        tmp, "bare-relay", [sys.executable, "-c", BARE_RELAY, str(relay_port), str(nginx_port)], relay_port
     )
     helpers.append(relay)
-    wait_port(relay_port, process=relay)
     haproxy, haproxy_port = start_haproxy(tmp, nginx_port)
     helpers.append(haproxy)
 
@@ -306,8 +263,8 @@ def measure(args: argparse.Namespace, tmp: Path, nginx_port: int, started: list[
     }
     for port, host in saturated_paths.values():  # warm-up: connections, pools, caches
         wrk(port, 1, host, args.connections)
-    rss_warm = server.rss_mib()
-    rss_warm_client = client.rss_mib()
+    rss_warm = rss_mib(server)
+    rss_warm_client = rss_mib(client)
 
     # CPU per request of the process doing the one hop (the figure other load moves least).
     measured_pid = {"one_hop": server.process.pid, "haproxy_one_hop": haproxy.pid}
@@ -354,12 +311,12 @@ def measure(args: argparse.Namespace, tmp: Path, nginx_port: int, started: list[
     lat = {n: {"p50": percentile(v, 0.50), "p99": percentile(v, 0.99)} for n, v in samples.items()}
 
     for _ in range(50):  # memory after at least 100k requests (the rounds above usually did it)
-        if server.requests() >= 100_000:
+        if server.value("request_total") >= 100_000:
             break
         wrk(server.inbound, 3, None, args.connections)
-    served_total = server.requests()
-    rss_after = server.rss_mib()
-    rss_after_client = client.rss_mib()
+    served_total = server.value("request_total")
+    rss_after = rss_mib(server)
+    rss_after_client = rss_mib(client)
 
     med = {name: statistics.median(values) for name, values in rps.items()}
     cpu_us = {name: cpu[name] / max(1, served[name]) * 1e6 for name in cpu}
@@ -405,10 +362,15 @@ def measure(args: argparse.Namespace, tmp: Path, nginx_port: int, started: list[
     }
 
 
+def _code_roots() -> tuple[str, ...]:
+    """Where the proxy's code runs from: the checkout, or the tests' world-readable copy of it."""
+    return (f"{REPO}/", f"{runtime_pythonpath()}/")
+
+
 def _where(filename: str, line: int, name: str) -> str:
     if filename == "~":
         return name
-    for marker in (f"{REPO}/", "site-packages/", "/lib/python3."):
+    for marker in (*_code_roots(), "site-packages/", "/lib/python3."):
         if marker in filename:
             filename = filename.split(marker, 1)[1]
             break
@@ -416,7 +378,7 @@ def _where(filename: str, line: int, name: str) -> str:
 
 
 def _area(filename: str, name: str) -> str:
-    if filename.startswith(f"{REPO}/proxy/"):
+    if any(filename.startswith(f"{root}proxy/") for root in _code_roots()):
         return "proxy (Python)"
     if "/gevent/" in filename or (filename == "~" and ("gevent" in name or "greenlet" in name)):
         return "gevent and greenlet"
@@ -427,7 +389,9 @@ def _area(filename: str, name: str) -> str:
     return "other Python (stdlib, libraries)"
 
 
-def profile(args: argparse.Namespace, tmp: Path, nginx_port: int, started: list[Proxy]) -> dict[str, Any]:
+def profile(
+    args: argparse.Namespace, tmp: Path, nginx_port: int, started: list[ProxyProcess]
+) -> dict[str, Any]:
     """One saturated one-hop round unprofiled, then one under cProfile; own time per request."""
     stats_path = tmp / "one_hop.pstats"
     server = server_proxy(tmp, nginx_port, ["-c", PROFILED_PROXY, str(stats_path)])
@@ -448,7 +412,7 @@ def profile(args: argparse.Namespace, tmp: Path, nginx_port: int, started: list[
             break
         time.sleep(0.1)
     else:
-        raise SystemExit(f"bench_proxy: no profile written; the proxy's log:\n{server.log.read_text()}")
+        raise SystemExit(f"bench_proxy: no profile written; the proxy's log:\n{server.log()}")
     raw: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = pstats.Stats(str(stats_path)).stats  # type: ignore[attr-defined]
     per_request = 1e6 / max(1, completed_profiled)
     rows = sorted(((tt, nc, key) for key, (_, nc, tt, _, _) in raw.items()), reverse=True)
@@ -526,23 +490,20 @@ http {{
 }}
 """
     )
-    started: list[Proxy] = []
-    helpers: list[Process] = []
-    nginx = subprocess.Popen(
-        [NGINX, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], stderr=subprocess.DEVNULL
-    )
+    started: list[ProxyProcess] = []
+    helpers: list[Proc] = []
     try:
-        wait_port(nginx_port, process=nginx)
+        nginx = start(tmp, "nginx", [NGINX, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], nginx_port)
+        helpers.append(nginx)
         if args.profile:
             result = profile(args, tmp, nginx_port, started)
         else:
             result = measure(args, tmp, nginx_port, started, helpers)
     finally:
-        for helper in helpers:
-            stop(helper)
         for proxy in started:
             proxy.stop()
-        stop(nginx, signal.SIGQUIT)
+        for helper in reversed(helpers):
+            helper.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
     return 0

@@ -26,9 +26,6 @@ import argparse  # noqa: E402
 import http.client  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import signal  # noqa: E402
-import ssl  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -37,13 +34,8 @@ from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from tests.support.webhook_server import WebhookServer  # noqa: E402
 
-from kubectl_mesh.demo.ports import free_ports  # noqa: E402
-from kubectl_mesh.install.certs import generate_webhook_certs  # noqa: E402
-
-GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 TARGET_RPS = 800
 TARGET_P99_MS = 25.0
 
@@ -150,97 +142,28 @@ def canned_answer() -> bytes:
     return json.dumps(outcome.review, separators=(",", ":")).encode()
 
 
-class Server:
-    def __init__(
-        self, workdir: Path, workers: int | None, worker_class: str | None, baseline: bool = False
-    ) -> None:
-        bundle = generate_webhook_certs(ip_addresses=["127.0.0.1"])
-        (workdir / "tls.crt").write_bytes(bundle.cert_pem)
-        (workdir / "tls.key").write_bytes(bundle.key_pem)
-        (workdir / "metrics").mkdir()
-        self.ca = bundle.ca_cert_pem.decode()
-        (self.port,) = free_ports(1)
-        env = dict(os.environ)
-        env.update(
-            MESH_TLS_CERT=str(workdir / "tls.crt"),
-            MESH_TLS_KEY=str(workdir / "tls.key"),
-            MESH_WEBHOOK_BIND=f"127.0.0.1:{self.port}",
-            MESH_WEBHOOK_LOG_LEVEL="warning",
-            PROMETHEUS_MULTIPROC_DIR=str(workdir / "metrics"),
-        )
-        if workers is not None:
-            env["MESH_WEBHOOK_WORKERS"] = str(workers)
-        if worker_class is not None:
-            env["MESH_WEBHOOK_WORKER_CLASS"] = worker_class
-        app = "webhook.wsgi:app"
-        if baseline:
-            (workdir / "mesh_bench_baseline.py").write_text(BASELINE_APP)
-            (workdir / "answer.json").write_bytes(canned_answer())
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(workdir), env.get("PYTHONPATH", "")]))
-            app = "mesh_bench_baseline:app"
-        self.log = open(workdir / "gunicorn.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [GUNICORN, "-c", "python:webhook.gunicorn_conf", app],
-            cwd=REPO,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cadata=self.ca)
-
-    def connect(self) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context(), timeout=10)
-
-    def wait_healthy(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"error: gunicorn exited with {self.proc.returncode}")
-            try:
-                conn = self.connect()
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    conn.close()
-                    return
-            except OSError:
-                gevent.sleep(0.2)
-        raise SystemExit("error: webhook did not become healthy")
-
-    def worker_pids(self) -> list[int]:
-        """The gunicorn workers (children of the master)."""
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                if ppid == self.proc.pid:
-                    pids.append(int(entry.name))
-        return pids
-
-    def cpu_seconds(self) -> float:
-        """user+system CPU of the master and its workers so far."""
-        total = 0
-        for pid in [self.proc.pid, *self.worker_pids()]:
-            try:
-                fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
-        return total / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
+def start_server(
+    workdir: Path, workers: int | None, worker_class: str | None, baseline: bool = False
+) -> WebhookServer:
+    """The tests' WebhookServer with the shipped settings (or these), quiet; `baseline`: the same
+    gunicorn and TLS serving the canned answer."""
+    app, pythonpath = "webhook.wsgi:app", []
+    if baseline:
+        (workdir / "mesh_bench_baseline.py").write_text(BASELINE_APP)
+        (workdir / "answer.json").write_bytes(canned_answer())
+        app, pythonpath = "mesh_bench_baseline:app", [workdir]
+    server = WebhookServer(
+        workdir,
+        workers,
+        worker_class=worker_class,
+        log_level="warning",
+        app=app,
+        pythonpath=pythonpath,
+    )
+    try:
+        return server.start()
+    except RuntimeError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def cpu_pressure_us() -> int | None:
@@ -260,7 +183,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 def load(
-    server: Server,
+    server: WebhookServer,
     conns: list[http.client.HTTPSConnection],
     total: int,
     seconds: float,
@@ -354,9 +277,8 @@ def measure(
     workers: int | None, worker_class: str | None, args: argparse.Namespace, baseline: bool = False
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-webhook-") as tmp:
-        server = Server(Path(tmp), workers, worker_class, baseline)
+        server = start_server(Path(tmp), workers, worker_class, baseline)
         try:
-            server.wait_healthy()
             workers = len(server.worker_pids())
             # One pool of keep-alive connections for all phases, like the API server's client: the
             # warm-up pays the TLS handshakes and first-request imports, the phases measure admissions.

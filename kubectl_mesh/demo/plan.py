@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kubectl_mesh.contract import SCRAPE_JOB
 from kubectl_mesh.stat import StatRequest, build_request
@@ -74,7 +74,6 @@ class DemoPlan:
     pods: tuple[DemoPod, ...]
     prometheus_port: int
     workdir: str
-    prometheus_argv: tuple[str, ...] = field(default=())
 
     @property
     def prometheus_url(self) -> str:
@@ -107,7 +106,6 @@ def build_plan(
     workdir: str,
     *,
     python: str = sys.executable,
-    prometheus: str = "prometheus",
     request_rate: float = 1.0,
     failure_share: float = 0.15,
     pod_names: dict[str, str] | None = None,
@@ -175,16 +173,7 @@ def build_plan(
             ready_url=f"http://127.0.0.1:{p.admin}/ready",
         )
         pods.append(DemoPod(deployment, names[deployment], p, app, proxy))
-
-    prometheus_argv = (
-        prometheus,
-        f"--config.file={workdir}/prometheus.yml",
-        f"--storage.tsdb.path={workdir}/prometheus-data",
-        f"--web.listen-address=127.0.0.1:{prometheus_port}",
-        "--storage.tsdb.retention.time=1h",
-        "--log.level=warn",
-    )
-    return DemoPlan(tuple(pods), prometheus_port, workdir, prometheus_argv)
+    return DemoPlan(tuple(pods), prometheus_port, workdir)
 
 
 def _flags(**flags: object) -> tuple[str, ...]:

@@ -1,4 +1,7 @@
-"""Loopback ports for the demo: free ones picked by the kernel, or a given range checked first."""
+"""Loopback ports for the demo: a given range (`--base-port`) checked free first.
+
+Free ports picked by the kernel come from `kubectl_mesh.procs.free_ports`.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +9,11 @@ import contextlib
 import os
 import socket
 
+from kubectl_mesh.procs import free_ports as free_ports  # tests/lab imports it from here
+
 
 class PortsInUse(RuntimeError):
     """Ports the demo needs are taken; the message names them."""
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports that were free on 127.0.0.1 a moment ago (the kernel's choice).
-
-    All sockets stay bound until every port is picked, so the kernel cannot hand one out twice.
-    A child that still loses a race for its port fails to start and says so.
-    """
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def port_in_use(port: int) -> bool:

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -36,9 +37,9 @@ from kubectl_mesh.demo.plan import (
     prometheus_config,
     walkthrough,
 )
-from kubectl_mesh.demo.ports import PortsInUse, free_ports, ports_from
+from kubectl_mesh.demo.ports import PortsInUse, ports_from
 from kubectl_mesh.demo.prometheus import INSTALL_HINT, PrometheusClient, find_prometheus
-from kubectl_mesh.demo.supervisor import Child, StartError, Supervisor, install_signal_handlers
+from kubectl_mesh.procs import Proc, StartError, Supervisor, free_ports, start_prometheus
 from kubectl_mesh.prom import PrometheusError
 from kubectl_mesh.stat import StatRequest, StatRow, Workload, compute_stat, render
 from kubectl_mesh.stat.model import duration_seconds
@@ -120,7 +121,7 @@ class Demo:
         self.window_s = duration_seconds(WINDOW)
         self.commands = walkthrough(WINDOW)
         self.plan: DemoPlan | None = None
-        self.pods: dict[str, tuple[Child, Child]] = {}  # deployment -> (app, proxy)
+        self.pods: dict[str, tuple[Proc, Proc]] = {}  # deployment -> (app, proxy)
         self.sampler: CounterSampler | None = None
         self._cleaned = False
         self._progress_shown = False  # a progress line is on the terminal, to be erased
@@ -185,20 +186,25 @@ class Demo:
         plan = build_plan(
             ports,
             str(self.workdir),
-            prometheus=prometheus,
             request_rate=self.options.request_rate,
             failure_share=self.options.failure_share,
             run_marker=str(self.workdir),
         )
         self.plan = plan
-        (self.workdir / "prometheus.yml").write_text(prometheus_config(plan))
         self.progress(
             f"starting emojivoto ({', '.join(DEPLOYMENTS)}), a mesh-proxy beside each, and Prometheus"
         )
         env = _child_env()
         try:
-            prom = self.supervisor.start(
-                "prometheus", plan.prometheus_argv, {**env, "MESH_DEMO_RUN": str(self.workdir)}
+            prom = start_prometheus(
+                prometheus_config(plan),
+                self.workdir,
+                binary=prometheus,
+                port=plan.prometheus_port,
+                flags=("--storage.tsdb.retention.time=1h",),
+                env={**env, "MESH_DEMO_RUN": str(self.workdir)},
+                supervisor=self.supervisor,
+                wait=None,  # it starts beside the others; waited for last
             )
             proxies = {p.deployment: self.supervisor.start(p.proxy.name, p.proxy.argv, {**env, **p.proxy.env})
                        for p in plan.pods}  # fmt: skip
@@ -206,7 +212,7 @@ class Demo:
                 self.supervisor.wait_ready(proxies[pod.deployment], pod.proxy.ready_url, timeout=30)
             # The servers first (DEPLOYMENTS order); the bot once they all answer.
             servers = [pod for pod in plan.pods if pod.deployment in SERVERS]
-            apps: dict[str, Child] = {
+            apps: dict[str, Proc] = {
                 pod.deployment: self.supervisor.start(pod.app.name, pod.app.argv, {**env, **pod.app.env})
                 for pod in servers
             }
@@ -215,7 +221,7 @@ class Demo:
             bot = plan.pod("vote-bot")
             apps["vote-bot"] = self.supervisor.start(bot.app.name, bot.app.argv, {**env, **bot.app.env})
             self.supervisor.wait_ready(apps["vote-bot"], bot.app.ready_url, timeout=30)
-            self.supervisor.wait_ready(prom, f"{plan.prometheus_url}/-/ready", timeout=30)
+            prom.wait_ready(timeout=30)
         except StartError as exc:
             raise DemoError(str(exc)) from None
         self.pods = {d: (apps[d], proxies[d]) for d in DEPLOYMENTS}
@@ -385,6 +391,20 @@ class Demo:
             self.err.write("\r\x1b[K")
             self.err.flush()
             self._progress_shown = False
+
+
+def install_signal_handlers(on_signal: Callable[[int], None]) -> None:
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP all end the demo the same way.
+
+    SIGINT is set explicitly: a shell starts background jobs with SIGINT ignored, and Python then
+    keeps ignoring it, so `kill -INT` would otherwise leave the demo running.
+    """
+
+    def handler(signum: int, _frame: object) -> None:
+        on_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, handler)
 
 
 def _importable(module: str) -> bool:

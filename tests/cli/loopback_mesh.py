@@ -13,34 +13,19 @@ from __future__ import annotations
 
 import http.client
 import http.server
-import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubectl_mesh.demo.ports import free_ports
+from support.proxy_process import ProxyProcess, start_proxy
 
-REPO = Path(__file__).resolve().parents[2]
+from kubectl_mesh.procs import Prometheus, start_prometheus
 
-
-def wait_http(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer within {timeout}s")
-        time.sleep(0.1)
+SERVER = ("back", "deployment", "voting", "voting-1")  # the app's sidecar: explicit inbound forward
+CLIENT = ("front", "deployment", "web", "web-1")  # the client's sidecar: outbound forward proxy
 
 
 class _App(http.server.BaseHTTPRequestHandler):
@@ -56,18 +41,6 @@ class _App(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
-
-
-@dataclass
-class Proxy:
-    namespace: str
-    kind: str
-    name: str
-    pod: str
-    inbound: int
-    outbound: int
-    admin: int
-    process: subprocess.Popen[bytes] | None = None
 
 
 @dataclass
@@ -90,66 +63,42 @@ class LoopbackMesh:
         self.app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _App)
         self.app_port = self.app.server_address[1]
         threading.Thread(target=self.app.serve_forever, daemon=True).start()
-        ports = free_ports(7)
-        self.server = Proxy("back", "deployment", "voting", "voting-1", *ports[0:3])
-        self.client = Proxy("front", "deployment", "web", "web-1", *ports[3:6])
-        self.prom_port = ports[6]
-        self.prometheus: subprocess.Popen[bytes] | None = None
-        self.scrape_interval = scrape_interval
+        self.proxies: list[ProxyProcess] = []
+        self.prometheus: Prometheus | None = None
         try:
-            for proxy in (self.server, self.client):
-                self._start_proxy(proxy)
-            self._start_prometheus()
+            self.server = self._start_proxy(SERVER)
+            self.client = self._start_proxy(CLIENT)
+            self.prometheus = start_prometheus(self._prometheus_config(scrape_interval), self.tmp)
         except BaseException:
             self.close()
             raise
 
     @property
     def prometheus_url(self) -> str:
-        return f"http://127.0.0.1:{self.prom_port}"
+        assert self.prometheus is not None
+        return self.prometheus.url
 
-    def _start_proxy(self, p: Proxy) -> None:
-        cmd = [
-            sys.executable, "-m", "proxy", "run",
-            "--inbound-addr", "127.0.0.1", "--inbound-port", str(p.inbound),
-            "--outbound-port", str(p.outbound),
-            "--admin-addr", "127.0.0.1", "--admin-port", str(p.admin),
-            "--namespace", p.namespace, "--workload-kind", p.kind, "--workload-name", p.name, "--pod", p.pod,
-            "--inbound-forward", f"127.0.0.1:{self.app_port}",
-            "--log-level", "warning",
-        ]  # fmt: skip
-        log = open(self.tmp / f"{p.pod}.log", "wb")  # noqa: SIM115 - closed with the process
-        p.process = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        wait_http(f"http://127.0.0.1:{p.admin}/ready")
+    def _start_proxy(self, identity: tuple[str, str, str, str]) -> ProxyProcess:
+        proxy = start_proxy(
+            self.tmp,
+            "--inbound-forward",
+            f"127.0.0.1:{self.app_port}",
+            identity=identity,
+            log_level="warning",
+        )
+        self.proxies.append(proxy)
+        return proxy
 
-    def _start_prometheus(self) -> None:
-        prometheus = shutil.which("prometheus")
-        if prometheus is None:
-            raise RuntimeError("prometheus is not installed: apt-get install -y prometheus")
+    def _prometheus_config(self, scrape_interval: str) -> dict[str, object]:
+        """Static targets with the labels the mesh's relabelling gives pods (namespace, pod, kind)."""
         targets = [
-            {
-                "targets": [f"127.0.0.1:{p.admin}"],
-                "labels": {"namespace": p.namespace, "pod": p.pod, p.kind: p.name},
-            }
-            for p in (self.server, self.client)
+            {"targets": [f"127.0.0.1:{p.admin}"], "labels": {"namespace": ns, "pod": pod, kind: name}}
+            for p, (ns, kind, name, pod) in ((self.server, SERVER), (self.client, CLIENT))
         ]
-        config = {
-            "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
+        return {
+            "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
             "scrape_configs": [{"job_name": "mesh-proxy", "static_configs": targets}],
         }
-        (self.tmp / "prometheus.yml").write_text(json.dumps(config))
-        log = open(self.tmp / "prometheus.log", "wb")  # noqa: SIM115 - closed with the process
-        self.prometheus = subprocess.Popen(
-            [
-                prometheus,
-                f"--config.file={self.tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={self.tmp / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.prom_port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_http(f"{self.prometheus_url}/-/ready", timeout=30)
 
     def send(self, count: ClientCount, *, seconds: float, rps: float, fail_every: int) -> None:
         """The client app: GET through its proxy to the server at a steady rate; every
@@ -174,14 +123,10 @@ class LoopbackMesh:
         conn.close()
 
     def close(self) -> None:
-        for proc in (self.prometheus, self.server.process, self.client.process):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        if self.prometheus is not None:
+            self.prometheus.stop()
+        for proxy in self.proxies:
+            proxy.stop()
         self.app.shutdown()
         self.app.server_close()
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -31,6 +31,7 @@ from e2e.tables import (
     success_tolerance,
     truth,
 )
+from kubectl_mesh.procs import spawn
 
 VENV_BIN = Path(sys.executable).parent
 KUBECTL_MESH = str(VENV_BIN / "kubectl-mesh")
@@ -149,37 +150,28 @@ def test_demo_once_tells_the_walkthrough_story_with_true_numbers(scratch: Path) 
 @pytest.mark.timeout(240)
 def test_demo_live_stops_everything_on_ctrl_c(scratch: Path) -> None:
     record = scratch / "record.json"
-    demo = subprocess.Popen(
+    # Its own process group: SIGINT to the group, as a terminal's Ctrl-C does.
+    demo = spawn(
+        "the demo",
         _demo("--refresh", "1", record=record),
+        scratch / "demo.log",
         env=runtime_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
         cwd=scratch,
-        start_new_session=True,  # SIGINT to its group, as a terminal's Ctrl-C does
     )
     try:
-        assert demo.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 150
-        while sum(line.startswith("--- ") for line in lines) < 2 and time.monotonic() < deadline:
-            line = demo.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-        assert sum(line.startswith("$ ") for line in lines) >= 6, "".join(lines)  # first print + a refresh
+        # The first print, then two refreshes (each starts with `--- HH:MM:SS`).
+        demo.wait_ready(lambda: demo.log().count("\n--- ") >= 2, timeout=150, tail=40)
+        out = demo.log()
+        assert sum(line.startswith("$ ") for line in out.splitlines()) >= 6, out  # first print + a refresh
         workdir = json.loads(record.read_text())["workdir"]
         assert processes_of_run(workdir), "the demo's processes should be running now"
-        os.killpg(demo.pid, signal.SIGINT)
-        rc = demo.wait(timeout=20)
-        err = demo.stderr.read() if demo.stderr else ""
-        assert rc == 0, err
-        assert "Traceback" not in err
+        demo.signal(signal.SIGINT)
+        rc = demo.popen.wait(timeout=20)
+        assert rc == 0, demo.log()
+        assert "Traceback" not in demo.log()
         assert_nothing_left(workdir)
     finally:
-        if demo.poll() is None:
-            os.killpg(demo.pid, signal.SIGKILL)
-            demo.wait()
+        demo.stop(grace=0)
 
 
 def test_ports_in_use_are_named(scratch: Path) -> None:
@@ -231,9 +223,7 @@ def _children_workdir(pid: int) -> str | None:
 
 @pytest.mark.timeout(120)
 def test_children_die_with_the_demo_even_on_kill_9(scratch: Path) -> None:
-    demo = subprocess.Popen(
-        _demo("--once"), env=runtime_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=scratch
-    )
+    demo = spawn("the demo", _demo("--once"), scratch / "demo.log", env=runtime_env(), cwd=scratch)
     workdir = None
     try:
         deadline = time.monotonic() + 60
@@ -242,14 +232,13 @@ def test_children_die_with_the_demo_even_on_kill_9(scratch: Path) -> None:
             time.sleep(0.2)
         assert workdir is not None, "the demo started no children"
         assert len(processes_of_run(workdir)) >= 9  # 4 apps, 4 proxies, Prometheus
-        demo.kill()  # SIGKILL: no clean-up code runs in the demo
-        demo.wait(timeout=10)
+        demo.popen.kill()  # SIGKILL to the demo alone: no clean-up code runs in it
+        demo.popen.wait(timeout=10)
         deadline = time.monotonic() + 10  # PR_SET_PDEATHSIG: each child gets SIGTERM
         while processes_of_run(workdir) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert processes_of_run(workdir) == [], "children outlived a kill -9 of the demo"
     finally:
-        if demo.poll() is None:
-            demo.kill()
+        demo.stop(grace=0)
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)  # only the demo's clean-up would remove it

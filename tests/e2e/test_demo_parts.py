@@ -54,7 +54,7 @@ def test_voting_fails_only_for_the_failing_emoji_and_web_maps_unknown_to_400() -
 
 
 def test_every_app_talks_through_its_own_proxy_to_the_next_proxy() -> None:
-    plan = build_plan(list(range(30000, 30000 + PORTS_NEEDED)), "/tmp/w", python="py", prometheus="prom")
+    plan = build_plan(list(range(30000, 30000 + PORTS_NEEDED)), "/tmp/w", python="py")
     pods = {p.deployment: p for p in plan.pods}
     assert list(pods) == list(DEPLOYMENTS)
     used = [port for p in plan.pods for port in vars(p.ports).values()] + [plan.prometheus_port]
@@ -84,7 +84,7 @@ def test_pod_names_look_like_a_deployments() -> None:
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (apt-get install prometheus)")
 def test_prometheus_config_is_valid_and_labels_targets_like_the_cluster(tmp_path: Path) -> None:
-    plan = build_plan(list(range(30000, 30000 + PORTS_NEEDED)), str(tmp_path), python="py", prometheus="prom")
+    plan = build_plan(list(range(30000, 30000 + PORTS_NEEDED)), str(tmp_path), python="py")
     text = prometheus_config(plan)
     (tmp_path / "prometheus.yml").write_text(text)
     checked = subprocess.run(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from proxy_backends import AppServer
-from proxy_harness import CLIENT_ID, SERVER_ID, ProxyProcess, start_proxy
+from support.proxy_process import CLIENT_ID, SERVER_ID, ProxyProcess, start_proxy
 
 
 @pytest.fixture

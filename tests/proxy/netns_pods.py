@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.runtime import runtime_env
 
 from kubectl_mesh.contract import PROXY_ADMIN_PORT, PROXY_UID
+from kubectl_mesh.procs import Proc, spawn
 
 SUBNET = "10.250.7"
 HERE = Path(__file__).resolve().parent
@@ -32,8 +32,8 @@ class Pod:
     ip: str
     identity: tuple[str, str, str, str]
     log_dir: Path
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    proxy: subprocess.Popen[bytes] | None = None
+    processes: list[Proc] = field(default_factory=list)
+    proxy: Proc | None = None
 
     def exec(self, *argv: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -41,12 +41,12 @@ class Pod:
             capture_output=True, text=True, check=check, timeout=timeout, env=runtime_env(),
         )  # fmt: skip
 
-    def spawn(self, name: str, *argv: str, as_proxy_uid: bool = False) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, *argv: str, as_proxy_uid: bool = False) -> Proc:
         prefix = ["ip", "netns", "exec", self.netns]
         if as_proxy_uid:
             prefix += ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
-        log = (self.log_dir / f"{self.netns}-{name}.log").open("wb")
-        process = subprocess.Popen([*prefix, *argv], stdout=log, stderr=log, env=runtime_env(), cwd="/")
+        log_path = self.log_dir / f"{self.netns}-{name}.log"
+        process = spawn(f"{name} in {self.netns}", [*prefix, *argv], log_path, env=runtime_env(), cwd="/")
         self.processes.append(process)
         return process
 
@@ -62,14 +62,7 @@ class Pod:
             "proxy", sys.executable, "-m", "proxy", "run", "--namespace", ns, "--workload-kind", kind,
             "--workload-name", name, "--pod", pod, "--log-level", "debug", *extra, as_proxy_uid=True,
         )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proxy.poll() is not None:
-                raise AssertionError(f"proxy in {self.netns} exited: {self.log('proxy')}")
-            if self.admin("/ready", check=False).returncode == 0:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"proxy in {self.netns} not ready: {self.log('proxy')}")
+        self.proxy.wait_ready(lambda: self.admin("/ready", check=False).returncode == 0, timeout=20, tail=40)
 
     def admin(self, path: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.exec(
@@ -111,12 +104,6 @@ class PodPair:
     def close(self) -> None:
         for pod in (self.client, self.server):
             for process in pod.processes:
-                if process.poll() is None:
-                    process.terminate()
-                    try:
-                        process.wait(10)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.wait()
+                process.stop()
             _run("ip", "netns", "del", pod.netns, check=False)
         _run("ip", "link", "del", self._veth[0], check=False)

@@ -35,7 +35,7 @@ import pytest
 from desync_backend import DesyncBackend, Seen, chunked_body, pattern, pattern_digest
 from netns_pods import HERE, PodPair
 from prometheus_client.parser import text_string_to_metric_families
-from proxy_harness import CLIENT_ID, SERVER_ID, ProxyProcess, Sample, start_proxy
+from support.proxy_process import CLIENT_ID, SERVER_ID, ProxyProcess, Sample, start_proxy
 
 pytestmark = pytest.mark.timeout(45)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 from proxy_backends import AppServer, TcpServer
-from proxy_harness import CLIENT_ID, SERVER_ID, ProxyProcess, raw_exchange, start_proxy
+from support.proxy_process import CLIENT_ID, SERVER_ID, ProxyProcess, raw_exchange, start_proxy
 
-from kubectl_mesh.demo.ports import free_ports
+from kubectl_mesh.procs import free_ports
 
 SERVER_IDENTITY = "/".join(SERVER_ID)
 

@@ -496,7 +496,7 @@ def test_a_real_proxy_at_the_series_cap_with_the_longest_labels(tmp_path: Path) 
     for every error kind on every histogram, and 20-digit counters), and RSS far under the 256 MiB
     the injector sets."""
     from proxy_backends import AppServer
-    from proxy_harness import SERVER_ID, start_proxy
+    from support.proxy_process import SERVER_ID, start_proxy
 
     app = AppServer()
     proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{app.port}", identity=SERVER_ID)
@@ -555,7 +555,7 @@ gevent.wait()
 
 
 @pytest.mark.slow
-def test_the_worst_case_scrape_streams_from_the_admin_server_in_bounded_memory() -> None:
+def test_the_worst_case_scrape_streams_from_the_admin_server_in_bounded_memory(tmp_path: Path) -> None:
     """The documented worst case (every series at the cap, the longest labels, a response_total for
     every error kind, 20-digit counters), built directly in a MeshMetrics (real requests cannot
     give one status every error kind) and scraped from the real admin server (gevent's WSGI server,
@@ -563,16 +563,16 @@ def test_the_worst_case_scrape_streams_from_the_admin_server_in_bounded_memory()
     more than a proxy needs)."""
     from support.runtime import runtime_env
 
-    from kubectl_mesh.demo.ports import free_ports
+    from kubectl_mesh.procs import free_ports, spawn
 
     (port,) = free_ports(1)
     here = Path(__file__).resolve().parent
     script = _WORST_CASE_ADMIN.format(paths=[str(here), str(here.parent)], port=port)
-    child = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, env=runtime_env(), text=True
+    child = spawn(
+        "worst-case admin server", [sys.executable, "-c", script], tmp_path / "admin.log", env=runtime_env()
     )
     try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        child.wait_ready(lambda: "ready" in child.log().splitlines(), timeout=120, tail=40)
         filled = _status_kib(child.pid)
         size, tail, seconds = _scrape(port)
         after = _status_kib(child.pid)
@@ -585,8 +585,7 @@ def test_the_worst_case_scrape_streams_from_the_admin_server_in_bounded_memory()
         assert after["VmHWM"] - filled["VmHWM"] < 16 * 1024, "the scrape itself adds little"
         assert after["VmHWM"] < INJECTED_MEMORY_LIMIT_KIB // 2, after
     finally:
-        child.kill()
-        child.wait()
+        child.stop(grace=0)
 
 
 @pytest.mark.slow
@@ -594,7 +593,7 @@ def test_distinct_30_kb_hosts_make_a_small_scrape(tmp_path: Path) -> None:
     """The issue's case: 200 requests with distinct 30 KB Host values made one scrape 180 MB and
     the proxy's RSS 400 MB. Now each authority is a 253-character label."""
     from proxy_backends import AppServer
-    from proxy_harness import SERVER_ID, start_proxy
+    from support.proxy_process import SERVER_ID, start_proxy
 
     app = AppServer()
     proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{app.port}", identity=SERVER_ID)

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 from proxy_backends import AppServer
-from proxy_harness import ProxyProcess, start_proxy
+from support.proxy_process import ProxyProcess, start_proxy
 from support.runtime import runtime_env
 
-from kubectl_mesh.demo.ports import free_ports
+from kubectl_mesh.procs import free_ports
 
 
 def test_admin_endpoints(server_proxy: ProxyProcess) -> None:

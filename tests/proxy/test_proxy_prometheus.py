@@ -11,10 +11,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from proxy_harness import ProxyProcess
+from support.proxy_process import ProxyProcess
 
 from kubectl_mesh.contract import SCRAPE_JOB
-from kubectl_mesh.demo.ports import free_ports
+from kubectl_mesh.procs import start_prometheus
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -51,10 +51,7 @@ def test_promtool_accepts_exposition(server_proxy: ProxyProcess) -> None:
 
 def test_prometheus_scrapes_proxy(server_proxy: ProxyProcess, tmp_path: Path) -> None:
     _traffic(server_proxy)
-    (port,) = free_ports(1)
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        f"""
+    config = f"""
 global: {{scrape_interval: 1s, evaluation_interval: 1s}}
 scrape_configs:
   - job_name: {SCRAPE_JOB}
@@ -62,17 +59,10 @@ scrape_configs:
       - targets: ["127.0.0.1:{server_proxy.admin}"]
         labels: {{namespace: shop, pod: web-7d9f-abcde, deployment: web}}
 """
-    )
-    prometheus = subprocess.Popen(
-        [
-            PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"),
-    )  # fmt: skip
+    prometheus = start_prometheus(config, tmp_path, binary=PROMETHEUS)
     try:
         query = 'sum by (classification) (response_total{direction="inbound", deployment="web"})'
-        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+        url = f"{prometheus.url}/api/v1/query?" + urllib.parse.urlencode({"query": query})
         deadline = time.monotonic() + 40
         result: list[dict[str, object]] = []
         while time.monotonic() < deadline:
@@ -85,10 +75,9 @@ scrape_configs:
                 pass
             time.sleep(0.5)
         values = {item["metric"]["classification"]: float(item["value"][1]) for item in result}  # type: ignore[index]
-        assert values == {"success": 2.0, "failure": 1.0}, (tmp_path / "prometheus.log").read_text()
-        up_url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": "up"})
+        assert values == {"success": 2.0, "failure": 1.0}, prometheus.proc.log()
+        up_url = f"{prometheus.url}/api/v1/query?" + urllib.parse.urlencode({"query": "up"})
         with urllib.request.urlopen(up_url, timeout=5) as r:
             assert json.loads(r.read())["data"]["result"][0]["value"][1] == "1"
     finally:
-        prometheus.terminate()
-        prometheus.wait(10)
+        prometheus.stop()

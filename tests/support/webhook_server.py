@@ -1,20 +1,22 @@
-"""Run the real webhook (gunicorn, gevent workers, TLS with a test CA) for tests; talk HTTPS to it."""
+"""The real webhook (gunicorn, gevent workers, TLS with a test CA) as a process; HTTPS to it.
+
+The one webhook harness of the tests and `bench/bench_webhook.py`, on `kubectl_mesh.procs`.
+"""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
-import signal
 import ssl
 import subprocess
 import sys
-import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kubectl_mesh.demo.ports import free_ports
 from kubectl_mesh.install.certs import generate_webhook_certs
+from kubectl_mesh.procs import Proc, free_ports, spawn
 
 REPO = Path(__file__).resolve().parents[2]
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
@@ -37,12 +39,30 @@ def write_certs(directory: Path) -> Path:
 
 
 class WebhookServer:
-    def __init__(self, workdir: Path, workers: int = 2, config: dict[str, Any] | None = None) -> None:
+    """gunicorn serving `app` (the webhook by default) on a free port with a fresh test CA.
+
+    `workers` and `worker_class` set MESH_WEBHOOK_WORKERS / MESH_WEBHOOK_WORKER_CLASS (None: the
+    shipped defaults); `config` is written as the MESH_CONFIG file; `pythonpath` is put before the
+    inherited PYTHONPATH (for another `app` module).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        workers: int | None = 2,
+        config: dict[str, Any] | None = None,
+        *,
+        worker_class: str | None = None,
+        log_level: str | None = None,
+        app: str = "webhook.wsgi:app",
+        pythonpath: Sequence[Path] = (),
+    ) -> None:
         self.workdir = workdir
         self.tls_dir = workdir / "tls"
         self.ca_file = write_certs(self.tls_dir)
         (self.port,) = free_ports(1)
         self.log_path = workdir / "gunicorn.log"
+        self.app = app
         metrics_dir = workdir / "metrics"
         metrics_dir.mkdir(exist_ok=True)
         self.env = dict(os.environ)
@@ -50,49 +70,53 @@ class WebhookServer:
             MESH_TLS_CERT=str(self.tls_dir / "tls.crt"),
             MESH_TLS_KEY=str(self.tls_dir / "tls.key"),
             MESH_WEBHOOK_BIND=f"127.0.0.1:{self.port}",
-            MESH_WEBHOOK_WORKERS=str(workers),
             PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         )
+        if workers is not None:
+            self.env["MESH_WEBHOOK_WORKERS"] = str(workers)
+        if worker_class is not None:
+            self.env["MESH_WEBHOOK_WORKER_CLASS"] = worker_class
+        if log_level is not None:
+            self.env["MESH_WEBHOOK_LOG_LEVEL"] = log_level
+        if pythonpath:
+            paths = [*map(str, pythonpath), self.env.get("PYTHONPATH", "")]
+            self.env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
         if config is not None:
             path = workdir / "mesh-config.json"
             path.write_text(json.dumps(config))
             self.env["MESH_CONFIG"] = str(path)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.server: Proc | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """gunicorn's master, once started."""
+        return self.server.popen if self.server is not None else None
 
     def start(self, timeout: float = 30.0) -> WebhookServer:
-        log = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            [GUNICORN, "-c", "python:webhook.gunicorn_conf", "webhook.wsgi:app"],
-            cwd=REPO,
+        self.server = spawn(
+            "the webhook (gunicorn)",
+            [GUNICORN, "-c", "python:webhook.gunicorn_conf", self.app],
+            self.log_path,
             env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            cwd=REPO,
         )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"gunicorn exited {self.proc.returncode}: {self.log_path.read_text()[-2000:]}"
-                )
+
+        def healthy() -> bool:
             try:
-                if self.request("GET", "/healthz")[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"webhook not healthy after {timeout}s: {self.log_path.read_text()[-2000:]}")
+                return self.request("GET", "/healthz")[0] == 200
+            except http.client.HTTPException:
+                return False
+
+        try:
+            self.server.wait_ready(healthy, timeout, tail=40)
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.server is not None:
+            self.server.stop(grace=15)
 
     def __enter__(self) -> WebhookServer:
         return self.start()
@@ -134,15 +158,27 @@ class WebhookServer:
         return status, json.loads(body)
 
     def worker_pids(self) -> set[int]:
-        assert self.proc is not None
+        """The gunicorn workers (children of the master)."""
+        assert self.server is not None
         pids = set()
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
+                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
                     continue
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                if ppid == self.proc.pid:
+                if ppid == self.server.pid:
                     pids.add(int(entry.name))
         return pids
+
+    def cpu_seconds(self) -> float:
+        """user+system CPU of the master and its workers so far."""
+        assert self.server is not None
+        total = 0
+        for pid in [self.server.pid, *self.worker_pids()]:
+            try:
+                fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        return total / os.sysconf("SC_CLK_TCK")

@@ -1,23 +1,26 @@
-"""Start `mesh-proxy run` as a real process and read its metrics the way Prometheus would."""
+"""`mesh-proxy run` as a real process on free loopback ports, its metrics read as Prometheus would.
+
+The one proxy harness of the tests and `bench/bench_proxy.py`, on `kubectl_mesh.procs`.
+"""
 
 from __future__ import annotations
 
 import os
 import resource
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-from support.runtime import runtime_env
 
-from kubectl_mesh.demo.ports import free_ports
+from kubectl_mesh.procs import Proc, free_ports, spawn
+
+from .runtime import runtime_env
 
 SERVER_ID = ("shop", "deployment", "web", "web-7d9f-abcde")  # the app's sidecar in the fixtures
 CLIENT_ID = ("front", "deployment", "vote", "vote-5c4b-xyz12")  # a client's sidecar
@@ -32,12 +35,19 @@ class Sample:
 
 @dataclass
 class ProxyProcess:
-    process: subprocess.Popen[bytes]
+    proc: Proc
     inbound: int
     outbound: int
     admin: int
-    log_path: Path
     args: list[str] = field(default_factory=list)
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.proc.popen
+
+    @property
+    def log_path(self) -> Path:
+        return self.proc.log_path
 
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.inbound}{path}"
@@ -78,17 +88,11 @@ class ProxyProcess:
         return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.proc.log()
 
-    def stop(self, timeout: float = 10) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+    def stop(self, timeout: float = 10) -> int | None:
+        """SIGTERM (the proxy drains), SIGKILL after `timeout` seconds; the exit code."""
+        return self.proc.stop(grace=timeout)
 
 
 def start_proxy(
@@ -96,51 +100,49 @@ def start_proxy(
     *args: str,
     identity: tuple[str, str, str, str] | None = None,
     rlimit_nofile: int | None = None,
+    log_level: str = "debug",
+    launcher: Sequence[str] = ("-m", "proxy"),
+    name: str = "proxy",
+    timeout: float = 20,
 ) -> ProxyProcess:
     """Run `python -m proxy run` on free loopback ports; returns once /ready says 200.
 
     `rlimit_nofile` caps the proxy's descriptors (soft and hard), as a container's limit would.
+    `launcher` replaces `-m proxy` (e.g. `-c <script>` that runs the proxy under a profiler).
+    The log is `tmp/<name>-<inbound port>.log`.
     """
     inbound, outbound, admin = free_ports(3)
     argv = [
-        sys.executable, "-m", "proxy", "run",
+        sys.executable, *launcher, "run",
         "--inbound-addr", "127.0.0.1", "--inbound-port", str(inbound),
         "--outbound-addr", "127.0.0.1", "--outbound-port", str(outbound),
         "--admin-addr", "127.0.0.1", "--admin-port", str(admin),
-        "--log-level", "debug",
+        "--log-level", log_level,
         *args,
     ]  # fmt: skip
     if identity:
-        ns, kind, name, pod = identity
-        argv += ["--namespace", ns, "--workload-kind", kind, "--workload-name", name, "--pod", pod]
-    log_path = tmp / f"proxy-{inbound}.log"
+        ns, kind, workload, pod = identity
+        argv += ["--namespace", ns, "--workload-kind", kind, "--workload-name", workload, "--pod", pod]
     # The code under test on PYTHONPATH, and no MESH_* setting of the caller's leaking in.
     child_env = {k: v for k, v in runtime_env().items() if not k.startswith("MESH_")}
 
     def limit_fds() -> None:  # runs in the child, before exec
-        if rlimit_nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (rlimit_nofile, rlimit_nofile))
+        assert rlimit_nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (rlimit_nofile, rlimit_nofile))
 
-    process = subprocess.Popen(
+    proc = spawn(
+        name,
         argv,
-        stdout=subprocess.DEVNULL,
-        stderr=log_path.open("wb"),
+        tmp / f"{name}-{inbound}.log",
         env=child_env,
-        preexec_fn=limit_fds if rlimit_nofile is not None else None,
+        before_exec=limit_fds if rlimit_nofile is not None else None,
     )
-    proxy = ProxyProcess(process, inbound, outbound, admin, log_path, argv)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"proxy exited {process.returncode}: {proxy.log()}")
-        try:
-            if proxy.admin_get("/ready")[0] == 200:
-                return proxy
-        except OSError:
-            pass
-        time.sleep(0.05)
-    proxy.stop()
-    raise AssertionError(f"proxy not ready in 20 s: {proxy.log()}")
+    try:
+        proc.wait_ready(f"http://127.0.0.1:{admin}/ready", timeout, tail=40)
+    except BaseException:
+        proc.stop()
+        raise
+    return ProxyProcess(proc, inbound, outbound, admin, argv)
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 5.0, read_until_close: bool = True) -> bytes:
