@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
+from kubectl_mesh.errors import MeshError
+
 if TYPE_CHECKING:
     import http.client
     import ssl
@@ -30,11 +32,11 @@ DEFAULT_KUBECONFIG = "~/.kube/config"
 DEFAULT_TIMEOUT_S = 10.0
 
 
-class KubeError(Exception):
+class KubeError(MeshError):
     """A failure talking to the cluster, as one line for the user; `status` is the HTTP status."""
 
-    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, message: str, status: int | None = None, reason: str = "", hint: str = "") -> None:
+        super().__init__(message, hint)
         self.status = status
         self.reason = reason
 

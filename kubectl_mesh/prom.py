@@ -25,6 +25,7 @@ from kubectl_mesh.contract import (
     PROMETHEUS_PORT,
     PROMETHEUS_SERVICE,
 )
+from kubectl_mesh.errors import MeshError
 from kubectl_mesh.kube import KubeClient, KubeError
 
 SERVICE_PROXY_PATH = (
@@ -37,7 +38,7 @@ PORT_FORWARD_HINT = (
 Vector = list[tuple[dict[str, str], float]]
 
 
-class PrometheusError(Exception):
+class PrometheusError(MeshError):
     """Prometheus could not answer; the message is one line with a fix."""
 
 

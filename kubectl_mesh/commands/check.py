@@ -30,6 +30,7 @@ from kubectl_mesh.contract import (
     WEBHOOK_SERVICE,
     WEBHOOK_TLS_SECRET,
 )
+from kubectl_mesh.errors import MeshError
 from kubectl_mesh.flags import add_command, add_kube_flags, add_output_flag, add_prometheus_flag
 
 MIN_KUBERNETES = (1, 26)
@@ -69,13 +70,12 @@ EXAMPLES = """
 """
 
 
-class CheckFailed(Exception):
-    """A failed check: `detail` is what is wrong, `hint` what to run."""
+class CheckFailed(MeshError):
+    """A failed check: `detail` (the message) is what is wrong, `hint` what to run."""
 
     def __init__(self, detail: str, hint: str = "") -> None:
-        super().__init__(detail)
+        super().__init__(detail, hint)
         self.detail = detail
-        self.hint = hint
 
 
 @dataclass

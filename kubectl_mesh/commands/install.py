@@ -13,7 +13,6 @@ import sys
 from typing import Any
 
 from kubectl_mesh import __version__
-from kubectl_mesh.cli import CliError
 from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE
 from kubectl_mesh.flags import add_command, add_kube_flags
 
@@ -63,7 +62,6 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from kubectl_mesh.install.manifest import (
         OPTIONS,
-        InstallError,
         Settings,
         load_snapshot,
         render,
@@ -71,19 +69,17 @@ def run(args: argparse.Namespace) -> int:
         to_yaml,
     )
 
-    try:
-        snapshot = load_snapshot()
-        settings = Settings(
-            {o.key: getattr(args, "value_" + o.key.replace(".", "_")) for o in OPTIONS}
-            | {"prometheus.enabled": not args.no_prometheus, "grafana.enabled": not args.no_grafana}
-        )
-        resolve(snapshot, settings)  # bad values fail before any certificate or cluster work
-        tls = None if args.ignore_cluster else existing_tls(args)
-        if tls is None:
-            tls = new_tls(int(snapshot.defaults["webhook.certs.validityDays"]))
-        objects = render(snapshot, settings, tls)
-    except InstallError as exc:
-        raise CliError(str(exc)) from None
+    # An InstallError (a value the chart rejects) rises to cli.main as one line.
+    snapshot = load_snapshot()
+    settings = Settings(
+        {o.key: getattr(args, "value_" + o.key.replace(".", "_")) for o in OPTIONS}
+        | {"prometheus.enabled": not args.no_prometheus, "grafana.enabled": not args.no_grafana}
+    )
+    resolve(snapshot, settings)  # bad values fail before any certificate or cluster work
+    tls = None if args.ignore_cluster else existing_tls(args)
+    if tls is None:
+        tls = new_tls(int(snapshot.defaults["webhook.certs.validityDays"]))
+    objects = render(snapshot, settings, tls)
     header = (
         f"# kubectl-mesh {__version__} control plane (chart {snapshot.chart_version}).\n"
         "# Apply with: kubectl mesh install | kubectl apply -f -\n"

@@ -39,12 +39,13 @@ from kubectl_mesh.demo.plan import (
 from kubectl_mesh.demo.ports import PortsInUse, free_ports, ports_from
 from kubectl_mesh.demo.prometheus import INSTALL_HINT, PrometheusClient, find_prometheus
 from kubectl_mesh.demo.supervisor import Child, StartError, Supervisor, install_signal_handlers
+from kubectl_mesh.errors import MeshError
 from kubectl_mesh.prom import PrometheusError
 from kubectl_mesh.stat import StatRequest, StatRow, Workload, compute_stat, render
 from kubectl_mesh.stat.model import duration_seconds
 
 
-class DemoError(RuntimeError):
+class DemoError(MeshError):
     """The demo cannot go on; the message is for the user (the first line is the summary)."""
 
 
