@@ -61,6 +61,18 @@ class KubeConfig:
     source: str = ""  # the kubeconfig file(s), for messages
 
 
+@dataclass(frozen=True)
+class KubeOptions:
+    """Which cluster and namespace, as kubectl's flags name them (None: the flag was not given).
+
+    The commands build it from their flags (kubectl_mesh.flags.kube_options); nothing below the
+    commands sees argparse."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+
+
 def _kubeconfig_paths(explicit: str | None) -> list[Path]:
     if explicit:
         return [Path(explicit).expanduser()]
@@ -365,19 +377,18 @@ class KubeClient:
             conn.close()
 
 
-def client_from_args(args: Any) -> KubeClient:
-    """A client for the --kubeconfig/--context of parsed args (see kubectl_mesh.flags)."""
-    return KubeClient(load_config(getattr(args, "kubeconfig", None), getattr(args, "context", None)))
+def connect(options: KubeOptions, timeout: float = DEFAULT_TIMEOUT_S) -> KubeClient:
+    """A client for the options' kubeconfig and context (nothing is sent yet)."""
+    return KubeClient(load_config(options.kubeconfig, options.context), timeout=timeout)
 
 
-def namespace_from_args(args: Any) -> tuple[str, bool]:
-    """(namespace, given): -n if typed, else the context's namespace, else "default".
+def resolve_namespace(options: KubeOptions) -> tuple[str, bool]:
+    """(namespace, given): the typed -n if any, else the context's namespace, else "default".
 
-    Reads the kubeconfig only when -n was not given (and tolerates its absence then)."""
-    namespace = getattr(args, "namespace", None)
-    if namespace:
-        return namespace, True
+    Reads the kubeconfig only when no namespace was given (and tolerates its absence then)."""
+    if options.namespace:
+        return options.namespace, True
     try:
-        return load_config(getattr(args, "kubeconfig", None), getattr(args, "context", None)).namespace, False
+        return load_config(options.kubeconfig, options.context).namespace, False
     except KubeError:
         return "default", False

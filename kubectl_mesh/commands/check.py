@@ -31,7 +31,7 @@ from kubectl_mesh.contract import (
     WEBHOOK_TLS_SECRET,
 )
 from kubectl_mesh.errors import MeshError
-from kubectl_mesh.flags import add_command, add_kube_flags, add_output_flag, add_prometheus_flag
+from kubectl_mesh.flags import add_command, add_kube_flags, add_output_flag, add_prometheus_flag, kube_options
 
 MIN_KUBERNETES = (1, 26)
 CERT_MIN_DAYS = 30
@@ -98,7 +98,7 @@ class Context:
             from kubectl_mesh import kube
 
             try:
-                self._client = kube.client_from_args(self.args)
+                self._client = kube.connect(kube_options(self.args))
             except kube.KubeError as exc:
                 raise CheckFailed(str(exc), "fix the kubeconfig: kubectl config view") from None
         return self._client
@@ -117,7 +117,7 @@ class Context:
         if self._prometheus is None:
             from kubectl_mesh import prom
 
-            self._prometheus = prom.client_from_args(self.args, self.client)
+            self._prometheus = prom.connect(self.args.prometheus_url, self.client)
         return self._prometheus
 
 

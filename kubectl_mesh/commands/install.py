@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubectl_mesh import __version__
 from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE
-from kubectl_mesh.flags import add_command, add_kube_flags
+from kubectl_mesh.flags import add_command, add_kube_flags, kube_options
+
+if TYPE_CHECKING:
+    from kubectl_mesh.kube import KubeOptions
 
 EXAMPLES = """
   # Install the control plane (webhook, Prometheus, Grafana) into mesh-system
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         | {"prometheus.enabled": not args.no_prometheus, "grafana.enabled": not args.no_grafana}
     )
     resolve(snapshot, settings)  # bad values fail before any certificate or cluster work
-    tls = None if args.ignore_cluster else existing_tls(args)
+    tls = None if args.ignore_cluster else existing_tls(kube_options(args))
     if tls is None:
         tls = new_tls(int(snapshot.defaults["webhook.certs.validityDays"]))
     objects = render(snapshot, settings, tls)
@@ -88,13 +91,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def existing_tls(args: argparse.Namespace) -> Any:
+def existing_tls(options: KubeOptions) -> Any:
     """The webhook's current certificates, if the cluster is reachable and has them."""
     from kubectl_mesh.install.manifest import TLS_SECRET, WebhookTLS
-    from kubectl_mesh.kube import KubeClient, KubeError, load_config
+    from kubectl_mesh.kube import KubeError, connect
 
     try:
-        client = KubeClient(load_config(args.kubeconfig, args.context), timeout=5.0)
+        client = connect(options, timeout=5.0)
         secret = client.get_json(f"/api/v1/namespaces/{CONTROL_PLANE_NAMESPACE}/secrets/{TLS_SECRET}")
     except KubeError as exc:
         if exc.status not in (None, 404):

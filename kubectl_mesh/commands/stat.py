@@ -11,7 +11,13 @@ import argparse
 import sys
 from typing import Any
 
-from kubectl_mesh.flags import add_command, add_kube_flags, add_output_flag, add_prometheus_flag
+from kubectl_mesh.flags import (
+    add_command,
+    add_kube_flags,
+    add_output_flag,
+    add_prometheus_flag,
+    kube_options,
+)
 
 EXAMPLES = """
   # How is the web deployment doing? (success rate, requests per second, latency)
@@ -76,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     from kubectl_mesh.stat.sources import kube_workloads
 
     # StatInputError, KubeError and PrometheusError are MeshErrors: cli.main prints them.
-    namespace, given = kube.namespace_from_args(args)
+    options = kube_options(args)
+    namespace, given = kube.resolve_namespace(options)
     request = build_request(
         resources=args.resources,
         namespace=namespace,
@@ -91,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
         output=args.output,
         selector=args.selector,
     )
-    client = kube.client_from_args(args)
-    prometheus = prom.client_from_args(args, lambda: client)
+    client = kube.connect(options)
+    prometheus = prom.connect(args.prometheus_url, lambda: client)
     for ref in (request.to, request.from_):
         if ref is not None:
             _require_object(client, ref.kind, ref.name, ref.namespace)

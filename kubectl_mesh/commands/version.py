@@ -13,7 +13,7 @@ from typing import Any
 
 from kubectl_mesh import __version__
 from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, DOMAIN, WEBHOOK_SERVICE
-from kubectl_mesh.flags import add_command, add_kube_flags, add_output_flag
+from kubectl_mesh.flags import add_command, add_kube_flags, add_output_flag, kube_options
 
 VERSION_LABELS = (f"{DOMAIN}/version", "app.kubernetes.io/version")
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             info["server"] = (
-                control_plane_version(kube.client_from_args(args)) or "unavailable (not installed)"
+                control_plane_version(kube.connect(kube_options(args))) or "unavailable (not installed)"
             )
         except kube.KubeError as exc:
             info["server"] = f"unavailable ({exc})"
