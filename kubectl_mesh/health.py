@@ -261,6 +261,11 @@ def certificate_state(label: str, pem: bytes, now: float) -> str:
     """How long the certificate stays valid; CheckFailed when it is unreadable, expired or expiring."""
     try:
         not_after = certificate_not_after(pem)
+    except ImportError as exc:  # the single-file Krew build carries no C extension
+        raise CheckFailed(
+            f"cannot read the {label} here: the Python package {exc.name!r} is not installed",
+            "install the full distribution: pip install kubectl-mesh",
+        ) from None
     except ValueError as exc:
         raise CheckFailed(
             f"{label} is not a PEM certificate ({exc})", "reinstall: kubectl mesh install"

@@ -81,6 +81,16 @@ def test_certificate_expiry_is_read_with_cryptography() -> None:
         health.certificate_not_after(b"not a certificate")
 
 
+def test_without_cryptography_the_check_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    pem = certificate(NOW + 100 * DAY)
+    monkeypatch.setitem(sys.modules, "cryptography", None)  # as in the Krew zipapp: no C extensions
+    with pytest.raises(CheckFailed, match="the Python package 'cryptography' is not installed") as err:
+        health.certificate_state("caBundle", pem, NOW)
+    assert "pip install kubectl-mesh" in err.value.hint
+
+
 @pytest.mark.parametrize(
     ("not_after", "message"),
     [
