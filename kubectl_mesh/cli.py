@@ -3,7 +3,9 @@
 Each subcommand lives in `kubectl_mesh/commands/<name>.py` and exposes
 `register(subparsers) -> None`, adding its parser with `set_defaults(func=run)` where
 `run(args) -> int`. Command modules import their heavy dependencies (the kubernetes client,
-tabulate, yaml) inside `run`, so that start-up stays cheap.
+tabulate, yaml) inside `run`, so that start-up stays cheap. Commands turn flags into typed values
+for the libraries (which never see argparse) and let every `MeshError` (kubectl_mesh.errors) rise:
+`main` alone prints it, as `error: <message>` and, when it has one, `hint: <hint>`.
 """
 
 from __future__ import annotations
@@ -16,13 +18,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from kubectl_mesh import __version__
+from kubectl_mesh.errors import MeshError
 
 # Order here is the order in `--help`.
 COMMANDS = ("install", "uninstall", "inject", "uninject", "check", "stat", "version", "demo", "completion")
-
-
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit code 1, never a traceback."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -86,8 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         return int(func(args) or 0)
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except MeshError as exc:  # every user-facing error, from any layer: caught here only
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

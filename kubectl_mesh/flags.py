@@ -4,6 +4,8 @@
     add_kube_flags(parser, namespace=True, all_namespaces=True, selector=True)
     add_output_flag(parser, ("table", "wide", "json", "yaml"))
     add_prometheus_flag(parser)
+    ...
+    client = kube.connect(kube_options(args))        # flags → typed values → libraries
 
 Flags are added to each subcommand (not to `kubectl mesh` itself) so that they go after the
 command as in kubectl (`kubectl mesh stat deploy -n emojivoto --context lab`).
@@ -13,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubectl_mesh.contract import ENV_PROMETHEUS_URL
+
+if TYPE_CHECKING:
+    from kubectl_mesh.kube import KubeOptions
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -69,6 +74,17 @@ def add_kube_flags(
         group.add_argument(
             "-l", "--selector", metavar="SELECTOR", help="label selector for the listed objects, e.g. app=web"
         )
+
+
+def kube_options(args: argparse.Namespace) -> KubeOptions:
+    """The typed values of add_kube_flags' flags, for kubectl_mesh.kube (which never sees argparse)."""
+    from kubectl_mesh.kube import KubeOptions
+
+    return KubeOptions(
+        kubeconfig=getattr(args, "kubeconfig", None),
+        context=getattr(args, "context", None),
+        namespace=getattr(args, "namespace", None),
+    )
 
 
 def add_output_flag(

@@ -6,7 +6,12 @@ the `kubernetes` package alone costs about 0.25 s — most of the CLI's budget.
 
 Authentication: client certificates (file or data), bearer tokens (token, tokenFile), basic auth
 and `exec` credential plugins (client.authentication.k8s.io ExecCredential: token or client
-certificate). Errors are `KubeError` with a one-line message that says how to fix it.
+certificate); as client-go, a plugin runs only when the user has no token, password or client
+certificate of its own. A cluster's `tls-server-name` is verified instead of the host, and its
+`proxy-url` (an http:// proxy) is used: a CONNECT tunnel to an https server, absolute-form
+requests to an http one. tests/cli/test_kube.py checks the resolution against the `kubernetes`
+package's own loader (and kubectl where that loader differs from kubectl). Errors are
+`KubeError` with a one-line message that says how to fix it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
+from kubectl_mesh.errors import MeshError
+
 if TYPE_CHECKING:
     import http.client
     import ssl
@@ -30,11 +37,11 @@ DEFAULT_KUBECONFIG = "~/.kube/config"
 DEFAULT_TIMEOUT_S = 10.0
 
 
-class KubeError(Exception):
+class KubeError(MeshError):
     """A failure talking to the cluster, as one line for the user; `status` is the HTTP status."""
 
-    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, message: str, status: int | None = None, reason: str = "", hint: str = "") -> None:
+        super().__init__(message, hint)
         self.status = status
         self.reason = reason
 
@@ -56,7 +63,31 @@ class KubeConfig:
     username: str | None = None
     password: str | None = None
     exec_spec: dict[str, Any] | None = None
+    exec_dir: str = ""  # the plugin runs here: the directory of the kubeconfig naming the user
+    proxy_url: str | None = None
     source: str = ""  # the kubeconfig file(s), for messages
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a request authenticates with, once an exec plugin (if any) has run."""
+
+    token: str | None = None
+    basic: tuple[str, str] | None = None  # (username, password)
+    client_cert_data: bytes | None = None  # PEM
+    client_key_data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class KubeOptions:
+    """Which cluster and namespace, as kubectl's flags name them (None: the flag was not given).
+
+    The commands build it from their flags (kubectl_mesh.flags.kube_options); nothing below the
+    commands sees argparse."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
 
 
 def _kubeconfig_paths(explicit: str | None) -> list[Path]:
@@ -131,7 +162,7 @@ def load_config(kubeconfig: str | None = None, context: str | None = None) -> Ku
     token = user.get("token")
     if not token and user.get("tokenFile"):
         token_bytes = _read(user_base, user, "tokenFile", "")
-        token = token_bytes.decode().strip() if token_bytes else None
+        token = token_bytes.decode().strip() if token_bytes else None  # as client-go: trimmed
     return KubeConfig(
         server=server.rstrip("/"),
         context=context_name,
@@ -146,12 +177,30 @@ def load_config(kubeconfig: str | None = None, context: str | None = None) -> Ku
         username=user.get("username"),
         password=user.get("password"),
         exec_spec=user.get("exec"),
+        exec_dir=str(user_base),
+        proxy_url=cluster.get("proxy-url") or None,
         source=source,
     )
 
 
-def _run_exec_plugin(spec: dict[str, Any], server: str) -> dict[str, Any]:
-    """Run a client-go credential plugin and return its ExecCredential status."""
+def credentials(config: KubeConfig) -> Credentials:
+    """The user's credentials, running the exec plugin only when it has none of its own
+    (client-go: a token, a password or a client certificate in the kubeconfig wins)."""
+    cert, key = config.client_cert_data, config.client_key_data
+    basic = (config.username, config.password or "") if config.username is not None else None
+    token = config.token
+    if config.exec_spec and not (token or basic or (cert and key)):
+        status = _run_exec_plugin(config.exec_spec, config)
+        token = status.get("token") or None
+        if status.get("clientCertificateData"):
+            cert = str(status["clientCertificateData"]).encode()
+            key = str(status.get("clientKeyData", "")).encode()
+    return Credentials(token=token, basic=basic, client_cert_data=cert, client_key_data=key)
+
+
+def _run_exec_plugin(spec: dict[str, Any], config: KubeConfig) -> dict[str, Any]:
+    """Run a client-go credential plugin (in the kubeconfig's directory, so that a relative
+    command resolves there) and return its ExecCredential status."""
     command = spec.get("command")
     if not command:
         raise KubeError("the kubeconfig's exec credential plugin has no command")
@@ -159,16 +208,29 @@ def _run_exec_plugin(spec: dict[str, Any], server: str) -> dict[str, Any]:
     for item in spec.get("env") or []:
         env[item["name"]] = item["value"]
     api_version = spec.get("apiVersion", "client.authentication.k8s.io/v1")
+    exec_spec: dict[str, Any] = {"interactive": False}
+    if spec.get("provideClusterInfo"):
+        cluster: dict[str, Any] = {"server": config.server}
+        if config.tls_server_name:
+            cluster["tls-server-name"] = config.tls_server_name
+        if config.insecure:
+            cluster["insecure-skip-tls-verify"] = True
+        if config.ca_data:
+            cluster["certificate-authority-data"] = base64.b64encode(config.ca_data).decode()
+        if config.proxy_url:
+            cluster["proxy-url"] = config.proxy_url
+        exec_spec["cluster"] = cluster
     env["KUBERNETES_EXEC_INFO"] = json.dumps(
-        {
-            "apiVersion": api_version,
-            "kind": "ExecCredential",
-            "spec": {"interactive": False, "cluster": {"server": server}},
-        }
+        {"apiVersion": api_version, "kind": "ExecCredential", "spec": exec_spec}
     )
     try:
         done = subprocess.run(
-            [command, *(spec.get("args") or [])], env=env, capture_output=True, timeout=60, check=False
+            [command, *(spec.get("args") or [])],
+            env=env,
+            cwd=config.exec_dir or None,
+            capture_output=True,
+            timeout=60,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise KubeError(f"credential plugin {command} failed: {exc}") from None
@@ -176,29 +238,60 @@ def _run_exec_plugin(spec: dict[str, Any], server: str) -> dict[str, Any]:
         detail = done.stderr.decode(errors="replace").strip().splitlines()
         raise KubeError(f"credential plugin {command} failed: {detail[-1] if detail else done.returncode}")
     try:
-        status = json.loads(done.stdout)["status"]
+        credential = json.loads(done.stdout)
+        status = credential["status"]
     except (ValueError, KeyError, TypeError):
         raise KubeError(f"credential plugin {command} printed no ExecCredential status") from None
+    if credential.get("apiVersion") != api_version:  # as client-go
+        raise KubeError(
+            f"credential plugin {command} answered apiVersion {credential.get('apiVersion')}, "
+            f"not the kubeconfig's {api_version}"
+        )
     return dict(status)
 
 
 def _https_connection(
-    host: str, port: int, timeout: float, context: ssl.SSLContext | None, server_name: str | None
+    host: str,
+    port: int,
+    timeout: float,
+    context: ssl.SSLContext,
+    server_name: str | None,
+    proxy: tuple[str, int, dict[str, str]] | None,
 ) -> http.client.HTTPSConnection:
-    """HTTPS, verifying the kubeconfig's tls-server-name instead of the host when it has one."""
+    """HTTPS to host:port, through an HTTP proxy's CONNECT tunnel when `proxy` is given,
+    verifying the kubeconfig's tls-server-name instead of the host when it has one."""
     import http.client
-    import socket
 
-    if not server_name:
-        return http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    name = server_name or host
 
-    class NamedHTTPSConnection(http.client.HTTPSConnection):
+    class HTTPSConnection(http.client.HTTPSConnection):
         def connect(self) -> None:
-            assert context is not None
-            sock = socket.create_connection((self.host, self.port), self.timeout)
-            self.sock = context.wrap_socket(sock, server_hostname=server_name)
+            http.client.HTTPConnection.connect(self)  # TCP, and the CONNECT tunnel if any
+            self.sock = context.wrap_socket(self.sock, server_hostname=name)
 
-    return NamedHTTPSConnection(host, port, timeout=timeout, context=context)
+    if proxy is None:
+        return HTTPSConnection(host, port, timeout=timeout, context=context)
+    proxy_host, proxy_port, proxy_headers = proxy
+    conn = HTTPSConnection(proxy_host, proxy_port, timeout=timeout, context=context)
+    conn.set_tunnel(host, port, headers=proxy_headers)
+    return conn
+
+
+def _parse_proxy(url: str) -> tuple[str, int, dict[str, str]]:
+    """(host, port, headers) of a kubeconfig's proxy-url; only http:// proxies are supported."""
+    from urllib.parse import unquote
+
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise KubeError(
+            f'proxy-url "{url}" is not supported: kubectl-mesh speaks to http:// proxies only '
+            "(no https:// or socks5:// proxies)"
+        )
+    headers = {}
+    if parts.username is not None:
+        userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode()
+    return parts.hostname, parts.port or 80, headers
 
 
 class KubeClient:
@@ -214,6 +307,7 @@ class KubeClient:
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._base_path = parts.path.rstrip("/")
+        self._proxy = _parse_proxy(config.proxy_url) if config.proxy_url else None
         self._local = threading.local()
         self._lock = threading.Lock()
         self._ssl: ssl.SSLContext | None = None
@@ -224,23 +318,17 @@ class KubeClient:
         with self._lock:
             if self._headers is not None:
                 return
-            cfg = self.config
+            creds = credentials(self.config)
             headers = {"Accept": "application/json", "User-Agent": "kubectl-mesh"}
-            cert, key = cfg.client_cert_data, cfg.client_key_data
-            token = cfg.token
-            if cfg.exec_spec:
-                status = _run_exec_plugin(cfg.exec_spec, cfg.server)
-                token = status.get("token") or token
-                if status.get("clientCertificateData"):
-                    cert = status["clientCertificateData"].encode()
-                    key = str(status.get("clientKeyData", "")).encode()
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
-            elif cfg.username is not None:
-                basic = base64.b64encode(f"{cfg.username}:{cfg.password or ''}".encode()).decode()
+            if creds.token:
+                headers["Authorization"] = f"Bearer {creds.token}"
+            elif creds.basic is not None:
+                basic = base64.b64encode(":".join(creds.basic).encode()).decode()
                 headers["Authorization"] = f"Basic {basic}"
             if self._scheme == "https":
-                self._ssl = self._ssl_context(cert, key)
+                self._ssl = self._ssl_context(creds.client_cert_data, creds.client_key_data)
+            elif self._proxy is not None:
+                headers.update(self._proxy[2])  # plain HTTP through the proxy: it reads our requests
             self._headers = headers
 
     def _ssl_context(self, cert: bytes | None, key: bytes | None) -> ssl.SSLContext:
@@ -278,9 +366,12 @@ class KubeClient:
 
             self._prepare()
             if self._scheme == "https":
+                assert self._ssl is not None
                 conn = _https_connection(
-                    self._host, self._port, self.timeout, self._ssl, self.config.tls_server_name
+                    self._host, self._port, self.timeout, self._ssl, self.config.tls_server_name, self._proxy
                 )
+            elif self._proxy is not None:  # absolute-form requests to the proxy
+                conn = http.client.HTTPConnection(self._proxy[0], self._proxy[1], timeout=self.timeout)
             else:
                 conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
             self._local.conn = conn
@@ -298,6 +389,9 @@ class KubeClient:
     ) -> tuple[int, bytes]:
         """One request; returns (status, body). Network failures raise KubeError."""
         url = self._base_path + path + (f"?{urlencode(params)}" if params else "")
+        if self._proxy is not None and self._scheme == "http":
+            host = f"[{self._host}]" if ":" in self._host else self._host
+            url = f"http://{host}:{self._port}{url}"
         data = json.dumps(body).encode() if body is not None else None
         for attempt in (1, 2):
             conn = self._connection()
@@ -363,19 +457,18 @@ class KubeClient:
             conn.close()
 
 
-def client_from_args(args: Any) -> KubeClient:
-    """A client for the --kubeconfig/--context of parsed args (see kubectl_mesh.flags)."""
-    return KubeClient(load_config(getattr(args, "kubeconfig", None), getattr(args, "context", None)))
+def connect(options: KubeOptions, timeout: float = DEFAULT_TIMEOUT_S) -> KubeClient:
+    """A client for the options' kubeconfig and context (nothing is sent yet)."""
+    return KubeClient(load_config(options.kubeconfig, options.context), timeout=timeout)
 
 
-def namespace_from_args(args: Any) -> tuple[str, bool]:
-    """(namespace, given): -n if typed, else the context's namespace, else "default".
+def resolve_namespace(options: KubeOptions) -> tuple[str, bool]:
+    """(namespace, given): the typed -n if any, else the context's namespace, else "default".
 
-    Reads the kubeconfig only when -n was not given (and tolerates its absence then)."""
-    namespace = getattr(args, "namespace", None)
-    if namespace:
-        return namespace, True
+    Reads the kubeconfig only when no namespace was given (and tolerates its absence then)."""
+    if options.namespace:
+        return options.namespace, True
     try:
-        return load_config(getattr(args, "kubeconfig", None), getattr(args, "context", None)).namespace, False
+        return load_config(options.kubeconfig, options.context).namespace, False
     except KubeError:
         return "default", False

@@ -16,11 +16,13 @@ from typing import Any, TextIO
 
 import yaml
 
+from kubectl_mesh.errors import MeshError
+
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 STDIN_NAME = "<stdin>"
 
 
-class ManifestError(ValueError):
+class ManifestError(MeshError):
     """Unreadable or unparsable input; the message starts with the file (and line)."""
 
 

@@ -30,11 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from kubectl_mesh.errors import MeshError
+
 # What "ready" means: a TCP port on 127.0.0.1 that accepts, a URL that answers 200, or a predicate.
 Ready = int | str | Callable[[], bool]
 
 
-class StartError(RuntimeError):
+class StartError(MeshError):
     """A process did not start or did not become ready; the message says which and why."""
 
 

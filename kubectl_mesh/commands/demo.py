@@ -65,15 +65,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kubectl_mesh.cli import CliError
-    from kubectl_mesh.demo.runner import DemoError, DemoOptions, run_demo
+    from kubectl_mesh.demo.runner import DemoOptions, run_demo
+    from kubectl_mesh.errors import MeshError
 
     if not 0 < args.rate <= 50:
-        raise CliError("--rate must be above 0 and at most 50 loops per second")
+        raise MeshError("--rate must be above 0 and at most 50 loops per second")
     if args.refresh < 0.5:
-        raise CliError("--refresh must be at least 0.5 seconds")
+        raise MeshError("--refresh must be at least 0.5 seconds")
     if args.timeout <= 0:
-        raise CliError("--timeout must be positive")
+        raise MeshError("--timeout must be positive")
     options = DemoOptions(
         once=args.once,
         base_port=args.base_port,
@@ -83,7 +83,4 @@ def run(args: argparse.Namespace) -> int:
         traffic_timeout=args.timeout,
         record=args.record,
     )
-    try:
-        return run_demo(options)
-    except DemoError as exc:
-        raise CliError(str(exc)) from None
+    return run_demo(options)  # a DemoError is a MeshError: cli.main prints it

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kubectl_mesh import __version__
-from kubectl_mesh.cli import CliError
 from kubectl_mesh.contract import LOG_LEVELS
+from kubectl_mesh.errors import MeshError
 
 if TYPE_CHECKING:
     from kubectl_mesh.inject import MeshConfig, Workload
@@ -88,16 +88,13 @@ def run(args: argparse.Namespace) -> int:
 
 def build_config(args: argparse.Namespace) -> MeshConfig:
     """The mesh config: --config's JSON, then the flags on top; errors become one line."""
-    from kubectl_mesh.inject import ConfigError, MeshConfig, read_config_file
+    from kubectl_mesh.inject import MeshConfig, read_config_file
 
     mapping: dict[str, Any] = {}
     if args.config:
-        try:
-            loaded = read_config_file(args.config, "--config")
-        except ConfigError as exc:
-            raise CliError(str(exc)) from None
+        loaded = read_config_file(args.config, "--config")  # a ConfigError is a MeshError
         if not isinstance(loaded, dict):
-            raise CliError(f"--config {args.config} must hold a JSON object")
+            raise MeshError(f"--config {args.config} must hold a JSON object")
         mapping.update(loaded)
     flags = {
         "proxyImage": args.proxy_image,
@@ -110,27 +107,21 @@ def build_config(args: argparse.Namespace) -> MeshConfig:
     mapping.update({k: v for k, v in flags.items() if v is not None})
     if args.no_native_sidecar:
         mapping["nativeSidecar"] = False
-    try:
-        return MeshConfig.from_mapping(mapping)
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
+    return MeshConfig.from_mapping(mapping)  # ConfigError is a MeshError: cli.main prints it
 
 
 def transform_files(paths: list[str], action: PodAction, done: str) -> int:
     """Read every input, apply `action` to every pod template, then write YAML and the report."""
     from kubectl_mesh import manifests
 
-    try:
-        sources = manifests.read_sources(paths, sys.stdin)
-        parsed = [(src.name, manifests.parse_documents(src)) for src in sources]
-    except manifests.ManifestError as exc:
-        raise CliError(str(exc)) from None
+    sources = manifests.read_sources(paths, sys.stdin)  # a ManifestError is a MeshError
+    parsed = [(src.name, manifests.parse_documents(src)) for src in sources]
     out: list[Any] = []
     report: list[str] = []
     for name, docs in parsed:
         for index, doc in enumerate(docs, start=1):
             if not isinstance(doc, dict):
-                raise CliError(f"{name}: document {index} is not a Kubernetes object")
+                raise MeshError(f"{name}: document {index} is not a Kubernetes object")
             out.append(transform_object(doc, action, done, report))
     text = manifests.dump_yaml(out)
     sys.stdout.write(text)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubectl_mesh import __version__
-from kubectl_mesh.cli import CliError
 from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE
-from kubectl_mesh.flags import add_command, add_kube_flags
+from kubectl_mesh.flags import add_command, add_kube_flags, kube_options
+
+if TYPE_CHECKING:
+    from kubectl_mesh.kube import KubeOptions
 
 EXAMPLES = """
   # Install the control plane (webhook, Prometheus, Grafana) into mesh-system
@@ -63,7 +65,6 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from kubectl_mesh.install.manifest import (
         OPTIONS,
-        InstallError,
         Settings,
         load_snapshot,
         render,
@@ -71,19 +72,17 @@ def run(args: argparse.Namespace) -> int:
         to_yaml,
     )
 
-    try:
-        snapshot = load_snapshot()
-        settings = Settings(
-            {o.key: getattr(args, "value_" + o.key.replace(".", "_")) for o in OPTIONS}
-            | {"prometheus.enabled": not args.no_prometheus, "grafana.enabled": not args.no_grafana}
-        )
-        resolve(snapshot, settings)  # bad values fail before any certificate or cluster work
-        tls = None if args.ignore_cluster else existing_tls(args)
-        if tls is None:
-            tls = new_tls(int(snapshot.defaults["webhook.certs.validityDays"]))
-        objects = render(snapshot, settings, tls)
-    except InstallError as exc:
-        raise CliError(str(exc)) from None
+    # An InstallError (a value the chart rejects) rises to cli.main as one line.
+    snapshot = load_snapshot()
+    settings = Settings(
+        {o.key: getattr(args, "value_" + o.key.replace(".", "_")) for o in OPTIONS}
+        | {"prometheus.enabled": not args.no_prometheus, "grafana.enabled": not args.no_grafana}
+    )
+    resolve(snapshot, settings)  # bad values fail before any certificate or cluster work
+    tls = None if args.ignore_cluster else existing_tls(kube_options(args))
+    if tls is None:
+        tls = new_tls(int(snapshot.defaults["webhook.certs.validityDays"]))
+    objects = render(snapshot, settings, tls)
     header = (
         f"# kubectl-mesh {__version__} control plane (chart {snapshot.chart_version}).\n"
         "# Apply with: kubectl mesh install | kubectl apply -f -\n"
@@ -92,13 +91,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def existing_tls(args: argparse.Namespace) -> Any:
+def existing_tls(options: KubeOptions) -> Any:
     """The webhook's current certificates, if the cluster is reachable and has them."""
     from kubectl_mesh.install.manifest import TLS_SECRET, WebhookTLS
-    from kubectl_mesh.kube import KubeClient, KubeError, load_config
+    from kubectl_mesh.kube import KubeError, connect
 
     try:
-        client = KubeClient(load_config(args.kubeconfig, args.context), timeout=5.0)
+        client = connect(options, timeout=5.0)
         secret = client.get_json(f"/api/v1/namespaces/{CONTROL_PLANE_NAMESPACE}/secrets/{TLS_SECRET}")
     except KubeError as exc:
         if exc.status not in (None, 404):

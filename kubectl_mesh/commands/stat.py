@@ -11,8 +11,13 @@ import argparse
 import sys
 from typing import Any
 
-from kubectl_mesh.cli import CliError
-from kubectl_mesh.flags import add_command, add_kube_flags, add_output_flag, add_prometheus_flag
+from kubectl_mesh.flags import (
+    add_command,
+    add_kube_flags,
+    add_output_flag,
+    add_prometheus_flag,
+    kube_options,
+)
 
 EXAMPLES = """
   # How is the web deployment doing? (success rate, requests per second, latency)
@@ -73,37 +78,32 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kubectl_mesh import kube, prom
-    from kubectl_mesh.stat import StatInputError, build_request, compute_stat, render
+    from kubectl_mesh.stat import build_request, compute_stat, render
     from kubectl_mesh.stat.sources import kube_workloads
 
-    namespace, given = kube.namespace_from_args(args)
-    try:
-        request = build_request(
-            resources=args.resources,
-            namespace=namespace,
-            namespace_given=given,
-            all_namespaces=args.all_namespaces,
-            to=args.to,
-            to_namespace=args.to_namespace,
-            from_=args.from_,
-            from_namespace=args.from_namespace,
-            window=args.time_window,
-            unmeshed=args.unmeshed,
-            output=args.output,
-            selector=args.selector,
-        )
-    except StatInputError as exc:
-        raise CliError(str(exc)) from None
-
-    try:
-        client = kube.client_from_args(args)
-        prometheus = prom.client_from_args(args, lambda: client)
-        for ref in (request.to, request.from_):
-            if ref is not None:
-                _require_object(client, ref.kind, ref.name, ref.namespace)
-        rows = compute_stat(request, prometheus.query, kube_workloads(client.get_json))
-    except (kube.KubeError, prom.PrometheusError) as exc:
-        raise CliError(str(exc)) from None
+    # StatInputError, KubeError and PrometheusError are MeshErrors: cli.main prints them.
+    options = kube_options(args)
+    namespace, given = kube.resolve_namespace(options)
+    request = build_request(
+        resources=args.resources,
+        namespace=namespace,
+        namespace_given=given,
+        all_namespaces=args.all_namespaces,
+        to=args.to,
+        to_namespace=args.to_namespace,
+        from_=args.from_,
+        from_namespace=args.from_namespace,
+        window=args.time_window,
+        unmeshed=args.unmeshed,
+        output=args.output,
+        selector=args.selector,
+    )
+    client = kube.connect(options)
+    prometheus = prom.connect(args.prometheus_url, lambda: client)
+    for ref in (request.to, request.from_):
+        if ref is not None:
+            _require_object(client, ref.kind, ref.name, ref.namespace)
+    rows = compute_stat(request, prometheus.query, kube_workloads(client.get_json))
 
     text = render(rows, request)
     if text:
@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _require_object(client: Any, kind: str, name: str, namespace: str | None) -> None:
     """--to/--from must name an object that exists: "No traffic found." would mislead (linkerd2#2328)."""
+    from kubectl_mesh.errors import MeshError
     from kubectl_mesh.kube import KubeError
     from kubectl_mesh.stat.sources import list_path
 
@@ -123,5 +124,5 @@ def _require_object(client: Any, kind: str, name: str, namespace: str | None) ->
     except KubeError as exc:
         if exc.status == 404:
             where = f' in namespace "{namespace}"' if namespace else ""
-            raise CliError(f'{kind} "{name}" not found{where}') from None
+            raise MeshError(f'{kind} "{name}" not found{where}') from None
         raise

@@ -12,7 +12,6 @@ import argparse
 import sys
 from typing import Any
 
-from kubectl_mesh.cli import CliError
 from kubectl_mesh.flags import add_command
 
 EXAMPLES = """
@@ -47,12 +46,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kubectl_mesh.install.manifest import InstallError, delete_order, load_snapshot, to_yaml
+    from kubectl_mesh.install.manifest import delete_order, load_snapshot, to_yaml
 
-    try:
-        refs = delete_order(load_snapshot().objects)
-    except InstallError as exc:
-        raise CliError(str(exc)) from None
+    refs = delete_order(load_snapshot().objects)  # an InstallError rises to cli.main
     if args.output == "name":
         for ref in refs:
             meta = ref["metadata"]

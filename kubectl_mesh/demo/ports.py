@@ -9,10 +9,11 @@ import contextlib
 import os
 import socket
 
+from kubectl_mesh.errors import MeshError
 from kubectl_mesh.procs import free_ports as free_ports  # tests/lab imports it from here
 
 
-class PortsInUse(RuntimeError):
+class PortsInUse(MeshError):
     """Ports the demo needs are taken; the message names them."""
 
 

@@ -38,14 +38,15 @@ from kubectl_mesh.demo.plan import (
     walkthrough,
 )
 from kubectl_mesh.demo.ports import PortsInUse, ports_from
-from kubectl_mesh.demo.prometheus import INSTALL_HINT, PrometheusClient, find_prometheus
+from kubectl_mesh.demo.prometheus import INSTALL_HINT, find_prometheus
+from kubectl_mesh.errors import MeshError
 from kubectl_mesh.procs import Proc, StartError, Supervisor, free_ports, start_prometheus
-from kubectl_mesh.prom import PrometheusError
+from kubectl_mesh.prom import PrometheusClient, PrometheusError
 from kubectl_mesh.stat import StatRequest, StatRow, Workload, compute_stat, render
 from kubectl_mesh.stat.model import duration_seconds
 
 
-class DemoError(RuntimeError):
+class DemoError(MeshError):
     """The demo cannot go on; the message is for the user (the first line is the summary)."""
 
 
@@ -259,16 +260,16 @@ class Demo:
         return self.plan.pod(deployment).pod
 
     def snapshot(self, plan: DemoPlan) -> Snapshot:
-        client = PrometheusClient(plan.prometheus_url)
+        client = PrometheusClient(url=plan.prometheus_url, timeout=10.0)
         at = time.time()
         assert self.sampler is not None
         _, end = self.sampler.read()
         tables: list[tuple[Walkthrough, list[StatRow]]] = []
         for w in self.commands:
             try:
-                rows = compute_stat(w.request, lambda q: client.query(q, at), self.workloads)
+                rows = compute_stat(w.request, lambda q: client.query(q, at=at), self.workloads)
             except PrometheusError as exc:
-                raise DemoError(str(exc)) from None
+                raise DemoError(exc.message, exc.hint) from None
             tables.append((w, rows))
         snap = Snapshot(at, tables, self.sampler.nearest(at - self.window_s), {"time": at, "services": end})
         if self.options.record:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubectl_mesh.contract import WEBHOOK_TLS_SECRET
+from kubectl_mesh.errors import MeshError
 
 SNAPSHOT_RESOURCE = "chart-snapshot.json"
 SNAPSHOT_FORMAT = 1
@@ -29,7 +30,7 @@ MANAGED_BY = "kubectl-mesh"
 CHECKSUM_PREFIX = "checksum/"
 
 
-class InstallError(Exception):
+class InstallError(MeshError):
     """A value the chart would reject; the message is one line for the user."""
 
 

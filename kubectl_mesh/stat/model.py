@@ -15,9 +15,10 @@ import re
 from dataclasses import dataclass, field, replace
 
 from kubectl_mesh.contract import SCRAPE_INTERVAL
+from kubectl_mesh.errors import MeshError
 
 
-class StatInputError(ValueError):
+class StatInputError(MeshError):
     """Bad user input to `stat`: the message is one line, shown to the user as is."""
 
 

@@ -53,9 +53,12 @@ def run(
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """`error: <message>`, and at most one `hint: <what to run>` line (kubectl_mesh.errors)."""
     assert done.returncode == 1, done
     assert "Traceback" not in done.stderr
-    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    lines = done.stderr.splitlines(keepends=True)
+    assert lines and lines[0].startswith("error: ") and lines[0].endswith("\n"), done.stderr
+    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("hint: ")), done.stderr
     for needle in needles:
         assert needle in done.stderr, done.stderr
 
@@ -125,8 +128,9 @@ def test_unreachable_prometheus_url_is_one_line(dead_cluster: Path) -> None:
         "--prometheus-url",
         f"http://127.0.0.1:{closed_port()}",
     )
-    assert_one_line_error(done)
-    assert "cannot reach" in done.stderr
+    assert_one_line_error(done, "cannot reach")
+    if "Prometheus" in done.stderr:
+        assert done.stderr.splitlines()[1].startswith("hint: check --prometheus-url"), done.stderr
 
 
 def test_version_reports_an_unreachable_control_plane(dead_cluster: Path) -> None:
