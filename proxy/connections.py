@@ -21,7 +21,6 @@ HEAD_RECV = 4096  # reads while a request head is awaited: what one read can que
 IOV_MAX = 1024  # buffers one sendmsg takes (Linux); more fail with EMSGSIZE
 JOIN_LIMIT = 16384  # below this, pieces are joined (one copy is cheaper than sendmsg's setup)
 SO_ORIGINAL_DST = 80
-_PEEK_FLAGS = stdsocket.MSG_PEEK | stdsocket.MSG_DONTWAIT
 Address = tuple[str, int]
 
 
@@ -51,8 +50,8 @@ class Upstream:
     """A connection to an upstream with its response parser; lives in the pool between requests."""
 
     __slots__ = (
-        "address", "deadline", "direction", "expired", "idle_since", "reader", "retry_payload", "sock", "tcp",
-        "write_deadline",
+        "address", "deadline", "direction", "expired", "idle_since", "reader", "retry_payload", "sock",
+        "stray", "tcp", "write_deadline",
     )  # fmt: skip
 
     def __init__(self, sock: Any, address: Address, direction: str, tcp: Tcp) -> None:
@@ -62,6 +61,7 @@ class Upstream:
         self.reader = http1.ResponseReader()
         self.tcp = tcp
         self.idle_since = 0.0
+        self.stray = False  # the upstream sent bytes or a FIN while idle in the pool
         # Set only on a reused connection, and only when the request may be sent again (see pool.py).
         self.retry_payload = b""
         self.deadline = 0.0  # while the proxy waits to read from it (the response)
@@ -106,18 +106,6 @@ def reaches_own_port(sock: Any, own_ports: frozenset[int]) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_loopback or ip.is_unspecified or host == local[0]
-
-
-def alive_and_clean(sock: Any) -> bool:
-    """An idle pooled connection is usable if the upstream has neither closed it nor sent anything."""
-    raw = getattr(sock, "_sock", sock)
-    try:
-        raw.recv(1, _PEEK_FLAGS)  # any answer (bytes or EOF) while idle means "do not reuse"
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    return False
 
 
 def recv_when_readable(sock: Any, size: int = RECV) -> bytes:

@@ -69,7 +69,7 @@ def serve_http(proxy: Proxy, client: Client, first: bytes, dest: Address | None,
         try:
             if data:
                 reader.feed(data)
-            elif not events:
+            elif not events and reader.held:
                 reader.resume()  # what a read held beyond the last request, or its error
         except ProtocolError as error:
             proxy.reject(client, error, direction)
@@ -88,7 +88,7 @@ def serve_http(proxy: Proxy, client: Client, first: bytes, dest: Address | None,
             head_deadline = 0.0
             data = b""
             continue
-        if reader.backlog:
+        if reader.held:
             continue
         if proxy.draining:
             return
@@ -153,7 +153,7 @@ class Exchange:
             authority_bytes = head.host or hostport(dest).encode()
         self.authority = proxy.authority_label(authority_bytes)
         via = head.mesh.get(MESH_VIA)
-        if http1.via_loops(via, proxy.hop_id):
+        if via is not None and http1.via_loops(via, proxy.hop_id):
             # The second visit of a loop: refused here and counted once, by the first visit.
             proxy.reject(client, ProtocolError(400, "forwarding loop"), self.direction, count=False)
             return False
@@ -449,7 +449,13 @@ class Exchange:
     def _flush(self, upstream: Upstream, pending: list[bytes]) -> str:
         """Write to the client with the upstream's clock stopped: a slow reader is not its fault."""
         upstream.deadline = 0.0
-        return "" if self.proxy.send_pieces_to_client(self.client, pending) else self._client_error()
+        client = self.client
+        client.deadline = self.proxy.now + self.proxy.config.idle_timeout
+        try:
+            client.tcp.written += send_pieces(client.sock, pending)
+        except OSError:
+            return self._client_error()
+        return ""
 
     def _client_error(self) -> str:
         return "client_timeout" if self.client.expired else "client_gone"

@@ -246,7 +246,7 @@ class RequestReader(_Reader):
         self._target_bytes = 0
         self._between = True  # no message begun since the last one ended
         self._completed = 0  # messages ended so far
-        self._error: ProtocolError | None = None  # found in a later request: raised when it is due
+        self.pending_error: ProtocolError | None = None  # of a later request: raised when it is due
         self._body_left = 0  # bytes of a Content-Length body still to come
         self.backlog: bytes | memoryview = b""
 
@@ -257,17 +257,22 @@ class RequestReader(_Reader):
 
     def feed(self, data: bytes) -> None:
         """Parse `data`; raises ProtocolError (status 400/414/431) on input that is not forwardable."""
-        if self._error is not None:
-            raise self._error
+        if self.pending_error is not None:
+            raise self.pending_error
         if self.backlog:  # keep the order: behind what is waiting
             self.backlog = bytes(self.backlog) + data
             return
         self._parse(data if len(data) <= FEED_SLICE else memoryview(data))
 
+    @property
+    def held(self) -> bool:
+        """Something waits for `resume()`: bytes held back, or the error of a later request."""
+        return bool(self.backlog) or self.pending_error is not None
+
     def resume(self) -> None:
         """Parse what was held back, once the events before it have been taken."""
-        if self._error is not None:
-            raise self._error
+        if self.pending_error is not None:
+            raise self.pending_error
         data, self.backlog = self.backlog, b""
         if data:
             self._parse(data)
@@ -290,7 +295,7 @@ class RequestReader(_Reader):
             except ProtocolError as error:
                 if self._completed == completed:
                     raise
-                self._error = error  # the request before it is whole: it goes first
+                self.pending_error = error  # the request before it is whole: it goes first
                 return
             if self.events and self.events[-1][0] == UPGRADE:
                 self._upgraded(data[pos:])
@@ -444,7 +449,8 @@ class ResponseReader(_Reader):
         head.version = p.get_http_version()
         head.keep_alive = p.should_keep_alive()
         split_headers(self._raw, head)
-        if is_informational(status) or status in (204, 304) or self._head_request:
+        informational = 100 <= status < 200  # is_informational, inline: once per response
+        if informational or status in (204, 304) or self._head_request:
             head.body_mode = NO_BODY
         elif is_chunked(head.transfer_encoding):
             head.body_mode = CHUNKED
@@ -455,7 +461,7 @@ class ResponseReader(_Reader):
             head.keep_alive = False
         self._mode = head.body_mode
         self.events.append((HEAD, head))
-        if not is_informational(status):  # llhttp too takes 0xx for a final response
+        if not informational:  # llhttp too takes 0xx for a final response
             self._in_body = True
             if self._head_request:
                 self._dirty = True
@@ -521,7 +527,7 @@ def encode_response_head(
         parts += (name, b": ", value, b"\r\n")
     if chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
-    elif head.content_length is not None and not is_informational(head.status) and head.status != 204:
+    elif head.content_length is not None and not 100 <= head.status < 200 and head.status != 204:
         parts.append(b"Content-Length: %d\r\n" % head.content_length)
     if head.status == 101 and head.upgrade is not None:
         parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")

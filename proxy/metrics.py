@@ -94,9 +94,11 @@ def classify(status: int, error: str) -> str:
     """Linkerd's rule: a 5xx or a proxy error is a failure, everything else a success; and a
     status code outside 100–599 (not HTTP) is a failure. A client that went away or stalled
     (`client_*`) fails only itself: the response is judged by its status alone."""
+    if not error:
+        return "success" if 100 <= status < 500 else "failure"
     if error.startswith("client_"):
         return "failure" if status >= 500 else "success"
-    return "failure" if error or not 100 <= status < 500 else "success"
+    return "failure"
 
 
 RouteKey = tuple[str, str, Labels]  # direction, authority, peer labels

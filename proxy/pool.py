@@ -2,9 +2,10 @@
 
 A connection goes back to the pool only when its response parser holds nothing more (no event,
 no byte of a next message), and comes out only when the upstream has sent nothing while it was
-idle: stray bytes from one response can never reach another client. A request is sent again, on
-a fresh connection and at most once, only when a reused connection turns out stale and the
-request may be repeated (no byte of it written, or an idempotent method).
+idle: stray bytes from one response can never reach another client. An idle connection is
+watched by the event loop (its read watcher, no syscall per reuse): bytes or a FIN mark it.
+A request is sent again, on a fresh connection and at most once, only when a reused connection
+turns out stale and the request may be repeated (no byte of it written, or an idempotent method).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class UpstreamPool:
         self.idle_count = 0
         self.busy: set[Upstream] = set()  # checked out: the watchdog enforces their deadlines
         self.closed = False
+        self.now = time.monotonic()  # a coarse clock, advanced by the proxy's watchdog
 
     # --- sending a request ---------------------------------------------------------------------
     def send(self, address: Address, data: bytes, direction: str, repeatable: bool) -> Upstream:
@@ -100,12 +102,13 @@ class UpstreamPool:
         idle = self.idle.get(key)
         if not idle:
             return None
-        now = time.monotonic()
+        now = self.now
         found = None
         while idle:
             upstream = idle.pop()
             self.idle_count -= 1
-            if now - upstream.idle_since < self.idle_seconds and connections.alive_and_clean(upstream.sock):
+            upstream.sock._read_event.stop()
+            if not upstream.stray and now - upstream.idle_since < self.idle_seconds:
                 self.busy.add(upstream)
                 found = upstream
                 break
@@ -129,7 +132,9 @@ class UpstreamPool:
         ):
             self.discard(upstream)
             return
-        upstream.idle_since = time.monotonic()
+        upstream.idle_since = self.now
+        upstream.stray = False
+        upstream.sock._read_event.start(_on_idle_readable, upstream)
         if idle is None:
             self.idle[key] = [upstream]
         else:
@@ -139,6 +144,7 @@ class UpstreamPool:
     def discard(self, upstream: Upstream) -> None:
         self.busy.discard(upstream)
         if upstream.sock is not None:
+            upstream.sock._read_event.stop()
             connections.close(upstream.sock)
             upstream.sock = None
             if upstream.tcp.pending:
@@ -181,12 +187,19 @@ class UpstreamPool:
         cutoff = now - self.idle_seconds
         for key in list(self.idle):
             idle = self.idle[key]
-            keep = [u for u in idle if u.idle_since >= cutoff]
+            keep = [u for u in idle if u.idle_since >= cutoff and not u.stray]
             for upstream in idle:
-                if upstream.idle_since < cutoff:
+                if upstream.idle_since < cutoff or upstream.stray:
                     self.discard(upstream)
             self.idle_count -= len(idle) - len(keep)
             if keep:
                 self.idle[key] = keep
             else:
                 del self.idle[key]
+
+
+def _on_idle_readable(upstream: Upstream) -> None:
+    """The event loop saw bytes or a FIN on an idle pooled connection: it may not be reused."""
+    upstream.stray = True
+    if upstream.sock is not None:
+        upstream.sock._read_event.stop()

@@ -37,7 +37,6 @@ from .connections import (
     hostport,
     original_destination,
     send,
-    send_pieces,
     shutdown,
 )
 from .detect import Protocol, detect
@@ -111,7 +110,7 @@ class Proxy:
         next_sweep = 0.0
         while True:
             gevent.sleep(self.tick)
-            self.now = now = time.monotonic()
+            self.now = self.pool.now = now = time.monotonic()
             for client in list(self.clients):
                 deadline = client.deadline
                 if deadline and now > deadline:
@@ -324,14 +323,6 @@ class Proxy:
         except OSError:
             return False
         client.tcp.written += len(data)
-        return True
-
-    def send_pieces_to_client(self, client: Client, pieces: list[bytes]) -> bool:
-        client.deadline = self.now + self.config.idle_timeout
-        try:
-            client.tcp.written += send_pieces(client.sock, pieces)
-        except OSError:
-            return False
         return True
 
     def reject(self, client: Client, error: ProtocolError, direction: str, count: bool = True) -> None:
