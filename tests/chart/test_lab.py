@@ -2,7 +2,7 @@
 pods behind its Service ClusterIP (the API server calls it exactly as in a cluster), the chart's
 Prometheus running as a lab pod with in-cluster pod discovery.
 
-Grafana is left out (tests/chart/lab-values.yaml): the lab runs commands, and Grafana's image has
+Grafana is left out (lab/chart-values.yaml): the lab runs commands, and Grafana's image has
 none the lab node can run.
 """
 
@@ -27,7 +27,7 @@ from kubectl_mesh.install.snapshot import CHART, RELEASE
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-LAB_VALUES = CHART.parent.parent / "tests" / "chart" / "lab-values.yaml"
+LAB_VALUES = CHART.parent.parent / "lab" / "chart-values.yaml"
 NS = c.CONTROL_PLANE_NAMESPACE
 MWC = "kubectl-mesh-injector"
 WEBHOOK_PODS = "app.kubernetes.io/name=kubectl-mesh,app.kubernetes.io/component=webhook"

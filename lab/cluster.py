@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from kubectl_mesh.demo.ports import free_ports
+from kubectl_mesh.procs import free_ports
 from lab import network
 from lab.config import (
     API_PORT,
@@ -273,7 +273,7 @@ def _up_locked(owner: str, bins: Path, timeout: float, with_prometheus: bool) ->
         "--concurrent-deployment-syncs=5", "--concurrent-replicaset-syncs=5",
     ])  # fmt: skip
 
-    agent_env = dict(os.environ, PYTHONPATH=f"{REPO / 'tests'}:{REPO}", PYTHONUNBUFFERED="1")
+    agent_env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     agent = _start(state, "node-agent", [sys.executable, "-m", "lab.agent", str(RUN_DIR)], env=agent_env)
 
     api = Api(API_URL, str(pki.ca), str(admin.cert), str(admin.key))

@@ -262,7 +262,7 @@ class PodRunner:
 
     # --- environment ------------------------------------------------------------------------
     def _env(self, c: JSON) -> dict[str, str]:
-        from support.runtime import runtime_pythonpath  # the code under test, readable by any UID
+        from lab.runtime import runtime_pythonpath  # the code under test, readable by any UID
 
         env: dict[str, str] = {
             # The venv (mesh-proxy, gunicorn), then the lab's binaries (upstream prometheus, helm).
