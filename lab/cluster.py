@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import yaml
@@ -100,7 +100,9 @@ def _log_tail(name: str, lines: int = 8) -> str:
     return " | ".join(text[-lines:])
 
 
-def _wait(what: str, check: object, procs: dict[str, subprocess.Popen[bytes]], timeout: float) -> None:
+def _wait(
+    what: str, check: Callable[[], object], procs: dict[str, subprocess.Popen[bytes]], timeout: float
+) -> None:
     """Poll `check()` until true; fail fast with the log tail when a watched process exits."""
     deadline = time.monotonic() + timeout
     while True:
@@ -110,7 +112,7 @@ def _wait(what: str, check: object, procs: dict[str, subprocess.Popen[bytes]], t
                     f"{name} exited with {proc.returncode} while waiting for {what}: {_log_tail(name)}"
                 )
         try:
-            if check():  # type: ignore[operator]
+            if check():
                 return
         except (OSError, ApiError, ValueError):
             pass

@@ -17,9 +17,9 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -28,6 +28,7 @@ from lab.config import KUBECONFIG, LAB_DIR, NETNS_PREFIX, bin_dir, missing_binar
 from lab.rest import Api, ApiError
 
 JSON = dict[str, Any]
+T = TypeVar("T")
 KUBECTL = "/usr/bin/kubectl"
 
 
@@ -187,7 +188,7 @@ class Lab:
 
     # --- waiting ----------------------------------------------------------------------------
     @staticmethod
-    def wait(check: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    def wait(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:
         """Poll `check()` until it returns something truthy (returned); AssertionError on timeout."""
         deadline = time.monotonic() + timeout
         last: object = None
