@@ -320,15 +320,10 @@ def test_check_pre_names_what_a_user_without_rights_cannot_create(
     """A ServiceAccount with no role: its own token, its own kubeconfig, as a restricted user has."""
     from lab.cluster import PKI_DIR
 
-    lab.api.post(f"/api/v1/namespaces/{lab_namespace}/serviceaccounts", {"metadata": {"name": "nobody"}})
-    token = lab.api.post(
-        f"/api/v1/namespaces/{lab_namespace}/serviceaccounts/nobody/token",
-        {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 600},
-        },
-    )["status"]["token"]
+    core = lab.kube.core
+    core.create_namespaced_service_account(lab_namespace, {"metadata": {"name": "nobody"}})
+    request = {"spec": {"audiences": [], "expirationSeconds": 600}}  # no audience: the API server's
+    token = core.create_namespaced_service_account_token("nobody", lab_namespace, request).status.token
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         json.dumps(
