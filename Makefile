@@ -1,7 +1,7 @@
 # kubectl-mesh developer entry points. `make help` lists them.
 SHELL := /bin/bash
 # The venv lives outside the checkout and is built from Debian's python3, so that processes run
-# as other UIDs (the proxy as 2102) can read the interpreter (see tests/support/runtime.py).
+# as other UIDs (the proxy as 2102) can read the interpreter (see lab/runtime.py).
 VENV ?= /opt/kubectl-mesh/venv
 SYSTEM_PYTHON ?= /usr/bin/python3
 PY := $(VENV)/bin/python
@@ -46,16 +46,16 @@ lint: setup ## ruff, mypy and the import contracts (pyproject.toml's [tool.impor
 	$(VENV)/bin/lint-imports --no-cache
 
 binaries: ## build kube-apiserver, kube-controller-manager, etcd, helm, krew, prometheus, actionlint into ~/.cache/kubectl-mesh
-	tests/lab/build-binaries.sh
+	lab/build-binaries.sh
 
 cluster: setup binaries ## start the local lab cluster; kubeconfig in .lab/kubeconfig
-	PYTHONPATH=tests $(PY) -m lab up
+	$(PY) -m lab up
 
 cluster-down: ## stop the lab and remove everything it made
-	PYTHONPATH=tests $(PY) -m lab down
+	$(PY) -m lab down
 
 walkthrough: setup binaries ## the seed walkthrough on the lab (root): install, inject, three stat tables
-	PYTHONPATH=tests $(PY) -m e2e.walkthrough $(ARGS)
+	$(PY) -m lab.walkthrough $(ARGS)
 
 krew: setup ## build dist/kubectl-mesh.tar.gz (zipapp + LICENSE) and dist/krew-manifest.yaml
 	$(PY) scripts/build_krew.py
@@ -67,7 +67,7 @@ bench-webhook: setup ## admissions per second and latency over TLS (JSON on the 
 	$(PY) -m bench.bench_webhook $(ARGS)
 
 bench-cli: setup binaries ## kubectl mesh stat vs kubectl get against the lab (JSON on the last line)
-	$(PY) bench/bench_cli.py $(ARGS)
+	$(PY) -m bench.bench_cli $(ARGS)
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

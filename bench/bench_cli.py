@@ -11,7 +11,7 @@ start to exit, alternating, after warm-up runs; all in one run on the same machi
 which adds kubectl's own start), and as `kubectl-mesh stat …` directly.
 The last line is JSON: stat_median_s, kubectl_get_median_s, ratio (target <= 3), and more.
 
-Usage: bench/bench_cli.py [--runs 15] [--deployments 100]
+Usage: python -m bench.bench_cli [--runs 15] [--deployments 100] (from the checkout; `make bench-cli`)
 """
 
 from __future__ import annotations
@@ -28,14 +28,10 @@ import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO)]
-
-from lab import cluster  # noqa: E402
-from lab.config import KUBECONFIG, bin_dir, missing_binaries  # noqa: E402
-
-from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, PROMETHEUS_SERVICE  # noqa: E402
-from kubectl_mesh.procs import Prometheus, StartError, start_prometheus  # noqa: E402
+from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, PROMETHEUS_SERVICE
+from kubectl_mesh.procs import Prometheus, StartError, start_prometheus
+from lab import cluster
+from lab.config import KUBECONFIG, bin_dir, missing_binaries
 
 KUBECTL = "/usr/bin/kubectl"
 VENV_BIN = Path(sys.executable).parent

@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from kubectl_mesh.procs import Proc, free_ports, spawn
+from lab.runtime import runtime_pythonpath
 from tests.support.proxy_process import ProxyProcess, start_proxy
-from tests.support.runtime import runtime_pythonpath
 
 REPO = Path(__file__).resolve().parents[1]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

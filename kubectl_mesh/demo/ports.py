@@ -10,7 +10,6 @@ import os
 import socket
 
 from kubectl_mesh.errors import MeshError
-from kubectl_mesh.procs import free_ports as free_ports  # tests/lab imports it from here
 
 
 class PortsInUse(MeshError):

@@ -1,4 +1,4 @@
-"""Fixtures for the chart tests: real helm (built by tests/lab/build-binaries.sh) and renderings."""
+"""Fixtures for the chart tests: real helm (built by lab/build-binaries.sh) and renderings."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from kubectl_mesh.install.snapshot import CHART, KUBE_VERSION, RELEASE, find_hel
 def helm() -> str:
     path = find_helm()
     if not path or not Path(path).exists():
-        pytest.skip("helm not built: run `make binaries` (tests/lab/build-binaries.sh)")
+        pytest.skip("helm not built: run `make binaries` (lab/build-binaries.sh)")
     return path
 
 

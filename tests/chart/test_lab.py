@@ -2,7 +2,7 @@
 pods behind its Service ClusterIP (the API server calls it exactly as in a cluster), the chart's
 Prometheus running as a lab pod with in-cluster pod discovery.
 
-Grafana is left out (tests/chart/lab-values.yaml): the lab runs commands, and Grafana's image has
+Grafana is left out (lab/chart-values.yaml): the lab runs commands, and Grafana's image has
 none the lab node can run.
 """
 
@@ -24,10 +24,11 @@ import yaml
 
 from kubectl_mesh import contract as c
 from kubectl_mesh.install.snapshot import CHART, RELEASE
+from lab.kube import data
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-LAB_VALUES = CHART.parent.parent / "tests" / "chart" / "lab-values.yaml"
+LAB_VALUES = CHART.parent.parent / "lab" / "chart-values.yaml"
 NS = c.CONTROL_PLANE_NAMESPACE
 MWC = "kubectl-mesh-injector"
 WEBHOOK_PODS = "app.kubernetes.io/name=kubectl-mesh,app.kubernetes.io/component=webhook"
@@ -222,20 +223,18 @@ def _set_webhook_replicas(lab: Any, replicas: int) -> None:
 
 
 def _endpoints(lab: Any) -> list[Any]:
-    slices = lab.api.get(
-        f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices",
-        labelSelector=f"kubernetes.io/service-name={c.WEBHOOK_SERVICE}",
-    )["items"]
+    selector = f"kubernetes.io/service-name={c.WEBHOOK_SERVICE}"
+    slices = data(lab.kube.discovery.list_namespaced_endpoint_slice, NS, label_selector=selector)["items"]
     return [e for s in slices for e in s.get("endpoints") or []]
 
 
 def _failure_policies(lab: Any) -> set[str]:
-    mwc = lab.api.get(f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{MWC}")
+    mwc = data(lab.kube.admission.read_mutating_webhook_configuration, MWC)
     return {h["failurePolicy"] for h in mwc["webhooks"]}
 
 
 def _tls_secret(lab: Any) -> dict[str, str]:
-    return dict(lab.api.get(f"/api/v1/namespaces/{NS}/secrets/mesh-webhook-tls")["data"])
+    return dict(data(lab.kube.core.read_namespaced_secret, "mesh-webhook-tls", NS)["data"])
 
 
 @contextlib.contextmanager

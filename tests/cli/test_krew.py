@@ -8,7 +8,7 @@
 - `validate-krew-manifest` (krew-index's CI tool) passes: it downloads the archive from the
   manifest's URI (served here on 127.0.0.1), checks the sha256, installs it, looks for LICENSE.
 
-The krew binaries come from the lab's build (tests/lab/build-binaries.sh); without them those
+The krew binaries come from the lab's build (lab/build-binaries.sh); without them those
 tests skip and say so.
 """
 
@@ -54,7 +54,7 @@ spec:
 def krew_bin_dir() -> Path:
     found = sorted(LAB_BIN.glob("*/kubectl-krew"))
     if not found or not (found[-1].parent / "validate-krew-manifest").exists():
-        pytest.skip(f"krew not built yet: run tests/lab/build-binaries.sh (looked in {LAB_BIN})")
+        pytest.skip(f"krew not built yet: run lab/build-binaries.sh (looked in {LAB_BIN})")
     return found[-1].parent
 
 

@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab.pytest_plugin import Lab  # the `lab` fixture: tests/conftest.py loads the plugin
 
 from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, INJECT_ENABLED, INJECT_LABEL
+from lab.pytest_plugin import Lab  # the `lab` fixture: tests/conftest.py loads the plugin
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubectl-mesh"
-LAB_VALUES = REPO / "tests" / "chart" / "lab-values.yaml"  # the chart in the lab: no Grafana (no command)
+LAB_VALUES = REPO / "lab" / "chart-values.yaml"  # the chart in the lab: no Grafana (no command)
 RELEASE = "kubectl-mesh"
 VENV_BIN = Path(sys.executable).parent
 KUBECTL = "/usr/bin/kubectl"
@@ -320,15 +320,10 @@ def test_check_pre_names_what_a_user_without_rights_cannot_create(
     """A ServiceAccount with no role: its own token, its own kubeconfig, as a restricted user has."""
     from lab.cluster import PKI_DIR
 
-    lab.api.post(f"/api/v1/namespaces/{lab_namespace}/serviceaccounts", {"metadata": {"name": "nobody"}})
-    token = lab.api.post(
-        f"/api/v1/namespaces/{lab_namespace}/serviceaccounts/nobody/token",
-        {
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 600},
-        },
-    )["status"]["token"]
+    core = lab.kube.core
+    core.create_namespaced_service_account(lab_namespace, {"metadata": {"name": "nobody"}})
+    request = {"spec": {"audiences": [], "expirationSeconds": 600}}  # no audience: the API server's
+    token = core.create_namespaced_service_account_token("nobody", lab_namespace, request).status.token
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         json.dumps(

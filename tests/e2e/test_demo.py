@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.runtime import is_root, runtime_env
 
 from e2e.tables import (
     RPS_TOLERANCE,
@@ -32,6 +31,7 @@ from e2e.tables import (
     truth,
 )
 from kubectl_mesh.procs import spawn
+from lab.runtime import is_root, runtime_env
 
 VENV_BIN = Path(sys.executable).parent
 KUBECTL_MESH = str(VENV_BIN / "kubectl-mesh")

@@ -1,7 +1,7 @@
 """The seed's walkthrough on the lab, checked: `helm install`, inject (both ways), three
 `kubectl mesh stat` commands through the real kubectl, and the numbers against the truth.
 
-Runs tests/e2e/walkthrough.py (what `make walkthrough` prints) once for the module, both
+Runs lab/walkthrough.py (what `make walkthrough` prints) once for the module, both
 variants: the namespace labelled for the webhook, and `kubectl mesh inject | kubectl apply`.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from e2e.tables import assert_matches_truth, assert_seeds_findings, parse_sections, truth
-from e2e.walkthrough import COMMANDS
+from lab.walkthrough import COMMANDS
 
 pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.slow]
 
@@ -23,8 +23,8 @@ VARIANTS = ("label", "inject")
 
 @pytest.fixture(scope="module")
 def results(lab: Any) -> dict[str, Any]:
-    """The walkthrough, both variants, on the session's lab (tests/lab/pytest_plugin.py)."""
-    from e2e import walkthrough as w
+    """The walkthrough, both variants, on the session's lab (lab/pytest_plugin.py)."""
+    from lab import walkthrough as w
 
     if not os.access(lab.helm, os.X_OK):
         pytest.skip(f"helm is missing from {lab.bin_dir}: run `make binaries`")
@@ -47,7 +47,7 @@ def test_the_seeds_findings(results: dict[str, Any], variant: str) -> None:
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_injected_pod_is_meshed(results: dict[str, Any], variant: str) -> None:
-    from e2e.walkthrough import DEPLOYMENTS, meshed
+    from lab.walkthrough import DEPLOYMENTS, meshed
 
     result = results[variant]
     assert all(meshed(pod) for pod in result.pods.values())
@@ -60,7 +60,7 @@ def test_every_injected_pod_is_meshed(results: dict[str, Any], variant: str) -> 
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_numbers_match_what_the_services_counted(results: dict[str, Any], variant: str) -> None:
-    from e2e.walkthrough import SCRAPE_S, WINDOW_S
+    from lab.walkthrough import SCRAPE_S, WINDOW_S
 
     result = results[variant]
     tables = parse_sections(result.render())

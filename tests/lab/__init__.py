@@ -1,1 +1,1 @@
-"""The local lab cluster: control plane from upstream binaries, a node agent, Services, Prometheus."""
+"""Self-tests of the lab (the package `lab/`): its pure parts, the cluster, and its lifecycle."""

@@ -22,7 +22,7 @@ MOUNT = "/mesh-lab-lifecycle-mount"  # a mount target the node must create on th
 
 
 def lab_cli(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    env = dict(os.environ, PYTHONPATH=f"{REPO / 'tests'}:{REPO}")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "lab", *args],

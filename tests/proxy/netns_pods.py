@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-from support.runtime import runtime_env
 
 from kubectl_mesh.contract import PROXY_ADMIN_PORT, PROXY_UID
 from kubectl_mesh.procs import Proc, spawn
+from lab.runtime import runtime_env
 
 SUBNET = "10.250.7"
 HERE = Path(__file__).resolve().parent

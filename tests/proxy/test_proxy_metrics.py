@@ -561,9 +561,8 @@ def test_the_worst_case_scrape_streams_from_the_admin_server_in_bounded_memory(t
     give one status every error kind) and scraped from the real admin server (gevent's WSGI server,
     admin.py's app) in its own process. The child also imports pytest and this module (~10 MiB
     more than a proxy needs)."""
-    from support.runtime import runtime_env
-
     from kubectl_mesh.procs import free_ports, spawn
+    from lab.runtime import runtime_env
 
     (port,) = free_ports(1)
     here = Path(__file__).resolve().parent

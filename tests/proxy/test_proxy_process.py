@@ -12,9 +12,9 @@ from pathlib import Path
 
 from proxy_backends import AppServer
 from support.proxy_process import ProxyProcess, start_proxy
-from support.runtime import runtime_env
 
 from kubectl_mesh.procs import free_ports
+from lab.runtime import runtime_env
 
 
 def test_admin_endpoints(server_proxy: ProxyProcess) -> None:

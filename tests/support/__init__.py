@@ -1,1 +1,1 @@
-"""Shared test infrastructure (runtime environment, ports, processes)."""
+"""Shared test infrastructure (the proxy and webhook processes; the runtime environment is lab.runtime)."""

@@ -19,8 +19,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from kubectl_mesh.procs import Proc, free_ports, spawn
-
-from .runtime import runtime_env
+from lab.runtime import runtime_env
 
 SERVER_ID = ("shop", "deployment", "web", "web-7d9f-abcde")  # the app's sidecar in the fixtures
 CLIENT_ID = ("front", "deployment", "vote", "vote-5c4b-xyz12")  # a client's sidecar

@@ -29,8 +29,8 @@ from typing import Any
 
 from lab import network, services
 from lab.config import API_PORT, BRIDGE_IP, KUBELET_PORT, NODE_NAME, POD_CIDR, run, versions
+from lab.kube import ERRORS, MERGE_PATCH, ApiException, Kube, data, message, watch
 from lab.pods import PodRunner, now_rfc3339
-from lab.rest import Api, ApiError
 
 JSON = dict[str, Any]
 log = logging.getLogger("lab.agent")
@@ -64,8 +64,7 @@ class Agent:
     def __init__(self, run_dir: Path) -> None:
         pki = run_dir / "pki"
         self.run_dir = run_dir
-        self.api = Api(f"https://{BRIDGE_IP}:{API_PORT}", str(pki / "ca.crt"), str(pki / "node-agent.crt"),
-                       str(pki / "node-agent.key"))  # fmt: skip
+        self.kube = Kube.as_user(f"https://{BRIDGE_IP}:{API_PORT}", pki, "node-agent")
         self.ips = IpAllocator()
         self.runners: dict[str, PodRunner] = {}
         self.lock = threading.Lock()
@@ -89,8 +88,8 @@ class Agent:
             },
             "spec": {"podCIDR": str(POD_CIDR), "podCIDRs": [str(POD_CIDR)]},
         }
-        with contextlib.suppress(ApiError):
-            self.api.post("/api/v1/nodes", node)
+        with contextlib.suppress(ApiException):
+            data(self.kube.core.create_node, node)
         stamp = now_rfc3339()
         kube = versions()["KUBE_VERSION"]
         status = {
@@ -110,7 +109,7 @@ class Agent:
                  "lastHeartbeatTime": stamp, "lastTransitionTime": stamp},
             ],
         }  # fmt: skip
-        self.api.merge_patch(f"/api/v1/nodes/{NODE_NAME}/status", {"status": status})
+        data(self.kube.core.patch_node_status, NODE_NAME, {"status": status}, _content_type=MERGE_PATCH)
 
     # --- pods -------------------------------------------------------------------------------
     def on_pod(self, kind: str, pod: JSON) -> None:
@@ -136,7 +135,7 @@ class Agent:
                 if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
                     return
                 runner = PodRunner(
-                    self.api, pod, self.ips.allocate(), self.run_dir, self.on_runner_gone, self.hosts_for
+                    self.kube, pod, self.ips.allocate(), self.run_dir, self.on_runner_gone, self.hosts_for
                 )
                 self.runners[uid] = runner
                 runner.start()
@@ -156,10 +155,10 @@ class Agent:
             "target": {"apiVersion": "v1", "kind": "Node", "name": NODE_NAME},
         }
         try:
-            self.api.post(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/binding", body)
-        except ApiError as err:
+            data(self.kube.core.create_namespaced_pod_binding, meta["name"], meta["namespace"], body)
+        except ApiException as err:
             if err.status not in (403, 404, 409):  # 403: its namespace is being deleted
-                log.warning("binding %s/%s: %s", meta["namespace"], meta["name"], err)
+                log.warning("binding %s/%s: %s", meta["namespace"], meta["name"], message(err))
 
     def on_runner_gone(self, runner: PodRunner) -> None:
         with self.lock:
@@ -167,8 +166,8 @@ class Agent:
         self.ips.release(runner.ip)
         self.services_changed.set()
         try:
-            pod = self.api.get(f"/api/v1/namespaces/{runner.namespace}/pods/{runner.name}")
-        except ApiError:
+            pod = data(self.kube.core.read_namespaced_pod, runner.name, runner.namespace)
+        except ERRORS:
             return
         if pod["metadata"]["uid"] == runner.uid and pod["metadata"].get("deletionTimestamp"):
             self.finalize_delete(pod)
@@ -178,28 +177,30 @@ class Agent:
         meta = pod["metadata"]
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
                 "preconditions": {"uid": meta["uid"]}}  # fmt: skip
-        with contextlib.suppress(ApiError):
-            self.api.delete(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}", body)
+        with contextlib.suppress(ApiException):
+            data(self.kube.core.delete_namespaced_pod, meta["name"], meta["namespace"], body=body)
 
     # --- list + watch -----------------------------------------------------------------------
-    def informer(self, path: str, handler: Callable[[str, JSON], None]) -> None:
+    def informer(self, list_call: Callable[..., Any], handler: Callable[[str, JSON], None]) -> None:
         """List, then watch from the list's resourceVersion; relist on any error. Never returns."""
         while True:
             try:
-                listing = self.api.get(path)
+                listing = data(list_call)
                 for item in listing.get("items", []):
                     self._safe(handler, "ADDED", item)
                 rv = listing["metadata"]["resourceVersion"]
                 while True:
-                    for event in self.api.watch(path, rv):
+                    for event in watch(list_call, rv):
                         obj = event.get("object", {})
                         if event.get("type") == "ERROR":
-                            raise ApiError(int(obj.get("code", 500)), str(obj.get("message")))
+                            raise ApiException(
+                                status=int(obj.get("code", 500)), reason=str(obj.get("message"))
+                            )
                         rv = obj.get("metadata", {}).get("resourceVersion", rv)
                         if event.get("type") != "BOOKMARK":
                             self._safe(handler, event["type"], obj)
             except Exception as err:
-                log.info("watch %s: %s (relisting)", path, err)
+                log.info("watch %s: %s (relisting)", list_call.__name__, message(err))
                 time.sleep(0.5)
 
     @staticmethod
@@ -217,8 +218,8 @@ class Agent:
             time.sleep(0.05)  # let a burst of events settle into one sync
             self.services_changed.clear()
             try:
-                svcs = self.api.get("/api/v1/services")["items"]
-                slices = self.api.get("/apis/discovery.k8s.io/v1/endpointslices")["items"]
+                svcs = data(self.kube.core.list_service_for_all_namespaces)["items"]
+                slices = data(self.kube.discovery.list_endpoint_slice_for_all_namespaces)["items"]
                 self.last_services, self.last_slices = svcs, slices
                 rules = services.render_nat(services.service_ports(svcs, slices), network.nat_chains())
                 if rules != last_rules:
@@ -333,19 +334,21 @@ def main(argv: list[str]) -> int:
         try:
             agent.register_node()
             break
-        except (OSError, ApiError) as err:
+        except ERRORS as err:
             if attempt == 99:
                 raise
-            log.info("registering node: %s", err)
+            log.info("registering node: %s", message(err))
             time.sleep(0.2)
     threads = [
         threading.Thread(target=agent.service_syncer, name="services", daemon=True),
         threading.Thread(
-            target=agent.informer, args=("/api/v1/services", agent.on_service_event), daemon=True
+            target=agent.informer,
+            args=(agent.kube.core.list_service_for_all_namespaces, agent.on_service_event),
+            daemon=True,
         ),
         threading.Thread(
             target=agent.informer,
-            args=("/apis/discovery.k8s.io/v1/endpointslices", agent.on_service_event),
+            args=(agent.kube.discovery.list_endpoint_slice_for_all_namespaces, agent.on_service_event),
             daemon=True,
         ),
         threading.Thread(target=serve_logs, args=(agent, run_dir), name="logs", daemon=True),
@@ -353,7 +356,7 @@ def main(argv: list[str]) -> int:
     for t in threads:
         t.start()
     log.info("node %s registered; running pods", NODE_NAME)
-    agent.informer("/api/v1/pods", agent.on_pod)
+    agent.informer(agent.kube.core.list_pod_for_all_namespaces, agent.on_pod)
     return 0
 
 

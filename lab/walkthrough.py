@@ -4,7 +4,7 @@
     → wait for pods and a full window of traffic → kubectl mesh stat ×3 (through kubectl's
     plugin discovery) → the tables; then the same with `kubectl mesh inject … | kubectl apply`.
 
-Run as root on Linux: `PYTHONPATH=tests python -m e2e.walkthrough [--variant label|inject|both]`.
+Run as root on Linux, from the checkout: `python -m lab.walkthrough [--variant label|inject|both]`.
 A lab that is already running (`make cluster`) is used and left running; otherwise the lab is
 started here and torn down at the end. tests/e2e/test_walkthrough.py runs the same code and
 checks the numbers against the services' own counters.
@@ -30,11 +30,11 @@ from typing import Any
 
 from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, INJECT_ENABLED, INJECT_LABEL, PROXY_CONTAINER_NAME
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "examples" / "emojivoto" / "emojivoto.yml"
 CHART = REPO / "charts" / "kubectl-mesh"
 DASHBOARDS = CHART / "files" / "dashboards"
-LAB_VALUES = REPO / "tests" / "chart" / "lab-values.yaml"
+LAB_VALUES = REPO / "lab" / "chart-values.yaml"
 NAMESPACE = "emojivoto"
 RELEASE = "kubectl-mesh"
 WINDOW_S = 60  # `kubectl mesh stat`'s default -t 1m
@@ -135,7 +135,7 @@ def install_chart(tools: Tools) -> bool:
     """`helm install` the control plane, as a user would; a release already there is used as is.
 
     Returns whether the release was installed here (so that the caller uninstalls it). The lab's
-    values (tests/chart/lab-values.yaml) leave out only Grafana, whose image has no command the
+    values (lab/chart-values.yaml) leave out only Grafana, whose image has no command the
     lab could run; the dashboards' queries are checked against Prometheus instead.
     """
     installed = False

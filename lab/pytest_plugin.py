@@ -17,17 +17,19 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from kubernetes.client import ApiClient
 
 from lab import cluster, network
 from lab.config import KUBECONFIG, LAB_DIR, NETNS_PREFIX, bin_dir, missing_binaries
-from lab.rest import Api, ApiError
+from lab.kube import ERRORS, ApiException, Kube, data
 
 JSON = dict[str, Any]
+T = TypeVar("T")
 KUBECTL = "/usr/bin/kubectl"
 
 
@@ -41,19 +43,14 @@ class Lab:
         self.prometheus_url: str = state.prometheus_url
         self.bin_dir: Path = Path(state.bin_dir or bin_dir())
         self.helm: Path = self.bin_dir / "helm"
-        pki = cluster.PKI_DIR
-        self.api = Api(self.api_url, str(pki / "ca.crt"), str(pki / "admin.crt"), str(pki / "admin.key"))
-        self._client: Any = None
+        # The typed API groups as the lab's admin; `lab.kube.data(call, ...)` answers as plain JSON.
+        self.kube = Kube.as_user(self.api_url, cluster.PKI_DIR, "admin")
 
     # --- clients ----------------------------------------------------------------------------
     @property
-    def client(self) -> Any:
-        """A `kubernetes.client.ApiClient` for the lab (note: its PATCH default is JSON Patch)."""
-        if self._client is None:
-            from kubernetes import config
-
-            self._client = config.new_client_from_config(config_file=str(self.kubeconfig))
-        return self._client
+    def client(self) -> ApiClient:
+        """The lab admin's `kubernetes.client.ApiClient`, for any API group the lab does not wrap."""
+        return self.kube.api_client
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for tools run against the lab: KUBECONFIG set, lab binaries on PATH."""
@@ -96,36 +93,33 @@ class Lab:
     def create_namespace(self, prefix: str = "t", labels: dict[str, str] | None = None) -> str:
         """A fresh namespace, returned once its `default` ServiceAccount exists (pods need it)."""
         name = f"{prefix[:40].lower().strip('-')}-{uuid.uuid4().hex[:6]}"
-        self.api.post("/api/v1/namespaces", {"metadata": {"name": name, "labels": labels or {}}})
+        data(self.kube.core.create_namespace, {"metadata": {"name": name, "labels": labels or {}}})
         self.wait(
-            lambda: self.api.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"), 30, "default SA"
+            lambda: data(self.kube.core.read_namespaced_service_account, "default", name), 30, "default SA"
         )
         return name
 
     def delete_namespace(self, name: str, wait: bool = False, timeout: float = 60) -> None:
-        with contextlib.suppress(ApiError):
-            self.api.delete(f"/api/v1/namespaces/{name}")
+        with contextlib.suppress(ApiException):
+            data(self.kube.core.delete_namespace, name)
         if wait:
-            self.wait(
-                lambda: not self._exists(f"/api/v1/namespaces/{name}"), timeout, f"namespace {name} gone"
-            )
+            self.wait(lambda: not self._namespace_exists(name), timeout, f"namespace {name} gone")
 
-    def _exists(self, path: str) -> bool:
+    def _namespace_exists(self, name: str) -> bool:
         try:
-            self.api.get(path)
+            data(self.kube.core.read_namespace, name)
             return True
-        except ApiError as err:
+        except ApiException as err:
             if err.status == 404:
                 return False
             raise
 
     # --- pods -------------------------------------------------------------------------------
     def pods(self, namespace: str, selector: str | None = None) -> list[JSON]:
-        query = {"labelSelector": selector} if selector else {}
-        return list(self.api.get(f"/api/v1/namespaces/{namespace}/pods", **query)["items"])
+        return list(data(self.kube.core.list_namespaced_pod, namespace, label_selector=selector)["items"])
 
     def pod(self, namespace: str, name: str) -> JSON:
-        return self.api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+        return data(self.kube.core.read_namespaced_pod, name, namespace)
 
     @staticmethod
     def is_ready(pod: JSON) -> bool:
@@ -187,7 +181,7 @@ class Lab:
 
     # --- waiting ----------------------------------------------------------------------------
     @staticmethod
-    def wait(check: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    def wait(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:
         """Poll `check()` until it returns something truthy (returned); AssertionError on timeout."""
         deadline = time.monotonic() + timeout
         last: object = None
@@ -196,7 +190,7 @@ class Lab:
                 value = check()
                 if value:
                     return value
-            except (ApiError, OSError) as err:
+            except ERRORS as err:
                 last = err
             if time.monotonic() > deadline:
                 raise AssertionError(

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 LAB_DIR = Path(os.environ.get("MESH_LAB_DIR", str(REPO / ".lab")))
 STATE_FILE = LAB_DIR / "state.json"
 KUBECONFIG = LAB_DIR / "kubeconfig"

@@ -28,12 +28,14 @@ from typing import Any
 
 from lab import network
 from lab.config import BRIDGE_IP, KUBERNETES_SERVICE_IP, LOG_DIR, NETNS_PREFIX, VETH_PREFIX, pod_bin_dir
+from lab.kube import ERRORS, MERGE_PATCH, ApiException, Kube, data, message
 from lab.probes import Probe
-from lab.rest import Api, ApiError
 from lab.volumes import VolumeError, field_value, materialize
 
 JSON = dict[str, Any]
 LAUNCHER = Path(__file__).resolve().parent / "launch.py"
+# A container spec the lab cannot run: a malformed field, or a reference the API server refused.
+SPEC_ERRORS: tuple[type[Exception], ...] = (KeyError, TypeError, ValueError, *ERRORS)
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
 TICK = 0.2
@@ -112,14 +114,14 @@ class PodRunner:
 
     def __init__(
         self,
-        api: Api,
+        kube: Kube,
         pod: JSON,
         ip: str,
         run_dir: Path,
         on_gone: Any,
         hosts_text: Callable[[PodRunner], str],
     ) -> None:
-        self.api = api
+        self.kube = kube
         self.pod = pod
         self.ip = ip
         meta = pod["metadata"]
@@ -195,8 +197,8 @@ class PodRunner:
             except (VolumeError, PodSetupError) as err:
                 self._set_waiting_all("ContainerCreating", str(err))
                 self._report()
-            except ApiError as err:
-                log.warning("pod %s/%s volumes: %s", self.namespace, self.name, err)
+            except ERRORS as err:  # the API server's answer or the transport's: try again
+                log.warning("pod %s/%s volumes: %s", self.namespace, self.name, message(err))
             self.stop_event.wait(2.0)
         while not self.stop_event.is_set():
             self._tick()
@@ -225,7 +227,7 @@ class PodRunner:
     def _setup_volumes(self) -> None:
         vol_root = self.dir / "volumes"
         for vol in self.pod["spec"].get("volumes") or []:
-            materialize(self.api, self.pod, vol, vol_root / vol["name"])
+            materialize(self.kube, self.pod, vol, vol_root / vol["name"])
 
     def _mounts(self, container: JSON) -> list[list[object]]:
         vol_root = self.dir / "volumes"
@@ -262,7 +264,7 @@ class PodRunner:
 
     # --- environment ------------------------------------------------------------------------
     def _env(self, c: JSON) -> dict[str, str]:
-        from support.runtime import runtime_pythonpath  # the code under test, readable by any UID
+        from lab.runtime import runtime_pythonpath  # the code under test, readable by any UID
 
         env: dict[str, str] = {
             # The venv (mesh-proxy, gunicorn), then the lab's binaries (upstream prometheus, helm).
@@ -301,19 +303,20 @@ class PodRunner:
     def _ref_data(self, kind: str, name: str, optional: bool) -> dict[str, str]:
         import base64
 
-        resource = "configmaps" if kind == "configMap" else "secrets"
+        core = self.kube.core
+        read = core.read_namespaced_config_map if kind == "configMap" else core.read_namespaced_secret
         try:
-            obj = self.api.get(f"/api/v1/namespaces/{self.namespace}/{resource}/{name}")
-        except ApiError as err:
+            obj = data(read, name, self.namespace)
+        except ApiException as err:
             if err.status == 404 and optional:
                 return {}
             if err.status == 404:
                 raise PodSetupError("CreateContainerConfigError", f'{kind} "{name}" not found') from err
             raise
-        data = obj.get("data") or {}
+        values = obj.get("data") or {}
         if kind == "secret":
-            return {k: base64.b64decode(v).decode(errors="replace") for k, v in data.items()}
-        return {k: str(v) for k, v in data.items()}
+            return {k: base64.b64decode(v).decode(errors="replace") for k, v in values.items()}
+        return {k: str(v) for k, v in values.items()}
 
     def _value_from(self, src: JSON, c: JSON) -> str | None:
         if "fieldRef" in src:
@@ -418,8 +421,8 @@ class PodRunner:
         try:
             try:
                 spec = self._spawn_spec(c.spec)
-            except (KeyError, TypeError, ValueError, OSError, ApiError) as err:  # a spec the lab cannot run
-                raise PodSetupError("CreateContainerConfigError", f"lab node: {err!r}") from err
+            except SPEC_ERRORS as err:  # a spec the lab cannot run
+                raise PodSetupError("CreateContainerConfigError", f"lab node: {message(err)}") from err
         except PodSetupError as err:
             c.state = {"waiting": {"reason": err.reason, "message": err.message}}
             if self._restart_policy() == "Never" and c.kind != "sidecar":
@@ -676,14 +679,18 @@ class PodRunner:
                 old["lastTransitionTime"] if old and old["status"] == c["status"] else now_rfc3339()
             )
         try:
-            self.api.merge_patch(
-                f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status", {"status": sent}
+            data(
+                self.kube.core.patch_namespaced_pod_status,
+                self.name,
+                self.namespace,
+                {"status": sent},
+                _content_type=MERGE_PATCH,
             )
-        except ApiError as err:
-            if err.status == 404:
+        except ERRORS as err:
+            if isinstance(err, ApiException) and err.status == 404:
                 self.stop_event.set()
                 return
-            log.warning("status of %s/%s: %s", self.namespace, self.name, err)
+            log.warning("status of %s/%s: %s", self.namespace, self.name, message(err))
             self.report_retry_at = time.monotonic() + 2.0
             return
         self.last_status = status

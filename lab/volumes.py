@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lab.rest import Api, ApiError
+from lab.kube import ApiException, Kube, data, message
 
 JSON = dict[str, Any]
 DEFAULT_MODE = 0o644
@@ -48,23 +48,23 @@ def field_value(pod: JSON, path: str) -> str:
     raise VolumeError(f"unsupported fieldRef {path}")
 
 
-def _object_data(api: Api, kind: str, namespace: str, name: str, optional: bool) -> dict[str, bytes] | None:
-    resource = "configmaps" if kind == "configMap" else "secrets"
+def _object_data(kube: Kube, kind: str, namespace: str, name: str, optional: bool) -> dict[str, bytes] | None:
+    read = kube.core.read_namespaced_config_map if kind == "configMap" else kube.core.read_namespaced_secret
     try:
-        obj = api.get(f"/api/v1/namespaces/{namespace}/{resource}/{name}")
-    except ApiError as err:
+        obj = data(read, name, namespace)
+    except ApiException as err:
         if err.status == 404:
             if optional:
                 return None
             raise VolumeError(f'{kind} "{name}" not found') from err
         raise
-    data: dict[str, bytes] = {}
+    contents: dict[str, bytes] = {}
     if kind == "configMap":
-        data.update({k: v.encode() for k, v in (obj.get("data") or {}).items()})
-        data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
+        contents.update({k: v.encode() for k, v in (obj.get("data") or {}).items()})
+        contents.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
     else:
-        data.update({k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()})
-    return data
+        contents.update({k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()})
+    return contents
 
 
 def _write(root: Path, rel: str, content: bytes, mode: int, fs_group: int | None) -> None:
@@ -92,24 +92,24 @@ def _write_keys(
         _write(root, item["path"], data[item["key"]], item.get("mode", mode), fs_group)
 
 
-def _token(api: Api, pod: JSON, source: JSON) -> bytes:
+def _token(kube: Kube, pod: JSON, source: JSON) -> bytes:
     meta = pod["metadata"]
     sa = pod["spec"].get("serviceAccountName") or "default"
     spec: JSON = {
         "expirationSeconds": int(source.get("expirationSeconds", 3600)),
         "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
     }
-    if source.get("audience"):
-        spec["audiences"] = [source["audience"]]
+    # No audience: none asked for, the API server's own (the client's model wants the list).
+    spec["audiences"] = [source["audience"]] if source.get("audience") else []
     body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
     try:
-        out = api.post(f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token", body)
-    except ApiError as err:
-        raise VolumeError(f"token for service account {sa}: {err}") from err
+        out = data(kube.core.create_namespaced_service_account_token, sa, meta["namespace"], body)
+    except ApiException as err:
+        raise VolumeError(f"token for service account {sa}: {message(err)}") from err
     return str(out["status"]["token"]).encode()
 
 
-def materialize(api: Api, pod: JSON, volume: JSON, root: Path) -> None:
+def materialize(kube: Kube, pod: JSON, volume: JSON, root: Path) -> None:
     """Create and fill one volume's directory `root`."""
     fs_group = (pod["spec"].get("securityContext") or {}).get("fsGroup")
     ns = pod["metadata"]["namespace"]
@@ -122,10 +122,15 @@ def materialize(api: Api, pod: JSON, volume: JSON, root: Path) -> None:
         kind = "configMap" if "configMap" in volume else "secret"
         source = volume[kind]
         name = source.get("name") if kind == "configMap" else source.get("secretName")
-        data = _object_data(api, kind, ns, str(name), bool(source.get("optional")))
-        if data is not None:
+        contents = _object_data(kube, kind, ns, str(name), bool(source.get("optional")))
+        if contents is not None:
             _write_keys(
-                root, data, source, int(source.get("defaultMode", DEFAULT_MODE)), fs_group, f"{kind} {name}"
+                root,
+                contents,
+                source,
+                int(source.get("defaultMode", DEFAULT_MODE)),
+                fs_group,
+                f"{kind} {name}",
             )
         return
     if "downwardAPI" in volume:
@@ -139,12 +144,12 @@ def materialize(api: Api, pod: JSON, volume: JSON, root: Path) -> None:
         for src in volume["projected"].get("sources", []):
             if "serviceAccountToken" in src:
                 tok = src["serviceAccountToken"]
-                _write(root, tok["path"], _token(api, pod, tok), mode, fs_group)
+                _write(root, tok["path"], _token(kube, pod, tok), mode, fs_group)
             elif "configMap" in src or "secret" in src:
                 kind = "configMap" if "configMap" in src else "secret"
-                data = _object_data(api, kind, ns, src[kind]["name"], bool(src[kind].get("optional")))
-                if data is not None:
-                    _write_keys(root, data, src[kind], mode, fs_group, f"{kind} {src[kind]['name']}")
+                contents = _object_data(kube, kind, ns, src[kind]["name"], bool(src[kind].get("optional")))
+                if contents is not None:
+                    _write_keys(root, contents, src[kind], mode, fs_group, f"{kind} {src[kind]['name']}")
             elif "downwardAPI" in src:
                 for item in src["downwardAPI"].get("items", []):
                     _write_downward(root, pod, item, mode, fs_group)

@@ -17,12 +17,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-from kubectl_mesh.demo.ports import free_ports
+from kubectl_mesh.procs import free_ports
 from lab import network
 from lab.config import (
     API_PORT,
@@ -47,7 +48,9 @@ from lab.config import (
     proc_start_time,
     publish_pod_binaries,
 )
-from lab.rest import Api, ApiError
+
+if TYPE_CHECKING:
+    from lab.kube import Kube
 
 PKI_DIR = RUN_DIR / "pki"
 MOUNTPOINTS_FILE = RUN_DIR / "created-mountpoints"  # host paths the node made for volume mounts
@@ -100,8 +103,15 @@ def _log_tail(name: str, lines: int = 8) -> str:
     return " | ".join(text[-lines:])
 
 
-def _wait(what: str, check: object, procs: dict[str, subprocess.Popen[bytes]], timeout: float) -> None:
-    """Poll `check()` until true; fail fast with the log tail when a watched process exits."""
+def _wait(
+    what: str,
+    check: Callable[[], object],
+    procs: dict[str, subprocess.Popen[bytes]],
+    timeout: float,
+    errors: tuple[type[Exception], ...] = (OSError, ValueError),
+) -> None:
+    """Poll `check()` until true (`errors` count as not yet); fail fast with the log tail when a
+    watched process exits."""
     deadline = time.monotonic() + timeout
     while True:
         for name, proc in procs.items():
@@ -110,9 +120,9 @@ def _wait(what: str, check: object, procs: dict[str, subprocess.Popen[bytes]], t
                     f"{name} exited with {proc.returncode} while waiting for {what}: {_log_tail(name)}"
                 )
         try:
-            if check():  # type: ignore[operator]
+            if check():
                 return
-        except (OSError, ApiError, ValueError):
+        except errors:
             pass
         if time.monotonic() > deadline:
             raise LabError(f"timed out after {timeout:.0f}s waiting for {what}")
@@ -220,7 +230,8 @@ def _up_locked(owner: str, bins: Path, timeout: float, with_prometheus: bool) ->
         "--unsafe-no-fsync", "--log-level=warn",
     ])  # fmt: skip
 
-    from lab.certs import Pki, kubeconfig  # cryptography: only `up` pays its import
+    from lab.certs import Pki, kubeconfig  # cryptography and kubernetes: only `up` pays their import
+    from lab.kube import ERRORS, JSON, Kube, data
 
     pki = Pki(PKI_DIR)
     serving = pki.issue(
@@ -273,11 +284,11 @@ def _up_locked(owner: str, bins: Path, timeout: float, with_prometheus: bool) ->
         "--concurrent-deployment-syncs=5", "--concurrent-replicaset-syncs=5",
     ])  # fmt: skip
 
-    agent_env = dict(os.environ, PYTHONPATH=f"{REPO / 'tests'}:{REPO}", PYTHONUNBUFFERED="1")
+    agent_env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     agent = _start(state, "node-agent", [sys.executable, "-m", "lab.agent", str(RUN_DIR)], env=agent_env)
 
-    api = Api(API_URL, str(pki.ca), str(admin.cert), str(admin.key))
-    _bootstrap_rbac(api)
+    kube = Kube(API_URL, pki.ca, admin.cert, admin.key)
+    _bootstrap_rbac(kube)
     watched = {
         "kube-apiserver": apiserver,
         "kube-controller-manager": controller_manager,
@@ -287,12 +298,14 @@ def _up_locked(owner: str, bins: Path, timeout: float, with_prometheus: bool) ->
         watched["prometheus"] = _start_prometheus(state, bins)
 
     def node_ready() -> bool:
-        conditions = api.get(f"/api/v1/nodes/{NODE_NAME}").get("status", {}).get("conditions", [])
+        conditions = data(kube.core.read_node, NODE_NAME).get("status", {}).get("conditions", [])
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
-    _wait("the node to register", node_ready, watched, timeout)
-    default_sa = "/api/v1/namespaces/default/serviceaccounts/default"
-    _wait("the default service account", lambda: api.get(default_sa), watched, timeout)
+    def default_sa() -> JSON:
+        return data(kube.core.read_namespaced_service_account, "default", "default")
+
+    _wait("the node to register", node_ready, watched, timeout, (*ERRORS, ValueError))
+    _wait("the default service account", default_sa, watched, timeout, (*ERRORS, ValueError))
     if with_prometheus:
         _wait("prometheus /-/ready", lambda: _http_ok(f"{state.prometheus_url}/-/ready"), watched, timeout)
     (LAB_DIR / "up-seconds").write_text(f"{time.monotonic() - t0:.2f}\n")
@@ -318,8 +331,10 @@ def _start_prometheus(state: State, bins: Path) -> subprocess.Popen[bytes]:
 RBAC = "rbac.authorization.k8s.io"
 
 
-def _bootstrap_rbac(api: Api) -> None:
+def _bootstrap_rbac(kube: Kube) -> None:
     """Least privilege for the lab's Prometheus: read pods (its only discovery role)."""
+    from lab.kube import data
+
     role = {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
         "metadata": {"name": "mesh-lab:prometheus"},
@@ -331,8 +346,8 @@ def _bootstrap_rbac(api: Api) -> None:
         "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "mesh-lab:prometheus"},
         "subjects": [{"apiGroup": RBAC, "kind": "User", "name": "mesh-lab:prometheus"}],
     }  # fmt: skip
-    api.post("/apis/rbac.authorization.k8s.io/v1/clusterroles", role)
-    api.post("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
+    data(kube.rbac.create_cluster_role, role)
+    data(kube.rbac.create_cluster_role_binding, binding)
 
 
 def down() -> float:

@@ -1,4 +1,4 @@
-"""The environment for processes the tests start, including ones run as other UIDs.
+"""The environment for processes the lab and the tests start, including ones run as other UIDs.
 
 /root is mode 700 and a CI clone may live below it, so a process run as the proxy's UID 2102
 could not read the checkout. `runtime_env()` copies the three packages to a world-readable
@@ -16,7 +16,7 @@ import sys
 from functools import cache
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("kubectl_mesh", "webhook", "proxy")
 RUNTIME_ROOT = Path(os.environ.get("MESH_RUNTIME_ROOT", "/opt/kubectl-mesh/run"))
 VENV_BIN = Path(sys.executable).parent

@@ -1,0 +1,1 @@
+"""The local lab cluster: control plane from upstream binaries, a node agent, Services, Prometheus."""
