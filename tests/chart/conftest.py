@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from chart.helpers import Render, run_helm
 from kubectl_mesh.install.snapshot import CHART, KUBE_VERSION, RELEASE, find_helm
+from tests.chart.helpers import Render, run_helm
 
 
 @pytest.fixture(scope="session")

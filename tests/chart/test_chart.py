@@ -14,11 +14,11 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from chart.helpers import Render, containers, find, run_helm
 from kubectl_mesh import __version__
 from kubectl_mesh import contract as c
 from kubectl_mesh.inject.config import MeshConfig
 from kubectl_mesh.install.snapshot import CHART, KUBE_VERSION
+from tests.chart.helpers import Render, containers, find, run_helm
 
 COMPONENT = "app.kubernetes.io/component"
 

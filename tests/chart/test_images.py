@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
-from chart.helpers import find
 from kubectl_mesh import contract as c
 from kubectl_mesh.inject.config import MeshConfig
 from kubectl_mesh.inject.injector import inject_pod
 from kubectl_mesh.install.snapshot import REPO
+from tests.chart.helpers import find
 
 WORKFLOW = REPO / ".github" / "workflows" / "release.yml"
 

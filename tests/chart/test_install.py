@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 import yaml
 
-from chart.helpers import Render, find
-from chart.test_chart import _verify_serving_cert
 from kubectl_mesh.install import manifest
 from kubectl_mesh.install.certs import generate_webhook_certs
 from kubectl_mesh.install.manifest import InstallError, Settings, WebhookTLS, go_json, load_snapshot, render
 from kubectl_mesh.install.snapshot import OUTPUT
 from kubectl_mesh.install.snapshot import main as snapshot_main
+from tests.chart.helpers import Render, find
+from tests.chart.test_chart import _verify_serving_cert
 
 CERT = "<certificate>"
 

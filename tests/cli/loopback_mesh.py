@@ -20,9 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.proxy_process import ProxyProcess, start_proxy
-
 from kubectl_mesh.procs import Prometheus, start_prometheus
+from tests.support.proxy_process import ProxyProcess, start_proxy
 
 SERVER = ("back", "deployment", "voting", "voting-1")  # the app's sidecar: explicit inbound forward
 CLIENT = ("front", "deployment", "web", "web-1")  # the client's sidecar: outbound forward proxy

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from cli.loopback_mesh import ClientCount, LoopbackMesh
 from kubectl_mesh.prom import PrometheusClient
 from kubectl_mesh.stat import StatRequest, StatRow, Workload, build_request, compute_stat, render
+from tests.cli.loopback_mesh import ClientCount, LoopbackMesh
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from e2e.tables import (
+from kubectl_mesh.procs import spawn
+from lab.runtime import is_root, runtime_env
+from tests.e2e.tables import (
     RPS_TOLERANCE,
     assert_matches_truth,
     assert_seeds_findings,
@@ -30,8 +32,6 @@ from e2e.tables import (
     success_tolerance,
     truth,
 )
-from kubectl_mesh.procs import spawn
-from lab.runtime import is_root, runtime_env
 
 VENV_BIN = Path(sys.executable).parent
 KUBECTL_MESH = str(VENV_BIN / "kubectl-mesh")

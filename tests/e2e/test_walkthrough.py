@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from e2e.tables import assert_matches_truth, assert_seeds_findings, parse_sections, truth
 from lab.walkthrough import COMMANDS
+from tests.e2e.tables import assert_matches_truth, assert_seeds_findings, parse_sections, truth
 
 pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.slow]
 

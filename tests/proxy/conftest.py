@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from proxy_backends import AppServer
-from support.proxy_process import CLIENT_ID, SERVER_ID, ProxyProcess, start_proxy
+
+from tests.proxy.proxy_backends import AppServer
+from tests.support.proxy_process import CLIENT_ID, SERVER_ID, ProxyProcess, start_proxy
 
 
 @pytest.fixture

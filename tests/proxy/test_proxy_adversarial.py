@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from desync_backend import DesyncBackend, Seen, chunked_body, pattern, pattern_digest
-from netns_pods import HERE, PodPair
 from prometheus_client.parser import text_string_to_metric_families
-from support.proxy_process import CLIENT_ID, SERVER_ID, ProxyProcess, Sample, start_proxy
+
+from tests.proxy.desync_backend import DesyncBackend, Seen, chunked_body, pattern, pattern_digest
+from tests.proxy.netns_pods import HERE, PodPair
+from tests.support.proxy_process import CLIENT_ID, SERVER_ID, ProxyProcess, Sample, start_proxy
 
 pytestmark = pytest.mark.timeout(45)
 

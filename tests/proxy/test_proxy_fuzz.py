@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from desync_backend import DesyncBackend
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
-from support.proxy_process import start_proxy
+
+from tests.proxy.desync_backend import DesyncBackend
+from tests.support.proxy_process import start_proxy
 
 METHOD_NAMES = [b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT", b"OPTIONS"]
 METHODS = st.sampled_from(METHOD_NAMES)

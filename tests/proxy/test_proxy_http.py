@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from proxy_backends import AppServer, TcpServer
-from support.proxy_process import CLIENT_ID, SERVER_ID, ProxyProcess, raw_exchange, start_proxy
 
 from kubectl_mesh.procs import free_ports
+from tests.proxy.proxy_backends import AppServer, TcpServer
+from tests.support.proxy_process import CLIENT_ID, SERVER_ID, ProxyProcess, raw_exchange, start_proxy
 
 SERVER_IDENTITY = "/".join(SERVER_ID)
 

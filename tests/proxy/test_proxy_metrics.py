@@ -495,8 +495,8 @@ def test_a_real_proxy_at_the_series_cap_with_the_longest_labels(tmp_path: Path) 
     cap allows. The scrape stays under the documented worst case (which also counts a response_total
     for every error kind on every histogram, and 20-digit counters), and RSS far under the 256 MiB
     the injector sets."""
-    from proxy_backends import AppServer
-    from support.proxy_process import SERVER_ID, start_proxy
+    from tests.proxy.proxy_backends import AppServer
+    from tests.support.proxy_process import SERVER_ID, start_proxy
 
     app = AppServer()
     proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{app.port}", identity=SERVER_ID)
@@ -541,7 +541,7 @@ sys.path[:0] = {paths!r}
 import gevent
 from proxy.admin import serve_admin
 from proxy.metrics import MeshMetrics
-from test_proxy_metrics import fill_worst_case
+from tests.proxy.test_proxy_metrics import fill_worst_case
 
 class Stub:
     ready = True
@@ -566,7 +566,7 @@ def test_the_worst_case_scrape_streams_from_the_admin_server_in_bounded_memory(t
 
     (port,) = free_ports(1)
     here = Path(__file__).resolve().parent
-    script = _WORST_CASE_ADMIN.format(paths=[str(here), str(here.parent)], port=port)
+    script = _WORST_CASE_ADMIN.format(paths=[str(here.parent.parent)], port=port)
     child = spawn(
         "worst-case admin server", [sys.executable, "-c", script], tmp_path / "admin.log", env=runtime_env()
     )
@@ -591,8 +591,8 @@ def test_the_worst_case_scrape_streams_from_the_admin_server_in_bounded_memory(t
 def test_distinct_30_kb_hosts_make_a_small_scrape(tmp_path: Path) -> None:
     """The issue's case: 200 requests with distinct 30 KB Host values made one scrape 180 MB and
     the proxy's RSS 400 MB. Now each authority is a 253-character label."""
-    from proxy_backends import AppServer
-    from support.proxy_process import SERVER_ID, start_proxy
+    from tests.proxy.proxy_backends import AppServer
+    from tests.support.proxy_process import SERVER_ID, start_proxy
 
     app = AppServer()
     proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{app.port}", identity=SERVER_ID)

@@ -10,11 +10,10 @@ import threading
 import time
 from pathlib import Path
 
-from proxy_backends import AppServer
-from support.proxy_process import ProxyProcess, start_proxy
-
 from kubectl_mesh.procs import free_ports
 from lab.runtime import runtime_env
+from tests.proxy.proxy_backends import AppServer
+from tests.support.proxy_process import ProxyProcess, start_proxy
 
 
 def test_admin_endpoints(server_proxy: ProxyProcess) -> None:

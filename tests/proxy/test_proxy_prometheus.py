@@ -11,10 +11,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support.proxy_process import ProxyProcess
 
 from kubectl_mesh.contract import SCRAPE_JOB
 from kubectl_mesh.procs import start_prometheus
+from tests.support.proxy_process import ProxyProcess
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netns_pods import HERE, PodPair
 
 from kubectl_mesh.contract import PROXY_UID
+from tests.proxy.netns_pods import HERE, PodPair
 
 pytestmark = [
     pytest.mark.root,

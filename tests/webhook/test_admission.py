@@ -9,9 +9,9 @@ from typing import Any
 
 import jsonpatch
 import pytest
-from webhook_testlib import validate_pod
 
 from kubectl_mesh.inject.config import MeshConfig
+from tests.webhook.webhook_testlib import validate_pod
 from webhook.admission import (
     RESULT_ERROR,
     RESULT_IGNORED,

@@ -10,7 +10,6 @@ import kubernetes_validate
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from webhook_testlib import validate_pod
 
 from kubectl_mesh import contract as c
 from kubectl_mesh.inject.config import MeshConfig
@@ -29,6 +28,8 @@ from kubectl_mesh.inject.injector import (
     uninject_pod,
     workload_of,
 )
+from tests.webhook import webhook_testlib
+from tests.webhook.webhook_testlib import validate_pod
 
 CONFIG = MeshConfig()
 NS = "emojivoto"
@@ -337,7 +338,7 @@ def test_cronjob_template_gets_the_cronjob_as_workload() -> None:
         "metadata": {"name": "nightly"},
         "spec": {"schedule": "0 0 * * *", "jobTemplate": {"spec": {"template": mutated}}},
     }
-    kubernetes_validate.validate(cronjob, __import__("webhook_testlib").schema_version(), strict=True)
+    kubernetes_validate.validate(cronjob, webhook_testlib.schema_version(), strict=True)
 
 
 def test_long_workload_names_make_valid_label_values() -> None:

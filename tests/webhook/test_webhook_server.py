@@ -19,9 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
-from support.webhook_server import GUNICORN, REPO, WebhookServer, write_certs
-from test_admission import POD, admission_review
-from webhook_testlib import validate_pod
+
+from tests.support.webhook_server import GUNICORN, REPO, WebhookServer, write_certs
+from tests.webhook.test_admission import POD, admission_review
+from tests.webhook.webhook_testlib import validate_pod
 
 pytestmark = pytest.mark.slow
 
