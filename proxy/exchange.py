@@ -272,19 +272,7 @@ class Exchange:
         out: list[bytes] = []
         try:
             while True:
-                done = False
-                while events:
-                    kind, data = events[0]
-                    if kind == BODY:
-                        events.popleft()
-                        writer.write(data, out)
-                    elif kind == END:
-                        events.popleft()
-                        writer.end(data, out)
-                        done = True
-                        break
-                    else:
-                        return False
+                done = _take_buffered_body(events, out, writer)
                 if out:
                     upstream.write_deadline = proxy.now + proxy.config.response_timeout
                     upstream.tcp.written += send_pieces(usock, out)

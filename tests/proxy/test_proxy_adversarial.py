@@ -390,7 +390,43 @@ def test_the_proxys_own_listeners_are_refused_by_any_spelling(listener: str, for
     assert_settled(forward, fd_base, slack=5)
 
 
-class Relay:
+class LoopbackServer:
+    """A test server on 127.0.0.1: a thread accepts, `connected(sock, n)` takes each connection."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.socks: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            self.socks.append(sock)
+            self.connected(sock, self.connections)
+
+    def connected(self, sock: socket.socket, n: int) -> None:
+        """Hold the connection (an app that never reads, sends or closes)."""
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._listener.close()
+        for s in list(self.socks):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+class Relay(LoopbackServer):
     """A TCP relay on loopback (port → target), like a NAT or a second proxy; counts connections.
 
     After `limit` connections it hangs up on new ones, so a loop through it ends even today.
@@ -399,30 +435,16 @@ class Relay:
     def __init__(self, target: int, limit: int = 6) -> None:
         self.target = target
         self.limit = limit
-        self.connections = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._stopped = threading.Event()
-        self._socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                a, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            if self.connections > self.limit:
-                a.close()
-                continue
-            b = socket.create_connection(("127.0.0.1", self.target))
-            self._socks += [a, b]
-            for src, dst in ((a, b), (b, a)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+    def connected(self, a: socket.socket, n: int) -> None:
+        if n > self.limit:
+            a.close()
+            return
+        b = socket.create_connection(("127.0.0.1", self.target))
+        self.socks.append(b)
+        for src, dst in ((a, b), (b, a)):
+            threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:
@@ -432,12 +454,6 @@ class Relay:
             dst.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._listener.close()
-        for s in self._socks:
-            s.close()
 
 
 def test_a_loop_through_another_address_stops_on_its_second_visit(forward: ProxyProcess) -> None:
@@ -946,36 +962,12 @@ def read_body(c: Client, size: int) -> tuple[int, str]:
     return received, digest.hexdigest()
 
 
-class Holder:
+class Holder(LoopbackServer):
     """An upstream that accepts connections and holds them: it never reads, sends or closes
     (an app that does not close on a half-close)."""
 
-    def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self.socks: list[socket.socket] = []
-        self._stopped = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.socks.append(sock)
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._listener.close()
-        for s in self.socks:
-            s.close()
-
-
-class EgressProxy:
+class EgressProxy(LoopbackServer):
     """A tiny HTTP egress proxy (as squid): `CONNECT` → `200 Connection established` (plus
     `framing`), then echoes every byte; any other request → 200 naming it and its connection.
     Records, per connection, each head's first line and each tunnelled read."""
@@ -984,25 +976,10 @@ class EgressProxy:
         self.framing = framing
         self.heads: list[tuple[int, bytes]] = []  # (connection, request line)
         self.tunnelled: list[tuple[int, bytes]] = []  # (connection, bytes read inside a tunnel)
-        self.connections = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._stopped = threading.Event()
-        self._socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            self._socks.append(sock)
-            threading.Thread(target=self._serve, args=(sock, self.connections), daemon=True).start()
+    def connected(self, sock: socket.socket, n: int) -> None:
+        threading.Thread(target=self._serve, args=(sock, n), daemon=True).start()
 
     def _serve(self, sock: socket.socket, conn: int) -> None:
         buf = b""
@@ -1026,13 +1003,6 @@ class EgressProxy:
                     return
                 body = b"egress %d %s" % (conn, line)
                 sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._listener.close()
-        for s in self._socks:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
 
 
 # --- sendmsg takes at most IOV_MAX buffers -------------------------------------------------------
