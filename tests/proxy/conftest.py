@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.proxy.netns_pods import PodPair
 from tests.proxy.proxy_backends import AppServer
 from tests.support.proxy_process import CLIENT_ID, SERVER_ID, ProxyProcess, start_proxy
 
@@ -34,3 +35,14 @@ def client_proxy(tmp_path: Path) -> Iterator[ProxyProcess]:
     proxy = start_proxy(tmp_path, "--inbound-forward", "127.0.0.1:9", identity=CLIENT_ID)
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture
+def pods(tmp_path: Path) -> Iterator[PodPair]:
+    """Two pods in network namespaces with the init step's iptables rules (transparent mode; root)."""
+    pair = PodPair(tmp_path)
+    try:
+        pair.create()
+        yield pair
+    finally:
+        pair.close()

@@ -895,16 +895,6 @@ sys.stdout.write(data.decode("latin-1"))
 """
 
 
-@pytest.fixture
-def pods(tmp_path: Path) -> Iterator[PodPair]:
-    pair = PodPair(tmp_path)
-    try:
-        pair.create()
-        yield pair
-    finally:
-        pair.close()
-
-
 @pytest.mark.root
 @netns
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,16 +20,6 @@ pytestmark = [
     ),
 ]
 APP_PORT = 8080
-
-
-@pytest.fixture
-def pods(tmp_path: Path) -> Iterator[PodPair]:
-    pair = PodPair(tmp_path)
-    try:
-        pair.create()
-        yield pair
-    finally:
-        pair.close()
 
 
 def test_init_is_idempotent(pods: PodPair) -> None:
