@@ -29,25 +29,21 @@ from pathlib import Path
 from typing import Any
 
 from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, INJECT_ENABLED, INJECT_LABEL, PROXY_CONTAINER_NAME
+from kubectl_mesh.demo.plan import NAMESPACE, WALKTHROUGH_STAT
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "examples" / "emojivoto" / "emojivoto.yml"
 CHART = REPO / "charts" / "kubectl-mesh"
 DASHBOARDS = CHART / "files" / "dashboards"
 LAB_VALUES = REPO / "lab" / "chart-values.yaml"
-NAMESPACE = "emojivoto"
 RELEASE = "kubectl-mesh"
 WINDOW_S = 60  # `kubectl mesh stat`'s default -t 1m
 SCRAPE_S = 10  # the chart's scrape interval
 COUNTERS_PORT = 8801  # emojivoto.yml: each pod's own counters, outside the mesh
 DEPLOYMENTS = ("emoji", "voting", "web", "vote-bot")
 
-# The seed's three commands, as a user types them (after `kubectl`).
-COMMANDS = (
-    ("mesh", "stat", "-n", NAMESPACE, "deployment", "web"),
-    ("mesh", "stat", "deploy", "--all-namespaces", "--from", "web", "--from-namespace", NAMESPACE),
-    ("mesh", "stat", "deploy", "--to", "voting", "--to-namespace", NAMESPACE, "--all-namespaces"),
-)
+# The seed's three commands, as a user types them (after `kubectl`); defined once, with the demo.
+COMMANDS = tuple(("mesh", "stat", *argv) for argv in WALKTHROUGH_STAT)
 # Every Deployment of the app: MESHED must be 1/1 for each.
 ALL_DEPLOYMENTS = ("mesh", "stat", "-n", NAMESPACE, "deploy")
 

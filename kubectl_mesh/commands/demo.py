@@ -65,6 +65,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kubectl_mesh.commands.stat import parse_request
+    from kubectl_mesh.demo.plan import WALKTHROUGH_STAT, WINDOW, Walkthrough
     from kubectl_mesh.demo.runner import DemoOptions, run_demo
     from kubectl_mesh.errors import MeshError
 
@@ -82,5 +84,9 @@ def run(args: argparse.Namespace) -> int:
         refresh_seconds=args.refresh,
         traffic_timeout=args.timeout,
         record=args.record,
+        # The walkthrough's commands over the demo's shorter window, read by stat's own parser.
+        walkthrough=tuple(
+            Walkthrough(argv, parse_request(argv)) for argv in ((*a, "-t", WINDOW) for a in WALKTHROUGH_STAT)
+        ),
     )
     return run_demo(options)  # a DemoError is a MeshError: cli.main prints it

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 
 from kubectl_mesh.contract import SCRAPE_JOB
-from kubectl_mesh.stat import StatRequest, build_request
+from kubectl_mesh.stat import StatRequest
 
 NAMESPACE = "emojivoto"
 KIND = "deployment"
@@ -27,6 +27,15 @@ SCRAPE_INTERVAL_S = 2  # short, so that a window of a few scrapes fills within s
 WINDOW = "20s"  # the stat window: ten scrapes (stat requires more than the cluster's 10s interval)
 PORTS_PER_DEPLOYMENT = 5  # app, counters, proxy inbound, proxy outbound, proxy admin
 PORTS_NEEDED = PORTS_PER_DEPLOYMENT * len(DEPLOYMENTS) + 1  # + Prometheus
+
+# The seed walkthrough's three commands, as a user types them after `kubectl mesh stat`. Defined
+# here once: the demo parses them with stat's own parser (kubectl_mesh.commands.demo), and the lab's
+# walkthrough (lab/walkthrough.py) runs them through the real kubectl.
+WALKTHROUGH_STAT = (
+    ("-n", NAMESPACE, "deployment", "web"),
+    ("deploy", "--all-namespaces", "--from", "web", "--from-namespace", NAMESPACE),
+    ("deploy", "--to", "voting", "--to-namespace", NAMESPACE, "--all-namespaces"),
+)
 
 
 @dataclass(frozen=True)
@@ -215,39 +224,3 @@ def prometheus_config(plan: DemoPlan) -> str:
         ],
     }
     return json.dumps(config, indent=2) + "\n"
-
-
-def walkthrough(window: str = WINDOW) -> tuple[Walkthrough, ...]:
-    """The seed's three commands, as typed, and as requests (validated like the CLI's flags)."""
-    return (
-        Walkthrough(
-            ("-n", NAMESPACE, "deployment", "web"),
-            build_request(
-                resources=["deployment", "web"], namespace=NAMESPACE, namespace_given=True, window=window
-            ),
-        ),
-        Walkthrough(
-            ("deploy", "--all-namespaces", "--from", "web", "--from-namespace", NAMESPACE),
-            build_request(
-                resources=["deploy"],
-                namespace="default",
-                namespace_given=False,
-                all_namespaces=True,
-                from_="web",
-                from_namespace=NAMESPACE,
-                window=window,
-            ),
-        ),
-        Walkthrough(
-            ("deploy", "--to", "voting", "--to-namespace", NAMESPACE, "--all-namespaces"),
-            build_request(
-                resources=["deploy"],
-                namespace="default",
-                namespace_given=False,
-                all_namespaces=True,
-                to="voting",
-                to_namespace=NAMESPACE,
-                window=window,
-            ),
-        ),
-    )

@@ -35,7 +35,6 @@ from kubectl_mesh.demo.plan import (
     Walkthrough,
     build_plan,
     prometheus_config,
-    walkthrough,
 )
 from kubectl_mesh.demo.ports import PortsInUse, ports_from
 from kubectl_mesh.demo.prometheus import INSTALL_HINT, find_prometheus
@@ -52,6 +51,7 @@ class DemoError(MeshError):
 
 @dataclass(frozen=True)
 class DemoOptions:
+    walkthrough: tuple[Walkthrough, ...]  # the stat commands to show (commands/demo.py parses them)
     once: bool = False
     base_port: int | None = None
     prometheus: str | None = None
@@ -120,7 +120,7 @@ class Demo:
         self.supervisor = Supervisor(self.workdir)
         self.window = WINDOW
         self.window_s = duration_seconds(WINDOW)
-        self.commands = walkthrough(WINDOW)
+        self.commands = options.walkthrough
         self.plan: DemoPlan | None = None
         self.pods: dict[str, tuple[Proc, Proc]] = {}  # deployment -> (app, proxy)
         self.sampler: CounterSampler | None = None

@@ -38,9 +38,10 @@ KUBECTL_MESH = str(VENV_BIN / "kubectl-mesh")
 NOBODY = 65534
 RATE = 4  # vote-bot loops per second: 80 votes in the 20 s window, so one vote moves the rate little
 
-WEB = "kubectl mesh stat -n emojivoto deployment web"
-FROM_WEB = "kubectl mesh stat deploy --all-namespaces --from web --from-namespace emojivoto"
-TO_VOTING = "kubectl mesh stat deploy --to voting --to-namespace emojivoto --all-namespaces"
+# The seed's commands, over the demo's 20 s window (a cluster's default is -t 1m)
+WEB = "kubectl mesh stat -n emojivoto deployment web -t 20s"
+FROM_WEB = "kubectl mesh stat deploy --all-namespaces --from web --from-namespace emojivoto -t 20s"
+TO_VOTING = "kubectl mesh stat deploy --to voting --to-namespace emojivoto --all-namespaces -t 20s"
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None,
