@@ -22,13 +22,14 @@ from kubectl_mesh.contract import (
     PROXY_OUTBOUND_PORT,
 )
 from kubectl_mesh.log import check_format, format_from_env
+from kubectl_mesh.errors import MeshError
 from kubectl_mesh.portlist import NO_PORTS, PortList
 
 from .identity import Identity, identity_from_parts
 
 
-class ConfigError(ValueError):
-    """A setting that cannot work; the message is shown to the user as one line."""
+class ConfigError(MeshError, ValueError):
+    """A setting that cannot work; `mesh-proxy` shows the message as one line and exits 2."""
 
 
 @dataclass(frozen=True)
