@@ -21,8 +21,8 @@ from kubectl_mesh.contract import (
     PROXY_INBOUND_PORT,
     PROXY_OUTBOUND_PORT,
 )
-from kubectl_mesh.log import check_format, format_from_env
 from kubectl_mesh.errors import MeshError
+from kubectl_mesh.log import check_format, format_from_env
 from kubectl_mesh.portlist import NO_PORTS, PortList
 
 from .identity import Identity, identity_from_parts
