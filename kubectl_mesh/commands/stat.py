@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     prometheus = prom.connect(args.prometheus_url, lambda: client)
     for ref in (request.to, request.from_):
         if ref is not None:
-            _require_object(client, ref.kind, ref.name, ref.namespace)
+            require_object(client, ref.kind, ref.name, ref.namespace)
     rows = compute_stat(request, prometheus.query, kube_workloads(client.get_json))
 
     text = render(rows, request)
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_object(client: Any, kind: str, name: str, namespace: str | None) -> None:
+def require_object(client: Any, kind: str, name: str, namespace: str | None) -> None:
     """--to/--from must name an object that exists: "No traffic found." would mislead (linkerd2#2328)."""
     from kubectl_mesh.errors import MeshError
     from kubectl_mesh.kube import KubeError

@@ -36,6 +36,7 @@ WALKTHROUGH_STAT = (
     ("deploy", "--all-namespaces", "--from", "web", "--from-namespace", NAMESPACE),
     ("deploy", "--to", "voting", "--to-namespace", NAMESPACE, "--all-namespaces"),
 )
+DIAGNOSE_TARGET = "web"  # after the tables: `kubectl mesh diagnose deploy/web` finds voting by itself
 
 
 @dataclass(frozen=True)
