@@ -36,7 +36,9 @@ WALKTHROUGH_STAT = (
     ("deploy", "--all-namespaces", "--from", "web", "--from-namespace", NAMESPACE),
     ("deploy", "--to", "voting", "--to-namespace", NAMESPACE, "--all-namespaces"),
 )
-DIAGNOSE_TARGET = "web"  # after the tables: `kubectl mesh diagnose deploy/web` finds voting by itself
+# Then `kubectl mesh diagnose` (argv after it) finds voting by itself, from the entry point web.
+DIAGNOSE_TARGET = "web"
+WALKTHROUGH_DIAGNOSE = (f"deploy/{DIAGNOSE_TARGET}", "-n", NAMESPACE)
 
 
 @dataclass(frozen=True)

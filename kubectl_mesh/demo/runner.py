@@ -31,6 +31,7 @@ from kubectl_mesh.demo.plan import (
     PORTS_NEEDED,
     SCRAPE_INTERVAL_S,
     SERVERS,
+    WALKTHROUGH_DIAGNOSE,
     WINDOW,
     DemoPlan,
     Walkthrough,
@@ -299,7 +300,7 @@ class Demo:
         for w, rows in snapshot.tables:
             parts.append(f"$ {w.command}\n{render(rows, w.request) or 'No traffic found.'}")
         if snapshot.diagnosis is not None:
-            command = f"kubectl mesh diagnose deploy/{DIAGNOSE_TARGET} -n {NAMESPACE} -t {self.window}"
+            command = " ".join(("kubectl mesh diagnose", *WALKTHROUGH_DIAGNOSE, "-t", self.window))
             parts.append(f"$ {command}\n{render_diagnosis(snapshot.diagnosis, self.window)}")
         return "\n\n".join(parts) + "\n"
 
