@@ -183,7 +183,9 @@ def _pod(name: str) -> str:
           - name: main
             image: python:3.11
             command: [python3, -c, {json.dumps(LOOPBACK_SERVER)}]
-            readinessProbe: {{exec: {{command: [python3, -c, "import socket; socket.create_connection(('127.0.0.1', 4190))"]}}, periodSeconds: 1}}
+            readinessProbe:
+              exec: {{command: [python3, -c, "import socket; socket.create_connection(('127.0.0.1', 4190))"]}}
+              periodSeconds: 1
         """
     )
 
