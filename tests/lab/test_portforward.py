@@ -1,6 +1,8 @@
-"""The lab's kubelet port-forward (lab/portforward.py): the `kubernetes` package's own
-`portforward` client is the oracle, first straight against the relay, then through the real API
-server to a pod's loopback-only port, as whoever RBAC allows, and no one else."""
+"""Port-forward, both ends: the lab's kubelet side (lab/portforward.py) and the CLI's client
+(kubectl_mesh/portforward.py, what `kubectl mesh tap` uses). The `kubernetes` package's own
+`portforward` client is the oracle for the lab's side; then the CLI's client goes through the same
+relay, and both go through the real API server to a pod's loopback-only port, as whoever RBAC
+allows, and no one else."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import portforward as k8s_portforward
 from kubernetes.stream.ws_client import PortForward
 
+from kubectl_mesh.kube import KubeClient, KubeConfig, KubeError
+from kubectl_mesh.portforward import PortForward as MeshPortForward
 from lab import portforward
 from lab.kube import data
 
@@ -159,6 +163,35 @@ def test_bad_requests_are_refused_before_the_upgrade(
     assert info.value.status_code == status
 
 
+def test_the_clis_port_forward_client_streams_both_ways_and_reports_port_errors(kubelet: int) -> None:
+    server, _ = _echo_server()
+    port = server.getsockname()[1]
+    api = KubeClient(KubeConfig(server=f"http://127.0.0.1:{kubelet}", context="test"))
+    stream = MeshPortForward(api, "ns", "pod", port)
+    try:
+        got = b""
+        while b"\n" not in got:
+            got += stream.recv()
+        assert got == b"hello 1\n"
+        payload = bytes(range(256)) * 1024
+        stream.sendall(payload)
+        echoed = b""
+        while len(echoed) < len(payload):
+            echoed += stream.recv()
+        assert echoed == payload
+    finally:
+        stream.close()
+        server.close()
+    with socket.create_server(("127.0.0.1", 0)) as unused:
+        closed = unused.getsockname()[1]
+    stream = MeshPortForward(api, "ns", "pod", closed)
+    with pytest.raises(
+        KubeError, match=f"port-forward to port {closed}: error forwarding port {closed} to pod"
+    ):
+        stream.recv()
+    stream.close()
+
+
 # --- through the real API server ----------------------------------------------------------
 
 LOOPBACK_SERVER = """
@@ -200,13 +233,19 @@ def _get_through(api: client.CoreV1Api, namespace: str, pod: str) -> bytes:
     return answer
 
 
+def _token(lab: Any, namespace: str, service_account: str) -> str:
+    return str(
+        data(
+            lab.kube.core.create_namespaced_service_account_token,
+            service_account,
+            namespace,
+            {"spec": {"expirationSeconds": 600}},
+        )["status"]["token"]
+    )
+
+
 def _client_as(lab: Any, namespace: str, service_account: str) -> client.CoreV1Api:
-    token = data(
-        lab.kube.core.create_namespaced_service_account_token,
-        service_account,
-        namespace,
-        {"spec": {"expirationSeconds": 600}},
-    )["status"]["token"]
+    token = _token(lab, namespace, service_account)
     config = client.Configuration(host=lab.api_url)
     config.ssl_ca_cert = str(lab.kubeconfig.parent / "pki" / "ca.crt")
     config.api_key = {"authorization": f"Bearer {token}"}
@@ -260,3 +299,24 @@ def test_portforward_through_the_api_server_reaches_the_pods_loopback_for_whom_r
     assert refused.value.status == 403
     tapper = _client_as(lab, lab_namespace, "tapper")
     assert _get_through(tapper, lab_namespace, "loopback").endswith(b"inside the pod\n")
+
+    # The CLI's own client, with the same two identities' tokens, through the same API server.
+    for account, allowed in (("viewer", False), ("tapper", True)):
+        config = KubeConfig(
+            server=lab.api_url,
+            context=account,
+            ca_data=(lab.kubeconfig.parent / "pki" / "ca.crt").read_bytes(),
+            token=_token(lab, lab_namespace, account),
+        )
+        if not allowed:
+            with pytest.raises(KubeError) as info:
+                MeshPortForward(KubeClient(config), lab_namespace, "loopback", 4190)
+            assert info.value.status == 403 and "pods/portforward" in info.value.hint
+            continue
+        stream = MeshPortForward(KubeClient(config), lab_namespace, "loopback", 4190)
+        stream.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        got = b""
+        while chunk := stream.recv():
+            got += chunk
+        stream.close()
+        assert got.startswith(b"HTTP/1.0 200") and got.endswith(b"inside the pod\n")
