@@ -22,8 +22,8 @@ from kubectl_mesh.errors import MeshError
 
 # Order here is the order in `--help`.
 COMMANDS = (
-    "install", "uninstall", "inject", "uninject", "check", "stat", "edges", "diagnose", "version", "demo",
-    "completion",
+    "install", "uninstall", "inject", "uninject", "check", "stat", "edges", "diagnose", "tap", "top",
+    "version", "demo", "completion",
 )  # fmt: skip
 
 

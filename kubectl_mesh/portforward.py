@@ -12,7 +12,9 @@ KubeError with the server's status and message.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -134,6 +136,7 @@ class PortForward:
         return data
 
     def close(self) -> None:
+        """Close the WebSocket; safe from another thread, whose blocked recv() then returns."""
         from wsproto.events import CloseConnection
 
         try:
@@ -141,6 +144,8 @@ class PortForward:
                 self._sock.sendall(self._ws.send(CloseConnection(code=1000)))
         except Exception:  # the connection may be gone already; closing is best effort
             pass
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
 
 

@@ -196,7 +196,7 @@ def candidates(words: Sequence[str]) -> tuple[list[str], int]:
         return sorted(SCRIPTS), DIRECTIVE_NO_FILE
     if words[0] == "edges":
         return ([] if _positionals(words[1:-1], flags) else list(EDGE_TYPES)), DIRECTIVE_NO_FILE
-    if words[0] in ("stat", "diagnose"):
+    if words[0] in ("stat", "diagnose", "tap", "top"):
         positional = _positionals(words[1:-1], flags)
         if not positional:
             if "/" in current:
