@@ -94,6 +94,8 @@ def format_event(stream: Stream, event: Event, wide: bool = False) -> str | None
     if kind == "req":
         stream.requests[number] = event
     req = stream.requests.get(number, {})
+    if kind == "rsp" and event.get("dst") and req:
+        req["dst"] = event["dst"]  # the callee's identity, known from the response: end says it too
     if kind == "end":
         stream.requests.pop(number, None)
     dst = event.get("dst") or req.get("dst", "")
