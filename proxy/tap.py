@@ -284,3 +284,12 @@ def _stream(hub: TapHub, sub: Subscriber, ready: Any) -> Iterator[bytes]:
             yield b"".join(lines)
     finally:
         hub.unsubscribe(sub)
+
+
+def serve_tap(hub: TapHub, address: tuple[str, int]) -> Any:
+    """The tap listener (gevent's WSGI server, like the admin one); started, returned for stop()."""
+    from gevent.pywsgi import WSGIServer
+
+    server = WSGIServer(address, tap_app(hub), log=None, error_log=None)
+    server.start()
+    return server

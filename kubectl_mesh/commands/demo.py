@@ -16,7 +16,7 @@ examples:
   # print them once and exit (everything started is stopped)
   kubectl mesh demo --once
 
-  # fixed ports 20000-20020 instead of free ones picked by the system
+  # fixed ports 20000-20024 instead of free ones picked by the system
   kubectl mesh demo --base-port 20000
 """
 
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--base-port",
         type=int,
         metavar="PORT",
-        help="use the 21 ports from PORT on (checked free) instead of free ports picked by the system",
+        help="use the 25 ports from PORT on (checked free) instead of free ports picked by the system",
     )
     parser.add_argument("--prometheus", metavar="PATH", help="the Prometheus binary (default: from PATH)")
     parser.add_argument(

@@ -25,7 +25,7 @@ DEPLOYMENTS = ("emoji", "voting", "web", "vote-bot")
 SERVERS = ("emoji", "voting", "web")
 SCRAPE_INTERVAL_S = 2  # short, so that a window of a few scrapes fills within seconds
 WINDOW = "20s"  # the stat window: ten scrapes (stat requires more than the cluster's 10s interval)
-PORTS_PER_DEPLOYMENT = 5  # app, counters, proxy inbound, proxy outbound, proxy admin
+PORTS_PER_DEPLOYMENT = 6  # app, counters, proxy inbound, proxy outbound, proxy admin, proxy tap
 PORTS_NEEDED = PORTS_PER_DEPLOYMENT * len(DEPLOYMENTS) + 1  # + Prometheus
 
 # The seed walkthrough's three commands, as a user types them after `kubectl mesh stat`. Defined
@@ -48,6 +48,7 @@ class PodPorts:
     inbound: int  # mesh-proxy inbound listener: what clients of this service connect to
     outbound: int  # mesh-proxy outbound listener: the app's http_proxy
     admin: int  # mesh-proxy /metrics, /ready: what Prometheus scrapes
+    tap: int  # mesh-proxy's tap (127.0.0.1): what `kubectl mesh tap --demo` reads
 
 
 @dataclass(frozen=True)
@@ -103,13 +104,13 @@ def pod_name(deployment: str, token: str | None = None) -> str:
 
 
 def split_ports(ports: list[int]) -> tuple[dict[str, PodPorts], int]:
-    """Hand out PORTS_NEEDED ports: five per Deployment, the last one to Prometheus."""
+    """Hand out PORTS_NEEDED ports: PORTS_PER_DEPLOYMENT per Deployment, the last one to Prometheus."""
     if len(ports) != PORTS_NEEDED or len(set(ports)) != PORTS_NEEDED:
         raise ValueError(f"need {PORTS_NEEDED} distinct ports, got {len(set(ports))}")
     per: dict[str, PodPorts] = {}
     for i, deployment in enumerate(DEPLOYMENTS):
         p = ports[i * PORTS_PER_DEPLOYMENT : (i + 1) * PORTS_PER_DEPLOYMENT]
-        per[deployment] = PodPorts(app=p[0], counters=p[1], inbound=p[2], outbound=p[3], admin=p[4])
+        per[deployment] = PodPorts(app=p[0], counters=p[1], inbound=p[2], outbound=p[3], admin=p[4], tap=p[5])
     return per, ports[-1]
 
 
@@ -173,6 +174,7 @@ def build_plan(
                     outbound_port=p.outbound,
                     admin_addr="127.0.0.1",
                     admin_port=p.admin,
+                    tap_port=p.tap,
                     namespace=NAMESPACE,
                     workload_kind=KIND,
                     workload_name=deployment,
