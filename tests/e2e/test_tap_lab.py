@@ -107,7 +107,9 @@ def _kubeconfig_for(lab: Any, namespace: str, account: str, path: Path) -> Path:
     config = {
         "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
         "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": account, "context": {"cluster": cluster["name"], "user": account, "namespace": namespace}}],
+        "contexts": [
+            {"name": account, "context": {"cluster": cluster["name"], "user": account, "namespace": namespace}}
+        ],
         "current-context": account,
     }  # fmt: skip
     path.write_text(yaml.safe_dump(config))
