@@ -104,12 +104,11 @@ def _kubeconfig_for(lab: Any, namespace: str, account: str, path: Path) -> Path:
                  {"spec": {"expirationSeconds": 600}})["status"]["token"]  # fmt: skip
     admin = yaml.safe_load(lab.kubeconfig.read_text())
     cluster = admin["clusters"][0]
+    context = {"cluster": cluster["name"], "user": account, "namespace": namespace}
     config = {
         "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
         "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [
-            {"name": account, "context": {"cluster": cluster["name"], "user": account, "namespace": namespace}}
-        ],
+        "contexts": [{"name": account, "context": context}],
         "current-context": account,
     }  # fmt: skip
     path.write_text(yaml.safe_dump(config))
