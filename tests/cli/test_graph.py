@@ -115,6 +115,24 @@ def test_a_wide_graph_is_walked_in_linear_time() -> None:
     assert {c.node[1] for c in d.culprits} == {"n200-0", "n200-1"}
 
 
+def test_a_very_deep_chain_is_walked_without_exhausting_the_stack() -> None:
+    """A chain of 3000 failing hops (a pathological graph, or a label scheme gone wrong) is a
+    diagnosis with one culprit at its end, not a RecursionError traceback."""
+    edges = [edge("web", "n0", 0.5)] + [edge(f"n{i}", f"n{i + 1}", 0.5) for i in range(3000)]
+    d = diagnose("deployment", (NS, "web"), row(0.5), edges)
+    [(name, path)] = culprits(d)
+    assert name == "n3000" and len(path) == 3001 and path[-1] == "n3000"
+    assert "n3000" in render_diagnosis(d, "1m", "table")
+
+
+def test_a_self_loop_and_an_edge_back_into_the_target_end_the_walk() -> None:
+    """web calls itself and voting, which calls web back, all failing: each is reported once, with
+    the cycle named, and the walk ends."""
+    edges = [edge("web", "web", 0.5), edge("web", "voting", 0.5), edge("voting", "web", 0.5)]
+    d = diagnose("deployment", (NS, "web"), row(0.5), edges)
+    assert [(c.node[1], [n for _, n in c.cycle_to]) for c in d.culprits] == [("voting", ["web"])]
+
+
 # --- edges from query results, pure --------------------------------------------------------
 
 
