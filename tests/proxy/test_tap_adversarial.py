@@ -101,3 +101,80 @@ def test_chunked_responses_report_the_body_length_not_the_framing(
 
 
 from tests.proxy.test_tap import tapped  # noqa: E402,F401  (the fixture)
+
+
+def _odd_requests(proxy: ProxyProcess) -> None:
+    """Requests that end in every odd place the inbound side has, each as the client sees it."""
+    port = proxy.inbound
+
+    def raw(data: bytes, read: int | None = None, reset: bool = False) -> bytes:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(data)
+        got = b""
+        try:
+            while read is None or len(got) < read:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        except TimeoutError:
+            pass
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        return got
+
+    close = b"Connection: close\r\n"
+    assert raw(b"GET /status?code=200 HTTP/1.1\r\nHost: a\r\n" + close + b"\r\n").startswith(b"HTTP/1.1 200")
+    assert raw(b"GET /status?code=503 HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 503")
+    assert b"chunk-2" in raw(b"GET /chunked HTTP/1.1\r\nHost: a\r\n" + close + b"\r\n")
+    pipelined = raw(
+        b"GET /status?code=201 HTTP/1.1\r\nHost: a\r\n\r\nGET /status?code=404 HTTP/1.1\r\nHost: a\r\n"
+        + close + b"\r\n"
+    )  # fmt: skip
+    assert pipelined.count(b"HTTP/1.1 ") == 2
+    assert raw(
+        b"POST /reject HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000
+    ).startswith(b"HTTP/1.1 413")
+    assert raw(b"GET /big?mib=16 HTTP/1.1\r\nHost: a\r\n\r\n", read=100_000, reset=True)  # client leaves
+    assert raw(b"GET /slow?s=3 HTTP/1.1\r\nHost: a\r\n" + close + b"\r\n").startswith(b"HTTP/1.1 504")
+    upgraded = raw(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello\n",
+        read=len(b"HELLO"),
+    )
+    assert upgraded.startswith(b"HTTP/1.1 101")
+    assert raw(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n").startswith(b"HTTP/1.1 501")
+
+
+def _counts(proxy: ProxyProcess) -> dict[tuple[str, ...], float]:
+    out: dict[tuple[str, ...], float] = {}
+    for name in ("request_total", "response_total"):
+        for sample in proxy.samples(name):
+            key = (name, *sorted(f"{k}={v}" for k, v in sample.labels.items()))
+            out[key] = sample.value
+    return out
+
+
+def test_every_odd_request_is_one_req_rsp_end_and_the_metrics_are_those_of_an_untapped_proxy(
+    app: AppServer, server_proxy: ProxyProcess
+) -> None:
+    _odd_requests(server_proxy)
+    time.sleep(0.5)
+    untapped = _counts(server_proxy)
+    tapped = TapReader(server_proxy)
+    try:
+        _odd_requests(server_proxy)
+        time.sleep(0.5)
+        tapped.wait(lambda: len(tapped.of("end")) >= 10, "ten ends")
+    finally:
+        tapped.close()
+    both = _counts(server_proxy)
+    assert {k: v - untapped.get(k, 0) for k, v in both.items()} == untapped  # the same counts again
+    ids = {e["id"] for e in tapped.of("req")}
+    assert len(ids) == len(tapped.of("req")) == 10
+    for kind in ("rsp", "end"):
+        assert sorted(e["id"] for e in tapped.of(kind)) == sorted(ids), kind
+    statuses = sorted(e["status"] for e in tapped.of("rsp"))
+    assert statuses == sorted([200, 503, 200, 201, 404, 413, 200, 504, 101, 501])
+    errors = sorted(str(e["error"]) for e in tapped.of("end"))
+    assert errors.count("None") == 8 and "timeout" in errors
