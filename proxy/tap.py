@@ -35,6 +35,7 @@ MAX_SUBSCRIBERS = 8
 QUEUE_EVENTS = 2048  # per subscriber
 MAX_RPS_DEFAULT = 100.0
 MAX_FIELD = 2048  # bytes of a path or authority kept in an event
+TAP_WRITE_TIMEOUT = 10.0  # seconds a tap client may take nothing before it is cut
 
 Event = dict[str, Any]
 
@@ -295,9 +296,20 @@ def _stream(hub: TapHub, sub: Subscriber, ready: Any) -> Iterator[bytes]:
 
 
 def serve_tap(hub: TapHub, address: tuple[str, int]) -> Any:
-    """The tap listener (gevent's WSGI server, like the admin one); started, returned for stop()."""
-    from gevent.pywsgi import WSGIServer
+    """The tap listener (gevent's WSGI server, like the admin one); started, returned for stop().
 
-    server = WSGIServer(address, tap_app(hub), log=None, error_log=None)
+    A client that takes nothing for TAP_WRITE_TIMEOUT seconds is cut: else a tap that stopped
+    reading would hold its place (of MAX_SUBSCRIBERS) and keep the hub active for good."""
+    from gevent.pywsgi import WSGIHandler, WSGIServer
+
+    class TapHandler(WSGIHandler):  # type: ignore[misc]
+        # A timed-out write ends the connection quietly, as a client that left does.
+        ignored_socket_errors = (*WSGIHandler.ignored_socket_errors, "timed out")
+
+        def handle(self) -> None:
+            self.socket.settimeout(TAP_WRITE_TIMEOUT)
+            super().handle()
+
+    server = WSGIServer(address, tap_app(hub), log=None, error_log=None, handler_class=TapHandler)
     server.start()
     return server

@@ -178,3 +178,55 @@ def test_every_odd_request_is_one_req_rsp_end_and_the_metrics_are_those_of_an_un
     assert statuses == sorted([200, 503, 200, 201, 404, 413, 200, 504, 101, 501])
     errors = sorted(str(e["error"]) for e in tapped.of("end"))
     assert errors.count("None") == 8 and "timeout" in errors
+
+
+def _tap_subscribe_raw(proxy: ProxyProcess) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", proxy.tap))
+    sock.sendall(b"GET /tap?max_rps=10000 HTTP/1.0\r\n\r\n")
+    return sock
+
+
+def test_a_subscriber_that_stops_reading_is_cut_and_its_place_freed(
+    app: AppServer, server_proxy: ProxyProcess
+) -> None:
+    """Eight tap clients that never read hold every place (later taps get 503) and keep the tap
+    active for every request. Once the proxy cannot write to one for TAP_WRITE_TIMEOUT (10 s), it
+    is cut: its place is free again. Meanwhile the proxy's memory stays bounded and traffic flows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from proxy.tap import TAP_WRITE_TIMEOUT
+
+    stalled = [_tap_subscribe_raw(server_proxy) for _ in range(8)]
+    rss_before = server_proxy.rss_kib()
+    path = "/status?code=200&pad=" + "a" * 2000
+
+    def get(_: int) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", server_proxy.inbound, timeout=10)
+        conn.request("GET", path)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(get, range(3000)))
+    assert statuses == [200] * 3000 and time.monotonic() - start < 60  # traffic was never held up
+    assert server_proxy.rss_kib() - rss_before < 96 * 1024  # 8 queues of 2048 events, bounded
+    refused = _tap_subscribe_raw(server_proxy)
+    assert _read_head(refused).startswith(b"HTTP/1.1 503")
+    refused.close()
+    deadline = time.monotonic() + TAP_WRITE_TIMEOUT + 10
+    while True:  # the stalled ones' writes time out: a new tap is served again
+        get(0)  # an event for each stalled subscriber: their blocked writes stay blocked
+        fresh = _tap_subscribe_raw(server_proxy)
+        head = _read_head(fresh)
+        fresh.close()
+        if head.startswith(b"HTTP/1.1 200") or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    for sock in stalled:
+        sock.close()
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert "Traceback" not in server_proxy.log()
