@@ -302,7 +302,7 @@ def serve_tap(hub: TapHub, address: tuple[str, int]) -> Any:
     reading would hold its place (of MAX_SUBSCRIBERS) and keep the hub active for good."""
     from gevent.pywsgi import WSGIHandler, WSGIServer
 
-    class TapHandler(WSGIHandler):  # type: ignore[misc]
+    class TapHandler(WSGIHandler):
         # A timed-out write ends the connection quietly, as a client that left does.
         ignored_socket_errors = (*WSGIHandler.ignored_socket_errors, "timed out")
 

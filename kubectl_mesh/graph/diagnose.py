@@ -115,15 +115,15 @@ def diagnose(
     explored.add(target)
     while stack:
         visit = stack[-1]
-        edge = next(visit.bad, None)
-        if edge is None:  # every failing call of this workload seen
+        call = next(visit.bad, None)
+        if call is None:  # every failing call of this workload seen
             stack.pop()
             if not visit.followed and (visit.path or visit.back or target_failing):
                 add(Culprit(visit.node, visit.path, cycle_to=tuple(visit.back)))
             continue
-        callee = (edge.dst_namespace, edge.dst)
-        if not edge.dst_meshed:
-            add(Culprit(callee, (*visit.path, edge), meshed=False))
+        callee = (call.dst_namespace, call.dst)
+        if not call.dst_meshed:
+            add(Culprit(callee, (*visit.path, call), meshed=False))
             visit.followed = True
         elif callee in visit.on_path:
             visit.back.append(callee)
@@ -132,6 +132,6 @@ def diagnose(
             if callee not in explored:
                 explored.add(callee)
                 stack.append(
-                    _Visit(callee, (*visit.path, edge), visit.on_path | {callee}, iter(failing(callee)))
+                    _Visit(callee, (*visit.path, call), visit.on_path | {callee}, iter(failing(callee)))
                 )
     return Diagnosis(kind, target, threshold, inbound, tuple(culprits))

@@ -14,7 +14,7 @@ import pytest
 
 from tests.proxy.proxy_backends import AppServer
 from tests.proxy.test_proxy_adversarial import LoopbackServer
-from tests.proxy.test_tap import TapReader
+from tests.proxy.test_tap import TapReader, tapped  # noqa: F401  (tapped: the fixture)
 from tests.support.proxy_process import ProxyProcess
 
 
@@ -69,24 +69,26 @@ def test_a_client_gone_while_a_1xx_is_relayed_still_gets_rsp_end_and_is_counted(
     """The client resets its connection while the app is slow; the proxy's relay of the app's
     `100 Continue` then fails. The request was shown (req): it must get its rsp and end, and the
     metrics must count it, as for any other client that leaves before the response."""
-    tapped = TapReader(interim_proxy)
+    reader = TapReader(interim_proxy)
     try:
         sock = socket.create_connection(("127.0.0.1", interim_proxy.inbound))
         sock.sendall(b"GET /slow HTTP/1.1\r\nHost: app\r\n\r\n")
         time.sleep(0.1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()  # a reset: the next send to it fails
-        tapped.wait(lambda: len(tapped.of("req")) == 1, "the req")
+        reader.wait(lambda: len(reader.of("req")) == 1, "the req")
         time.sleep(1.0)  # the app answers 100 at 0.3 s, 200 at 0.6 s
-        assert len(tapped.of("rsp")) == 1 and len(tapped.of("end")) == 1, tapped.events
-        assert tapped.of("end")[0]["error"] == "client_gone"
+        assert len(reader.of("rsp")) == 1 and len(reader.of("end")) == 1, reader.events
+        assert reader.of("end")[0]["error"] == "client_gone"
     finally:
-        tapped.close()
+        reader.close()
     assert interim_proxy.value("request_total", direction="inbound") == 1
 
 
 def test_chunked_responses_report_the_body_length_not_the_framing(
-    app: AppServer, server_proxy: ProxyProcess, tapped: TapReader
+    app: AppServer,
+    server_proxy: ProxyProcess,
+    tapped: TapReader,  # noqa: F811
 ) -> None:
     """`end`'s response_bytes (Linkerd's response-length) is the response body the client got
     (docs/architecture.md: "response body bytes"); chunk sizes and CRLFs are not body."""
@@ -98,9 +100,6 @@ def test_chunked_responses_report_the_body_length_not_the_framing(
     conn.close()
     tapped.wait(lambda: len(tapped.of("end")) == 1, "the end")
     assert tapped.of("end")[0]["response_bytes"] == len(body)
-
-
-from tests.proxy.test_tap import tapped  # noqa: E402,F401  (the fixture)
 
 
 def _odd_requests(proxy: ProxyProcess) -> None:
@@ -161,22 +160,22 @@ def test_every_odd_request_is_one_req_rsp_end_and_the_metrics_are_those_of_an_un
     _odd_requests(server_proxy)
     time.sleep(0.5)
     untapped = _counts(server_proxy)
-    tapped = TapReader(server_proxy)
+    reader = TapReader(server_proxy)
     try:
         _odd_requests(server_proxy)
         time.sleep(0.5)
-        tapped.wait(lambda: len(tapped.of("end")) >= 10, "ten ends")
+        reader.wait(lambda: len(reader.of("end")) >= 10, "ten ends")
     finally:
-        tapped.close()
+        reader.close()
     both = _counts(server_proxy)
     assert {k: v - untapped.get(k, 0) for k, v in both.items()} == untapped  # the same counts again
-    ids = {e["id"] for e in tapped.of("req")}
-    assert len(ids) == len(tapped.of("req")) == 10
+    ids = {e["id"] for e in reader.of("req")}
+    assert len(ids) == len(reader.of("req")) == 10
     for kind in ("rsp", "end"):
-        assert sorted(e["id"] for e in tapped.of(kind)) == sorted(ids), kind
-    statuses = sorted(e["status"] for e in tapped.of("rsp"))
+        assert sorted(e["id"] for e in reader.of(kind)) == sorted(ids), kind
+    statuses = sorted(e["status"] for e in reader.of("rsp"))
     assert statuses == sorted([200, 503, 200, 201, 404, 413, 200, 504, 101, 501])
-    errors = sorted(str(e["error"]) for e in tapped.of("end"))
+    errors = sorted(str(e["error"]) for e in reader.of("end"))
     assert errors.count("None") == 8 and "timeout" in errors
 
 
