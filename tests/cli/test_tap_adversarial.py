@@ -68,3 +68,26 @@ def test_a_stream_failing_unexpectedly_ends_with_an_error_instead_of_hanging() -
     assert not thread.is_alive(), "tap hangs forever once its only stream's reader died"
     [(_, event, error)] = got  # type: ignore[misc]
     assert event is None and "web-1" in str(error) and "LocalProtocolError" in str(error)
+
+
+def test_top_judges_a_client_that_left_by_the_status_as_the_metrics_do() -> None:
+    """A browser that cancels is not the callee failing: the metrics (proxy/metrics.classify) count
+    `client_*` errors by their status alone, so `stat` says 100%; top must say the same."""
+    from kubectl_mesh.tap.events import Stream
+    from kubectl_mesh.tap.top import Top
+
+    top = Top()
+    stream = Stream(0, "web-1", {})
+    req = {"type": "req", "proxy": "in", "src": "a/deployment/bot/bot-1", "dst": "a/deployment/web/web-1",
+           "method": "GET", "path": "/"}  # fmt: skip
+    for n, status, error in [
+        (1, 200, "client_gone"),
+        (2, 0, "client_timeout"),
+        (3, 200, None),
+        (4, 502, "reset"),
+    ]:
+        top.add(stream, {**req, "id": n})
+        top.add(stream, {"type": "rsp", "id": n, "status": status, "latency_us": 10})
+        top.add(stream, {"type": "end", "id": n, "error": error, "response_bytes": 0})
+    [route] = top.rows()
+    assert (route.count, route.ok) == (4, 3)
