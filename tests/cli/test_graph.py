@@ -176,6 +176,26 @@ def test_edges_from_results_name_unmeshed_ends_and_keep_the_namespace_asked_for(
     assert "style=dashed" in dot  # the unmeshed callee
 
 
+def test_nan_and_inf_from_prometheus_are_no_evidence() -> None:
+    """Prometheus answers NaN for a quantile of no samples and can return ±Inf: such values count
+    no request and give no latency, and what remains is rendered in every format."""
+    request = EdgesRequest(kind="deployment", namespace="a", window="1m")
+    labels = {"namespace": "a", "deployment": "web", "dst_namespace": "a", "dst_deployment": "db"}
+    results = {
+        "meshed": [
+            ({**labels, "classification": "success"}, 60.0),
+            ({**labels, "classification": "failure"}, float("nan")),
+            ({**labels, "dst_deployment": "cache", "classification": "success"}, float("inf")),
+        ],
+        "meshed_p99": [(labels, float("nan")), ({**labels, "dst_deployment": "cache"}, float("-inf"))],
+    }
+    edges = edges_from_results(request, results)
+    assert [(e.dst, e.requests, e.success, e.latency_ms_p99) for e in edges] == [("db", 60, 1.0, None)]
+    for output in ("table", "json", "dot"):
+        text = render_edges(edges, EdgesRequest(kind="deployment", namespace="a", output=output))
+        assert "nan" not in text.lower() and "inf" not in text.lower().replace("info", "")
+
+
 def test_the_queries_select_each_end_as_the_stat_planner_does() -> None:
     queries = plan_edges(EdgesRequest(kind="deployment", window="30s"))
     assert set(queries) == {
