@@ -60,16 +60,17 @@ class PortForward:
         self._sock.sendall(self._ws.send(Request(host=host, target=target, subprotocols=[PROTOCOL],
                                                  extra_headers=extra)))  # fmt: skip
         status, body = 0, bytearray()
-        while True:
+        accepted = False
+        while not accepted:
             chunk = self._recv_raw()
             if not chunk:
                 raise KubeError(f"port-forward to {namespace}/{pod}: the API server closed the connection")
             self._ws.receive_data(chunk)
-            for event in self._ws.events():
+            for event in self._ws.events():  # frames read with the 101 are handled here, not lost
                 if isinstance(event, AcceptConnection):
                     self._sock.settimeout(None)
-                    return
-                if isinstance(event, RejectConnection):
+                    accepted = True
+                elif isinstance(event, RejectConnection):
                     status = event.status_code
                     if not event.has_body:
                         raise _refused(status, b"", namespace, pod)

@@ -110,6 +110,7 @@ class _Relay:
     """One upgraded connection: WebSocket messages ⇄ one TCP connection per port."""
 
     MAX_PENDING = 4 * 1024 * 1024  # bytes from the client not yet taken by a port: stop reading
+    MAX_OUT = 4 * 1024 * 1024  # bytes for the client it has not taken: stop reading the ports
 
     def __init__(self, ws_sock: Any, ports: list[int], connect: Callable[[int], socket.socket]) -> None:
         self.sock = ws_sock
@@ -167,9 +168,11 @@ class _Relay:
         client_mask = (0 if full else selectors.EVENT_READ) | (selectors.EVENT_WRITE if self.out else 0)
         if client_mask:
             selector.register(self.sock, client_mask, None)
+        ports_read = selectors.EVENT_READ if len(self.out) < self.MAX_OUT else 0  # a stalled client
         for i, conn in self.conns.items():
-            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.pending[i] else 0)
-            selector.register(conn, mask, i)
+            mask = ports_read | (selectors.EVENT_WRITE if self.pending[i] else 0)
+            if mask:
+                selector.register(conn, mask, i)
 
     def _write_client(self) -> None:
         with contextlib.suppress(BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):

@@ -115,7 +115,7 @@ class Exchange:
 
     __slots__ = (
         "authority", "client", "direction", "head", "head_received", "peer", "proxy", "reader",
-        "reply_extra", "start", "tap", "tap_body_from",
+        "reply_extra", "start", "tap", "tap_body_bytes",
     )  # fmt: skip
 
     def __init__(
@@ -132,7 +132,7 @@ class Exchange:
         self.reply_extra: list[tuple[bytes, bytes]] = []  # mesh headers for the client's response
         self.head_received = False  # the final response head arrived (the pump leaves the clock be)
         self.tap: TapRequest | None = None  # set only while someone taps this proxy (tap.py)
-        self.tap_body_from = 0  # the client's written-bytes count where the response body starts
+        self.tap_body_bytes = 0  # response body bytes the client was sent (chunk framing is not body)
 
     # --- the request ---------------------------------------------------------------------------
     def run(self, dest: Address | None) -> bool:
@@ -219,8 +219,7 @@ class Exchange:
         if tap is not None:
             if not self.head_received:
                 tap.response(status)
-            sent = self.client.tcp.written - self.tap_body_from if self.tap_body_from else 0
-            tap.end(max(0, sent), error or None)
+            tap.end(self.tap_body_bytes, error or None)
 
     def _tunnel(self, address: Address, head_bytes: bytes) -> bool:
         """CONNECT on a listener with a destination (an app using an egress proxy).
@@ -371,7 +370,7 @@ class Exchange:
             informational = http1.encode_response_head(response, "1.1", True, False, [])
             if request.version != "1.0" and not proxy.send_client(client, informational):
                 proxy.pool.discard(upstream)
-                return False
+                return self._client_failed(0)  # counted (and its tap told), as any client gone
         self.head_received = True
         latency_ms = (time.monotonic() - self.start) * 1000.0
         if direction == OUTBOUND:
@@ -423,10 +422,9 @@ class Exchange:
         usock = upstream.sock
         writer = http1.body_writer(chunked_out)
         out = http1.encode_response_head(response, self.head.version, keep, chunked_out, self.reply_extra)
-        if self.tap is not None:
-            self.tap_body_from = self.client.tcp.written + len(out)
         pending = [out]
         pending_size = len(out)
+        body_pending = 0  # body bytes in `pending` (without the head and chunk framing)
         while True:
             if up_events:
                 kind, data = up_events[0]
@@ -434,6 +432,7 @@ class Exchange:
                     up_events.popleft()
                     writer.write(data, pending)
                     pending_size += len(data)
+                    body_pending += len(data)
                     if pending_size < SEND_BATCH:
                         continue
                 elif kind == END:
@@ -446,7 +445,8 @@ class Exchange:
                 failure = self._flush(upstream, pending)
                 if failure:
                     return failure
-                pending, pending_size = [], 0
+                self.tap_body_bytes += body_pending
+                pending, pending_size, body_pending = [], 0, 0
             if up_events:
                 continue
             upstream.deadline = proxy.now + response_timeout  # the body may take long, but not stall long
@@ -465,7 +465,10 @@ class Exchange:
                 up_reader.feed(data)
             except ProtocolError:
                 return "bad_response"
-        return self._flush(upstream, pending) if pending else ""
+        failure = self._flush(upstream, pending) if pending else ""
+        if not failure:
+            self.tap_body_bytes += body_pending
+        return failure
 
     def _flush(self, upstream: Upstream, pending: list[bytes]) -> str:
         """Write to the client with the upstream's clock stopped: a slow reader is not its fault."""

@@ -35,6 +35,7 @@ MAX_SUBSCRIBERS = 8
 QUEUE_EVENTS = 2048  # per subscriber
 MAX_RPS_DEFAULT = 100.0
 MAX_FIELD = 2048  # bytes of a path or authority kept in an event
+TAP_WRITE_TIMEOUT = 10.0  # seconds a tap client may take nothing before it is cut
 
 Event = dict[str, Any]
 
@@ -106,7 +107,9 @@ class Subscriber:
         self.done = False  # max_requests reached, and every request it let through has ended
         self.open_requests = 0
         self._wake = wake
-        self._tokens = min(tap_filter.max_rps, 1.0) if tap_filter.max_rps < 1 else tap_filter.max_rps
+        # A request takes one token: below 1 rps the bucket still holds one (else none is shown).
+        self._capacity = max(1.0, tap_filter.max_rps)
+        self._tokens = self._capacity
         self._stamp = now
 
     def admit(self, now: float) -> bool:
@@ -114,7 +117,7 @@ class Subscriber:
         f = self.filter
         if f.max_requests and self.requests >= f.max_requests:
             return False
-        self._tokens = min(f.max_rps, self._tokens + (now - self._stamp) * f.max_rps)
+        self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * f.max_rps)
         self._stamp = now
         if self._tokens < 1:
             return False
@@ -133,8 +136,13 @@ class Subscriber:
         self.queue.append(_line(event))
         self._wake()
 
-    def finished_request(self) -> None:
+    def finished_request(self, shown: bool = True) -> None:
+        """One admitted request is over. One never shown (`--to` another workload) gives its token
+        and its place in max_requests back: calls elsewhere must not starve the ones asked for."""
         self.open_requests -= 1
+        if not shown:
+            self.requests -= 1
+            self._tokens = min(self._capacity, self._tokens + 1)
         if self.filter.max_requests and self.requests >= self.filter.max_requests and not self.open_requests:
             self.done = True
             self._wake()
@@ -177,7 +185,7 @@ class TapRequest:
         for sub in self._subs:
             if sub.filter.to is not None:
                 if dst is None or not sub.filter.matches_destination(dst):
-                    sub.finished_request()
+                    sub.finished_request(shown=False)
                     continue
                 assert self._held is not None
                 sub.push({**self._held, "dst": _clip(dst)})
@@ -192,9 +200,10 @@ class TapRequest:
                         "response_bytes": response_bytes, "error": error, "grpc_status": grpc_status,
                         "ts": time.time()}  # fmt: skip
         for sub in self._subs:
-            if sub in self._shown:  # a held request whose response never came stays untold
+            shown = sub in self._shown  # a held request whose response never came stays untold
+            if shown:
                 sub.push(event)
-            sub.finished_request()
+            sub.finished_request(shown)
         self._subs = []
 
 
@@ -287,9 +296,20 @@ def _stream(hub: TapHub, sub: Subscriber, ready: Any) -> Iterator[bytes]:
 
 
 def serve_tap(hub: TapHub, address: tuple[str, int]) -> Any:
-    """The tap listener (gevent's WSGI server, like the admin one); started, returned for stop()."""
-    from gevent.pywsgi import WSGIServer
+    """The tap listener (gevent's WSGI server, like the admin one); started, returned for stop().
 
-    server = WSGIServer(address, tap_app(hub), log=None, error_log=None)
+    A client that takes nothing for TAP_WRITE_TIMEOUT seconds is cut: else a tap that stopped
+    reading would hold its place (of MAX_SUBSCRIBERS) and keep the hub active for good."""
+    from gevent.pywsgi import WSGIHandler, WSGIServer
+
+    class TapHandler(WSGIHandler):
+        # A timed-out write ends the connection quietly, as a client that left does.
+        ignored_socket_errors = (*WSGIHandler.ignored_socket_errors, "timed out")
+
+        def handle(self) -> None:
+            self.socket.settimeout(TAP_WRITE_TIMEOUT)
+            super().handle()
+
+    server = WSGIServer(address, tap_app(hub), log=None, error_log=None, handler_class=TapHandler)
     server.start()
     return server

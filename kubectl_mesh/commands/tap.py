@@ -74,6 +74,12 @@ def open_session(args: argparse.Namespace) -> TapSession:
     from kubectl_mesh.tap.events import TapOptions
     from kubectl_mesh.tap.stream import TapSession, pods_to_tap, port_forward_opener
 
+    try:
+        max_rps = float(args.max_rps)
+    except ValueError:
+        max_rps = 0.0
+    if not 0 < max_rps <= 10_000:  # checked before a demo or cluster is looked for
+        raise StatInputError(f'--max-rps must be a number above 0 and at most 10000, got "{args.max_rps}"')
     options = kube_options(args)
     if args.demo:
         from kubectl_mesh.demo.state import read_state
@@ -88,12 +94,6 @@ def open_session(args: argparse.Namespace) -> TapSession:
     target = build_request(resources=words, namespace=namespace, namespace_given=given)
     if len(target.names) != 1 or target.kind in ("namespace", "all"):
         raise StatInputError(f"{args.command} takes one workload: TYPE/NAME, e.g. deploy/web")
-    try:
-        max_rps = float(args.max_rps)
-    except ValueError:
-        max_rps = 0.0
-    if not 0 < max_rps <= 10_000:
-        raise StatInputError(f'--max-rps must be a number above 0 and at most 10000, got "{args.max_rps}"')
     to = None
     if args.to:
         to_kind, to_name = parse_ref(args.to, "--to")

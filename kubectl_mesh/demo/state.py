@@ -55,9 +55,11 @@ def read_state() -> DemoState:
         doc = json.loads(path.read_text())
         state = DemoState(int(doc["pid"]), str(doc["namespace"]),
                           {str(d): (str(t[0]), int(t[1])) for d, t in doc["taps"].items()})  # fmt: skip
+        if not all(0 < port < 65536 for _, port in state.taps.values()):
+            raise ValueError("a tap port out of range")
     except FileNotFoundError:
         raise MeshError("no kubectl mesh demo is running", hint) from None
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise MeshError(f"{path} is not a demo's state file: {exc}", hint) from None
     try:
         os.kill(state.pid, 0)

@@ -15,6 +15,7 @@ leads on (its callers and it fail each other; the mesh cannot tell who started).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from kubectl_mesh.graph.edges import Edge
@@ -67,6 +68,18 @@ class Diagnosis:
         }
 
 
+@dataclass
+class _Visit:
+    """A workload on the walk's stack: how it was reached, and its failing calls left to follow."""
+
+    node: Node
+    path: tuple[Edge, ...]
+    on_path: frozenset[Node]
+    bad: Iterator[Edge]
+    followed: bool = False
+    back: list[Node] = field(default_factory=list)
+
+
 def diagnose(
     kind: str, target: Node, inbound: StatRow | None, edges: list[Edge], threshold: float = DEFAULT_THRESHOLD
 ) -> Diagnosis:
@@ -95,28 +108,30 @@ def diagnose(
             found.add(culprit.node)
             culprits.append(culprit)
 
-    def walk(node: Node, path: tuple[Edge, ...], on_path: frozenset[Node]) -> None:
-        explored.add(node)
-        bad = failing(node)
-        followed = False
-        back: list[Node] = []
-        for edge in bad:
-            callee = (edge.dst_namespace, edge.dst)
-            if not edge.dst_meshed:
-                add(Culprit(callee, (*path, edge), meshed=False))
-                followed = True
-            elif callee in on_path:
-                back.append(callee)
-            elif callee in explored:
-                followed = True  # reached before by another path: its culprits are known
-            else:
-                walk(callee, (*path, edge), on_path | {callee})
-                followed = True
-        if followed:
-            return
-        target_failing = inbound is not None and inbound.success is not None and inbound.success < threshold
-        if path or back or target_failing:
-            add(Culprit(node, path, cycle_to=tuple(back)))
+    target_failing = inbound is not None and inbound.success is not None and inbound.success < threshold
 
-    walk(target, (), frozenset({target}))
+    # Depth first with a stack of its own (a chain thousands of hops deep is no RecursionError).
+    stack = [_Visit(target, (), frozenset({target}), iter(failing(target)))]
+    explored.add(target)
+    while stack:
+        visit = stack[-1]
+        call = next(visit.bad, None)
+        if call is None:  # every failing call of this workload seen
+            stack.pop()
+            if not visit.followed and (visit.path or visit.back or target_failing):
+                add(Culprit(visit.node, visit.path, cycle_to=tuple(visit.back)))
+            continue
+        callee = (call.dst_namespace, call.dst)
+        if not call.dst_meshed:
+            add(Culprit(callee, (*visit.path, call), meshed=False))
+            visit.followed = True
+        elif callee in visit.on_path:
+            visit.back.append(callee)
+        else:
+            visit.followed = True  # reached before by another path: its culprits are known
+            if callee not in explored:
+                explored.add(callee)
+                stack.append(
+                    _Visit(callee, (*visit.path, call), visit.on_path | {callee}, iter(failing(callee)))
+                )
     return Diagnosis(kind, target, threshold, inbound, tuple(culprits))

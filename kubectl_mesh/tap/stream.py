@@ -143,6 +143,8 @@ class TapSession:
             error = f"{exc.message} (hint: {exc.hint})" if exc.hint else exc.message
         except OSError as exc:
             error = str(exc) or type(exc).__name__
+        except Exception as exc:  # any other failure ends this stream too, never the whole tap silently
+            error = f"{type(exc).__name__}: {exc}"
         if not self._closed:
             self._queue.put((stream, None, f"{target.pod}: {error}" if error else None))
 

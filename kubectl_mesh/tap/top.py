@@ -1,8 +1,9 @@
 """`kubectl mesh top`: the tap stream folded into the busiest routes. Pure: events in, rows out.
 
 A row is one (source, destination, method, path): how many requests ended, the best, worst and
-last latency to the response head, and the share that succeeded (a status below 500, no error,
-and a gRPC status of 0 when there is one: the same rule as the metrics). Ends are named by their
+last latency to the response head, and the share that succeeded (a status below 500, no error
+but the client's own leaving, and a gRPC status of 0 when there is one: the same rule as the
+metrics). Ends are named by their
 workload (`web`, from the identity) when meshed, by their address or authority when not.
 Sorted by count, then by the route.
 """
@@ -83,7 +84,10 @@ class Top:
         self.routes[route_key] = route  # most recent last: eviction takes the first
         if len(self.routes) > MAX_ROUTES:
             self.routes.pop(next(iter(self.routes)))
-        failed = pending.failed or bool(event.get("error")) or event.get("grpc_status") not in (None, 0)
+        error = str(event.get("error") or "")
+        # A client that left or stalled (`client_*`) fails only itself: judged by the status alone.
+        failed = pending.failed or (bool(error) and not error.startswith("client_"))
+        failed = failed or event.get("grpc_status") not in (None, 0)
         route.count += 1
         route.ok += not failed
         latency = pending.latency_us

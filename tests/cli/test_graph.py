@@ -115,6 +115,24 @@ def test_a_wide_graph_is_walked_in_linear_time() -> None:
     assert {c.node[1] for c in d.culprits} == {"n200-0", "n200-1"}
 
 
+def test_a_very_deep_chain_is_walked_without_exhausting_the_stack() -> None:
+    """A chain of 3000 failing hops (a pathological graph, or a label scheme gone wrong) is a
+    diagnosis with one culprit at its end, not a RecursionError traceback."""
+    edges = [edge("web", "n0", 0.5)] + [edge(f"n{i}", f"n{i + 1}", 0.5) for i in range(3000)]
+    d = diagnose("deployment", (NS, "web"), row(0.5), edges)
+    [(name, path)] = culprits(d)
+    assert name == "n3000" and len(path) == 3001 and path[-1] == "n3000"
+    assert "n3000" in render_diagnosis(d, "1m", "table")
+
+
+def test_a_self_loop_and_an_edge_back_into_the_target_end_the_walk() -> None:
+    """web calls itself and voting, which calls web back, all failing: each is reported once, with
+    the cycle named, and the walk ends."""
+    edges = [edge("web", "web", 0.5), edge("web", "voting", 0.5), edge("voting", "web", 0.5)]
+    d = diagnose("deployment", (NS, "web"), row(0.5), edges)
+    assert [(c.node[1], [n for _, n in c.cycle_to]) for c in d.culprits] == [("voting", ["web"])]
+
+
 # --- edges from query results, pure --------------------------------------------------------
 
 
@@ -156,6 +174,26 @@ def test_edges_from_results_name_unmeshed_ends_and_keep_the_namespace_asked_for(
     dot = render_dot(edges, "deployment")
     assert '"a/deploy/web" -> "b/deploy/db" [color="#ef6c00"' in dot  # 95%: orange
     assert "style=dashed" in dot  # the unmeshed callee
+
+
+def test_nan_and_inf_from_prometheus_are_no_evidence() -> None:
+    """Prometheus answers NaN for a quantile of no samples and can return ±Inf: such values count
+    no request and give no latency, and what remains is rendered in every format."""
+    request = EdgesRequest(kind="deployment", namespace="a", window="1m")
+    labels = {"namespace": "a", "deployment": "web", "dst_namespace": "a", "dst_deployment": "db"}
+    results = {
+        "meshed": [
+            ({**labels, "classification": "success"}, 60.0),
+            ({**labels, "classification": "failure"}, float("nan")),
+            ({**labels, "dst_deployment": "cache", "classification": "success"}, float("inf")),
+        ],
+        "meshed_p99": [(labels, float("nan")), ({**labels, "dst_deployment": "cache"}, float("-inf"))],
+    }
+    edges = edges_from_results(request, results)
+    assert [(e.dst, e.requests, e.success, e.latency_ms_p99) for e in edges] == [("db", 60, 1.0, None)]
+    for output in ("table", "json", "dot"):
+        text = render_edges(edges, EdgesRequest(kind="deployment", namespace="a", output=output))
+        assert "nan" not in text.lower() and "inf" not in text.lower().replace("info", "")
 
 
 def test_the_queries_select_each_end_as_the_stat_planner_does() -> None:

@@ -149,3 +149,53 @@ def test_long_fields_are_clipped() -> None:
     request(hub, path="/" + "a" * 100_000)
     (event,) = lines(sub)
     assert len(str(event["path"])) <= 2049
+
+
+def test_a_rate_below_one_per_second_still_shows_requests() -> None:
+    """`--max-rps 0.5` is accepted by the CLI and the endpoint; it must mean one request every 2 s,
+    not none at all (the bucket's capacity was capped at 0.5 tokens, below the 1 a request takes)."""
+    clock = Clock()
+    hub = TapHub(clock)
+    sub = hub.subscribe(TapFilter.from_query("max_rps=0.5"), lambda: None)
+    assert sub is not None
+    shown = []
+    for _ in range(6):  # one request every 2 s for 12 s: each may be shown
+        shown.append(request(hub) is not None)
+        clock.now += 2.0
+    assert shown == [True] * 6
+    assert request(hub) is not None and request(hub) is None  # but not two at once
+
+
+def test_requests_to_other_workloads_do_not_spend_a_to_filters_rate() -> None:
+    """With `--to voting --max-rps 2`, calls to emoji (discarded once their response names emoji)
+    must not use up the budget: the first voting call in that second is shown."""
+    clock = Clock()
+    hub = TapHub(clock)
+    sub = hub.subscribe(TapFilter.from_query("to=emojivoto/deployment/voting&max_rps=2"), lambda: None)
+    assert sub is not None
+    for _ in range(5):
+        to_emoji = request(hub)
+        assert to_emoji is not None
+        to_emoji.response(200, dst="emojivoto/deployment/emoji/emoji-1")  # type: ignore[attr-defined]
+        to_emoji.end(3)  # type: ignore[attr-defined]
+    to_voting = request(hub)
+    assert to_voting is not None
+    to_voting.response(500, dst="emojivoto/deployment/voting/voting-1")  # type: ignore[attr-defined]
+    to_voting.end(3)  # type: ignore[attr-defined]
+    assert [e["type"] for e in lines(sub)] == ["req", "rsp", "end"]
+
+
+def test_requests_to_other_workloads_do_not_spend_a_to_filters_request_budget() -> None:
+    hub = TapHub()
+    sub = hub.subscribe(TapFilter.from_query("to=emojivoto/deployment/voting&max_requests=1"), lambda: None)
+    assert sub is not None
+    to_emoji = request(hub)
+    assert to_emoji is not None
+    to_emoji.response(200, dst="emojivoto/deployment/emoji/emoji-1")  # type: ignore[attr-defined]
+    to_emoji.end(3)  # type: ignore[attr-defined]
+    assert not sub.done  # nothing shown yet: the stream must not end
+    to_voting = request(hub)
+    assert to_voting is not None
+    to_voting.response(200, dst="emojivoto/deployment/voting/voting-1")  # type: ignore[attr-defined]
+    to_voting.end(3)  # type: ignore[attr-defined]
+    assert [e["type"] for e in lines(sub)] == ["req", "rsp", "end"] and sub.done
