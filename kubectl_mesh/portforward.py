@@ -137,14 +137,10 @@ class PortForward:
         return data
 
     def close(self) -> None:
-        """Close the WebSocket; safe from another thread, whose blocked recv() then returns."""
-        from wsproto.events import CloseConnection
+        """Close the connection; safe from another thread (Ctrl-C), whose blocked recv() returns.
 
-        try:
-            if not self.closed:
-                self._sock.sendall(self._ws.send(CloseConnection(code=1000)))
-        except Exception:  # the connection may be gone already; closing is best effort
-            pass
+        No WebSocket close frame: writing to a TLS socket that another thread is reading is not
+        safe with OpenSSL, and the API server treats the TCP close as the end of the stream."""
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()

@@ -377,9 +377,13 @@ class Exchange:
             self.peer = proxy.dst_labels.get(response.mesh.get(MESH_DST))
             if upstream.tcp.pending:
                 proxy.attach(upstream, self.peer)
-        if self.tap is not None:
-            claimed = response.mesh.get(MESH_DST) if direction == OUTBOUND else None
-            self.tap.response(response.status, claimed.decode("latin-1") if claimed and self.peer else None)
+        if self.tap is not None:  # the callee: this proxy's workload inbound, the answer's claim outbound
+            if direction == OUTBOUND:
+                claimed = response.mesh.get(MESH_DST)
+                callee = claimed.decode("latin-1") if claimed and self.peer else None
+            else:
+                callee = proxy.identity.decode() if proxy.identity else None
+            self.tap.response(response.status, callee)
 
         if response.status == 101:
             self._count(101, "", latency_ms)

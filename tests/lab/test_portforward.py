@@ -258,7 +258,7 @@ def test_portforward_through_the_api_server_reaches_the_pods_loopback_for_whom_r
     lab: Any, lab_namespace: str
 ) -> None:
     lab.apply(_pod("loopback"), lab_namespace)
-    lab.wait_pods_ready(lab_namespace, expected=1)
+    lab.wait_pods_ready(lab_namespace, count=1)
     # The admin (system:masters), through the API server's pods/portforward to the agent.
     assert _get_through(lab.kube.core, lab_namespace, "loopback").endswith(b"inside the pod\n")
     # Not reachable from the pod network: it listens on the pod's loopback only.

@@ -134,16 +134,20 @@ def test_to_filter_shows_only_requests_whose_response_names_that_workload(
     namespace, kind, name, _ = SERVER_ID
     to_server = TapReader(client_proxy, f"to={namespace}/{kind}/{name}")
     to_other = TapReader(client_proxy, "to=other/deployment/nope")
+    into_server = TapReader(server_proxy, f"to={namespace}/{kind}/{name}")  # its own inbound requests
     try:
         _through_both(client_proxy, server_proxy, "GET", "/status?code=200")
         conn = http.client.HTTPConnection("127.0.0.1", client_proxy.outbound, timeout=10)
         conn.request("GET", f"http://127.0.0.1:{app.port}/status?code=200")  # straight to the app: unmeshed
         conn.getresponse().read()
         to_server.wait(lambda: len(to_server.of("end")) == 1, "one end")
+        into_server.wait(lambda: len(into_server.of("end")) == 1, "the inbound end")
         time.sleep(0.3)
     finally:
         to_server.close()
         to_other.close()
+        into_server.close()
+    assert [(r["proxy"], r["dst"]) for r in into_server.of("req")] == [("in", SERVER)]
     assert [r["dst"] for r in to_server.of("req")] == [SERVER]
     assert to_other.of("req") == []
 
