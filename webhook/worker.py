@@ -163,6 +163,7 @@ class MeshHandler(PyWSGIHandler):
     def handle_one_request(self) -> Any:
         result = super().handle_one_request()
         if isinstance(result, tuple) and result[0] == "414":
+            logger().warning("bad_request", client=_client(self.client_address), error="request line too long")
             return ("414", error_response(414, "request line too long"))
         return result
 

@@ -44,10 +44,16 @@ class Stats:
         self.open = dict.fromkeys(KINDS, 0)
         self.closed_by_server = dict.fromkeys(KINDS, 0)
         self.failed = dict.fromkeys(KINDS, 0)
+        self.sent = dict.fromkeys(KINDS, 0)  # bytes the server took (into its socket buffers)
         self.pending = 0
 
     def line(self, word: str) -> None:
-        fields = {"open": self.open, "closed_by_server": self.closed_by_server, "failed": self.failed}
+        fields = {
+            "open": self.open,
+            "closed_by_server": self.closed_by_server,
+            "failed": self.failed,
+            "sent": self.sent,
+        }
         print(word, json.dumps(fields), flush=True)
 
 
@@ -69,10 +75,25 @@ def _wait_closed(sock: socket.socket) -> None:
         pass
 
 
-def _trickle(sock: socket.socket, data: bytes, interval: float) -> None:
-    for i in range(len(data)):
-        sock.sendall(data[i : i + 1])
-        gevent.sleep(interval)
+def _trickle(sock: socket.socket, data: bytes, interval: float, sent: dict[str, int], kind: str) -> None:
+    try:
+        for i in range(len(data)):
+            sock.sendall(data[i : i + 1])
+            sent[kind] += 1
+            gevent.sleep(interval)
+    except OSError:
+        pass  # closed by the server: counted by the reader
+
+
+def _send(sock: socket.socket, data: bytes, sent: dict[str, int], kind: str) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            n = sock.send(view[:65536])
+            sent[kind] += n
+            view = view[n:]
+    except OSError:
+        pass
 
 
 def run_one(kind: str, args: argparse.Namespace, stats: Stats) -> None:
@@ -86,14 +107,15 @@ def run_one(kind: str, args: argparse.Namespace, stats: Stats) -> None:
     stats.pending -= 1
     worker = None
     try:
+        head = HEAD + b"Content-Length: 2\r\n\r\n{}"
         if kind == "slow_head":
-            worker = gevent.spawn(_trickle, sock, HEAD + b"Content-Length: 2\r\n\r\n{}", args.interval)
+            worker = gevent.spawn(_trickle, sock, head, args.interval, stats.sent, kind)
         elif kind == "slow_body":
             sock.sendall(HEAD + b"Content-Length: 1000\r\n\r\n")
-            worker = gevent.spawn(_trickle, sock, b" " * 1000, args.interval)
+            worker = gevent.spawn(_trickle, sock, b" " * 1000, args.interval, stats.sent, kind)
         elif kind == "held_body":
             sock.sendall(HEAD + f"Content-Length: {args.body_size}\r\n\r\n".encode())
-            worker = gevent.spawn(sock.sendall, b" " * (args.body_size - 1))
+            worker = gevent.spawn(_send, sock, b" " * (args.body_size - 1), stats.sent, kind)
         _wait_closed(sock)
         stats.closed_by_server[kind] += 1
     finally:
