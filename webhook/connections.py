@@ -81,7 +81,7 @@ class ConnectionTable:
 
     def open(self, handle: Hashable) -> tuple[Conn, list[Conn]]:
         """A new connection, and the ones that must go to make room for it (at the cap)."""
-        victims = []
+        victims: list[Conn] = []
         while self.live >= self.limits.max_connections:
             oldest = self._oldest(WAITING)
             if oldest is None:
@@ -107,7 +107,7 @@ class ConnectionTable:
 
     def reserve(self, conn: Conn, nbytes: int) -> tuple[bool, list[Conn]]:
         """Reserve budget for `conn`'s body: (granted, bodies that must go to make room)."""
-        victims = []
+        victims: list[Conn] = []
         while self.body_bytes + nbytes > self.limits.body_budget:
             oldest = self._oldest((BODY,), skip=conn)
             if oldest is None:

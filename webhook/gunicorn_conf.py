@@ -8,12 +8,12 @@
 | `MESH_CONFIG` | mesh config JSON file (`kubectl_mesh.inject.config`) | built-in defaults |
 | `MESH_WEBHOOK_BIND` | listen address | `0.0.0.0:8443` |
 | `MESH_WEBHOOK_WORKERS` | gevent worker processes | `2` |
-| `MESH_WEBHOOK_WORKER_CLASS` | gunicorn worker class (others lack the limits below; for comparisons) | `webhook.worker.MeshWorker` |
+| `MESH_WEBHOOK_WORKER_CLASS` | gunicorn worker (others lack the limits below) | `webhook.worker.MeshWorker` |
 | `MESH_WEBHOOK_TLS_TIMEOUT` | seconds from accept to the end of the TLS handshake | `10` |
 | `MESH_WEBHOOK_HEADER_TIMEOUT` | seconds from a request's first byte to the end of its headers | `10` |
 | `MESH_WEBHOOK_BODY_TIMEOUT` | seconds from the end of the headers to the end of the body | `10` |
 | `MESH_WEBHOOK_KEEPALIVE` | seconds an idle keep-alive connection is kept | `30` |
-| `MESH_WEBHOOK_MAX_CONNECTIONS` | connections per worker; beyond, the longest waiting one is closed | `1000` |
+| `MESH_WEBHOOK_MAX_CONNECTIONS` | connections per worker; beyond, the longest waiting is closed | `1000` |
 | `MESH_WEBHOOK_BODY_BUDGET` | bytes of request bodies in flight per worker | `16777216` (16 MiB) |
 | `MESH_WEBHOOK_LOG_LEVEL` | gunicorn and webhook log level | `info` |
 | `MESH_LOG_FORMAT` | `logfmt` or `json` lines (`kubectl_mesh/log.py`), for gunicorn's lines too | `logfmt` |

@@ -163,7 +163,9 @@ class MeshHandler(PyWSGIHandler):
     def handle_one_request(self) -> Any:
         result = super().handle_one_request()
         if isinstance(result, tuple) and result[0] == "414":
-            logger().warning("bad_request", client=_client(self.client_address), error="request line too long")
+            logger().warning(
+                "bad_request", client=_client(self.client_address), error="request line too long"
+            )
             return ("414", error_response(414, "request line too long"))
         return result
 
@@ -214,8 +216,9 @@ class MeshHandler(PyWSGIHandler):
 
     def _read_body(self, table: ConnectionTable) -> tuple[int, str] | None:
         """Read the whole body into memory before the app; or (status, reason) to refuse with."""
+        body: Any = self.wsgi_input  # gevent's reader: de-chunks, sends 100 Continue when asked
         length = self.content_length
-        chunked = self.wsgi_input.chunked_input
+        chunked = body.chunked_input
         if not chunked and not length:
             self._busy_or_refuse()
             return None
@@ -227,7 +230,7 @@ class MeshHandler(PyWSGIHandler):
             return (503, "too many request bodies in flight, retry")
         try:
             self._enter(BODY)
-            data = self.wsgi_input.read(MAX_BODY_BYTES + 1 if chunked else length)
+            data = body.read(MAX_BODY_BYTES + 1 if chunked else length)
         except Expired:
             return self._why_gone()
         except ValueError as exc:  # malformed chunks (gevent's _InvalidClientInput is an IOError)

@@ -21,19 +21,19 @@ if __name__ == "__main__":  # the clients' own process only: importing LoadClien
 
     monkey.patch_all()
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import socket  # noqa: E402
-import ssl  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import json
+import resource
+import socket
+import ssl
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
-import gevent  # noqa: E402
+import gevent
 
-from kubectl_mesh.procs import Proc, spawn  # noqa: E402
+from kubectl_mesh.procs import Proc, spawn
 
 KINDS = ("idle", "slow_head", "slow_body", "held_body")
 HEAD = b"POST /mutate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no CA file {args.ca}", file=sys.stderr)
         return 2
     total = sum(getattr(args, kind) for kind in KINDS)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if total + 64 > hard:
         print(f"error: {total} connections need more descriptors than {hard}", file=sys.stderr)

@@ -90,7 +90,7 @@ def test_when_every_connection_is_busy_nothing_is_evicted() -> None:
     t, _ = table(max_connections=1)
     c, _ = t.open("a")
     t.enter(c, BUSY)
-    d, victims = t.open("b")
+    _, victims = t.open("b")
     assert victims == [] and t.live == 2
 
 

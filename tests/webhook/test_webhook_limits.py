@@ -101,9 +101,12 @@ def test_admission_within_1s_under_2000_idle_and_500_slow_connections(tmp_path: 
     # Deadlines longer than the test: the cap alone must keep admissions fast while all are held.
     for var in ("TLS", "HEADER", "BODY"):
         srv.env[f"MESH_WEBHOOK_{var}_TIMEOUT"] = "60"
-    with srv, LoadClients(
-        tmp_path / "load.log", srv.port, srv.ca_file, idle=2000, slow_head=250, slow_body=250, hold=90
-    ) as load:
+    with (
+        srv,
+        LoadClients(
+            tmp_path / "load.log", srv.port, srv.ca_file, idle=2000, slow_head=250, slow_body=250, hold=90
+        ) as load,
+    ):
         ready = load.start(timeout=60)
         assert sum(ready["failed"].values()) == 0, ready
         latencies = [timed_admission(srv, f"uid-under-load-{i}") for i in range(10)]
@@ -124,7 +127,9 @@ def test_held_bodies_stay_within_the_workers_body_budget(tmp_path: Path) -> None
         workers = sorted(srv.worker_pids())
         before = {pid: rss_mib(pid) for pid in workers}
         size = MAX_BODY_BYTES  # each client sends all but the last byte, and holds
-        with LoadClients(tmp_path / "load.log", srv.port, srv.ca_file, held_body=40, body_size=size, hold=60) as load:
+        with LoadClients(
+            tmp_path / "load.log", srv.port, srv.ca_file, held_body=40, body_size=size, hold=60
+        ) as load:
             load.start(timeout=30)
             last_sent, deadline = -1, time.monotonic() + 20
             while time.monotonic() < deadline:  # until the server takes no more bytes
@@ -241,7 +246,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookServer]:
         yield srv
 
 
-def push_until_closed(srv: WebhookServer, head: bytes, chunk: bytes, limit: int = 512 * MiB) -> tuple[int, bytes]:
+def push_until_closed(
+    srv: WebhookServer, head: bytes, chunk: bytes, limit: int = 512 * MiB
+) -> tuple[int, bytes]:
     """Send `head`, then `chunk` again and again, reading whatever the server answers meanwhile.
 
     Returns how many bytes went out after the head before the server closed (or `limit`, if it
@@ -281,13 +288,16 @@ def push_until_closed(srv: WebhookServer, head: bytes, chunk: bytes, limit: int 
 def test_a_refused_body_is_not_read_on(server: WebhookServer) -> None:
     cpu_before = server.cpu_seconds()
     # A huge declared body of the wrong type: 413 at once, whatever the type; then the connection closes.
-    head = b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 1099511627776\r\n\r\n"
+    head = b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % (
+        1 << 40
+    )
     sent, answer = push_until_closed(server, head, b"x" * 65536)
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
     assert b"Connection: close" in answer and answer.endswith(b'{"error":"body larger than 4194304 bytes"}')
     assert sent < 16 * MiB, sent  # socket buffers and 1 MiB of lingering; gevent drained 28 GB in 40 s
     # A chunked body that never ends: read up to the limit, then 413 and closed.
-    head = b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    head = b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Transfer-Encoding: chunked\r\n\r\n"
     sent, answer = push_until_closed(server, head, b"10000\r\n" + b" " * 65536 + b"\r\n")
     assert answer.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in answer, answer[:200]
     assert sent < MAX_BODY_BYTES + 16 * MiB, sent
