@@ -40,7 +40,7 @@ from typing import Any
 import gevent
 import orjson
 from gevent.pool import Pool
-from gevent.pywsgi import MAX_REQUEST_LINE
+from gevent.pywsgi import MAX_REQUEST_LINE, _InvalidClientInput
 from gevent.socket import wait_read
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler, PyWSGIServer
 
@@ -220,8 +220,7 @@ class MeshHandler(PyWSGIHandler):
         length = self.content_length
         chunked = body.chunked_input
         if not chunked and not length:
-            self._busy_or_refuse()
-            return None
+            return self._busy_or_refuse()
         if length is not None and length > MAX_BODY_BYTES:
             return (413, f"body larger than {MAX_BODY_BYTES} bytes")
         granted, victims = table.reserve(self.conn, MAX_BODY_BYTES + 1 if chunked else length)
@@ -233,11 +232,12 @@ class MeshHandler(PyWSGIHandler):
             data = body.read(MAX_BODY_BYTES + 1 if chunked else length)
         except Expired:
             return self._why_gone()
-        except ValueError as exc:  # malformed chunks (gevent's _InvalidClientInput is an IOError)
-            return (400, str(exc)[:200])
-        except OSError as exc:
-            if type(exc).__name__ == "_InvalidClientInput":
-                return (400, str(exc)[:200])
+        except (ValueError, _InvalidClientInput) as exc:  # malformed chunks
+            detail = str(exc.args[0])[:100] if exc.args else type(exc).__name__
+            reason = f"malformed chunked body ({detail})"
+            logger().warning("bad_request", client=_client(self.client_address), error=reason)
+            return (400, reason)
+        except OSError:  # the client went away mid-body
             return (0, "")
         if len(data) > MAX_BODY_BYTES:
             return (413, f"body larger than {MAX_BODY_BYTES} bytes")
