@@ -166,6 +166,7 @@ class MeshHandler(PyWSGIHandler):
             logger().warning(
                 "bad_request", client=_client(self.client_address), error="request line too long"
             )
+            self._count_refusal(414)
             return ("414", error_response(414, "request line too long"))
         return result
 
@@ -173,7 +174,15 @@ class MeshHandler(PyWSGIHandler):
         """A malformed request: one log line (never a traceback) and a JSON 400 that closes."""
         reason = str(ex).splitlines()[0][:200] if str(ex) else type(ex).__name__
         logger().warning("bad_request", client=_client(self.client_address), error=reason)
+        self._count_refusal(400)
         return ("400", error_response(400, reason))
+
+    def _count_refusal(self, status: int) -> None:
+        """Count it in the app's `mesh_webhook_bad_requests_total`, as the app counts its own."""
+        extensions = getattr(self.server.application, "extensions", {})
+        metrics = extensions.get("mesh_metrics")
+        if metrics is not None:
+            metrics.bad_requests.labels(str(status)).inc()
 
     def _send_error_response_if_possible(self, error_code: int) -> None:
         if self.response_length:
@@ -205,6 +214,7 @@ class MeshHandler(PyWSGIHandler):
             refusal = self._read_body(table)
             if refusal is not None:
                 if refusal[0]:
+                    self._count_refusal(refusal[0])
                     self._respond(*refusal)
                 else:  # the client went away: nothing to answer
                     self.close_connection = True

@@ -25,6 +25,7 @@ import pytest
 from tests.support.webhook_load import LoadClients
 from tests.support.webhook_server import WebhookServer
 from tests.webhook.test_admission import POD, admission_review
+from tests.webhook.test_webhook_server import metric_samples
 from tests.webhook.webhook_testlib import validate_pod
 from webhook.admission import MAX_BODY_BYTES
 
@@ -332,8 +333,18 @@ BAD_REQUESTS = [
 ]
 
 
+def refusals(srv: WebhookServer) -> dict[str, float]:
+    samples = metric_samples(srv)
+    return {
+        dict(labels)["status"]: value
+        for (name, labels), value in samples.items()
+        if name == "mesh_webhook_bad_requests_total"
+    }
+
+
 def test_every_error_is_json_and_a_bad_request_is_one_log_line(server: WebhookServer) -> None:
     lines_before = server.log_path.read_text().count("event=bad_request")
+    counted_before = refusals(server)
     transport_refusals = 0
     for request, status, reason in BAD_REQUESTS:
         got, headers, body = exchange(server, request)
@@ -348,6 +359,10 @@ def test_every_error_is_json_and_a_bad_request_is_one_log_line(server: WebhookSe
     assert "Traceback" not in log, log[-3000:]
     # One line per request the server refused before the app (the app's 404/405 are answers).
     assert log.count("event=bad_request") - lines_before == transport_refusals
+    counted = refusals(server)
+    for status in ("400", "414"):
+        expected = sum(1 for _, code, _ in BAD_REQUESTS if str(code) == status)
+        assert counted.get(status, 0) - counted_before.get(status, 0) == expected, (status, counted)
 
 
 def test_plain_http_on_the_tls_port_is_closed_without_a_log_line(server: WebhookServer) -> None:
