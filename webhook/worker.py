@@ -35,6 +35,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 from functools import partial
+from http import HTTPStatus
 from typing import Any
 
 import gevent
@@ -65,8 +66,6 @@ ENV_LIMITS = {
     "MESH_WEBHOOK_BODY_BUDGET": ("body_budget", int),
 }
 
-_REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Payload Too Large", 414: "URI Too Long"}
-_REASONS.update({500: "Internal Server Error", 503: "Service Unavailable"})
 
 
 def limits_from_env(environ: Mapping[str, str] | None = None) -> Limits:
@@ -94,15 +93,15 @@ class Expired(gevent.GreenletExit):
     """Thrown into a connection's greenlet that ran out of time or was evicted."""
 
 
-def error_body(status: int, reason: str) -> bytes:
+def error_body(reason: str) -> bytes:
     return orjson.dumps({"error": reason})
 
 
 def error_response(status: int, reason: str) -> bytes:
     """A whole HTTP/1.1 response that closes the connection, for answers before the app runs."""
-    body = error_body(status, reason)
+    body = error_body(reason)
     head = (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode("latin-1") + body
@@ -188,20 +187,20 @@ class MeshHandler(PyWSGIHandler):
         if self.response_length:
             self.close_connection = True
             return
-        self._respond(error_code, _REASONS.get(error_code, "error").lower())
+        self._respond(error_code, HTTPStatus(error_code).phrase.lower())
 
     def _respond(self, status: int, reason: str) -> None:
         """Answer with a JSON error and close: the rest of a body is not drained, only lingered on."""
         self.close_connection = True
         self.wsgi_input = _NO_DRAIN
-        body = error_body(status, reason)
+        body = error_body(reason)
         headers = [
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(body))),
             ("Connection", "close"),
         ]
         try:
-            self.start_response(f"{status} {_REASONS.get(status, 'Error')}", headers)
+            self.start_response(f"{status} {HTTPStatus(status).phrase}", headers)
             self.write(body)
             self._enter(BUSY)
             _linger(self.socket)
