@@ -67,7 +67,6 @@ ENV_LIMITS = {
 }
 
 
-
 def limits_from_env(environ: Mapping[str, str] | None = None) -> Limits:
     """`Limits` with the `MESH_WEBHOOK_*` overrides; ValueError names a bad variable."""
     env = os.environ if environ is None else environ
@@ -141,9 +140,13 @@ class MeshHandler(PyWSGIHandler):
     def read_request(self, raw_requestline: str) -> bool:
         try:
             ok: bool = super().read_request(raw_requestline)
-        except ValueError:
+        except ValueError as exc:
             self._check_framing()  # a clearer reason when the framing is what failed
+            if type(exc) is ValueError and "invalid literal" in str(exc):  # gevent's int() of "1x"
+                raise ValueError("invalid HTTP version") from None
             raise
+        if self.request_version == "HTTP/0.9":
+            raise ValueError("HTTP/0.9 is not served")
         self._check_framing()
         return ok
 

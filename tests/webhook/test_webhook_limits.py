@@ -329,6 +329,8 @@ BAD_REQUESTS = [
     (b"POST /mutate HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400, "more than one"),
     (b"POST /mutate HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400, "unsupported Transfer-Encoding"),
     (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, "request line too long"),
+    (b"GET /healthz HTTP/1.1x\r\n\r\n", 400, "invalid HTTP version"),
+    (b"GET /healthz\r\n\r\n", 400, "HTTP/0.9 is not served"),
     (b"POST /mutate HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "malformed chunked body"),
 ]
 
