@@ -17,8 +17,9 @@ worker keeps gevent's parser and adds, per connection, the phases and rules of
 - At `max_connections` the connection that has waited longest is closed for the newcomer.
 - The body is read by the server, before the app, into memory reserved from `body_budget`
   (the app then reads it from memory). A `Content-Length` over the largest body allowed is
-  answered 413 at once and the connection closed: nothing more is read. A body that stalls is
-  answered 408 and closed.
+  answered 413 at once and the connection half-closed: at most `LINGER_BYTES` more are read and
+  dropped (so a client still sending can read the answer), never the whole body. A body that
+  stalls is answered 408 and closed.
 - Every answer the server writes itself is JSON, as the app's are, and a malformed request is
   one log line (gevent printed a traceback for some).
 """
