@@ -38,9 +38,11 @@ KUBECTL_MESH = str(VENV_BIN / "kubectl-mesh")
 NOBODY = 65534
 RATE = 4  # vote-bot loops per second: 80 votes in the 20 s window, so one vote moves the rate little
 
-WEB = "kubectl mesh stat -n emojivoto deployment web"
-FROM_WEB = "kubectl mesh stat deploy --all-namespaces --from web --from-namespace emojivoto"
-TO_VOTING = "kubectl mesh stat deploy --to voting --to-namespace emojivoto --all-namespaces"
+# The seed's commands, over the demo's 20 s window (a cluster's default is -t 1m)
+WEB = "kubectl mesh stat -n emojivoto deployment web -t 20s"
+FROM_WEB = "kubectl mesh stat deploy --all-namespaces --from web --from-namespace emojivoto -t 20s"
+TO_VOTING = "kubectl mesh stat deploy --to voting --to-namespace emojivoto --all-namespaces -t 20s"
+DIAGNOSE = "kubectl mesh diagnose deploy/web -n emojivoto -t 20s"
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None,
@@ -110,8 +112,11 @@ def test_demo_once_tells_the_walkthrough_story_with_true_numbers(scratch: Path) 
     assert "Traceback" not in done.stderr
     assert "waiting for traffic" in done.stderr  # progress, not silence
 
-    tables = parse_sections(done.stdout)
+    stat_part, _, diagnose_part = done.stdout.partition(f"$ {DIAGNOSE}\n")
+    tables = parse_sections(stat_part)
     assert list(tables) == [WEB, FROM_WEB, TO_VOTING]
+    # After the tables, `diagnose` walks from web to voting by itself, on the same numbers.
+    assert diagnose_part.rstrip().endswith("its own callees are healthy → look at voting"), done.stdout
 
     web, callees = assert_seeds_findings(tables[WEB], tables[FROM_WEB], tables[TO_VOTING])
     assert web.cells["MESHED"] == "1/1"
@@ -142,6 +147,10 @@ def test_demo_once_tells_the_walkthrough_story_with_true_numbers(scratch: Path) 
     # The bot's design: 2 requests per loop, the failing emoji in 15% of the votes.
     assert web.rps == pytest.approx(2 * RATE, rel=RPS_TOLERANCE)
     assert voting == pytest.approx(0.85, abs=tolerance(bot.requests // 2))
+
+    (culprit,) = recorded["diagnosis"]["culprits"]
+    assert (culprit["name"], [hop["dst"] for hop in culprit["path"]]) == ("voting", ["voting"])
+    assert culprit["path"][0]["success"] == pytest.approx(voting, abs=0.0001)  # the --from web row
 
     assert_nothing_left(recorded["workdir"])
 
