@@ -42,7 +42,7 @@ from typing import Any
 import gevent
 import orjson
 from gevent.pool import Pool
-from gevent.pywsgi import MAX_REQUEST_LINE, _InvalidClientInput
+from gevent.pywsgi import MAX_REQUEST_LINE, _InvalidClientInput, headers_factory
 from gevent.socket import wait_read
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler, PyWSGIServer
 
@@ -51,6 +51,9 @@ from webhook.connections import BODY, BUSY, HEAD, IDLE, Conn, ConnectionTable, L
 from webhook.logs import logger
 
 REAP_INTERVAL = 0.25
+MAX_HEAD_BYTES = (
+    16 * 1024
+)  # header fields of a request (the line: gevent's 8 KiB); the API server sends < 1 KiB
 POOL_SLACK = 64  # greenlets of connections told to stop, until they have unwound
 SUMMARY_INTERVAL = 10.0  # at most one log line per interval about connections shed
 LINGER_BYTES = 1024 * 1024  # read and dropped after a refusal, so the client can read the answer
@@ -87,6 +90,29 @@ def limits_from_env(environ: Mapping[str, str] | None = None) -> Limits:
     if limits.body_budget < MAX_BODY_BYTES + 1:
         raise ValueError(f"MESH_WEBHOOK_BODY_BUDGET must hold one body of {MAX_BODY_BYTES} bytes at least")
     return limits
+
+
+class HeadTooLarge(ValueError):
+    """The header fields of a request passed `MAX_HEAD_BYTES`: 431."""
+
+
+class _HeadReader:
+    """The connection's reader for the header fields, with a budget of bytes.
+
+    http.client's parser alone takes 100 lines of 64 KiB: 6.5 MB held per connection.
+    """
+
+    def __init__(self, rfile: Any, limit: int) -> None:
+        self._rfile = rfile
+        self._left = limit
+
+    def readline(self, size: int = -1) -> bytes:
+        want = self._left + 1 if size < 0 else min(size, self._left + 1)
+        line: bytes = self._rfile.readline(want)
+        self._left -= len(line)
+        if self._left < 0:
+            raise HeadTooLarge(f"header fields larger than {MAX_HEAD_BYTES} bytes")
+        return line
 
 
 class Expired(gevent.GreenletExit):
@@ -138,6 +164,9 @@ class MeshHandler(PyWSGIHandler):
             return ""  # the client closed in the middle of its request line: nothing to answer
         return line
 
+    def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 (gevent's name)
+        return headers_factory(_HeadReader(fp, MAX_HEAD_BYTES), *args)
+
     def read_request(self, raw_requestline: str) -> bool:
         try:
             ok: bool = super().read_request(raw_requestline)
@@ -174,11 +203,12 @@ class MeshHandler(PyWSGIHandler):
         return result
 
     def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
-        """A malformed request: one log line (never a traceback) and a JSON 400 that closes."""
+        """A malformed request: one log line (never a traceback) and a JSON 400 (431) that closes."""
         reason = str(ex).splitlines()[0][:200] if str(ex) else type(ex).__name__
+        status = 431 if isinstance(ex, HeadTooLarge) else 400
         logger().warning("bad_request", client=_client(self.client_address), error=reason)
-        self._count_refusal(400)
-        return ("400", error_response(400, reason))
+        self._count_refusal(status)
+        return (str(status), error_response(status, reason))
 
     def _count_refusal(self, status: int) -> None:
         """Count it in the app's `mesh_webhook_bad_requests_total`, as the app counts its own."""

@@ -1,12 +1,14 @@
 """Hostile clients of the webhook, held open in a process of their own (gevent), for the load tests.
 
     python -m tests.support.webhook_load --port P --ca CA [--idle N] [--slow-head N]
-        [--slow-body N] [--held-body N --body-size B] [--hold S]
+        [--slow-body N] [--held-body N --body-size B] [--held-head N --head-size B] [--hold S]
 
 - `idle`: TCP connections that never send a byte (not even a TLS hello);
 - `slow-head`: TLS, then a request head one byte every `--interval` seconds;
 - `slow-body`: TLS, a whole head, then its body one byte every `--interval` seconds;
-- `held-body`: TLS, a head with `Content-Length: B`, then B - 1 bytes, and nothing more.
+- `held-body`: TLS, a head with `Content-Length: B`, then B - 1 bytes, and nothing more;
+- `held-head`: TLS, then header fields of `--head-size` bytes in all, in lines of `--head-line`
+  bytes, without the blank line that ends them, and nothing more.
 
 Prints `ready {...}` once every connection is open (or failed), then every second
 `status {...}`: how many of each kind are still open and how many the server closed. Exits
@@ -35,7 +37,7 @@ import gevent
 
 from kubectl_mesh.procs import Proc, spawn
 
-KINDS = ("idle", "slow_head", "slow_body", "held_body")
+KINDS = ("idle", "slow_head", "slow_body", "held_body", "held_head")
 HEAD = b"POST /mutate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
 
 
@@ -113,6 +115,11 @@ def run_one(kind: str, args: argparse.Namespace, stats: Stats) -> None:
         elif kind == "slow_body":
             sock.sendall(HEAD + b"Content-Length: 1000\r\n\r\n")
             worker = gevent.spawn(_trickle, sock, b" " * 1000, args.interval, stats.sent, kind)
+        elif kind == "held_head":
+            lines = max(1, args.head_size // args.head_line)
+            value = b"v" * (args.head_line - 10)
+            fields = b"".join(b"X-F%02d: %s\r\n" % (i, value) for i in range(lines))
+            worker = gevent.spawn(_send, sock, HEAD + fields, stats.sent, kind)
         elif kind == "held_body":
             sock.sendall(HEAD + f"Content-Length: {args.body_size}\r\n\r\n".encode())
             worker = gevent.spawn(_send, sock, b" " * (args.body_size - 1), stats.sent, kind)
@@ -132,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in KINDS:
         parser.add_argument(f"--{kind.replace('_', '-')}", type=int, default=0, metavar="N")
     parser.add_argument("--body-size", type=int, default=4 * 1024 * 1024)
+    parser.add_argument("--head-size", type=int, default=15 * 1000)
+    parser.add_argument("--head-line", type=int, default=1000, help="bytes per header line")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between trickled bytes")
     parser.add_argument("--hold", type=float, default=60.0, help="seconds to hold, at most")
     args = parser.parse_args(argv)

@@ -152,6 +152,38 @@ def test_held_bodies_stay_within_the_workers_body_budget(tmp_path: Path) -> None
         assert latency < 1.0
 
 
+def test_held_heads_are_bounded_in_bytes_and_count(tmp_path: Path) -> None:
+    """Header fields are refused past 16 KiB: http.client alone takes 100 lines of 64 KiB, and 40
+    clients holding 97 lines of 60 kB took a gevent_pywsgi worker from 40 to 265 MiB. A worker full
+    of 15 kB heads (the cap: 1000 TLS connections) stays within its share of the chart's 256 Mi."""
+    with WebhookServer(tmp_path, workers=1) as srv:
+        timed_admission(srv, "uid-warm")
+        (worker,) = srv.worker_pids()
+        before = rss_mib(worker)
+        big = LoadClients(  # 97 lines + Host and Content-Type: under http.client's 100
+            tmp_path / "big.log", srv.port, srv.ca_file, held_head=40, head_size=97 * 60_000, head_line=60_000
+        )
+        with big:
+            big.start(timeout=30)
+            deadline = time.monotonic() + 20
+            while (status := big.last("status")) is None or status["open"]["held_head"] > 0:
+                assert time.monotonic() < deadline, status
+                time.sleep(0.5)
+        assert status["closed_by_server"]["held_head"] == 40
+        assert rss_mib(worker) - before < 32
+        full = LoadClients(
+            tmp_path / "full.log", srv.port, srv.ca_file, held_head=1000, head_size=15_000, hold=60
+        )
+        with full:
+            ready = full.start(timeout=60)
+            assert ready["open"]["held_head"] == 1000, ready
+            time.sleep(2)
+            during = rss_mib(worker)
+            latency = timed_admission(srv, "uid-beside-held-heads")
+        assert during < 128, (before, during)  # measured 92 MiB; two such workers and the master < 256 Mi
+        assert latency < 1.0
+
+
 # --- deadlines --------------------------------------------------------------------------------------------
 
 
@@ -330,6 +362,13 @@ BAD_REQUESTS = [
     (b"POST /mutate HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400, "unsupported Transfer-Encoding"),
     (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, "request line too long"),
     (b"GET /healthz HTTP/1.1x\r\n\r\n", 400, "invalid HTTP version"),
+    (  # 17 KiB of fields, each line short: http.client alone takes 100 lines of 64 KiB (6.5 MB)
+        b"GET /healthz HTTP/1.1\r\n"
+        + b"".join(b"X-F%d: %s\r\n" % (i, b"v" * 1000) for i in range(17))
+        + b"\r\n",
+        431,
+        "header fields larger than 16384 bytes",
+    ),
     (b"GET /healthz\r\n\r\n", 400, "HTTP/0.9 is not served"),
     (b"POST /mutate HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "malformed chunked body"),
 ]
@@ -356,13 +395,13 @@ def test_every_error_is_json_and_a_bad_request_is_one_log_line(server: WebhookSe
         assert isinstance(error, str) and "\n" not in error and reason.lower() in error.lower(), error
         if status == 405:
             assert headers["allow"] == "POST"
-        transport_refusals += status in (400, 414)
+        transport_refusals += status in (400, 414, 431)
     log = server.log_path.read_text()
     assert "Traceback" not in log, log[-3000:]
     # One line per request the server refused before the app (the app's 404/405 are answers).
     assert log.count("event=bad_request") - lines_before == transport_refusals
     counted = refusals(server)
-    for status in ("400", "414"):
+    for status in ("400", "414", "431"):
         expected = sum(1 for _, code, _ in BAD_REQUESTS if str(code) == status)
         assert counted.get(status, 0) - counted_before.get(status, 0) == expected, (status, counted)
 
