@@ -164,7 +164,7 @@ class MeshHandler(PyWSGIHandler):
             return ""  # the client closed in the middle of its request line: nothing to answer
         return line
 
-    def MessageClass(self, fp: Any, *args: Any) -> Any:  # noqa: N802 (gevent's name)
+    def MessageClass(self, fp: Any, *args: Any) -> Any:  # gevent parses the head fields here
         return headers_factory(_HeadReader(fp, MAX_HEAD_BYTES), *args)
 
     def read_request(self, raw_requestline: str) -> bool:
