@@ -141,6 +141,15 @@ class ConnectionTable:
                 out.append(self._drop(conn, "timeout"))
         return out
 
+    def drop_waiting(self, phases: tuple[str, ...] = (HANDSHAKE, IDLE)) -> list[Conn]:
+        """At shutdown: the connections with no request under way, now dropped: tell them to stop."""
+        out = []
+        for phase in phases:
+            queue = self._waiting[phase]
+            while queue:
+                out.append(self._drop(next(iter(queue.values())), "closing"))
+        return out
+
     def take_shed(self) -> dict[str, int]:
         """Connections expired and evicted since the last call."""
         shed, self._shed = self._shed, {"expired": 0, "evicted": 0}
@@ -159,7 +168,7 @@ class ConnectionTable:
 
     def _drop(self, conn: Conn, why: str) -> Conn:
         """Take `conn` out of the waiting queues and the budget; it still counts until `close`."""
-        if why:
+        if why in ("timeout", "evicted"):
             self._shed["expired" if why == "timeout" else "evicted"] += 1
         conn.why = why
         if conn.phase != BUSY:

@@ -13,7 +13,8 @@ worker keeps gevent's parser and adds, per connection, the phases and rules of
   socket costs a greenlet and a descriptor, no TLS state); the wait and the handshake share
   `tls_timeout`.
 - A reaper greenlet ends connections whose phase outlived its deadline (handshake, keep-alive
-  idle, head, body), every `REAP_INTERVAL` seconds.
+  idle, head, body), every `REAP_INTERVAL` seconds; at shutdown, also those waiting for a
+  request (gunicorn would otherwise wait `graceful_timeout` for idle keep-alive connections).
 - At `max_connections` the connection that has waited longest is closed for the newcomer.
 - The body is read by the server, before the app, into memory reserved from `body_budget`
   (the app then reads it from memory). A `Content-Length` over the largest body allowed is
@@ -390,6 +391,8 @@ class MeshWorker(GeventPyWSGIWorker):
         while True:
             gevent.sleep(REAP_INTERVAL)
             _stop(table.expired())
+            if not self.alive:  # shutting down: what waits for a request is closed, not waited for
+                _stop(table.drop_waiting())
             if time.monotonic() >= next_summary:
                 next_summary = time.monotonic() + SUMMARY_INTERVAL
                 shed = table.take_shed()

@@ -270,6 +270,23 @@ def test_every_waiting_phase_has_a_deadline(short_deadlines: WebhookServer) -> N
     assert srv.request("GET", "/healthz")[0] == 200
 
 
+def test_shutdown_closes_idle_keepalive_connections_at_once(tmp_path: Path) -> None:
+    """gunicorn waits `graceful_timeout` (5 s) for open connections; idle ones are closed at once."""
+    srv = WebhookServer(tmp_path, workers=1).start()
+    with tls_socket(srv) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        resp = http.client.HTTPResponse(sock)  # type: ignore[arg-type]
+        resp.begin()
+        assert resp.status == 200 and json.loads(resp.read())["status"] == "ok"
+        started = time.monotonic()
+        srv.stop()
+        stopped = time.monotonic() - started
+        closed, _ = seconds_until_closed(sock, 1)
+    assert closed is not None  # the server closed it
+    assert stopped < 3.0, stopped  # gevent_pywsgi: 5.1 s
+    assert "Worker graceful timeout" not in srv.log_path.read_text()
+
+
 # --- refusals do not read on; errors are JSON, logged in one line ------------------------------------
 
 
