@@ -139,3 +139,17 @@ def test_limits_from_env_refuse_bad_values_with_the_variable_named(env: dict[str
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         limits_from_env(env)
     assert limits_from_env({"MESH_WEBHOOK_BODY_TIMEOUT": "2.5"}).body_timeout == 2.5
+
+
+def test_at_shutdown_only_the_connections_waiting_for_a_request_are_dropped() -> None:
+    t, _ = table()
+    hs, _ = t.open("handshake")
+    idle, _ = t.open("idle")
+    head, _ = t.open("head")
+    busy, _ = t.open("busy")
+    t.enter(idle, IDLE)
+    t.enter(head, HEAD)
+    t.enter(busy, BUSY)
+    assert t.drop_waiting() == [hs, idle]
+    assert not head.gone and not busy.gone and t.live == 2
+    assert t.take_shed() == {"expired": 0, "evicted": 0}  # a shutdown sheds nothing
