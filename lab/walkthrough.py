@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, INJECT_ENABLED, INJECT_LABEL, PROXY_CONTAINER_NAME
-from kubectl_mesh.demo.plan import NAMESPACE, WALKTHROUGH_DIAGNOSE, WALKTHROUGH_STAT
+from kubectl_mesh.demo.plan import NAMESPACE, WALKTHROUGH_DIAGNOSE, WALKTHROUGH_EDGES, WALKTHROUGH_STAT
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "examples" / "emojivoto" / "emojivoto.yml"
@@ -46,6 +46,7 @@ DEPLOYMENTS = ("emoji", "voting", "web", "vote-bot")
 COMMANDS = tuple(("mesh", "stat", *argv) for argv in WALKTHROUGH_STAT)
 # And then the mesh digs by itself: `kubectl mesh diagnose deploy/web -n emojivoto`.
 DIAGNOSE = ("mesh", "diagnose", *WALKTHROUGH_DIAGNOSE)
+EDGES = ("mesh", "edges", *WALKTHROUGH_EDGES)
 # Every Deployment of the app: MESHED must be 1/1 for each.
 ALL_DEPLOYMENTS = ("mesh", "stat", "-n", NAMESPACE, "deploy")
 
@@ -373,12 +374,17 @@ class Result:
     variables: list[tuple[str, str, bool]]  # board, template variable, offers web's value
     diagnosis: Section  # `kubectl mesh diagnose deploy/web -n emojivoto`, at the same moment
     diagnosis_json: dict[str, Any]  # the same with -o json
+    edges: Section  # `kubectl mesh edges deploy -n emojivoto`
+    edges_json: list[dict[str, Any]]  # the same with -o json
 
     def render_tables(self) -> str:
         return "\n\n".join(f"$ {s.command}\n{s.output}" for s in self.sections) + "\n"
 
     def render(self) -> str:
-        return f"{self.render_tables()}\n$ {self.diagnosis.command}\n{self.diagnosis.output}\n"
+        return (
+            f"{self.render_tables()}\n$ {self.diagnosis.command}\n{self.diagnosis.output}\n"
+            f"\n$ {self.edges.command}\n{self.edges.output}\n"
+        )
 
 
 def run_variant(tools: Tools, variant: str) -> Result:
@@ -393,6 +399,8 @@ def run_variant(tools: Tools, variant: str) -> Result:
         sections = [run_stat(tools, c) for c in COMMANDS]
         diagnosis = run_stat(tools, DIAGNOSE)
         diagnosis_json = json.loads(tools.kubectl_full(*DIAGNOSE, "-o", "json").stdout or "{}")
+        edges = run_stat(tools, EDGES)
+        edges_json = json.loads(tools.kubectl_full(*EDGES, "-o", "json").stdout or "[]")
         end = history.read()
         start = history.nearest(sections[0].at - WINDOW_S)
         listing = json.loads(tools.kubectl_full(*ALL_DEPLOYMENTS, "-o", "json").stdout or "[]")
@@ -403,7 +411,20 @@ def run_variant(tools: Tools, variant: str) -> Result:
         (b, name, value in {series["metric"].get(label) for series in prometheus_query(tools, expr)})
         for b, name, expr, label, value in dashboard_variables(pods)
     ]
-    return Result(variant, sections, listing, pods, start, end, boards, variables, diagnosis, diagnosis_json)
+    return Result(
+        variant,
+        sections,
+        listing,
+        pods,
+        start,
+        end,
+        boards,
+        variables,
+        diagnosis,
+        diagnosis_json,
+        edges,
+        edges_json,
+    )
 
 
 def walkthrough(tools: Tools, variants: tuple[str, ...], keep: bool = False) -> list[Result]:

@@ -48,6 +48,11 @@ def add_tap_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-rps", default="100", metavar="N", help="at most N requests per second per pod (default 100)"
     )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="tap the local `kubectl mesh demo` running on this machine (no cluster)",
+    )
     add_kube_flags(parser, namespace=True)
 
 
@@ -70,7 +75,13 @@ def open_session(args: argparse.Namespace) -> TapSession:
     from kubectl_mesh.tap.stream import TapSession, pods_to_tap, port_forward_opener
 
     options = kube_options(args)
-    namespace, given = kube.resolve_namespace(options)
+    if args.demo:
+        from kubectl_mesh.demo.state import read_state
+
+        demo = read_state()
+        namespace, given = args.namespace or demo.namespace, args.namespace is not None
+    else:
+        namespace, given = kube.resolve_namespace(options)
     words = args.resource
     if len(words) == 1 and "/" not in words[0]:
         words = ["deployment", words[0]]
@@ -94,6 +105,8 @@ def open_session(args: argparse.Namespace) -> TapSession:
     tap_options = TapOptions(
         path=args.path, method=args.method, authority=args.authority, to=to, max_rps=max_rps
     )
+    if args.demo:
+        return _demo_session(demo, target.kind, target.names[0], namespace, tap_options)
     client = kube.connect(options)
     targets = pods_to_tap(client.get_json, target.kind, target.names[0], namespace)
     return TapSession(targets, port_forward_opener(client, PROXY_TAP_PORT), tap_options)
@@ -123,3 +136,25 @@ def run(args: argparse.Namespace) -> int:
     finally:
         session.close()
     return 1 if errors and len(errors) == len(session.targets) else 0
+
+
+def _demo_session(demo: Any, kind: str, name: str, namespace: str, options: Any) -> TapSession:
+    """The demo's pods, tapped straight on 127.0.0.1 (its one namespace, one pod per deployment)."""
+    from kubectl_mesh.errors import MeshError
+    from kubectl_mesh.tap.stream import TapSession, TapTarget, direct_opener
+
+    pods = {d: pod for d, (pod, _) in demo.taps.items()}
+    chosen = [
+        d
+        for d, pod in pods.items()
+        if (kind == "deployment" and d == name) or (kind == "pod" and pod == name)
+    ]
+    if namespace != demo.namespace or kind not in ("deployment", "pod") or not chosen:
+        raise MeshError(
+            f'{kind} "{name}" in namespace "{namespace}" is not in the demo',
+            f"the demo runs deployments {', '.join(sorted(pods))} in namespace {demo.namespace}",
+        )
+    addresses = {demo.taps[d][0]: ("127.0.0.1", demo.taps[d][1]) for d in chosen}
+    return TapSession(
+        [TapTarget(namespace, demo.taps[d][0]) for d in chosen], direct_opener(addresses), options
+    )

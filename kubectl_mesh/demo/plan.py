@@ -39,6 +39,7 @@ WALKTHROUGH_STAT = (
 # Then `kubectl mesh diagnose` (argv after it) finds voting by itself, from the entry point web.
 DIAGNOSE_TARGET = "web"
 WALKTHROUGH_DIAGNOSE = (f"deploy/{DIAGNOSE_TARGET}", "-n", NAMESPACE)
+WALKTHROUGH_EDGES = ("deploy", "-n", NAMESPACE)  # and the whole graph: who calls whom
 
 
 @dataclass(frozen=True)

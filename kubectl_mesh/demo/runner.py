@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -40,6 +41,7 @@ from kubectl_mesh.demo.plan import (
 )
 from kubectl_mesh.demo.ports import PortsInUse, ports_from
 from kubectl_mesh.demo.prometheus import INSTALL_HINT, find_prometheus
+from kubectl_mesh.demo.state import DemoState, remove_state, write_state
 from kubectl_mesh.errors import MeshError
 from kubectl_mesh.graph.diagnose import Diagnosis, diagnose
 from kubectl_mesh.graph.edges import EdgesRequest, compute_edges
@@ -146,6 +148,7 @@ class Demo:
                 signal.signal(signum, signal.SIG_IGN)
         if self.sampler is not None:
             self.sampler.stopped.set()
+        remove_state(os.getpid())
         self.supervisor.stop_all()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -232,6 +235,9 @@ class Demo:
         except StartError as exc:
             raise DemoError(str(exc)) from None
         self.pods = {d: (apps[d], proxies[d]) for d in DEPLOYMENTS}
+        write_state(
+            DemoState(os.getpid(), NAMESPACE, {p.deployment: (p.pod, p.ports.tap) for p in plan.pods})
+        )
         self.sampler = CounterSampler(plan, keep_seconds=self.window_s * 3)
         self.sampler.start()
         return plan
@@ -367,7 +373,8 @@ class Demo:
             f"emojivoto runs on 127.0.0.1, each service with a mesh-proxy; Prometheus scrapes them every "
             f"{SCRAPE_INTERVAL_S}s (stat window {self.window}; in a cluster: 10s and -t 1m).\n"
             f"web page: http://127.0.0.1:{self.plan.pod('web').ports.inbound}/  "
-            f"Prometheus: {self.plan.prometheus_url}/\n",
+            f"Prometheus: {self.plan.prometheus_url}/\n"
+            "live requests, in another terminal: kubectl mesh tap deploy/web --demo (or top)\n",
             file=self.err,
         )
         self.out.write(self.render(snapshot))

@@ -140,7 +140,7 @@ class TapSession:
             for event in read_stream(byte_stream, self._query):
                 self._queue.put((stream, event, None))
         except MeshError as exc:
-            error = exc.message
+            error = f"{exc.message} (hint: {exc.hint})" if exc.hint else exc.message
         except OSError as exc:
             error = str(exc) or type(exc).__name__
         if not self._closed:

@@ -48,6 +48,11 @@ def test_the_seeds_findings(results: dict[str, Any], variant: str) -> None:
     (culprit,) = result.diagnosis_json["culprits"]
     assert (culprit["name"], [hop["dst"] for hop in culprit["path"]]) == ("voting", ["voting"])
     assert culprit["path"][0]["success"] == pytest.approx(callees["voting"].success, abs=0.02)
+    # And the graph: every caller -> callee pair of the app, with the same numbers as stat's.
+    edges = {(e["src"], e["dst"]): e for e in result.edges_json}
+    assert {("vote-bot", "web"), ("web", "emoji"), ("web", "voting")} <= set(edges), result.edges.output
+    assert edges[("web", "voting")]["success"] == pytest.approx(callees["voting"].success, abs=0.02)
+    assert edges[("web", "emoji")]["success"] == 1.0
 
 
 @pytest.mark.timeout(1200)
