@@ -159,14 +159,23 @@ def _contexts(words: Sequence[str]) -> list[str]:
 
 def candidates(words: Sequence[str]) -> tuple[list[str], int]:
     """Pure except for cluster look-ups: the words after `mesh` (last = current) -> candidates."""
-    from kubectl_mesh.cli import COMMANDS, build_parser
+    from kubectl_mesh.cli import COMMANDS, GLOBAL_FLAGS, HELP, build_parser, command_index
 
     words = list(words) or [""]
+    if len(words) >= 2 and words[-2] in GLOBAL_FLAGS and command_index(words[:-2]) == len(words) - 2:
+        # the value of a global flag before the command: `kubectl mesh --context <TAB>`
+        return (_contexts(words), DIRECTIVE_NO_FILE) if words[-2] == "--context" else ([], DIRECTIVE_DEFAULT)
+    global_words = words[: command_index(words[:-1])]
+    words = words[len(global_words) :] or [""]
     current = words[-1]
     if len(words) == 1:
         if current.startswith("-"):
-            return ["--help", "--version"], DIRECTIVE_NO_FILE
-        return sorted(COMMANDS), DIRECTIVE_NO_FILE
+            return ["--context", "--help", "--kubeconfig", "--version"], DIRECTIVE_NO_FILE
+        return sorted((*COMMANDS, HELP)), DIRECTIVE_NO_FILE
+    if words[0] == HELP:
+        return (sorted(COMMANDS), DIRECTIVE_NO_FILE) if len(words) == 2 else ([], DIRECTIVE_NO_FILE)
+    words = [*global_words, *words] if global_words else words  # --kubeconfig/--context for look-ups
+    words = _command_first(words, len(global_words))
     # Only the named command's module is imported: every TAB runs a fresh process.
     command = _subparsers(build_parser(only=words[0])).get(words[0]) if words[0] in COMMANDS else None
     if command is None:
@@ -203,6 +212,11 @@ def candidates(words: Sequence[str]) -> tuple[list[str], int]:
             return _cluster_names(words, positional[0], namespace), DIRECTIVE_NO_FILE
         return _typed_names(words, current, namespace), DIRECTIVE_NO_FILE
     return [], DIRECTIVE_DEFAULT if words[0] in ("inject", "uninject") else DIRECTIVE_NO_FILE
+
+
+def _command_first(words: list[str], globals_count: int) -> list[str]:
+    """The command first, the global flags after it (where the command's own flags go)."""
+    return [*words[globals_count:-1], *words[:globals_count], words[-1]] if globals_count else words
 
 
 def _positionals(words: Sequence[str], flags: dict[str, argparse.Action]) -> list[str]:
