@@ -100,7 +100,7 @@ class Context:
         if self._prometheus is None:
             from kubectl_mesh import prom
 
-            self._prometheus = prom.connect(self.prometheus_url, self.client)
+            self._prometheus = prom.connect(self.prometheus_url, self.client, self.kube.request_timeout)
         return self._prometheus
 
 

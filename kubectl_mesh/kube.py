@@ -91,6 +91,7 @@ class KubeOptions:
     kubeconfig: str | None = None
     context: str | None = None
     namespace: str | None = None
+    request_timeout: float | None = None  # seconds, per request (--request-timeout)
 
 
 def _kubeconfig_paths(explicit: str | None) -> list[Path]:
@@ -507,8 +508,11 @@ class KubeClient:
 
 
 def connect(options: KubeOptions, timeout: float = DEFAULT_TIMEOUT_S) -> KubeClient:
-    """A client for the options' kubeconfig and context (nothing is sent yet)."""
-    return KubeClient(load_config(options.kubeconfig, options.context), timeout=timeout)
+    """A client for the options' kubeconfig and context (nothing is sent yet); the options'
+    request timeout, when given, wins over `timeout`."""
+    return KubeClient(
+        load_config(options.kubeconfig, options.context), timeout=options.request_timeout or timeout
+    )
 
 
 def resolve_namespace(options: KubeOptions) -> tuple[str, bool]:

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         selector=args.selector,
     )
     client = kube.connect(options)
-    prometheus = prom.connect(args.prometheus_url, lambda: client)
+    prometheus = prom.connect(args.prometheus_url, lambda: client, timeout=options.request_timeout)
     for ref in (request.to, request.from_):
         if ref is not None:
             _require_object(client, ref.kind, ref.name, ref.namespace)
