@@ -269,3 +269,26 @@ def test_kubeconfig_and_context_before_the_command(dead_cluster: Path, tmp_path:
     assert done.stdout.splitlines() == ["dead", ":4"]
     done = subprocess.run([*complete, "--context", "dead", "st"], env=env, capture_output=True, text=True)
     assert "stat" in done.stdout.splitlines()
+
+
+def test_zsh_completion_says_it_needs_compinit(tmp_path: Path) -> None:
+    """The real zsh: without compinit the script says what to run (not `command not found:
+    compdef`); with it, the completion function is registered."""
+    if not Path("/usr/bin/zsh").exists():
+        pytest.skip("zsh is not installed (scripts/install-system-deps.sh installs it)")
+    script = tmp_path / "_kubectl_mesh"
+    script.write_text(run("completion", "zsh").stdout)
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    bare = subprocess.run(["zsh", "-f", "-c", f"source {script}"], env=env, capture_output=True, text=True)
+    assert bare.returncode == 1
+    assert bare.stderr == (
+        "kubectl-mesh: zsh completion needs compinit: run 'autoload -U compinit && compinit' first "
+        "(e.g. in ~/.zshrc)\n"
+    )
+    loaded = f"autoload -U compinit && compinit -u && source {script} && print $_comps[kubectl-mesh]"
+    with_compinit = subprocess.run(
+        ["zsh", "-f", "-c", loaded],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (with_compinit.returncode, with_compinit.stderr) == (0, "")
+    assert with_compinit.stdout == "_kubectl_mesh\n"
