@@ -28,6 +28,7 @@ COMMANDS = ("install", "uninstall", "inject", "uninject", "check", "stat", "vers
 # Flags that kubectl takes before the command too (`kubectl mesh --context lab stat deploy`).
 GLOBAL_FLAGS = ("--kubeconfig", "--context")
 HELP = "help"
+COMPLETE = "__complete"  # hidden, as cobra's: `kubectl-mesh __complete WORDS… CURRENT`
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -189,7 +190,10 @@ def _help(parser: argparse.ArgumentParser, topic: str | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = _attach_negative_values(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [COMPLETE]:  # what kubectl_complete-mesh runs when it is a script (Krew)
+        return complete(argv[1:])
+    argv = _attach_negative_values(argv)
     index = command_index(argv)
     word = argv[index] if index < len(argv) else None
     if word is not None and not word.startswith("-") and word not in (*COMMANDS, HELP):
@@ -237,8 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def complete_main() -> int:
     """Entry point of `kubectl_complete-mesh`, called by kubectl's completion (>= 1.26)."""
+    return complete(sys.argv[1:])
+
+
+def complete(words: Sequence[str]) -> int:
+    """Cobra's completion protocol for the words after `mesh` (kubectl_mesh.commands.completion)."""
     module = importlib.import_module("kubectl_mesh.commands.completion")
-    return int(module.complete(sys.argv[1:]))
+    return int(module.complete(list(words)))
 
 
 if __name__ == "__main__":

@@ -192,7 +192,7 @@ def test_kubectl_completion_protocol() -> None:
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_completion_scripts(shell: str) -> None:
     done = run("completion", shell)
-    assert done.returncode == 0 and "kubectl_complete-mesh" in done.stdout
+    assert done.returncode == 0 and "kubectl-mesh __complete" in done.stdout
     if shell == "bash":
         assert subprocess.run(["bash", "-n"], input=done.stdout, text=True, timeout=10).returncode == 0
 
