@@ -129,8 +129,14 @@ def transform_files(paths: list[str], action: PodAction, done: str) -> int:
                     manifests.dump_document(transform_object(doc, action, done, report), out)
                 except RecursionError:
                     raise MeshError(manifests.too_deep(source.name, number)) from None
-        out.seek(0)
-        shutil.copyfileobj(out, sys.stdout)
+        out.flush()
+        if hasattr(sys.stdout, "buffer"):  # bytes to bytes: no decoding and encoding again
+            sys.stdout.flush()
+            out.buffer.seek(0)
+            shutil.copyfileobj(out.buffer, sys.stdout.buffer)
+        else:
+            out.seek(0)
+            shutil.copyfileobj(out, sys.stdout)
     sys.stdout.flush()
     if report:
         print("\n".join(report), file=sys.stderr)
