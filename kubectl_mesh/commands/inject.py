@@ -114,13 +114,15 @@ def transform_files(paths: list[str], action: PodAction, done: str) -> int:
     """Apply `action` to every pod template of every input, one document at a time; the YAML
     goes to stdout once every input has been read (a bad one leaves stdout empty), the report
     to stderr. Documents wait in a temporary file, not in memory: inputs may be large."""
+    import io
     import shutil
     import tempfile
 
     from kubectl_mesh import manifests
 
     report: list[str] = []
-    with tempfile.TemporaryFile("w+", encoding="utf-8", prefix="kubectl-mesh-") as out:
+    with tempfile.TemporaryFile(prefix="kubectl-mesh-") as raw:
+        out = io.TextIOWrapper(raw, encoding="utf-8")
         for source in manifests.open_sources(paths, sys.stdin):  # a ManifestError is a MeshError
             for number, doc in manifests.iter_documents(source):
                 if not isinstance(doc, dict):
@@ -130,13 +132,13 @@ def transform_files(paths: list[str], action: PodAction, done: str) -> int:
                 except RecursionError:
                     raise MeshError(manifests.too_deep(source.name, number)) from None
         out.flush()
+        raw.seek(0)
         if hasattr(sys.stdout, "buffer"):  # bytes to bytes: no decoding and encoding again
             sys.stdout.flush()
-            out.buffer.seek(0)
-            shutil.copyfileobj(out.buffer, sys.stdout.buffer)
+            shutil.copyfileobj(raw, sys.stdout.buffer)
         else:
-            out.seek(0)
-            shutil.copyfileobj(out, sys.stdout)
+            sys.stdout.write(raw.read().decode())
+        out.detach()
     sys.stdout.flush()
     if report:
         print("\n".join(report), file=sys.stderr)
