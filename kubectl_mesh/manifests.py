@@ -223,8 +223,18 @@ class _Representer(yaml.representer.SafeRepresenter):
             return self.represent_scalar(STR, data, style="|")
         return self.represent_scalar(STR, data)
 
+    def represent_int(self, data: int) -> Any:
+        return self.represent_scalar(INT, _int_text(data))
+
+
+def _int_text(value: int) -> str:
+    """An int as kubectl reads it back: beyond 64 bits in decimal it would be a float, in hex it
+    stays an integer (go-yaml's big.Int; only a non-decimal input gives one)."""
+    return hex(value) if value > _UINT64_MAX else str(value)
+
 
 _Representer.add_representer(str, _Representer.represent_str)
+_Representer.add_representer(int, _Representer.represent_int)
 
 _DUMP_OPTIONS: dict[str, Any] = {
     "default_flow_style": False,
@@ -428,7 +438,10 @@ class _Unsupported(Exception):
 
 _PLAIN = re.compile(r"(?:[A-Za-z0-9_/.(]|-(?=[^ ]))[A-Za-z0-9_./@+=,()%*:;~$| -]*\Z")
 _AMBIGUOUS_START = frozenset("yYnNtTfFoO~-+0123456789.<=")
-_PRINTABLE = re.compile("[\x20-\x7e\xa0-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010fffe]*\\Z")
+# YAML's printable characters, less the line breaks U+0085, U+2028, U+2029 and the BOM.
+_PRINTABLE = re.compile(
+    "[\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010fffe]*\\Z"
+)
 _NO_LITERAL = re.compile(r"[ \t]\n|\n[ \t]*\n\s*$|^\s")
 
 
@@ -529,7 +542,7 @@ class _Block:
         if kind is bool:
             return "true" if value else "false"
         if kind is int:
-            return str(value)
+            return _int_text(value)
         if kind is float:
             if value != value:
                 return ".nan"

@@ -9,12 +9,14 @@ streamed, memory not growing with it (peak RSS measured by the kernel, wait4).
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from kubectl_mesh import manifests
 from lab.pytest_plugin import Lab
@@ -149,3 +151,45 @@ def test_a_large_input_streams_in_bounded_memory(tmp_path: Path) -> None:
     assert run.max_rss_bytes - base.max_rss_bytes < size, (run.max_rss_bytes, base.max_rss_bytes)
     assert run.max_rss_bytes < 3 * size + base.max_rss_bytes
     assert size / run.seconds > 0.3e6, f"{size / run.seconds / 1e6:.2f} MB/s"  # 337 s for 50 MB before
+
+
+AWKWARD = [
+    "", " ", "a\tb", "héllo", "x\ufeffy", "a\u2028b", "a\x85b", "tab\tin\nlines\n", "  lead\nx", "ok\nfine\n",
+    "ok\nno newline", "trail \nx", "\x7f", "two\n\nblank\n\n", "- item", "key: value", "a #b", "#c", "'q'",
+    '"d"', "x:", "[a]", "{a: 1}", "*alias", "&anchor", "!tag", "%dir", "@at", "`tick", "|pipe", ">fold",
+    "?", "-", "---", "...", "12:30", "=", "<<", "~", "0o17", "1_000", "2024-01-01", ".5", "1e3", "NULL",
+    "x" * 300, "😀 emoji", "-5m", "http://a:b/c",
+]  # fmt: skip
+
+
+def test_awkward_strings_and_values_come_back_as_they_were() -> None:
+    import io
+
+    doc = {
+        "strings": AWKWARD,
+        "as keys": {s: i for i, s in enumerate(AWKWARD) if "\n" not in s},
+        "values": [None, True, False, 0, -1, 2**64, 1.5, -0.0, 1e16, math.inf, -math.inf, [], {}, [[]], [{}]],
+        "nested": [[1, [2, [3]]], {"a": [{"b": {"c": []}}]}],
+        True: "bool key",
+        8: "int key",
+        None: "null key",
+    }
+    out = io.StringIO()
+    manifests.dump_document(doc, out)
+    ((_, back),) = manifests.iter_documents(manifests.Source("o.yaml", io.BytesIO(out.getvalue().encode())))
+    assert back == doc, out.getvalue()
+    # and the same through PyYAML's own safe loader (YAML 1.1): the strings stay strings
+    assert yaml.safe_load(out.getvalue())["strings"] == AWKWARD
+
+
+def test_aliases_are_not_expanded_on_output(tmp_path: Path) -> None:
+    """A billion-laughs document: written with anchors (as read), not copied out 10^9 times."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i, name in enumerate("bcdefghi"):
+        prev = "a" if i == 0 else "bcdefghi"[i - 1]
+        lines.append(f"{name}: &{name} [{', '.join(['*' + prev] * 9)}]")
+    path = tmp_path / "laughs.yaml"
+    path.write_text("kind: ConfigMap\n" + "\n".join(lines) + "\n")
+    done = run_cli("inject", str(path))
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout) < 10_000 and "&" in done.stdout and "*" in done.stdout
