@@ -432,8 +432,12 @@ def dump_document(document: Any, out: IO[str]) -> None:
     yaml.dump(document, out, Dumper=Dumper, **_DUMP_OPTIONS)
 
 
-class _Unsupported(Exception):
-    """A value `_Block` leaves to PyYAML."""
+class _Unsupported(MeshError):
+    """A value the fast paths (`_build`, `_Block`) leave to PyYAML; caught in this module. A
+    MeshError like every error here, so that if one ever escaped it would still be one line."""
+
+    def __init__(self) -> None:
+        super().__init__("a YAML value kubectl-mesh could not handle")
 
 
 _PLAIN = re.compile(r"(?:[A-Za-z0-9_/.(]|-(?=[^ ]))[A-Za-z0-9_./@+=,()%*:;~$| -]*\Z")
