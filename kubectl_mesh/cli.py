@@ -200,10 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown(f'unknown command "{word}" for "kubectl mesh"', suggestions(word, COMMANDS), "kubectl mesh")
     parser = build_parser(only=_command_in(argv))
     args = parser.parse_args(argv)
-    if args.command == HELP:
+    if getattr(args, "command", None) == HELP:
         return _help(parser, args.topic)
     for name in ("kubeconfig", "context"):  # the global form, unless the command's own was given
-        if getattr(args, name, None) is None and getattr(args, f"global_{name}") is not None:
+        if getattr(args, name, None) is None and getattr(args, f"global_{name}", None) is not None:
             setattr(args, name, getattr(args, f"global_{name}"))
     func = getattr(args, "func", None)
     if func is None:  # no command: the help, as kubectl with no arguments
