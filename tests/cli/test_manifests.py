@@ -49,7 +49,8 @@ def tricky_manifest() -> str:
 def kubectl_json(lab: Lab, path: Path) -> list[Any]:
     done = subprocess.run(
         [KUBECTL, "create", "--dry-run=client", "--validate=false", "-o", "json", "-f", str(path)],
-        env={"KUBECONFIG": str(lab.kubeconfig), "PATH": "/usr/bin:/bin"},
+        # HOME: kubectl's discovery cache goes to the test's directory, not the working one
+        env={"KUBECONFIG": str(lab.kubeconfig), "PATH": "/usr/bin:/bin", "HOME": str(path.parent)},
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
