@@ -224,7 +224,7 @@ def test_completion_of_flag_values_and_contexts(dead_cluster: Path) -> None:
          "Run 'kubectl mesh --help' for usage.\n"),
         (["help", "instal"], 'error: unknown command "instal" for "kubectl mesh"\n\nDid you mean this?\n'
          "\tinstall\n\nRun 'kubectl mesh --help' for usage.\n"),
-        (["nope"], 'error: unknown command "nope" for "kubectl mesh"\n'
+        (["bogus"], 'error: unknown command "bogus" for "kubectl mesh"\n'
          "Run 'kubectl mesh --help' for usage.\n"),
         # no prefix abbreviation: --name is not --namespace (it is only suggested)
         (["stat", "deploy", "--name", "x"], "error: unknown flag: --name\n\nDid you mean this?\n"
