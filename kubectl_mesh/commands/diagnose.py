@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     client = kube.connect(options)
     require_object(client, target.kind, name, namespace)
-    prometheus = prom.connect(args.prometheus_url, lambda: client)
+    prometheus = prom.connect(args.prometheus_url, lambda: client, timeout=options.request_timeout)
     rows = compute_stat(target, prometheus.query, kube_workloads(client.get_json))
     edges = compute_edges(edges_request, prometheus.query)
     result = diagnose(target.kind, (namespace, name), rows[0] if rows else None, edges, threshold)

@@ -59,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
         window=args.time_window,
         output=args.output,
     )
-    prometheus = prom.connect(args.prometheus_url, lambda: kube.connect(options))
+    prometheus = prom.connect(
+        args.prometheus_url, lambda: kube.connect(options), timeout=options.request_timeout
+    )
     edges = compute_edges(request, prometheus.query)
     text = render_edges(edges, request)
     if request.output == "svg":

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     namespace, given = kube.resolve_namespace(options)
     request = request_from_args(args, namespace, given)
     client = kube.connect(options)
-    prometheus = prom.connect(args.prometheus_url, lambda: client)
+    prometheus = prom.connect(args.prometheus_url, lambda: client, timeout=options.request_timeout)
     for ref in (request.to, request.from_):
         if ref is not None:
             require_object(client, ref.kind, ref.name, ref.namespace)
