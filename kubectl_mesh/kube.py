@@ -103,12 +103,24 @@ def _kubeconfig_paths(explicit: str | None) -> list[Path]:
     return [Path(DEFAULT_KUBECONFIG).expanduser()]
 
 
+def _is_file(path: Path) -> bool:
+    """Whether a kubeconfig is there; one line naming it when it cannot even be looked at."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise KubeError(f"cannot read kubeconfig {path}: {exc.strerror}") from None
+
+
 def _load_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        data = yaml.load(path.read_text(), Loader=loader)  # a safe loader (C if available)
+        text = path.read_text()
+    except OSError as exc:
+        raise KubeError(f"cannot read kubeconfig {path}: {exc.strerror}") from None
+    try:
+        data = yaml.load(text, Loader=loader)  # a safe loader (C if available)
     except yaml.YAMLError as exc:
         raise KubeError(f"kubeconfig {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     return data if isinstance(data, dict) else {}
@@ -162,7 +174,7 @@ def _named_items(path: Path, doc: dict[str, Any]) -> Iterator[tuple[str, str, di
 def load_config(kubeconfig: str | None = None, context: str | None = None) -> KubeConfig:
     """Resolve the context like kubectl: files merged first-wins, --context over current-context."""
     paths = _kubeconfig_paths(kubeconfig)
-    existing = [p for p in paths if p.is_file()]
+    existing = [p for p in paths if _is_file(p)]
     source = os.pathsep.join(str(p) for p in paths)
     if not existing:
         raise KubeError(

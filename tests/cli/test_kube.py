@@ -728,3 +728,30 @@ def test_malformed_kubeconfigs_name_the_file_and_the_field(tmp_path: Path, edit:
     assert done.returncode == 1
     assert done.stderr == f"error: kubeconfig {path}: {field}" + done.stderr.split(field, 1)[1]
     assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_an_unreadable_kubeconfig_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A kubeconfig in a directory the user may not enter (e.g. /root/.kube as another user), or a
+    file it may not read: one line naming the file, as kubectl's "permission denied", from the CLI."""
+    import os
+    import subprocess
+    import sys
+
+    from lab.runtime import runtime_env
+
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "config").write_text("apiVersion: v1\nkind: Config\n")
+    private.chmod(0o700)
+    unreadable = tmp_path / "unreadable"
+    unreadable.write_text("apiVersion: v1\n")
+    unreadable.chmod(0)
+    tmp_path.chmod(0o755)
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    for path in (private / "config", unreadable):
+        done = subprocess.run(
+            [*drop, sys.executable, "-m", "kubectl_mesh", "stat", "deploy", "--kubeconfig", str(path)],
+            capture_output=True, text=True, env=runtime_env(), timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 1, done
+        assert done.stderr == f"error: cannot read kubeconfig {path}: Permission denied\n", done.stderr
