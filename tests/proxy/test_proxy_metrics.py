@@ -349,12 +349,14 @@ def _reference_render(m: MeshMetrics) -> str:
         "# TYPE response_total counter\n"
     )
     for r in routes:
-        for (status, classification, error), count in r.responses.items():
+        for (status, classification, error, grpc_status), count in r.responses.items():
             extra = f',classification="{classification}"'
             if status:
                 extra += f',status_code="{status}"'
             if error:
                 extra += f',error="{error}"'
+            if grpc_status:
+                extra += f',grpc_status="{grpc_status}"'
             out.append(f"response_total{{{r.text}{extra}}} {count}\n")
     out.append(
         "# HELP response_latency_ms Time to response headers, in milliseconds.\n"
