@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.proxy.netns_pods import PodPair
+# grpcio's fork handlers, on by default, break a proxy process started (fork + exec) while a
+# grpcio server runs in the test process; the tests never use gRPC in a forked child.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
+
+from tests.proxy.netns_pods import PodPair  # noqa: E402
 from tests.proxy.proxy_backends import AppServer
 from tests.support.proxy_process import CLIENT_ID, SERVER_ID, ProxyProcess, start_proxy
 
