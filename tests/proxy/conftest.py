@@ -12,7 +12,7 @@ import pytest
 # grpcio server runs in the test process; the tests never use gRPC in a forked child.
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
-from tests.proxy.netns_pods import PodPair  # noqa: E402
+from tests.proxy.netns_pods import PodPair
 from tests.proxy.proxy_backends import AppServer
 from tests.support.proxy_process import CLIENT_ID, SERVER_ID, ProxyProcess, start_proxy
 
