@@ -72,7 +72,14 @@ class Side:
     def __init__(self, proxy: Proxy, client_side: bool, direction: str) -> None:
         self.proxy = proxy
         self.direction = direction
-        config = h2.config.H2Configuration(client_side=client_side, header_encoding=None)
+        # What this side sends was validated when it arrived on the other (or is the proxy's
+        # own): checking it again would cost as much as the check on receipt, for nothing.
+        config = h2.config.H2Configuration(
+            client_side=client_side,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         conn = h2.connection.H2Connection(config)
         conn.local_settings = h2.settings.Settings(client=client_side, initial_values=_settings(client_side))
         conn.decoder.max_header_list_size = h2rules.MAX_HEADER_LIST_SIZE
@@ -517,8 +524,8 @@ class H2Upstream(Side):
             return False
         if not self.ready:
             return len(self.waiting) < h2rules.MAX_CONCURRENT_STREAMS
-        limit = self.conn.remote_settings.max_concurrent_streams
-        return self.conn.open_outbound_streams + len(self.waiting) < limit
+        # Our own count: h2's open_outbound_streams walks every stream it knows, on each call.
+        return len(self.streams) < self.conn.remote_settings.max_concurrent_streams
 
     def add(self, stream: Stream, fields: Fields) -> None:
         stream.up = self

@@ -21,7 +21,7 @@ import h2.events
 import pytest
 from hyperframe.frame import DataFrame, Frame, HeadersFrame
 
-from tests.proxy.grpc_backends import GrpcApp, methods
+from tests.support.grpc_app import GrpcApp, methods
 from tests.support.proxy_process import CLIENT_ID, SERVER_ID, ProxyProcess, start_proxy
 
 CLIENT_LABELS = {"src_namespace": CLIENT_ID[0], "src_deployment": CLIENT_ID[2], "src_pod": CLIENT_ID[3]}

@@ -29,7 +29,7 @@ from hyperframe.frame import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.proxy.grpc_backends import GrpcApp, methods
+from tests.support.grpc_app import GrpcApp, methods
 from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

@@ -1,4 +1,4 @@
-"""A real grpcio server for the HTTP/2 tests: the four kinds of RPC, on raw bytes (no codegen).
+"""A real grpcio server for the HTTP/2 tests and bench: the four kinds of RPC, on raw bytes (no codegen).
 
 It records what it received (each call's metadata, messages produced) so tests assert what the
 app saw, not only what the client got back.
@@ -91,3 +91,18 @@ def methods(channel: grpc.Channel) -> dict[str, Any]:
         "bidi": channel.stream_stream(f"/{SERVICE}/Bidi"),
         "flood": channel.unary_stream(f"/{SERVICE}/Flood"),
     }
+
+
+def main() -> None:
+    """`python -m tests.support.grpc_app PORT_FILE`: serve until killed (for the benchmark, which
+    runs the server in its own process so that it does not share the client's GIL)."""
+    import sys
+    from pathlib import Path
+
+    app = GrpcApp()
+    Path(sys.argv[1]).write_text(str(app.port))
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
