@@ -294,7 +294,6 @@ class Stream:
 
     def response_ended(self) -> None:
         self.down_done = True
-        self.to_down.clear()
         self.count()
         self.settle()
 
@@ -330,13 +329,25 @@ class Stream:
         """Forget the stream once both directions are over."""
         if not (self.up_done and self.down_done):
             return
+        # Bytes still queued will never be passed on: give their senders the window back, or a
+        # connection shared by many streams would shrink with every stream cut short.
+        _release(self.to_up, self.session, self.sid)
         self.session.streams.pop(self.sid, None)
         if self.up is not None:
+            _release(self.to_down, self.up, self.uid)
             self.up.streams.pop(self.uid, None)
             self.up.idle_since = self.session.proxy.now
             if not self.up.streams and self.up.draining:
                 self.up.close()
         self.session.after_stream()
+
+
+def _release(queue: deque[Item], src: Side, src_id: int) -> None:
+    flow = sum(item[2] for item in queue)
+    queue.clear()
+    if flow and not src.dead:
+        src.conn.acknowledge_received_data(flow, src_id)
+        src.pull()
 
 
 def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int) -> bool:
@@ -365,7 +376,7 @@ def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int) ->
                     src.conn.acknowledge_received_data(flow, src_id)
                     src.pull()
             else:
-                queue.clear()
+                _release(queue, src, src_id)
                 if kind == TRAILERS:
                     conn.send_headers(dst_id, payload, end_stream=True)
                 else:
@@ -373,7 +384,7 @@ def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int) ->
                 dst.pull()
                 return True
     except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-        queue.clear()
+        _release(queue, src, src_id)  # the next hop's stream is gone
         return True
     dst.pull()
     return False

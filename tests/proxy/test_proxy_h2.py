@@ -274,3 +274,20 @@ def test_a_slow_rpc_does_not_hold_back_the_others_on_its_connection(channel: grp
     assert time.monotonic() - started < 1.5 and not done.is_set()
     thread.join(10)
     assert done.is_set()
+
+
+def test_streams_cut_short_give_their_window_back_to_the_shared_connection(
+    channel: grpc.Channel, grpc_app: GrpcApp, h2_server_proxy: ProxyProcess
+) -> None:
+    """150 streams each cancelled with up to a window of data queued in the proxies (150 × 64 KiB
+    is more than a connection's window): the connections they shared still carry a stream."""
+    rpc = methods(channel)
+    for _ in range(150):
+        flood = rpc["flood"](b"", timeout=10)
+        next(flood)
+        time.sleep(0.005)  # let the windows fill
+        flood.cancel()
+    assert rpc["unary"](b"still", timeout=5) == b"echo:still"
+    received = sum(len(m) for m in rpc["flood"](b"", timeout=30))
+    assert received == 1000 * 64 * 1024
+    assert h2_server_proxy.value("response_total", direction="inbound", error="client_gone") >= 100
