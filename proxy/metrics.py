@@ -190,6 +190,8 @@ class MeshMetrics:
         route.last = now
         route.requests += 1
         classification = classify(status, error, grpc_status)
+        if error:  # the error says why: one line per error, not per error and gRPC code (bounds)
+            grpc_status = ""
         hist = route.latency.get(status)
         if hist is None:
             status, hist = self._histogram(key, route, status, now)
