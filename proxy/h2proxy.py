@@ -297,15 +297,18 @@ class Stream:
         self.count()
         self.settle()
 
-    def fail(self, error: str, status: int = 502) -> None:
-        """The upstream failed the stream: answer it (no response yet) or reset it; count it."""
+    def fail(self, error: str, status: int = 502, reason: str = "") -> None:
+        """The upstream failed the stream: answer it (no response yet) or reset it; count it.
+
+        `error` is the metric label ("" when the status says it all, as for HTTP/1's 400 and
+        503), `reason` the text a gRPC client reads (default: the label)."""
         session = self.session
         if self.latency_ms < 0 and not self.down_done:
             self.status = 200 if self.head.grpc else status
             self.grpc_status = h2rules.GRPC_UNAVAILABLE if self.head.grpc else ""
             if not session.dead:
                 try:
-                    fields = h2rules.failure_response(status, self.head.grpc, error)
+                    fields = h2rules.failure_response(status, self.head.grpc, reason or error)
                     session.conn.send_headers(self.sid, fields, end_stream=True)
                     session.pull()
                 except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
@@ -511,7 +514,7 @@ class Session(Side):
             stream.fail("loop", 400)
             return
         if dest is None:
-            stream.fail("bad_request", 400)
+            stream.fail("", 400, "no usable destination in request")
             return
         fields = h2rules.request_fields(head, outbound, proxy.identity, proxy.hop_id)
         proxy.h2pool.open(stream, dest, self.direction, fields)
@@ -668,7 +671,7 @@ class H2Pool:
                 upstream.add(stream, fields)
                 return
         if len(conns) >= h2rules.UPSTREAMS_PER_DESTINATION:
-            stream.fail("overloaded", 503)
+            stream.fail("", 503, "too many streams to this destination")
             return
         upstream = H2Upstream(self.proxy, self, key)
         conns.append(upstream)
