@@ -6,6 +6,7 @@ app saw, not only what the client got back.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -18,11 +19,12 @@ BIG = 64 * 1024  # one message of the Flood stream
 
 
 class GrpcApp:
-    """`Unary` echoes (b"fail:<code>" aborts with that code, b"sleep:<s>" sleeps), `ServerStream`
-    sends b"<n>" as n messages, `ClientStream` joins what it gets, `Bidi` echoes each message,
-    `Flood` sends up to 1000 messages of 64 KiB (counted in `flood_sent`)."""
+    """`Seen` answers the call's metadata as JSON; `Unary` echoes (b"fail:<code>" aborts with that
+    code, b"sleep:<s>" sleeps); `ServerStream` sends b"<n>" as n messages; `ClientStream` joins what
+    it gets; `Bidi` echoes each message; `Flood` sends up to 1000 messages of 64 KiB (counted in
+    `flood_sent`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, address: str = "127.0.0.1:0") -> None:
         self.metadata: list[dict[str, str]] = []
         self.flood_sent = 0
         self.lock = threading.Lock()
@@ -32,10 +34,11 @@ class GrpcApp:
             "ClientStream": grpc.stream_unary_rpc_method_handler(self._client_stream),
             "Bidi": grpc.stream_stream_rpc_method_handler(self._bidi),
             "Flood": grpc.unary_stream_rpc_method_handler(self._flood),
+            "Seen": grpc.unary_unary_rpc_method_handler(self._seen_metadata),
         }
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.port = self.server.add_insecure_port(address)
         self.server.start()
 
     def _seen(self, context: Any) -> None:
@@ -49,6 +52,11 @@ class GrpcApp:
         if request.startswith(b"sleep:"):
             threading.Event().wait(float(request[6:]))
         return b"echo:" + request
+
+    def _seen_metadata(self, request: bytes, context: Any) -> bytes:
+        """The metadata this call arrived with, as JSON: for an app in another process."""
+        self._seen(context)
+        return json.dumps(self.metadata[-1]).encode()
 
     def _server_stream(self, request: bytes, context: Any) -> Iterator[bytes]:
         self._seen(context)
@@ -94,12 +102,12 @@ def methods(channel: grpc.Channel) -> dict[str, Any]:
 
 
 def main() -> None:
-    """`python -m tests.support.grpc_app PORT_FILE`: serve until killed (for the benchmark, which
-    runs the server in its own process so that it does not share the client's GIL)."""
+    """`python tests/support/grpc_app.py PORT_FILE [HOST:PORT]`: serve until killed (the benchmark
+    runs the server in its own process, off the client's GIL; the transparent tests in a pod)."""
     import sys
     from pathlib import Path
 
-    app = GrpcApp()
+    app = GrpcApp(*sys.argv[2:3])
     Path(sys.argv[1]).write_text(str(app.port))
     threading.Event().wait()
 
