@@ -353,8 +353,11 @@ def _release(queue: deque[Item], src: Side, src_id: int) -> None:
         src.pull()
 
 
-def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int) -> bool:
-    """Pass a direction's queued items into `dst` as its windows allow; True once its end went.
+WAITING, ENDED, GONE = 0, 1, 2  # what `_pump` left: more to send, the end went, `dst`'s stream is gone
+
+
+def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int) -> int:
+    """Pass a direction's queued items into `dst` as its windows allow (WAITING, ENDED or GONE).
 
     DATA is acknowledged to `src` only when it was passed on: the sender's window is what bounds
     the bytes the proxy holds for a stream."""
@@ -385,12 +388,14 @@ def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int) ->
                 else:
                     conn.end_stream(dst_id)
                 dst.pull()
-                return True
+                return ENDED
     except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-        _release(queue, src, src_id)  # the next hop's stream is gone
-        return True
+        # The next hop reset the stream in the frames just read; its event comes next, but the
+        # stream is over now: never counted as a response that ended well.
+        _release(queue, src, src_id)
+        return GONE
     dst.pull()
-    return False
+    return WAITING
 
 
 class Session(Side):
@@ -455,12 +460,13 @@ class Session(Side):
 
     def pump(self, stream: Stream) -> None:
         upstream = stream.up
-        if (
-            upstream is not None
-            and not stream.down_done
-            and _pump(stream.to_down, self, stream.sid, upstream, stream.uid)
-        ):
+        if upstream is None or stream.down_done:
+            return
+        left = _pump(stream.to_down, self, stream.sid, upstream, stream.uid)
+        if left == ENDED:
             stream.response_ended()
+        elif left == GONE:
+            stream.client_gone()
 
     def on_event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):
@@ -472,10 +478,15 @@ class Session(Side):
         sid = getattr(event, "stream_id", 0)
         stream = self.streams.get(sid)
         if isinstance(event, h2.events.StreamReset):
-            if not self.resets.spend(self.proxy.now):  # CVE-2023-44487
+            if stream is None:
+                return
+            # CVE-2023-44487 counts streams reset before their response came: the work the
+            # client made happen and threw away. A cancelled streaming RPC (a response under way)
+            # is not counted, so a connection from a peer proxy, carrying the cancellations of
+            # many clients at once, is not taken for an attack.
+            if stream.latency_ms < 0 and not self.resets.spend(self.proxy.now):
                 self.fail_connection("rapid_reset", ErrorCodes.ENHANCE_YOUR_CALM)
-            if stream is not None:
-                stream.client_gone()
+            stream.client_gone()
             return
         if stream is None:
             if isinstance(event, h2.events.DataReceived) and event.flow_controlled_length:
@@ -613,9 +624,14 @@ class H2Upstream(Side):
             shutdown(self.sock, 0)
 
     def pump(self, stream: Stream) -> None:
-        if not stream.up_done and _pump(stream.to_up, self, stream.uid, stream.session, stream.sid):
+        if stream.up_done:
+            return
+        left = _pump(stream.to_up, self, stream.uid, stream.session, stream.sid)
+        if left == ENDED:
             stream.up_done = True
             stream.settle()
+        elif left == GONE:
+            stream.fail("reset")
 
     def on_event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ConnectionTerminated):

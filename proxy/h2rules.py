@@ -33,8 +33,9 @@ CONNECTION_WINDOW = MAX_CONCURRENT_STREAMS * STREAM_WINDOW
 HIGH_WATER = 256 * 1024
 MAX_BACKLOG = 4 * 1024 * 1024
 # Floods within one second on one connection: PINGs, SETTINGS, and streams the client resets
-# (CVE-2023-44487, "rapid reset": open and cancel streams at once, so that the server does the
-# work and the concurrency limit never applies). Beyond a budget: GOAWAY ENHANCE_YOUR_CALM.
+# before their response began (CVE-2023-44487, "rapid reset": open and cancel streams at once, so
+# that the server does the work and the concurrency limit never applies). Beyond a budget:
+# GOAWAY ENHANCE_YOUR_CALM.
 PING_BUDGET = 100
 SETTINGS_BUDGET = 100
 RESET_BUDGET = 100

@@ -285,9 +285,12 @@ def test_streams_cut_short_give_their_window_back_to_the_shared_connection(
     for _ in range(150):
         flood = rpc["flood"](b"", timeout=10)
         next(flood)
-        time.sleep(0.005)  # let the windows fill
+        time.sleep(0.002)  # let the windows fill
         flood.cancel()
     assert rpc["unary"](b"still", timeout=5) == b"echo:still"
     received = sum(len(m) for m in rpc["flood"](b"", timeout=30))
     assert received == 1000 * 64 * 1024
-    assert h2_server_proxy.value("response_total", direction="inbound", error="client_gone") >= 100
+    assert h2_server_proxy.value("response_total", direction="inbound", error="client_gone") == 150
+    # Cancelling streaming RPCs whose responses were under way is no rapid reset: the connection
+    # between the proxies, carrying them all, was never ended.
+    assert h2_server_proxy.value("h2_connection_errors_total") == 0
