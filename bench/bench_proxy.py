@@ -6,6 +6,9 @@ Paths under the same load, side by side:
   haproxy    wrk → HAProxy (one thread, keep-alive to nginx): the peer for the one hop
   two hops   wrk → client-side proxy (outbound, forward proxy by Host) → server-side proxy → nginx
   bare relay wrk → a 25-line gevent relay → nginx: the floor of any gevent proxy
+and over HTTP/2 (h2c, prior knowledge), unless --no-h2:
+  h2 direct / one hop / haproxy   h2load -c 32 -m 10 → (proxy | HAProxy `proto h2`) → nginx `listen … http2`
+  grpc direct / one hop           a grpcio unary echo, 32 calls in flight, from this process
 Saturated throughput comes from `wrk -t1 -c32` (keep-alive, small responses, nginx-light with one
 worker answering `return 200`, so the proxy is the bottleneck), the paths taking turns for
 `--rounds` rounds, median. Latency is measured at a fixed rate (default 1000 rps) by a paced client
@@ -20,7 +23,7 @@ machine compare the ratios within one run.
 greenlet-aware) and prints the functions with the most own time per request.
 
 Usage (from the repository's root): python -m bench.bench_proxy [--duration 5] [--rounds 3]
-        [--rate 1000] [--latency-rounds 5] [--latency-seconds 3] [--connections 32] [--profile]
+        [--rate 1000] [--latency-rounds 5] [--latency-seconds 3] [--connections 32] [--no-h2] [--profile]
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+H2LOAD = shutil.which("h2load") or "/usr/bin/h2load"
 
 
 def start(tmp: Path, name: str, argv: list[str], port: int) -> Proc:
@@ -362,6 +367,171 @@ def measure(args: argparse.Namespace, tmp: Path, nginx_port: int, started: list[
     }
 
 
+# HTTP/2: the same peer, with h2c on both sides (HAProxy 2.6: `proto h2` on bind and server).
+HAPROXY_H2_CONFIG = """global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  http-reuse always
+  maxconn 4096
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend one_hop
+  bind 127.0.0.1:{port} proto h2
+  default_backend nginx
+backend nginx
+  server nginx 127.0.0.1:{backend} proto h2
+"""
+
+
+def h2load(port: int, duration: float) -> tuple[float, int]:
+    """Saturated HTTP/2 run, `h2load -c 32 -m 10` (the issue's load); (requests/s, completed)."""
+    argv = [H2LOAD, "-c", "32", "-m", "10", "-D", str(max(1, round(duration))), f"http://127.0.0.1:{port}/"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30).stdout
+    rate = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
+    if not rate or not done or int(done.group(3)):
+        raise SystemExit(f"bench_proxy: h2load failed or saw failures:\n{out}")
+    return float(rate.group(1)), int(done.group(2))
+
+
+def h2_latencies(port: int, tmp: Path, count: int) -> list[float]:
+    """One stream at a time (`h2load -c1 -m1 --log-file`): each request's time in ms."""
+    log = tmp / f"h2load-{port}.log"
+    argv = [H2LOAD, "-c", "1", "-m", "1", "-n", str(count), f"--log-file={log}", f"http://127.0.0.1:{port}/"]
+    subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
+    # Lines: start time (µs since the epoch), status, duration (µs).
+    return [int(line.split("\t")[2]) / 1000.0 for line in log.read_text().splitlines() if line.strip()]
+
+
+def measure_h2(args: argparse.Namespace, tmp: Path, h2_port: int, started: list[ProxyProcess],
+               helpers: list[Proc]) -> dict[str, Any]:  # fmt: skip
+    """h2load through one proxy and through HAProxy against nginx over h2c; then RSS after ≥100k streams."""
+    server = server_proxy(tmp, h2_port)
+    started.append(server)
+    (haproxy_port,) = free_ports(1)
+    (tmp / "haproxy-h2.cfg").write_text(HAPROXY_H2_CONFIG.format(port=haproxy_port, backend=h2_port))
+    haproxy = start(tmp, "haproxy-h2", [HAPROXY, "-db", "-f", str(tmp / "haproxy-h2.cfg")], haproxy_port)
+    helpers.append(haproxy)
+    paths = {"direct": h2_port, "one_hop": server.inbound, "haproxy_one_hop": haproxy_port}
+    for port in paths.values():
+        h2load(port, 1)
+    rss_warm = rss_mib(server)
+    cpu_before = cpu_seconds(server.process.pid)
+    served = 0
+    rps: dict[str, list[float]] = {name: [] for name in paths}
+    for round_ in range(args.rounds):
+        order = list(paths) if round_ % 2 == 0 else list(reversed(paths))
+        for name in order:
+            rate, completed = h2load(paths[name], args.duration)
+            rps[name].append(rate)
+            if name == "one_hop":
+                served += completed
+            print(f"saturated h2 {name}: {rate:.0f} rps", file=sys.stderr)
+    cpu = cpu_seconds(server.process.pid) - cpu_before
+    added = []
+    for round_ in range(args.latency_rounds):
+        direct = percentile(h2_latencies(h2_port, tmp, 2000), 0.5)
+        one_hop = percentile(h2_latencies(server.inbound, tmp, 2000), 0.5)
+        added.append(one_hop - direct)
+        print(
+            f"h2 latency round {round_ + 1} (ms): direct p50 {direct:.3f}, one_hop p50 {one_hop:.3f}",
+            file=sys.stderr,
+        )
+    for _ in range(20):  # RSS after at least 100k streams
+        if server.value("request_total") >= 100_000:
+            break
+        h2load(server.inbound, 3)
+    med = {name: statistics.median(values) for name, values in rps.items()}
+    p50, p50_spread = median_and_spread(added)
+    return {
+        "h2_rps_direct": round(med["direct"]),
+        "h2_rps_one_hop": round(med["one_hop"]),
+        "h2_rps_haproxy_one_hop": round(med["haproxy_one_hop"]),
+        "h2_ratio_vs_haproxy": round(med["one_hop"] / med["haproxy_one_hop"], 3),
+        "h2_cpu_us_per_stream": round(cpu / max(1, served) * 1e6, 1),
+        "h2_added_p50_ms_per_hop": p50,
+        "h2_added_p50_ms_per_hop_spread": p50_spread,
+        "h2_rss_mib_warm": round(rss_warm, 1),
+        "h2_rss_mib_after_100k_streams": round(rss_mib(server), 1),
+        "h2_server_proxy_streams": int(server.value("request_total")),
+        "h2load": f"-c 32 -m 10 -D {round(args.duration)} x{args.rounds} (median); latency -c1 -m1 -n2000",
+    }
+
+
+def grpc_rate(target: str, seconds: float, in_flight: int = 32) -> float:
+    """Unary echo calls per second from this process, `in_flight` at a time, for `seconds`."""
+    import grpc  # only the benchmark's gRPC part needs it
+
+    channel = grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)])
+    unary = channel.unary_unary("/mesh.test.Echo/Unary")
+    unary(b"warm", timeout=10)
+    done = 0
+    failed: list[BaseException] = []
+    deadline = time.monotonic() + seconds
+    finished = threading.Event()
+    lock = threading.Lock()
+    running = [in_flight]
+
+    def fire() -> None:
+        unary.future(b"hi", timeout=10).add_done_callback(on_done)
+
+    def on_done(future: Any) -> None:
+        nonlocal done
+        if future.exception() is not None:
+            failed.append(future.exception())
+        with lock:
+            done += 1
+        if time.monotonic() < deadline and not failed:
+            fire()
+        else:
+            with lock:
+                running[0] -= 1
+                if running[0] == 0:
+                    finished.set()
+
+    started = time.monotonic()
+    for _ in range(in_flight):
+        fire()
+    finished.wait(seconds + 30)
+    elapsed = time.monotonic() - started
+    channel.close()
+    if failed:
+        raise SystemExit(f"bench_proxy: gRPC calls failed: {failed[0]!r}")
+    return done / elapsed
+
+
+def measure_grpc(args: argparse.Namespace, tmp: Path, started: list[ProxyProcess],
+                 helpers: list[Proc]) -> dict[str, Any]:  # fmt: skip
+    """A grpcio unary echo, direct and through one proxy, taking turns in the same run."""
+    port_file = tmp / "grpc-port"
+    argv = [sys.executable, "-m", "tests.support.grpc_app", str(port_file)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GRPC_ENABLE_FORK_SUPPORT": "0"}
+    app = spawn("grpc-app", argv, tmp / "grpc-app.log", env=env)
+    helpers.append(app)
+    app.wait_ready(lambda: port_file.exists() and port_file.read_text() != "", timeout=20)
+    grpc_port = int(port_file.read_text())
+    server = server_proxy(tmp, grpc_port)
+    started.append(server)
+    paths = {"direct": f"127.0.0.1:{grpc_port}", "one_hop": f"127.0.0.1:{server.inbound}"}
+    rps: dict[str, list[float]] = {name: [] for name in paths}
+    for round_ in range(args.rounds):
+        order = list(paths) if round_ % 2 == 0 else list(reversed(paths))
+        for name in order:
+            rate = grpc_rate(paths[name], args.duration)
+            rps[name].append(rate)
+            print(f"saturated grpc {name}: {rate:.0f} rps", file=sys.stderr)
+    med = {name: statistics.median(values) for name, values in rps.items()}
+    return {
+        "grpc_rps_direct": round(med["direct"]),
+        "grpc_rps_one_hop": round(med["one_hop"]),
+        "grpc_ratio_one_hop": round(med["one_hop"] / med["direct"], 3),
+        "grpc_client": f"grpcio unary, 32 in flight, {round(args.duration)}s x{args.rounds} (median)",
+    }
+
+
 def _code_roots() -> tuple[str, ...]:
     """Where the proxy's code runs from: the checkout, or the tests' world-readable copy of it."""
     return (f"{REPO}/", f"{runtime_pythonpath()}/")
@@ -466,17 +636,23 @@ def main() -> int:
     parser.add_argument("--latency-rounds", type=int, default=5, help="latency rounds (median of per-round)")
     parser.add_argument("--latency-seconds", type=float, default=3.0, help="seconds per path per round")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--no-h2", action="store_true", help="HTTP/1.1 only (skip h2load and gRPC)")
     parser.add_argument("--profile", action="store_true", help="only profile the one-hop proxy (cProfile)")
     parser.add_argument("--profile-top", type=int, default=25, help="functions listed by --profile")
     args = parser.parse_args()
-    for tool, package in ((NGINX, "nginx-light"), (WRK, "wrk"), (HAPROXY, "haproxy")):
+    for tool, package in (
+        (NGINX, "nginx-light"),
+        (WRK, "wrk"),
+        (HAPROXY, "haproxy"),
+        (H2LOAD, "nghttp2-client"),
+    ):
         if not Path(tool).exists() and not (args.profile and package == "haproxy"):
             print(f"bench_proxy: {tool} is missing: apt-get install -y {package} "
                   "(or scripts/install-system-deps.sh)", file=sys.stderr)  # fmt: skip
             return 1
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
-    (nginx_port,) = free_ports(1)
+    nginx_port, h2_port = free_ports(2)
     (tmp / "nginx.conf").write_text(
         f"""worker_processes 1;
 daemon off;
@@ -487,6 +663,7 @@ http {{
   access_log off;
   keepalive_requests 10000000;
   server {{ listen 127.0.0.1:{nginx_port}; location / {{ return 200 "ok\\n"; }} }}
+  server {{ listen 127.0.0.1:{h2_port} http2; location / {{ return 200 "ok\\n"; }} }}
 }}
 """
     )
@@ -499,6 +676,9 @@ http {{
             result = profile(args, tmp, nginx_port, started)
         else:
             result = measure(args, tmp, nginx_port, started, helpers)
+            if not args.no_h2:
+                result.update(measure_h2(args, tmp, h2_port, started, helpers))
+                result.update(measure_grpc(args, tmp, started, helpers))
     finally:
         for proxy in started:
             proxy.stop()

@@ -1,7 +1,8 @@
 """Protocol detection on the first bytes of a connection. Pure.
 
-HTTP/1.x starts with a method token and a space; anything else (TLS, HTTP/2's preface, a
-database handshake) is relayed as opaque TCP. A client that sends nothing for the detect
+HTTP/1.x starts with a method token and a space; prior-knowledge h2c (what gRPC without TLS
+sends) starts with the client preface `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`; anything else (TLS,
+a database handshake) is relayed as opaque TCP. A client that sends nothing for the detect
 timeout is probably waiting for a server-speaks-first protocol (MySQL, SMTP): the I/O layer
 decides that on the timeout, this module only judges bytes.
 """
@@ -13,6 +14,7 @@ from enum import Enum
 
 class Protocol(Enum):
     HTTP1 = "http1"
+    HTTP2 = "http2"
     OPAQUE = "opaque"
     NEED_MORE = "need_more"
 
@@ -26,12 +28,18 @@ HTTP_METHODS = frozenset(
 )  # fmt: skip
 _MAX_METHOD = max(len(m) for m in HTTP_METHODS)
 _PREFIXES = frozenset(m[:i] for m in HTTP_METHODS for i in range(1, len(m) + 1))
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 def detect(first: bytes) -> Protocol:
     """Classify the bytes a client sent first."""
     if not first:
         return Protocol.NEED_MORE
+    if first[:1] == b"P" and first[:3] in (b"P", b"PR", b"PRI"):  # PRI is no HTTP/1 method
+        head = first[: len(H2_PREFACE)]
+        if H2_PREFACE.startswith(head):
+            return Protocol.HTTP2 if len(head) == len(H2_PREFACE) else Protocol.NEED_MORE
+        return Protocol.OPAQUE
     space = first.find(b" ", 0, _MAX_METHOD + 1)
     if space == -1:
         if len(first) <= _MAX_METHOD and first in _PREFIXES:

@@ -169,9 +169,7 @@ class Exchange:
             if self.peer:  # only a meshed client learns who answered (never an unmeshed one)
                 self.reply_extra = proxy.inbound_reply_extra
         else:
-            if proxy.identity is not None:
-                extra.append((MESH_SRC, proxy.identity))
-            extra.append((MESH_VIA, http1.via_add(via, proxy.hop_id)))
+            extra += http1.outbound_mesh_fields(proxy.identity, via, proxy.hop_id)
         if head.host is None and dest is not None:
             extra.append((b"Host", authority_bytes))
         if proxy.tap.active:

@@ -624,6 +624,33 @@ def via_add(via: bytes | None, own_id: bytes) -> bytes:
     return own_id if not via else via + b"," + own_id
 
 
+def outbound_mesh_fields(
+    identity: bytes | None, via: bytes | None, own_id: bytes
+) -> list[tuple[bytes, bytes]]:
+    """The mesh fields a client-side proxy sets on every request it forwards, HTTP/1 or HTTP/2.
+
+    Whatever the app sent under these names was stripped (`split_headers`, `strip_mesh`): its
+    identity is this proxy's, never the app's (see Trust in docs/architecture.md).
+    """
+    fields = [(MESH_SRC, identity)] if identity is not None else []
+    fields.append((MESH_VIA, via_add(via, own_id)))
+    return fields
+
+
+def strip_mesh(fields: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], dict[bytes, bytes]]:
+    """(the fields without the mesh's, the mesh fields the peer sent): the rule of `split_headers`
+    for a header list that needs nothing else done (HTTP/2, where hop-by-hop fields are illegal)."""
+    kept: list[tuple[bytes, bytes]] = []
+    mesh: dict[bytes, bytes] = {}
+    for name, value in fields:
+        lname = name.lower()
+        if lname in MESH_HEADERS:
+            mesh[lname] = value
+        else:
+            kept.append((name, value))
+    return kept, mesh
+
+
 def error_response(
     status: int, extra: list[tuple[bytes, bytes]] | None = None, close: bool = True, detail: bytes = b""
 ) -> bytes:

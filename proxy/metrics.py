@@ -49,6 +49,7 @@ from kubectl_mesh.contract import (
 
 from .identity import Labels
 
+METRIC_H2_ERRORS = "h2_connection_errors_total"
 _BUCKETS = tuple(float(b) for b in LATENCY_BUCKETS_MS)
 _LE = [*(str(b) for b in LATENCY_BUCKETS_MS), "+Inf"]
 
@@ -90,10 +91,13 @@ def label_text(labels: Mapping[str, str]) -> str:
     return ",".join(f'{name}="{_escape(value)}"' for name, value in labels.items())
 
 
-def classify(status: int, error: str) -> str:
+def classify(status: int, error: str, grpc_status: str = "") -> str:
     """Linkerd's rule: a 5xx or a proxy error is a failure, everything else a success; and a
     status code outside 100–599 (not HTTP) is a failure. A client that went away or stalled
-    (`client_*`) fails only itself: the response is judged by its status alone."""
+    (`client_*`) fails only itself: the response is judged by its status alone. A gRPC response
+    is judged by its `grpc-status` instead: 0 is a success, any other code a failure."""
+    if grpc_status and not error.startswith("client_"):
+        return "success" if grpc_status == "0" and not error else "failure"
     if not error:
         return "success" if 100 <= status < 500 else "failure"
     if error.startswith("client_"):
@@ -119,8 +123,9 @@ class Route:
         self.labels = labels
         self.text = label_text(labels)
         self.requests = 0
-        # (status, classification, error) → count; status 0 is the shared bucket (no status_code)
-        self.responses: dict[tuple[int, str, str], int] = {}
+        # (status, classification, error, grpc_status) → count; status 0 is the shared bucket
+        # (no status_code); grpc_status "" for a response that is not gRPC
+        self.responses: dict[tuple[int, str, str, str], int] = {}
         self.latency: dict[int, list[Any]] = {}  # status (0: shared) → bucket counts…, sum, count
         self.last = now
 
@@ -152,16 +157,27 @@ class MeshMetrics:
         self.routes: dict[RouteKey, Route] = {}
         self.tcp: dict[TcpKey, Tcp] = {}
         self.histograms = 0  # latency histograms over all routes: what max_series bounds for HTTP
+        # HTTP/2 connections ended for what the peer did: (direction, error) → count. The labels
+        # are the proxy's own words (h2proxy.py, h2rules.ERROR_LABELS): a bounded set.
+        self.h2_errors: dict[tuple[str, str], int] = {}
 
     # --- hot path -----------------------------------------------------------------------------
     def response(
-        self, direction: str, authority: str, peer: Labels, status: int, error: str, latency_ms: float
+        self,
+        direction: str,
+        authority: str,
+        peer: Labels,
+        status: int,
+        error: str,
+        latency_ms: float,
+        grpc_status: str = "",
     ) -> None:
         """One finished request: counts the request, its response and its latency (to headers).
 
         `authority` should come from `authority_label` (memoised by the caller); a longer value is
         folded here too. A status outside 100–599, or a route's ninth distinct one, is counted in
-        the route's shared bucket (no status_code label), classified by the status it had."""
+        the route's shared bucket (no status_code label), classified by the status it had.
+        `grpc_status` comes from `grpc_status_label` (one of 18 values, so it stays bounded)."""
         if len(authority) > AUTHORITY_MAX:
             authority = fold_authority(authority)
         key = (direction, authority, peer)
@@ -173,11 +189,13 @@ class MeshMetrics:
             route = self.routes[key] = Route(key, now)
         route.last = now
         route.requests += 1
-        classification = classify(status, error)
+        classification = classify(status, error, grpc_status)
+        if error:  # the error says why: one line per error, not per error and gRPC code (bounds)
+            grpc_status = ""
         hist = route.latency.get(status)
         if hist is None:
             status, hist = self._histogram(key, route, status, now)
-        rkey = (status, classification, error)
+        rkey = (status, classification, error, grpc_status)
         route.responses[rkey] = route.responses.get(rkey, 0) + 1
         hist[bisect_left(_BUCKETS, latency_ms)] += 1
         hist[-2] += latency_ms
@@ -196,6 +214,10 @@ class MeshMetrics:
         hist = route.latency[status] = [0] * len(_LE) + [0.0, 0]
         self.histograms += 1
         return status, hist
+
+    def h2_error(self, direction: str, error: str) -> None:
+        key = (direction, error)
+        self.h2_errors[key] = self.h2_errors.get(key, 0) + 1
 
     def tcp_series(self, direction: str, peer: str, authority: str, workload: Labels = ()) -> Tcp:
         if len(authority) > AUTHORITY_MAX:
@@ -292,12 +314,14 @@ class MeshMetrics:
                 out.clear()
         add(_head(METRIC_RESPONSES, "Responses, by status, classification and error.", "counter"))
         for route in routes:
-            for (status, classification, error), count in list(route.responses.items()):
+            for (status, classification, error, grpc_status), count in list(route.responses.items()):
                 extra = f',classification="{classification}"'
                 if status:
                     extra += f',status_code="{status}"'
                 if error:
                     extra += f',error="{_escape(error)}"'
+                if grpc_status:
+                    extra += f',grpc_status="{grpc_status}"'
                 add(f"{METRIC_RESPONSES}{{{route.text}{extra}}} {count}\n")
             if len(out) >= CHUNK_LINES:
                 yield "".join(out)
@@ -329,8 +353,31 @@ class MeshMetrics:
                 if len(out) >= CHUNK_LINES:
                     yield "".join(out)
                     out.clear()
+        if self.h2_errors:
+            add(
+                _head(
+                    METRIC_H2_ERRORS,
+                    "HTTP/2 connections ended for a peer's protocol error or flood.",
+                    "counter",
+                )
+            )
+            for (direction, error), count in list(self.h2_errors.items()):
+                add(f'{METRIC_H2_ERRORS}{{direction="{direction}",error="{error}"}} {count}\n')
         if out:
             yield "".join(out)
+
+
+GRPC_CODES = frozenset(str(code) for code in range(17))  # OK (0) … UNAUTHENTICATED (16)
+
+
+def grpc_status_label(value: bytes | str | None) -> str:
+    """The `grpc_status` label of a `grpc-status` value: its code 0–16 as sent, any other value
+    "other" (the peer chooses it: the label stays one of 18 values), "" when there is none."""
+    if value is None:
+        return ""
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    text = text.strip()
+    return text if text in GRPC_CODES else "other"
 
 
 def _busy(series: Route | Tcp) -> bool:

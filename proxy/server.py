@@ -1,10 +1,11 @@
 """The proxy process: listeners, one greenlet per client connection, the watchdog, and drain.
 
 One process serves inbound (4143), outbound (4140) and admin (4191). A connection's first bytes
-decide how it is served: HTTP/1 (exchange.py) or opaque bytes (tunnel.py); upstream connections
-come from the pool (pool.py). Every resource is bounded: connections per listener (with
-descriptors kept in reserve for the admin listener), idle pooled connections, time to a request
-head, label bytes (metrics.py).
+decide how it is served: HTTP/1 (exchange.py), HTTP/2 (h2proxy.py) or opaque bytes (tunnel.py);
+upstream connections come from the pools (pool.py, and h2proxy.H2Pool for HTTP/2). Every
+resource is bounded: connections per listener (with descriptors kept in reserve for the admin
+listener), idle pooled connections, time to a request head, label bytes (metrics.py), HTTP/2
+streams, windows and floods (h2rules.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from gevent import socket
 
 from kubectl_mesh.log import Logger
 
-from . import http1, tunnel
+from . import h2proxy, http1, tunnel
 from .config import ProxyConfig
 from .connections import (
     HEAD_RECV,
@@ -81,6 +82,8 @@ class Proxy:
         self.own_ports: set[int] = set()
         self.pool = UpstreamPool(self.metrics, self._tcp_connection, config.connect_timeout, frozenset())
         self.tap = TapHub()  # `tap.active` is all an untapped request pays
+        self.h2pool = h2proxy.H2Pool(self)
+        self.h2_sessions: set[h2proxy.Session] = set()
         self.clients: set[Client] = set()
         self.open_per_listener: dict[str, int] = {INBOUND: 0, OUTBOUND: 0}
         fd_limit = raise_fd_limit()
@@ -132,6 +135,7 @@ class Proxy:
             if now > next_sweep:
                 next_sweep = now + 1.0
                 self.pool.expire_idle(now)
+                self.h2pool.expire_idle(now)
 
     # --- listeners ------------------------------------------------------------------------------
     def bind(self, address: Address, direction: str) -> Any:
@@ -183,6 +187,8 @@ class Proxy:
                 protocol, first = self._detect(client, self.config.idle_timeout)
                 if protocol is Protocol.HTTP1:
                     serve_http(self, client, first, None, direction)
+                elif protocol is Protocol.HTTP2:  # routed per stream by :authority
+                    h2proxy.serve_h2(self, client, first, None, direction)
                 return
             if dest[1] in self.config.opaque_ports:
                 self._relay_to(client, dest, b"", direction)
@@ -190,6 +196,8 @@ class Proxy:
             protocol, first = self._detect(client, self.config.detect_timeout)
             if protocol is Protocol.HTTP1:
                 serve_http(self, client, first, dest, direction)
+            elif protocol is Protocol.HTTP2:
+                h2proxy.serve_h2(self, client, first, dest, direction)
             elif protocol is Protocol.OPAQUE or (protocol is None and first):
                 self._relay_to(client, dest, first, direction)
             elif protocol is Protocol.NEED_MORE:  # quiet: whoever speaks first decides
@@ -280,6 +288,10 @@ class Proxy:
             self.pool.checkin(upstream)  # unused and clean: the first exchange takes it
             serve_http(self, client, buf, dest, direction)
             return
+        if protocol is Protocol.HTTP2:  # streams go on the destination's shared h2 connections
+            self.pool.discard(upstream)
+            h2proxy.serve_h2(self, client, buf, dest, direction)
+            return
         try:
             tunnel.relay(self, client, upstream, buf, b"")
         finally:
@@ -359,6 +371,8 @@ class Proxy:
         self.log.info("draining", grace_seconds=self.config.shutdown_grace, connections=len(self.clients))
         for listener in self.listeners:
             close(listener)
+        for session in list(self.h2_sessions):
+            session.goaway()
         self._close_idle_clients()
         self.pool.close()
         self.stopped.set()

@@ -71,3 +71,54 @@ def test_unmodified_client_is_counted_on_both_sides(pods: PodPair) -> None:
     assert dst and {(s["authority"], s.get("dst_deployment")) for s in dst} == {(authority, "web")}, dst
     src = [s for s in server.samples("tcp_open_total") if s.get("peer") == "src"]
     assert src and {s.get("src_deployment") for s in src} == {"vote"}, src
+
+
+GRPC_PORT = 50051
+GRPC_CLIENT = """
+import grpc, json, sys
+channel = grpc.insecure_channel(sys.argv[1], options=[("grpc.enable_http_proxy", 0)])
+rpc = "/mesh.test.Echo/"
+forged = [("x-mesh-src", "evil/deployment/forged/forged-1")]
+out = {}
+out["unary"] = channel.unary_unary(rpc + "Unary")(b"hi", metadata=forged, timeout=10).decode()
+out["server_stream"] = [m.decode() for m in channel.unary_stream(rpc + "ServerStream")(b"3", timeout=10)]
+out["client_stream"] = channel.stream_unary(rpc + "ClientStream")(iter([b"a", b"b"]), timeout=10).decode()
+out["bidi"] = [m.decode() for m in channel.stream_stream(rpc + "Bidi")(iter([b"x", b"y"]), timeout=10)]
+out["seen"] = json.loads(channel.unary_unary(rpc + "Seen")(b"", metadata=forged, timeout=10))
+try:
+    channel.unary_unary(rpc + "Unary")(b"fail:5", timeout=10)
+except grpc.RpcError as error:
+    out["failed"] = error.code().value[0]
+print(json.dumps(out))
+"""
+
+
+def test_grpc_between_unmodified_apps_through_transparent_proxies(pods: PodPair, tmp_path: Path) -> None:
+    """Prior-knowledge h2c redirected by iptables on both sides: detected, proxied stream by stream,
+    counted per grpc_status on both sides with the peer's workload, and no mesh field reaches an app."""
+    client, server = pods.client, pods.server
+    app_script = HERE.parent / "support" / "grpc_app.py"
+    server.spawn("grpc-app", sys.executable, str(app_script), str(tmp_path / "port"), f"0.0.0.0:{GRPC_PORT}")
+    for pod in (client, server):
+        pod.init()
+        pod.start_proxy()
+    out = client.exec(sys.executable, "-c", GRPC_CLIENT, f"{server.ip}:{GRPC_PORT}", timeout=60).stdout
+    result = json.loads(out)
+    assert result["unary"] == "echo:hi"
+    assert result["server_stream"] == ["0", "1", "2"]
+    assert result["client_stream"] == "a|b"
+    assert result["bidi"] == ["re:x", "re:y"]
+    assert result["failed"] == 5
+    assert not [k for k in result["seen"] if k.startswith("x-mesh-")], result["seen"]
+
+    def by_status(samples: list[dict[str, str]], peer: dict[str, str]) -> dict[str, float]:
+        counts: dict[str, float] = {}
+        for s in samples:
+            assert {k: s.get(k) for k in peer} == peer, s
+            counts[s["grpc_status"]] = counts.get(s["grpc_status"], 0) + float(s["__value__"])
+        return counts
+
+    dst = {"dst_namespace": "shop", "dst_deployment": "web", "dst_pod": "web-1"}
+    src = {"src_namespace": "front", "src_deployment": "vote", "src_pod": "vote-1"}
+    assert by_status(client.samples("response_total"), {"direction": "outbound", **dst}) == {"0": 5, "5": 1}
+    assert by_status(server.samples("response_total"), {"direction": "inbound", **src}) == {"0": 5, "5": 1}

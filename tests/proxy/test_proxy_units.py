@@ -41,7 +41,7 @@ from proxy.metrics import classify
         (b"GE", Protocol.NEED_MORE),
         (b"OPTIONS", Protocol.NEED_MORE),
         (b"", Protocol.NEED_MORE),
-        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Protocol.OPAQUE),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Protocol.HTTP2),
         (b"\x16\x03\x01\x02\x00", Protocol.OPAQUE),
         (b"get / HTTP/1.1", Protocol.OPAQUE),
         (b"GETX / HTTP/1.1", Protocol.OPAQUE),

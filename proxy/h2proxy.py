@@ -1,0 +1,718 @@
+"""HTTP/2 through the proxy: the socket I/O around python-hyper's `h2`, stream by stream.
+
+A client connection (`Session`) and an upstream connection (`H2Upstream`) are each one
+`h2.connection.H2Connection` with two greenlets: a reader that feeds bytes in and acts on the
+events, and a writer that sends what h2 queued. Nothing that waits on one socket runs in the
+other's reader, so a client that reads slowly holds back its own streams only.
+
+Streams are multiplexed: `H2Pool` keeps a few h2 connections per destination and direction,
+shared by every client, each carrying up to its peer's stream limit. A stream's bytes move in
+order through a queue per direction; DATA is passed on only as the next hop's flow-control
+window (and the socket's backlog) allows, and acknowledged to its sender only once passed on,
+so the proxy holds at most a window per stream, never a whole stream. The mesh's rules (mesh
+fields, authority, classification) are in h2rules.py; this module only applies them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import gevent.event
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
+
+from . import h2rules
+from .connections import RECV, Address, Client, Upstream, UpstreamError, hostport, send, shutdown
+from .h2rules import Fields, RequestHead
+from .http1 import MESH_DST, MESH_SRC, split_authority
+from .identity import NO_LABELS, Labels
+
+if TYPE_CHECKING:
+    from .server import Proxy
+
+INBOUND, OUTBOUND = "inbound", "outbound"
+DATA, TRAILERS, END = 0, 1, 2
+Item = tuple[int, Any, int]  # (kind, data or fields, flow-controlled length to acknowledge)
+UPSTREAM_IDLE_SECONDS = 30.0  # as the HTTP/1 pool
+
+
+def _settings(client_side: bool) -> dict[h2.settings.SettingCodes, int]:
+    values = {
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: h2rules.MAX_CONCURRENT_STREAMS,
+        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: h2rules.MAX_HEADER_LIST_SIZE,
+        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: h2rules.STREAM_WINDOW,
+    }
+    if client_side:
+        values[h2.settings.SettingCodes.ENABLE_PUSH] = 0
+    return values
+
+
+def _connection_error_label(error: Exception) -> str:
+    if isinstance(error, h2.exceptions.TooManyStreamsError):
+        return "too_many_streams"
+    if isinstance(error, h2.exceptions.DenialOfServiceError):
+        return "header_list_too_large"  # an HPACK bomb or a plain oversized header list
+    if isinstance(error, h2.exceptions.ProtocolError):
+        return h2rules.error_label(error.error_code)
+    return "protocol_error"
+
+
+class Side:
+    """One h2 connection over one socket: events in from a reader, bytes out from a writer."""
+
+    def __init__(self, proxy: Proxy, client_side: bool, direction: str) -> None:
+        self.proxy = proxy
+        self.direction = direction
+        # What this side sends was validated when it arrived on the other (or is the proxy's
+        # own): checking it again would cost as much as the check on receipt, for nothing.
+        config = h2.config.H2Configuration(
+            client_side=client_side,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        conn = h2.connection.H2Connection(config)
+        conn.local_settings = h2.settings.Settings(client=client_side, initial_values=_settings(client_side))
+        conn.decoder.max_header_list_size = h2rules.MAX_HEADER_LIST_SIZE
+        self.conn = conn
+        self.sock: Any = None
+        self.holder: Client | Upstream | None = None  # its TCP series
+        self.streams: dict[int, Stream] = {}
+        self.outq: list[bytes] = []
+        self.backlog = 0  # bytes queued or being sent
+        self.blocked = False  # DATA waits for the backlog to fall under HIGH_WATER
+        self.wake = gevent.event.Event()
+        self.closing = False  # no more reads; the writer sends what is queued and stops
+        self.dead = False  # the socket failed or the connection ended in error
+        self.writer: gevent.Greenlet | None = None
+        self.pings = h2rules.Budget(h2rules.PING_BUDGET)
+        self.settings = h2rules.Budget(h2rules.SETTINGS_BUDGET)
+
+    def start(self) -> None:
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(h2rules.CONNECTION_WINDOW - 65535)
+        self.pull()
+        self.writer = gevent.spawn(self._write_loop)
+
+    def pull(self) -> None:
+        """Move what h2 queued to the writer; a peer that makes us queue too much is cut off."""
+        data = self.conn.data_to_send()
+        if data:
+            self.outq.append(data)
+            self.backlog += len(data)
+            self.wake.set()
+            if self.backlog > h2rules.MAX_BACKLOG and not self.dead:
+                self.fail_connection("write_backlog", None)
+
+    def _write_loop(self) -> None:
+        try:
+            while True:
+                if not self.outq:
+                    if self.closing:
+                        return
+                    self.wake.wait()
+                    self.wake.clear()
+                    continue
+                data = self.outq[0] if len(self.outq) == 1 else b"".join(self.outq)
+                self.outq = []
+                send(self.sock, data)
+                if self.holder is not None:
+                    self.holder.tcp.written += len(data)
+                self.backlog -= len(data)
+                if self.blocked and self.backlog < h2rules.HIGH_WATER:
+                    self.blocked = False
+                    self.pump_all()
+        except OSError:
+            self.dead = True
+            shutdown(self.sock)  # the reader ends too
+
+    def feed(self, data: bytes) -> bool:
+        """Hand received bytes to h2 and act on its events; False once the connection is over."""
+        if self.holder is not None:
+            self.holder.tcp.read += len(data)
+        try:
+            events = self.conn.receive_data(data)
+        except Exception as error:  # h2 queued a GOAWAY with the right code for its errors
+            self.fail_connection(_connection_error_label(error), None)
+            return False
+        now = self.proxy.now
+        for event in events:
+            if isinstance(event, h2.events.PingReceived):
+                if not self.pings.spend(now):
+                    self.fail_connection("ping_flood", ErrorCodes.ENHANCE_YOUR_CALM)
+                    return False
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
+                if not self.settings.spend(now):
+                    self.fail_connection("settings_flood", ErrorCodes.ENHANCE_YOUR_CALM)
+                    return False
+                self.pump_all()
+            elif isinstance(event, h2.events.WindowUpdated):
+                if event.stream_id == 0:
+                    self.pump_all()
+                else:
+                    stream = self.streams.get(event.stream_id)
+                    if stream is not None:
+                        self.pump(stream)
+            else:
+                self.on_event(event)
+            if self.dead:
+                return False
+        self.pull()
+        return not self.dead and not self.closing
+
+    def fail_connection(self, label: str, code: ErrorCodes | None) -> None:
+        """End the connection for what the peer did: GOAWAY (h2's code, or `code`), count it."""
+        if self.dead:
+            return
+        self.dead = True
+        self.proxy.metrics.h2_error(self.direction, label)
+        self.proxy.log_limited("h2_connection_error", direction=self.direction, error=label)
+        if code is not None:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.conn.close_connection(error_code=code)
+        data = self.conn.data_to_send()
+        if data and self.backlog < h2rules.MAX_BACKLOG:
+            self.outq.append(data)
+        self.closing = True
+        self.wake.set()
+        if self.sock is not None:
+            shutdown(self.sock, 0)  # SHUT_RD: the reader stops, the writer sends the GOAWAY
+
+    def finish_writer(self) -> None:
+        self.closing = True
+        self.wake.set()
+        if self.writer is not None:
+            self.writer.join(timeout=1.0)
+            self.writer.kill(block=False)
+
+    def reset(self, stream_id: int, code: ErrorCodes) -> None:
+        if self.dead:
+            return
+        try:
+            self.conn.reset_stream(stream_id, code)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            return
+        self.pull()
+
+    # Subclasses: which queue of a stream flows into this side, and the other events.
+    def pump(self, stream: Stream) -> None:
+        raise NotImplementedError
+
+    def pump_all(self) -> None:
+        for stream in list(self.streams.values()):
+            self.pump(stream)
+
+    def on_event(self, event: h2.events.Event) -> None:
+        raise NotImplementedError
+
+
+class Stream:
+    """One request and its response, between a client's stream and an upstream's."""
+
+    __slots__ = (
+        "authority",
+        "counted",
+        "down_done",
+        "grpc_status",
+        "head",
+        "latency_ms",
+        "peer",
+        "session",
+        "sid",
+        "start",
+        "status",
+        "to_down",
+        "to_up",
+        "uid",
+        "up",
+        "up_done",
+    )  # fmt: skip
+
+    def __init__(self, session: Session, sid: int, head: RequestHead, authority: str, peer: Labels) -> None:
+        self.session = session
+        self.sid = sid
+        self.head = head
+        self.authority = authority
+        self.peer = peer
+        self.up: H2Upstream | None = None
+        self.uid = 0
+        self.to_up: deque[Item] = deque()
+        self.to_down: deque[Item] = deque()
+        self.start = time.monotonic()
+        self.latency_ms = -1.0  # set when the response head came (latency to headers)
+        self.status = 0
+        self.grpc_status = ""
+        self.up_done = False  # the request's end went upstream (or the upstream stream is gone)
+        self.down_done = False  # the response's end went to the client (or the client stream is gone)
+        self.counted = False
+
+    def count(self, error: str = "") -> None:
+        if self.counted:
+            return
+        self.counted = True
+        latency = self.latency_ms if self.latency_ms >= 0 else (time.monotonic() - self.start) * 1000.0
+        session = self.session
+        session.proxy.metrics.response(
+            session.direction, self.authority, self.peer, self.status, error, latency, self.grpc_status
+        )
+
+    def respond(self, headers: Fields, ended: bool) -> None:
+        """The upstream's final response head: filter, count its latency, pass it on."""
+        session = self.session
+        proxy = session.proxy
+        response = h2rules.split_response(headers)
+        self.latency_ms = (time.monotonic() - self.start) * 1000.0
+        self.status = response.status
+        self.grpc_status = response.grpc_status
+        fields = response.fields
+        if session.direction == OUTBOUND:
+            self.peer = proxy.dst_labels.get(response.mesh.get(MESH_DST))
+            upstream = self.up
+            if upstream is not None and upstream.holder is not None and upstream.holder.tcp.pending:
+                proxy.attach(upstream.holder, self.peer)
+        elif self.peer:  # only a meshed client learns who answered
+            fields = fields + proxy.inbound_reply_extra
+        if session.dead:
+            return
+        try:
+            session.conn.send_headers(self.sid, fields, end_stream=ended)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.down_done = True
+            return
+        session.pull()
+        if ended:
+            self.response_ended()
+
+    def response_ended(self) -> None:
+        self.down_done = True
+        self.count()
+        self.settle()
+
+    def fail(self, error: str, status: int = 502, reason: str = "") -> None:
+        """The upstream failed the stream: answer it (no response yet) or reset it; count it.
+
+        `error` is the metric label ("" when the status says it all, as for HTTP/1's 400 and
+        503), `reason` the text a gRPC client reads (default: the label)."""
+        session = self.session
+        if self.latency_ms < 0 and not self.down_done:
+            self.status = 200 if self.head.grpc else status
+            self.grpc_status = h2rules.GRPC_UNAVAILABLE if self.head.grpc else ""
+            if not session.dead:
+                try:
+                    fields = h2rules.failure_response(status, self.head.grpc, reason or error)
+                    session.conn.send_headers(self.sid, fields, end_stream=True)
+                    session.pull()
+                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                    pass
+        elif not self.down_done:
+            session.reset(self.sid, ErrorCodes.INTERNAL_ERROR)
+        self.down_done = self.up_done = True
+        self.count(error)
+        self.settle()
+
+    def client_gone(self) -> None:
+        """The client reset the stream or went away: cancel the upstream's side; its doing."""
+        if self.up is not None and not (self.up_done and self.down_done):
+            self.up.reset(self.uid, ErrorCodes.CANCEL)
+        self.up_done = self.down_done = True
+        if not self.counted:
+            self.count("client_gone")
+        self.settle()
+
+    def settle(self) -> None:
+        """Forget the stream once both directions are over."""
+        if not (self.up_done and self.down_done):
+            return
+        # Bytes still queued will never be passed on: give their senders the window back, or a
+        # connection shared by many streams would shrink with every stream cut short.
+        _release(self.to_up, self.session, self.sid)
+        self.session.streams.pop(self.sid, None)
+        if self.up is not None:
+            _release(self.to_down, self.up, self.uid)
+            self.up.streams.pop(self.uid, None)
+            self.up.idle_since = self.session.proxy.now
+            if not self.up.streams and self.up.draining:
+                self.up.close()
+        self.session.after_stream()
+
+
+def _release(queue: deque[Item], src: Side, src_id: int) -> None:
+    flow = sum(item[2] for item in queue)
+    queue.clear()
+    if flow and not src.dead:
+        src.conn.acknowledge_received_data(flow, src_id)
+        src.pull()
+
+
+WAITING, ENDED, GONE = 0, 1, 2  # what `_pump` left: more to send, the end went, `dst`'s stream is gone
+
+
+def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int) -> int:
+    """Pass a direction's queued items into `dst` as its windows allow (WAITING, ENDED or GONE).
+
+    DATA is acknowledged to `src` only when it was passed on: the sender's window is what bounds
+    the bytes the proxy holds for a stream."""
+    conn = dst.conn
+    try:
+        while queue:
+            kind, payload, flow = queue[0]
+            if kind == DATA:
+                if dst.backlog >= h2rules.HIGH_WATER:
+                    dst.blocked = True
+                    break
+                room = min(conn.local_flow_control_window(dst_id), conn.max_outbound_frame_size)
+                if room <= 0:
+                    break
+                if len(payload) > room:
+                    conn.send_data(dst_id, payload[:room])
+                    queue[0] = (DATA, payload[room:], flow)
+                    continue
+                conn.send_data(dst_id, payload)
+                queue.popleft()
+                if flow and not src.dead:
+                    src.conn.acknowledge_received_data(flow, src_id)
+                    src.pull()
+            else:
+                _release(queue, src, src_id)
+                if kind == TRAILERS:
+                    conn.send_headers(dst_id, payload, end_stream=True)
+                else:
+                    conn.end_stream(dst_id)
+                dst.pull()
+                return ENDED
+    except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        # The next hop reset the stream in the frames just read; its event comes next, but the
+        # stream is over now: never counted as a response that ended well.
+        _release(queue, src, src_id)
+        return GONE
+    dst.pull()
+    return WAITING
+
+
+class Session(Side):
+    """A client's h2 connection (inbound or outbound listener)."""
+
+    def __init__(self, proxy: Proxy, client: Client, dest: Address | None, direction: str) -> None:
+        super().__init__(proxy, client_side=False, direction=direction)
+        self.client = client
+        self.sock = client.sock
+        self.holder = client
+        self.dest = dest
+        self.goaway_last = -1  # after a drain's GOAWAY: streams above it are refused
+        self.remote_goaway = False
+        self.resets = h2rules.Budget(h2rules.RESET_BUDGET)
+
+    def run(self, first: bytes) -> None:
+        proxy, client = self.proxy, self.client
+        proxy.h2_sessions.add(self)
+        client.busy = True  # drain does not cut it: it sends GOAWAY and ends when streams end
+        self.start()
+        try:
+            if proxy.draining:
+                self.goaway()
+            data = first
+            client.tcp.read -= len(first)  # counted once: `feed` counts it again
+            while True:
+                if data and not self.feed(data):
+                    break
+                if not self.streams:
+                    if self.goaway_last >= 0 or self.remote_goaway:
+                        break
+                    client.deadline = proxy.now + proxy.config.idle_timeout
+                else:
+                    client.deadline = 0.0
+                try:
+                    data = self.sock.recv(RECV)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+        finally:
+            proxy.h2_sessions.discard(self)
+            for stream in list(self.streams.values()):
+                stream.client_gone()
+            self.finish_writer()
+
+    def goaway(self) -> None:
+        """Drain: GOAWAY(NO_ERROR) naming the last stream taken; those finish, later ones are refused."""
+        if self.goaway_last >= 0 or self.dead:
+            return
+        self.goaway_last = self.conn.highest_inbound_stream_id
+        self.pull()  # what h2 queued goes first: frames stay whole and in order
+        frame = GoAwayFrame(0, last_stream_id=self.goaway_last, error_code=0)
+        self.outq.append(frame.serialize())
+        self.wake.set()
+        if not self.streams:
+            shutdown(self.sock, 0)  # SHUT_RD: the reader ends, the writer sends the GOAWAY
+
+    def after_stream(self) -> None:
+        if not self.streams and (self.goaway_last >= 0 or self.remote_goaway):
+            shutdown(self.sock, 0)
+
+    def pump(self, stream: Stream) -> None:
+        upstream = stream.up
+        if upstream is None or stream.down_done:
+            return
+        left = _pump(stream.to_down, self, stream.sid, upstream, stream.uid)
+        if left == ENDED:
+            stream.response_ended()
+        elif left == GONE:
+            stream.client_gone()
+
+    def on_event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            self._request(event.stream_id, event.headers)
+            return
+        if isinstance(event, h2.events.ConnectionTerminated):
+            self.remote_goaway = True
+            return
+        sid = getattr(event, "stream_id", 0)
+        stream = self.streams.get(sid)
+        if isinstance(event, h2.events.StreamReset):
+            if stream is None:
+                return
+            # CVE-2023-44487 counts streams reset before their response came: the work the
+            # client made happen and threw away. A cancelled streaming RPC (a response under way)
+            # is not counted, so a connection from a peer proxy, carrying the cancellations of
+            # many clients at once, is not taken for an attack.
+            if stream.latency_ms < 0 and not self.resets.spend(self.proxy.now):
+                self.fail_connection("rapid_reset", ErrorCodes.ENHANCE_YOUR_CALM)
+            stream.client_gone()
+            return
+        if stream is None:
+            if isinstance(event, h2.events.DataReceived) and event.flow_controlled_length:
+                self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+            return
+        if isinstance(event, h2.events.DataReceived):
+            stream.to_up.append((DATA, event.data, event.flow_controlled_length))
+        elif isinstance(event, h2.events.TrailersReceived):
+            stream.to_up.append((TRAILERS, h2rules.split_trailers(event.headers)[0], 0))
+        elif isinstance(event, h2.events.StreamEnded):
+            stream.to_up.append((END, b"", 0))
+        else:
+            return
+        if stream.up is not None and stream.up.ready:
+            stream.up.pump(stream)
+
+    def _request(self, sid: int, headers: Fields) -> None:
+        proxy = self.proxy
+        if 0 <= self.goaway_last < sid:
+            self.reset(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        head = h2rules.split_request(headers)
+        dest = self.dest or split_authority(head.authority, 80)
+        authority_bytes = head.authority or (hostport(dest).encode() if dest else b"")
+        peer = NO_LABELS
+        if self.direction == INBOUND:
+            peer = proxy.src_labels.get(head.mesh.get(MESH_SRC))
+            if self.client.tcp.pending:
+                proxy.attach(self.client, peer)
+        stream = Stream(self, sid, head, proxy.authority_label(authority_bytes), peer)
+        self.streams[sid] = stream
+        outbound = self.direction == OUTBOUND
+        if outbound and h2rules.loops(head, proxy.hop_id):
+            # The second visit of a loop: refused here and counted once, by the first visit.
+            stream.counted = True
+            stream.fail("loop", 400)
+            return
+        if dest is None:
+            stream.fail("", 400, "no usable destination in request")
+            return
+        fields = h2rules.request_fields(head, outbound, proxy.identity, proxy.hop_id)
+        proxy.h2pool.open(stream, dest, self.direction, fields)
+
+
+class H2Upstream(Side):
+    """An h2 connection to one destination, shared by streams of any client."""
+
+    def __init__(self, proxy: Proxy, pool: H2Pool, key: tuple[str, Address]) -> None:
+        super().__init__(proxy, client_side=True, direction=key[0])
+        self.pool = pool
+        self.key = key
+        self.ready = False
+        self.draining = False  # no new streams (GOAWAY received, or idle expiry)
+        self.waiting: list[tuple[Stream, Fields]] = []
+        self.idle_since = proxy.now
+        self.upstream: Upstream | None = None
+
+    def has_room(self) -> bool:
+        if self.draining or self.dead:
+            return False
+        if not self.ready:
+            return len(self.waiting) < h2rules.MAX_CONCURRENT_STREAMS
+        # Our own count: h2's open_outbound_streams walks every stream it knows, on each call.
+        return len(self.streams) < self.conn.remote_settings.max_concurrent_streams
+
+    def add(self, stream: Stream, fields: Fields) -> None:
+        stream.up = self
+        if self.ready:
+            self._open(stream, fields)
+        else:
+            self.waiting.append((stream, fields))
+
+    def _open(self, stream: Stream, fields: Fields) -> None:
+        if stream.up_done and stream.down_done:
+            return  # the client gave up while the connection was being made
+        uid = self.conn.get_next_available_stream_id()
+        stream.uid = uid
+        self.streams[uid] = stream
+        ended = bool(stream.to_up) and stream.to_up[0][0] == END
+        self.conn.send_headers(uid, fields, end_stream=ended)
+        if ended:
+            stream.to_up.clear()
+            stream.up_done = True
+        self.pump(stream)
+
+    def run(self) -> None:
+        proxy = self.proxy
+        address = self.key[1]
+        try:
+            self.upstream = proxy.pool.connect(address, self.direction)
+        except UpstreamError as error:
+            self.dead = True
+            proxy.log_upstream_error(self.direction, hostport(address), error.error)
+            self.pool.remove(self)
+            for stream, _ in self.waiting:
+                stream.fail(error.error, error.status)
+            return
+        self.sock = self.upstream.sock
+        self.holder = self.upstream
+        try:
+            self.start()
+            self.ready = True
+            for stream, fields in self.waiting:
+                self._open(stream, fields)
+            self.waiting.clear()
+            self.pull()
+            while True:
+                try:
+                    data = self.sock.recv(RECV)
+                except OSError:
+                    data = b""
+                if not data or not self.feed(data):
+                    break
+        finally:
+            self.dead = True
+            self.pool.remove(self)
+            for stream in list(self.streams.values()):
+                if not stream.down_done:
+                    stream.fail("reset")
+                else:
+                    stream.up_done = True
+                    stream.settle()
+            self.finish_writer()
+            proxy.pool.discard(self.upstream)
+
+    def close(self) -> None:
+        """No streams left and none wanted: GOAWAY and end."""
+        self.draining = True
+        if self.dead:
+            return
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.conn.close_connection()
+        self.pull()
+        if self.sock is not None:
+            shutdown(self.sock, 0)
+
+    def pump(self, stream: Stream) -> None:
+        if stream.up_done:
+            return
+        left = _pump(stream.to_up, self, stream.uid, stream.session, stream.sid)
+        if left == ENDED:
+            stream.up_done = True
+            stream.settle()
+        elif left == GONE:
+            stream.fail("reset")
+
+    def on_event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.ConnectionTerminated):
+            self.draining = True  # streams it took finish; later ones fail
+            last = event.last_stream_id if event.last_stream_id is not None else 0
+            for uid, taken in list(self.streams.items()):
+                if uid > last:
+                    taken.fail("reset")
+            return
+        sid = getattr(event, "stream_id", 0)
+        stream = self.streams.get(sid)
+        if stream is None:
+            if isinstance(event, h2.events.DataReceived) and event.flow_controlled_length:
+                self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+            return
+        if isinstance(event, h2.events.ResponseReceived):
+            stream.respond(event.headers, event.stream_ended is not None)
+            return
+        if isinstance(event, h2.events.InformationalResponseReceived):
+            return  # 1xx (100-continue) is not passed on: h2 clients do not need it to proceed
+        if isinstance(event, h2.events.StreamReset):
+            stream.fail("reset")
+            return
+        if stream.down_done:
+            if isinstance(event, h2.events.DataReceived) and event.flow_controlled_length:
+                self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+            return
+        if isinstance(event, h2.events.DataReceived):
+            stream.to_down.append((DATA, event.data, event.flow_controlled_length))
+        elif isinstance(event, h2.events.TrailersReceived):
+            fields, grpc_status = h2rules.split_trailers(event.headers)
+            stream.grpc_status = grpc_status or stream.grpc_status
+            stream.to_down.append((TRAILERS, fields, 0))
+        elif isinstance(event, h2.events.StreamEnded):
+            stream.to_down.append((END, b"", 0))
+        else:
+            return
+        stream.session.pump(stream)
+
+
+class H2Pool:
+    """h2 connections per (direction, destination): a new stream takes one with room, or a new one."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.conns: dict[tuple[str, Address], list[H2Upstream]] = {}
+
+    def open(self, stream: Stream, dest: Address, direction: str, fields: Fields) -> None:
+        key = (direction, dest)
+        conns = self.conns.setdefault(key, [])
+        for upstream in conns:
+            if upstream.has_room():
+                upstream.add(stream, fields)
+                return
+        if len(conns) >= h2rules.UPSTREAMS_PER_DESTINATION:
+            stream.fail("", 503, "too many streams to this destination")
+            return
+        upstream = H2Upstream(self.proxy, self, key)
+        conns.append(upstream)
+        upstream.add(stream, fields)
+        gevent.spawn(upstream.run)
+
+    def remove(self, upstream: H2Upstream) -> None:
+        conns = self.conns.get(upstream.key)
+        if conns is not None and upstream in conns:
+            conns.remove(upstream)
+            if not conns:
+                del self.conns[upstream.key]
+
+    def expire_idle(self, now: float) -> None:
+        """Close connections with no stream for UPSTREAM_IDLE_SECONDS (the watchdog calls this)."""
+        for conns in list(self.conns.values()):
+            for upstream in list(conns):
+                if (
+                    upstream.ready
+                    and not upstream.streams
+                    and now - upstream.idle_since > UPSTREAM_IDLE_SECONDS
+                ):
+                    upstream.close()
+
+
+def serve_h2(proxy: Proxy, client: Client, first: bytes, dest: Address | None, direction: str) -> None:
+    """Serve a client connection that opened with the HTTP/2 preface (`first` holds it)."""
+    Session(proxy, client, dest, direction).run(first)

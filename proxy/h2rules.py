@@ -1,0 +1,158 @@
+"""The mesh's rules for HTTP/2 streams, without sockets: what a stream's head means to the mesh.
+
+Framing, HPACK, flow control and stream states are python-hyper's `h2` (sans-IO); h2proxy.py
+does the socket I/O. This module maps a stream's header lists to the mesh's decisions: the
+fields forwarded (mesh fields stripped and set by the rule HTTP/1 uses, `http1.strip_mesh` and
+`http1.outbound_mesh_fields`), the authority and peer a stream is counted under, how a response
+is classified (`grpc-status` for gRPC), the answer to a stream the proxy fails itself, and the
+budgets that end a flooding connection. Everything here is unit-tested with plain values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import http1
+from .metrics import grpc_status_label
+
+Fields = list[tuple[bytes, bytes]]
+
+# Our SETTINGS on every connection (both sides). Streams beyond MAX_CONCURRENT_STREAMS are
+# refused by h2 (a connection error: the peer ignored our setting); a header list over
+# MAX_HEADER_LIST_SIZE (HPACK bombs included: the limit applies to the decoded list) ends the
+# connection with ENHANCE_YOUR_CALM; the header table stays at the default 4 KiB.
+MAX_CONCURRENT_STREAMS = 100
+MAX_HEADER_LIST_SIZE = http1.MAX_HEADER_BYTES  # 32 KiB, as an HTTP/1 head
+STREAM_WINDOW = 65535  # bytes a peer may send on one stream before the proxy passed them on
+# The connection window lets every stream fill its own window: a stalled stream never holds
+# back the others (the RFC's default of 64 KiB would let one stalled stream block them all).
+CONNECTION_WINDOW = MAX_CONCURRENT_STREAMS * STREAM_WINDOW
+# Bytes queued for one socket: above HIGH_WATER no more DATA is queued for it (the streams wait,
+# unacknowledged, so their senders' windows close); above MAX_BACKLOG (control frames the peer
+# makes us answer while it reads nothing) the connection is ended.
+HIGH_WATER = 256 * 1024
+MAX_BACKLOG = 4 * 1024 * 1024
+# Floods within one second on one connection: PINGs, SETTINGS, and streams the client resets
+# before their response began (CVE-2023-44487, "rapid reset": open and cancel streams at once, so
+# that the server does the work and the concurrency limit never applies). Beyond a budget:
+# GOAWAY ENHANCE_YOUR_CALM.
+PING_BUDGET = 100
+SETTINGS_BUDGET = 100
+RESET_BUDGET = 100
+UPSTREAMS_PER_DESTINATION = 8  # h2 connections to one destination (each up to its peer's streams)
+
+_GRPC = b"application/grpc"
+ERROR_LABELS = {
+    0x1: "protocol_error", 0x2: "internal_error", 0x3: "flow_control_error", 0x4: "settings_timeout",
+    0x5: "stream_closed", 0x6: "frame_size_error", 0x7: "refused_stream", 0x8: "cancel",
+    0x9: "compression_error", 0xA: "connect_error", 0xB: "enhance_your_calm",
+    0xC: "inadequate_security", 0xD: "http_1_1_required",
+}  # fmt: skip
+
+
+def error_label(code: int) -> str:
+    """The metric label of an HTTP/2 error code (a bounded set: unknown codes are "other")."""
+    return ERROR_LABELS.get(int(code), "other")
+
+
+@dataclass
+class RequestHead:
+    """What the mesh reads from a request's header list."""
+
+    fields: Fields  # end-to-end fields, mesh fields removed
+    mesh: dict[bytes, bytes]
+    authority: bytes
+    grpc: bool
+    method: bytes = b""
+
+
+def split_request(headers: Fields) -> RequestHead:
+    """Strip the mesh fields and note the authority (`:authority`, else `host`) and gRPC."""
+    kept, mesh = http1.strip_mesh(headers)
+    authority = host = b""
+    method = b""
+    grpc = False
+    for name, value in kept:
+        if name == b":authority":
+            authority = value
+        elif name == b"host":
+            host = value
+        elif name == b":method":
+            method = value
+        elif name == b"content-type":
+            grpc = value[: len(_GRPC)].lower() == _GRPC
+    return RequestHead(kept, mesh, authority or host, grpc, method)
+
+
+def request_fields(head: RequestHead, outbound: bool, identity: bytes | None, hop_id: bytes) -> Fields:
+    """The fields sent upstream: an outbound proxy adds its identity and the hop marker."""
+    if not outbound:
+        return head.fields
+    return head.fields + http1.outbound_mesh_fields(identity, head.mesh.get(http1.MESH_VIA), hop_id)
+
+
+def loops(head: RequestHead, hop_id: bytes) -> bool:
+    return http1.via_loops(head.mesh.get(http1.MESH_VIA), hop_id)
+
+
+@dataclass
+class ResponseHead:
+    fields: Fields
+    mesh: dict[bytes, bytes]
+    status: int
+    grpc_status: str  # "" unless the fields carry grpc-status (a trailers-only response)
+
+
+def split_response(headers: Fields) -> ResponseHead:
+    kept, mesh = http1.strip_mesh(headers)
+    status = 0
+    grpc = None
+    for name, value in kept:
+        if name == b":status":
+            status = int(value) if value.isdigit() else 0
+        elif name == b"grpc-status":
+            grpc = value
+    return ResponseHead(kept, mesh, status, grpc_status_label(grpc))
+
+
+def split_trailers(headers: Fields) -> tuple[Fields, str]:
+    """(the trailer fields without the mesh's, the grpc_status label they carry)."""
+    kept, _ = http1.strip_mesh(headers)
+    grpc = next((v for n, v in kept if n == b"grpc-status"), None)
+    return kept, grpc_status_label(grpc)
+
+
+GRPC_UNAVAILABLE = "14"
+
+
+def failure_response(status: int, grpc: bool, reason: str) -> Fields:
+    """A response the proxy answers a stream with when it cannot get one (502, 504, 400).
+
+    gRPC clients get what Linkerd sends them: a trailers-only response with `grpc-status` 14
+    (UNAVAILABLE), which a gRPC client reports as such (an HTTP 502 would read as "unknown").
+    """
+    if grpc:
+        return [
+            (b":status", b"200"),
+            (b"content-type", b"application/grpc"),
+            (b"grpc-status", GRPC_UNAVAILABLE.encode()),
+            (b"grpc-message", f"mesh proxy: {reason}".encode()),
+        ]
+    return [(b":status", str(status).encode()), (b"content-length", b"0")]
+
+
+@dataclass
+class Budget:
+    """At most `limit` events per second (a window that restarts each second): flood detection."""
+
+    limit: int
+    window_start: float = 0.0
+    count: int = 0
+
+    def spend(self, now: float) -> bool:
+        """Count one event; False once the window holds more than the budget."""
+        if now - self.window_start >= 1.0:
+            self.window_start = now
+            self.count = 0
+        self.count += 1
+        return self.count <= self.limit
