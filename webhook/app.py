@@ -64,6 +64,9 @@ class AdmissionMetrics:
             ["reason", "result"],
             registry=self.registry,
         )
+        # The error series exists from the start (0), so that Prometheus' increase() counts the
+        # first error too (`kubectl mesh check` asks for the last hour's).
+        self.admissions.labels(RESULT_ERROR, "")
         self.bad_requests = Counter(
             "mesh_webhook_bad_requests_total",
             "Requests refused before admission (400, 413, 415, ...), by HTTP status.",

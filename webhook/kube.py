@@ -206,9 +206,10 @@ def notices_for(req: AdmissionRequest, outcome: Outcome) -> list[Notice]:
     out = []
     if outcome.result == RESULT_ERROR:
         kind = outcome.error.strip().rsplit("\n", 1)[-1].split(":", 1)[0] or "error"
+        # No admission uid in it: the same failure of the same owner is one Event, counted.
         message = (
             f"pod {pod} admitted without the mesh proxy: injector error ({kind}); "
-            f"see the mesh-webhook log for admission {req.uid}"
+            "see the mesh-webhook log (event=injection_failed)"
         )
         out.append(Notice(namespace, pod, owners, EVENT_INJECTION_SKIPPED, message))
     warnings = (outcome.review.get("response") or {}).get("warnings") or []

@@ -16,8 +16,8 @@ def test_defaults_round_trip_through_the_mapping() -> None:
     assert json.loads(json.dumps(mapping)) == mapping  # plain JSON, what a ConfigMap holds
     assert set(mapping) == {
         "proxyImage", "proxyVersion", "initImage", "imagePullPolicy", "proxyResources", "initResources",
-        "logLevel", "logFormat", "nativeSidecar", "skipInboundPorts", "skipOutboundPorts", "skipSubnets", "opaquePorts",
-        "controlPlaneNamespace",
+        "logLevel", "logFormat", "nativeSidecar", "skipInboundPorts", "skipOutboundPorts", "skipSubnets",
+        "opaquePorts", "controlPlaneNamespace",
     }  # fmt: skip
 
 
