@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,9 @@ import yaml
 
 from kubectl_mesh import contract as c
 from kubectl_mesh import health
-from kubectl_mesh.install.snapshot import CHART, KUBE_VERSION, RELEASE, find_helm
 from kubectl_mesh.procs import start_prometheus
 from kubectl_mesh.prom import PrometheusClient
+from tests.chart.helpers import chart_objects
 from tests.support.webhook_server import WebhookServer
 from tests.webhook.test_admission import POD, admission_review
 
@@ -27,20 +26,11 @@ pytestmark = pytest.mark.slow
 
 
 def charts_webhook_job() -> dict[str, Any]:
-    helm = find_helm()
-    if not helm or not Path(helm).exists():
-        pytest.skip("helm not built: run `make binaries`")
-    proc = subprocess.run(
-        [helm, "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    """The chart's `mesh-webhook` scrape job, as real helm renders it."""
     (config_map,) = [
         d
-        for d in yaml.safe_load_all(proc.stdout)
-        if d and d["kind"] == "ConfigMap" and d["metadata"]["name"] == "prometheus-config"
+        for d in chart_objects()
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "prometheus-config"
     ]
     config = yaml.safe_load(config_map["data"]["prometheus.yml"])
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == c.WEBHOOK_SCRAPE_JOB]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,9 @@ import pytest
 import yaml
 
 from kubectl_mesh import contract as c
-from kubectl_mesh.install.snapshot import CHART, KUBE_VERSION, RELEASE, find_helm
 from kubectl_mesh.log import Logger
 from lab import cluster
+from tests.chart.helpers import chart_objects
 from tests.support.webhook_server import WebhookServer
 from tests.webhook.faulty_wsgi import FAULT_LABEL
 from webhook import kube as webhook_kube
@@ -35,20 +34,8 @@ WEBHOOK_ROLE = "kubectl-mesh-webhook"
 
 def chart_webhook_rules() -> list[dict[str, Any]]:
     """The rules of the chart's webhook ClusterRole, as real helm renders them."""
-    helm = find_helm()
-    if not helm or not Path(helm).exists():
-        pytest.skip("helm not built: run `make binaries`")
-    proc = subprocess.run(
-        [helm, "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
     (role,) = [
-        d
-        for d in yaml.safe_load_all(proc.stdout)
-        if d and d["kind"] == "ClusterRole" and d["metadata"]["name"] == WEBHOOK_ROLE
+        d for d in chart_objects() if d["kind"] == "ClusterRole" and d["metadata"]["name"] == WEBHOOK_ROLE
     ]
     return list(role["rules"])
 
