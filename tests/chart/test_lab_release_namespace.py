@@ -25,7 +25,9 @@ def test_helm_install_into_mesh_system_with_create_namespace(lab: Any) -> None:
         pytest.skip("a control plane is installed in the lab already (another test session)")
     base = ["-n", NS, "-f", str(LAB_VALUES), "--wait", "--timeout", "240s"]
     try:
-        helm(lab, "install", RELEASE, str(CHART), "--create-namespace", *base)
+        notes = helm(lab, "install", RELEASE, str(CHART), "--create-namespace", *base)
+        # The label the chart's own Namespace would carry: the NOTES say how to add it.
+        assert f"kubectl label namespace {NS} pod-security.kubernetes.io/enforce=restricted" in notes
         manifest = helm(lab, "get", "manifest", RELEASE, "-n", NS)
         assert "\nkind: Namespace\n" not in manifest
         namespace = json.loads(lab.kubectl("get", "namespace", NS, "-o", "json"))
