@@ -97,3 +97,79 @@ def test_without_api_access_the_webhook_still_answers(monkeypatch: Any) -> None:
     assert access.namespace_labels("shop") is None
     req = request(copy.deepcopy(POD))
     access.after_review(req, review(req, MeshConfig(), "test"))  # nothing to do, nothing raised
+
+
+def test_a_hung_api_server_never_delays_an_admission(tmp_path: Any) -> None:
+    """The API server accepts connections and never answers: every admission of a failing pod is
+    still answered at once (allowed, with its warning), and the notices beyond the bounded queue
+    are dropped and counted, not waited for."""
+    import socket
+    import time
+
+    import yaml
+
+    from tests.support.webhook_server import WebhookServer
+    from tests.webhook.test_admission import admission_review
+    from tests.webhook.test_webhook_server import metric_samples
+
+    hung = socket.create_server(("127.0.0.1", 0), backlog=512)
+    held: list[socket.socket] = []
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "hung",
+                "cluster": {
+                    "server": f"https://127.0.0.1:{hung.getsockname()[1]}",
+                    "insecure-skip-tls-verify": True,
+                },
+            }
+        ],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "hung", "user": "u"}}],
+        "current-context": "c",
+    }
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(config))
+    server = WebhookServer(tmp_path / "webhook", workers=1)
+    server.env["KUBECONFIG"] = str(tmp_path / "kubeconfig")
+    pod = copy.deepcopy(POD)
+    pod["spec"]["initContainers"] = {"not": "a list"}
+    count, slowest = 300, 0.0
+    with server:
+        conn = server.connect()
+        try:
+            for i in range(count):  # bounded: 300 requests, each within 1 s or the test fails
+                started = time.monotonic()
+                status, _, body = server.request(
+                    "POST",
+                    c.WEBHOOK_PATH,
+                    orjson.dumps(admission_review(pod, uid=f"uid-{i}")),
+                    {"Content-Type": "application/json"},
+                    conn=conn,
+                )
+                slowest = max(slowest, time.monotonic() - started)
+                answer = orjson.loads(body)
+                assert status == 200 and answer["response"]["allowed"] is True
+                assert "admitted without the mesh proxy" in answer["response"]["warnings"][0]
+                hung.setblocking(False)
+                try:
+                    while True:
+                        held.append(hung.accept()[0])
+                except BlockingIOError:
+                    pass
+        finally:
+            conn.close()
+        samples = metric_samples(server)
+    for s in held:
+        s.close()
+    hung.close()
+    print(
+        f"hung API server: {count} admissions, slowest {slowest * 1000:.1f} ms, {len(held)} connections tried"
+    )
+    assert slowest < 1.0, f"an admission waited {slowest:.3f}s on the hung API server"
+    assert held, "the webhook never tried the API server: the test proves nothing"
+    dropped = samples.get(
+        ("mesh_webhook_events_total", (("reason", c.EVENT_INJECTION_SKIPPED), ("result", "dropped"))), 0.0
+    )
+    assert dropped >= count - 256 - 2, samples  # the queue holds 256; one notice is being written
