@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import json
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +25,6 @@ import yaml
 from kubectl_mesh import contract as c
 from kubectl_mesh.install.snapshot import CHART, RELEASE
 from lab.kube import data
-from lab.runtime import runtime_pythonpath
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -39,20 +35,7 @@ WEBHOOK_PODS = "app.kubernetes.io/name=kubectl-mesh,app.kubernetes.io/component=
 PROMETHEUS_PODS = "app.kubernetes.io/name=kubectl-mesh,app.kubernetes.io/component=prometheus"
 
 
-@functools.cache
-def post_renderer() -> tuple[str, ...]:
-    """helm flags that run the chart's pods with the code under test (tests/chart/lab_post_render.py)."""
-    script = Path(tempfile.mkdtemp(prefix="mesh-post-render-")) / "post-render"
-    module = Path(__file__).with_name("lab_post_render.py")
-    script.write_text(f"#!/bin/sh\nexec {sys.executable} {module} {runtime_pythonpath()}\n")
-    script.chmod(0o755)
-    return ("--post-renderer", str(script))
-
-
 def helm(lab: Any, *args: str, timeout: float = 300) -> str:
-    """Real helm; install and upgrade through `post_renderer()`."""
-    if args and args[0] in ("install", "upgrade"):
-        args = (*args, *post_renderer())
     proc = lab.run_helm(*args, timeout=timeout)
     assert proc.returncode == 0, f"helm {' '.join(args)}: {proc.stderr.strip()}"
     return str(proc.stdout)

@@ -1,8 +1,9 @@
-"""helm's --post-renderer for the lab: every container of the chart gets PYTHONPATH=<argv[1]>.
+"""helm's --post-renderer for the lab: every Deployment's containers get PYTHONPATH=<argv[1]>.
 
-The lab's node runs pods with the code its agent was started from (another checkout, maybe
-older); this points the control plane at the code under test (`lab.runtime.runtime_pythonpath()`
-of the test session), so the chart and the code it runs are of the same commit.
+The lab's node runs pods with the code its agent was started from (the checkout that ran
+`lab up`, maybe another branch); this points the control plane at the code of the checkout that
+runs helm (`lab.runtime.runtime_pythonpath()`), so the chart and the code it runs are of the
+same commit. `python -m lab.post_render DIR` reads helm's rendering on stdin.
 """
 
 from __future__ import annotations
