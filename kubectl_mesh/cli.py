@@ -21,7 +21,10 @@ from kubectl_mesh import __version__
 from kubectl_mesh.errors import MeshError
 
 # Order here is the order in `--help`.
-COMMANDS = ("install", "uninstall", "inject", "uninject", "check", "stat", "version", "demo", "completion")
+COMMANDS = (
+    "install", "uninstall", "inject", "uninject", "check", "stat", "edges", "diagnose", "tap", "top",
+    "version", "demo", "completion",
+)  # fmt: skip
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -43,6 +46,9 @@ Examples:
   # Which services does web call, and who calls voting?
   kubectl mesh stat deploy -A --from web --from-namespace emojivoto
   kubectl mesh stat deploy -A --to voting --to-namespace emojivoto
+
+  # Let the mesh follow web's failing calls to where they start
+  kubectl mesh diagnose deploy/web -n emojivoto
 
 Run `kubectl mesh COMMAND --help` for a command's flags and examples.
 """

@@ -362,20 +362,30 @@ class KubeClient:
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            import http.client
-
-            self._prepare()
-            if self._scheme == "https":
-                assert self._ssl is not None
-                conn = _https_connection(
-                    self._host, self._port, self.timeout, self._ssl, self.config.tls_server_name, self._proxy
-                )
-            elif self._proxy is not None:  # absolute-form requests to the proxy
-                conn = http.client.HTTPConnection(self._proxy[0], self._proxy[1], timeout=self.timeout)
-            else:
-                conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+            conn = self.new_connection()
             self._local.conn = conn
         return conn
+
+    def new_connection(self) -> http.client.HTTPConnection:
+        """A connection of its own (TLS, proxy and all), not yet connected: for a stream that
+        outlives one request (port-forward upgrades it to a WebSocket)."""
+        import http.client
+
+        self._prepare()
+        if self._scheme == "https":
+            assert self._ssl is not None
+            return _https_connection(
+                self._host, self._port, self.timeout, self._ssl, self.config.tls_server_name, self._proxy
+            )
+        if self._proxy is not None:  # absolute-form requests to the proxy
+            return http.client.HTTPConnection(self._proxy[0], self._proxy[1], timeout=self.timeout)
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+
+    def stream_request_parts(self, path: str) -> tuple[str, str, dict[str, str]]:
+        """(host header, request target, headers with credentials) for a request on new_connection()."""
+        self._prepare()
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{host}:{self._port}", self._base_path + path, dict(self._headers or {})
 
     # -- requests ------------------------------------------------------------------------------
     def request(

@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from kubectl_mesh import __version__  # noqa: E402
 
 # Distributions vendored into the zipapp (pure Python; see the module docstring).
-VENDORED = ("tabulate", "PyYAML", "jsonpatch", "jsonpointer")
+VENDORED = ("tabulate", "PyYAML", "jsonpatch", "jsonpointer", "wsproto", "h11")
 # The part of this repository in the zipapp: the CLI's package, whole.
 OWN_PACKAGE = "kubectl_mesh"
 DEFAULT_URI = "https://github.com/kubectl-mesh/kubectl-mesh/releases/download/v{version}/kubectl-mesh.tar.gz"

@@ -25,6 +25,7 @@ DIRECTIVE_NO_FILE = 4
 DIRECTIVE_DEFAULT = 0
 
 RESOURCE_TYPES = ("deploy", "po", "ns", "sts", "ds", "job", "rs", "all")
+EDGE_TYPES = ("deploy", "po", "sts", "ds", "job", "rs")  # `edges` and `diagnose`: workloads only
 TIME_WINDOWS = ("30s", "1m", "10m", "1h")
 NAMESPACE_FLAGS = ("-n", "--namespace", "--from-namespace", "--to-namespace")
 
@@ -193,7 +194,9 @@ def candidates(words: Sequence[str]) -> tuple[list[str], int]:
         return sorted(o for o in flags if o.startswith("--")), DIRECTIVE_NO_FILE
     if words[0] == "completion":
         return sorted(SCRIPTS), DIRECTIVE_NO_FILE
-    if words[0] == "stat":
+    if words[0] == "edges":
+        return ([] if _positionals(words[1:-1], flags) else list(EDGE_TYPES)), DIRECTIVE_NO_FILE
+    if words[0] in ("stat", "diagnose", "tap", "top"):
         positional = _positionals(words[1:-1], flags)
         if not positional:
             if "/" in current:
