@@ -51,6 +51,12 @@ SKIP_INBOUND_PORTS_ANNOTATION = f"{DOMAIN}/skip-inbound-ports"
 SKIP_OUTBOUND_PORTS_ANNOTATION = f"{DOMAIN}/skip-outbound-ports"
 OPAQUE_PORTS_ANNOTATION = f"{DOMAIN}/opaque-ports"
 
+# Kubernetes Events the webhook records on a pod's owner (type Warning), as Linkerd's
+# InjectionSkipped: an injector error admitted the pod without the proxy, or the proxy's init
+# step would break the namespace's Pod Security level.
+EVENT_INJECTION_SKIPPED = "InjectionSkipped"
+EVENT_POD_SECURITY = "InjectionPodSecurityWarning"
+
 CONTROL_PLANE_NAMESPACE = "mesh-system"
 NEVER_INJECT_NAMESPACES = frozenset(
     {"kube-system", "kube-public", "kube-node-lease", CONTROL_PLANE_NAMESPACE}
@@ -95,5 +101,7 @@ WEBHOOK_CONTAINER_PORT = 8443
 WEBHOOK_PATH = "/mutate"
 WEBHOOK_TLS_SECRET = "mesh-webhook-tls"  # the serving certificate and key the chart makes
 SCRAPE_JOB = "mesh-proxy"
+WEBHOOK_SCRAPE_JOB = "mesh-webhook"  # the chart's Prometheus scrapes the webhook's /metrics
+METRIC_WEBHOOK_ADMISSIONS = "mesh_webhook_admissions_total"  # labels result, reason
 SCRAPE_INTERVAL = "10s"
 ENV_PROMETHEUS_URL = "MESH_PROMETHEUS_URL"

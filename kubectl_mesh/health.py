@@ -21,9 +21,12 @@ from kubectl_mesh import __version__
 from kubectl_mesh.contract import (
     CONTROL_PLANE_NAMESPACE,
     DOMAIN,
+    EVENT_INJECTION_SKIPPED,
+    METRIC_WEBHOOK_ADMISSIONS,
     PROMETHEUS_SERVICE,
     SCRAPE_JOB,
     WEBHOOK_PATH,
+    WEBHOOK_SCRAPE_JOB,
     WEBHOOK_SERVICE,
     WEBHOOK_TLS_SECRET,
 )
@@ -76,12 +79,15 @@ class Context:
     facts: dict[str, Any] = field(default_factory=dict)
 
     def client(self) -> Any:
+        """The cluster through the `kubernetes` package (kubeapi.PackageClient): `check` is not
+        latency-critical, so it need not avoid the package's import time."""
         if self._client is None:
-            from kubectl_mesh import kube
+            from kubectl_mesh import kubeapi
+            from kubectl_mesh.kube import KubeError
 
             try:
-                self._client = kube.connect(self.kube)
-            except kube.KubeError as exc:
+                self._client = kubeapi.connect(self.kube)
+            except KubeError as exc:
                 raise CheckFailed(exc.message, "fix the kubeconfig: kubectl config view") from None
         return self._client
 
@@ -360,6 +366,43 @@ def check_proxies_scraped(ctx: Context) -> str:
     return f"{len(targets)} proxies scraped"
 
 
+INJECTOR_ERRORS_WINDOW = "1h"
+
+
+def check_injector_errors(ctx: Context) -> str:
+    """Pods admitted without the proxy because the injector failed (fail-open), in the last hour,
+    from the webhook's own metrics as the chart's Prometheus scrapes them (job mesh-webhook)."""
+    from kubectl_mesh.prom import PrometheusError
+
+    selector = f'job="{WEBHOOK_SCRAPE_JOB}"'
+    try:
+        prometheus = ctx.prometheus()
+        scraped = prometheus.query(f"up{{{selector}}}")
+        errors = prometheus.query(
+            f'sum(increase({METRIC_WEBHOOK_ADMISSIONS}{{{selector},result="error"}}[{INJECTOR_ERRORS_WINDOW}]))'
+        )
+    except PrometheusError as exc:
+        raise CheckFailed(exc.message, "see the Prometheus check above") from None
+    if not any(value >= 1 for _, value in scraped):
+        raise CheckFailed(
+            f"Prometheus does not scrape the webhook's metrics (job {WEBHOOK_SCRAPE_JOB}): injector errors "
+            "would go unseen",
+            f"kubectl -n {CONTROL_PLANE_NAMESPACE} get pods; with your own Prometheus, add the "
+            f"{WEBHOOK_SCRAPE_JOB} job of the chart's README",
+        )
+    count = sum(value for _, value in errors)
+    if count > 0:
+        # increase() extrapolates over the window: 1 error may read 1.02; never report 0.
+        shown = max(1, round(count))
+        raise CheckFailed(
+            f"the injector failed on {shown} pod{'s' if shown != 1 else ''} in the last hour: "
+            "admitted without the mesh proxy (fail-open)",
+            f"kubectl get events -A --field-selector reason={EVENT_INJECTION_SKIPPED}; "
+            f"kubectl -n {CONTROL_PLANE_NAMESPACE} logs deploy/{WEBHOOK_SERVICE} | grep injection_failed",
+        )
+    return f"none in the last hour ({len(scraped)} webhook pods scraped)"
+
+
 PRE_CHECKS: list[tuple[str, Check, bool]] = [
     # (name, check, later checks depend on it)
     ("Kubernetes API reachable", check_api, True),
@@ -376,6 +419,7 @@ CHECKS: list[tuple[str, Check, bool]] = [
     ("webhook answering (deployment ready)", check_webhook_ready, False),
     ("Prometheus answering", check_prometheus, False),
     ("proxies being scraped", check_proxies_scraped, False),
+    ("no injector errors (pods admitted without the proxy)", check_injector_errors, False),
 ]
 
 

@@ -27,6 +27,7 @@ from kubernetes.client import ApiClient
 from lab import cluster, network
 from lab.config import KUBECONFIG, LAB_DIR, NETNS_PREFIX, bin_dir, missing_binaries
 from lab.kube import ERRORS, ApiException, Kube, data
+from lab.runtime import helm_post_renderer
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -75,6 +76,10 @@ class Lab:
         return proc.stdout
 
     def run_helm(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Real helm against the lab; `install` and `upgrade` run the pods with the code under test
+        (`runtime.helm_post_renderer`)."""
+        if args and args[0] in ("install", "upgrade"):
+            args = (*args, *helm_post_renderer())
         return subprocess.run(
             [str(self.helm), *args],
             capture_output=True,

@@ -69,3 +69,17 @@ def runtime_env(**extra: str) -> dict[str, str]:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+@cache
+def helm_post_renderer() -> tuple[str, ...]:
+    """helm flags (install, upgrade) that run the chart's pods with this checkout's code
+    (`lab/post_render.py`): the node agent may have been started from another checkout."""
+    import tempfile
+
+    script = Path(tempfile.mkdtemp(prefix="mesh-post-render-")) / "post-render"
+    script.write_text(
+        f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m lab.post_render {runtime_pythonpath()}\n"
+    )
+    script.chmod(0o755)
+    return ("--post-renderer", str(script))

@@ -89,6 +89,10 @@ class Tools:
         return subprocess.run(["kubectl", *args], capture_output=True, text=True, env=self.env, timeout=120)
 
     def helm(self, *args: str, timeout: float = 300) -> str:
+        if args and args[0] in ("install", "upgrade"):  # the pods run this checkout's code
+            from lab.runtime import helm_post_renderer
+
+            args = (*args, *helm_post_renderer())
         return self.run([self.helm_bin, *args, "--kubeconfig", str(self.kubeconfig)], timeout=timeout)
 
     def json(self, *args: str) -> Any:

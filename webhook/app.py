@@ -29,6 +29,8 @@ from webhook.admission import (
     parse_review,
     review,
 )
+from webhook.kube import KubeAccess
+from webhook.kube import start as start_kube
 from webhook.logs import level_from_env, logger, stdlib_handler
 
 INJECTED_BY = f"kubectl-mesh-webhook/{__version__}"
@@ -56,6 +58,15 @@ class AdmissionMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self.events = Counter(
+            "mesh_webhook_events_total",
+            "Kubernetes Events for workload owners, by reason and result (recorded|merged|dropped|failed).",
+            ["reason", "result"],
+            registry=self.registry,
+        )
+        # The error series exists from the start (0), so that Prometheus' increase() counts the
+        # first error too (`kubectl mesh check` asks for the last hour's).
+        self.admissions.labels(RESULT_ERROR, "")
         self.bad_requests = Counter(
             "mesh_webhook_bad_requests_total",
             "Requests refused before admission (400, 413, 415, ...), by HTTP status.",
@@ -86,8 +97,10 @@ def _configure_logging() -> None:
         flask_log.propagate = False
 
 
-def create_app(config: MeshConfig | None = None) -> Flask:
-    """The Flask app. `config` defaults to the file named by $MESH_CONFIG (or built-in defaults)."""
+def create_app(config: MeshConfig | None = None, kube: KubeAccess | None = None) -> Flask:
+    """The Flask app. `config` defaults to the file named by $MESH_CONFIG (or built-in defaults);
+    `kube` (the namespace cache and the Event recorder) to `webhook.kube.start()`: in-cluster, or
+    $KUBECONFIG, or nothing."""
     mesh_config = config if config is not None else load_config()
     _configure_logging()
     log = logger()
@@ -98,6 +111,12 @@ def create_app(config: MeshConfig | None = None) -> Flask:
     metrics = AdmissionMetrics()
     app.extensions["mesh_metrics"] = metrics
     app.extensions["mesh_config"] = mesh_config
+    access = (
+        kube
+        if kube is not None
+        else start_kube(log, lambda reason, result: metrics.events.labels(reason, result).inc())
+    )
+    app.extensions["mesh_kube"] = access
 
     @app.post(WEBHOOK_PATH)
     def mutate() -> Response:
@@ -108,7 +127,10 @@ def create_app(config: MeshConfig | None = None) -> Flask:
         except BadRequest as exc:
             metrics.bad_requests.labels(str(exc.status)).inc()
             return _json({"error": exc.reason}, exc.status)
+        # The namespace's labels (Pod Security level) come from access.namespace_labels(), a cache
+        # that never waits; the injector's namespace_labels parameter (issue #12) takes them.
         outcome = review(req, mesh_config, INJECTED_BY)
+        access.after_review(req, outcome)  # queues the Events for the owner: never waits
         metrics.admissions.labels(outcome.result, outcome.reason).inc()
         metrics.latency.observe(time.perf_counter() - started)
         if outcome.result == RESULT_ERROR:

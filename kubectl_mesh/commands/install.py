@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
 def existing_tls(options: KubeOptions) -> Any:
     """The webhook's current certificates, if the cluster is reachable and has them."""
     from kubectl_mesh.install.manifest import TLS_SECRET, WebhookTLS
-    from kubectl_mesh.kube import KubeError, connect
+    from kubectl_mesh.kube import KubeError
+    from kubectl_mesh.kubeapi import connect  # the kubernetes package: install is not latency-critical
 
     try:
         client = connect(options, timeout=5.0)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubectl_mesh import __version__
-from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, LOG_LEVELS
+from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, LOG_FORMATS, LOG_LEVELS
 from kubectl_mesh.errors import MeshError
 from kubectl_mesh.portlist import NO_PORTS, PortList
 
@@ -57,6 +57,7 @@ class MeshConfig:
     proxy_resources: Mapping[str, Mapping[str, str]] = field(default_factory=_default_proxy_resources)
     init_resources: Mapping[str, Mapping[str, str]] = field(default_factory=_default_init_resources)
     log_level: str = "info"
+    log_format: str = "logfmt"  # the proxy's MESH_LOG_FORMAT: one format with the webhook's
     native_sidecar: bool = True  # False for clusters older than 1.29: proxy as first container
     skip_inbound_ports: PortList = NO_PORTS  # added to 4190,4191 and the pod's annotation
     skip_outbound_ports: PortList = NO_PORTS  # added to the pod's annotation
@@ -229,6 +230,7 @@ _KEYS: dict[str, tuple[str, Any]] = {
     "proxyResources": ("proxy_resources", _resources),
     "initResources": ("init_resources", _resources),
     "logLevel": ("log_level", _choice(LOG_LEVELS)),
+    "logFormat": ("log_format", _choice(LOG_FORMATS)),
     "nativeSidecar": ("native_sidecar", _bool),
     "skipInboundPorts": ("skip_inbound_ports", _ports),
     "skipOutboundPorts": ("skip_outbound_ports", _ports),

@@ -385,6 +385,7 @@ def _proxy_container(owner: Workload, ports: _Ports, config: MeshConfig) -> dict
             {"name": c.ENV_WORKLOAD_KIND, "value": owner.kind},
             {"name": c.ENV_WORKLOAD_NAME, "value": owner.name},
             {"name": c.ENV_LOG_LEVEL, "value": config.log_level},
+            {"name": c.ENV_LOG_FORMAT, "value": config.log_format},
             {"name": c.ENV_OPAQUE_PORTS, "value": ports.opaque},
         ],
         "ports": [

@@ -23,3 +23,21 @@ def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
     spec: dict[str, Any] = obj["spec"]["template"]["spec"]
     return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def chart_objects(*args: str) -> list[dict[str, Any]]:
+    """Real `helm template` of the chart (defaults plus `args`) as objects, for tests outside
+    tests/chart; skips the test when helm is not built."""
+    from pathlib import Path
+
+    import pytest
+    import yaml
+
+    from kubectl_mesh.install.snapshot import CHART, KUBE_VERSION, RELEASE, find_helm
+
+    helm = find_helm()
+    if not helm or not Path(helm).exists():
+        pytest.skip("helm not built: run `make binaries`")
+    proc = run_helm(helm, "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, *args)
+    assert proc.returncode == 0, proc.stderr
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]

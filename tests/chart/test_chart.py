@@ -97,11 +97,16 @@ def test_invalid_combinations_fail_with_one_clear_line(
     assert message in stderr, stderr
 
 
-def test_installing_into_mesh_system_needs_namespace_create_false(render_error: Any, render: Render) -> None:
-    assert "set namespace.create=false" in render_error("--namespace", "mesh-system")
-    objects = render("--namespace", "mesh-system", "--set", "namespace.create=false")
-    assert not [o for o in objects if o["kind"] == "Namespace"]
-    assert {o["metadata"].get("namespace", c.CONTROL_PLANE_NAMESPACE) for o in objects} == {"mesh-system"}
+def test_a_release_in_mesh_system_renders_no_namespace(render: Render) -> None:
+    """`helm install kubectl-mesh charts/kubectl-mesh -n mesh-system --create-namespace` (issue #12):
+    helm makes the namespace, so the chart must not render it (helm would refuse to adopt it);
+    `namespace.create=false` still renders none; a release elsewhere still renders it."""
+    for args in ((), ("--set", "namespace.create=false")):
+        objects = render("--namespace", "mesh-system", *args)
+        assert not [o for o in objects if o["kind"] == "Namespace"]
+        assert {o["metadata"].get("namespace", c.CONTROL_PLANE_NAMESPACE) for o in objects} == {"mesh-system"}
+    (namespace,) = [o for o in render("--namespace", "default") if o["kind"] == "Namespace"]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
 def test_every_namespaced_object_is_in_mesh_system(defaults: list[dict[str, Any]]) -> None:
@@ -390,12 +395,17 @@ def test_prometheus_runs_the_shared_scrape_job_with_in_cluster_discovery(
     text = find(defaults, "ConfigMap", "prometheus-config")["data"]["prometheus.yml"]
     config = yaml.safe_load(text)
     assert config["global"]["scrape_interval"] == c.SCRAPE_INTERVAL
-    (job,) = config["scrape_configs"]
+    job, webhook_job = config["scrape_configs"]
     assert job.pop("kubernetes_sd_configs") == [{"role": "pod"}]
     assert job == yaml.safe_load((CHART / "files" / "scrape-config.yaml").read_text())
     # Debian's promtool lacks kubernetes_sd_configs (the lab's upstream Prometheus runs the real
     # thing in test_lab.py): check everything else, the relabelling included.
     config["scrape_configs"][0] = {**job, "static_configs": [{"targets": ["127.0.0.1:4191"]}]}
+    assert webhook_job["job_name"] == c.WEBHOOK_SCRAPE_JOB
+    del webhook_job["kubernetes_sd_configs"]
+    (tmp_path / "ca.crt").write_text("")  # promtool checks that the CA file exists
+    webhook_job["tls_config"]["ca_file"] = str(tmp_path / "ca.crt")
+    config["scrape_configs"][1] = {**webhook_job, "static_configs": [{"targets": ["127.0.0.1:8443"]}]}
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     proc = subprocess.run(
         ["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
@@ -446,19 +456,75 @@ def test_prometheus_and_grafana_can_be_left_out(render: Render) -> None:
 
 
 def test_rbac_is_least_privilege(defaults: list[dict[str, Any]]) -> None:
-    roles = [o for o in defaults if o["kind"] in ("Role", "ClusterRole")]
-    assert [(r["kind"], r["rules"]) for r in roles] == [
-        ("ClusterRole", [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}])
-    ]
-    (binding,) = [o for o in defaults if o["kind"] in ("RoleBinding", "ClusterRoleBinding")]
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "prometheus", "namespace": "mesh-system"}
-    ]
+    roles = {o["metadata"]["name"]: o["rules"] for o in defaults if o["kind"] in ("Role", "ClusterRole")}
+    assert roles == {
+        "kubectl-mesh-webhook": [
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "get", "patch"]},
+        ],
+        "kubectl-mesh-prometheus": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+        ],
+    }
+    bindings = {
+        o["metadata"]["name"]: o for o in defaults if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
+    }
+    for name, account in (
+        ("kubectl-mesh-webhook", "mesh-webhook"),
+        ("kubectl-mesh-prometheus", "prometheus"),
+    ):
+        assert bindings[name]["roleRef"]["name"] == name
+        assert bindings[name]["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": "mesh-system"}
+        ]
+    assert len(bindings) == 2
     for obj in defaults:
         if obj["kind"] == "Deployment":
             spec = obj["spec"]["template"]["spec"]
-            # Only Prometheus talks to the API server, so only it gets a token.
-            assert spec.get("automountServiceAccountToken", True) is (obj["metadata"]["name"] == "prometheus")
+            # Prometheus (pod discovery) and the webhook (namespaces, Events) talk to the API server.
+            talks = obj["metadata"]["name"] in ("prometheus", "mesh-webhook")
+            assert spec.get("automountServiceAccountToken", True) is talks
+
+
+def test_prometheus_scrapes_the_webhook_over_tls_checked_against_its_ca(
+    defaults: list[dict[str, Any]],
+) -> None:
+    config = yaml.safe_load(find(defaults, "ConfigMap", "prometheus-config")["data"]["prometheus.yml"])
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == c.WEBHOOK_SCRAPE_JOB]
+    assert job["scheme"] == "https" and job["metrics_path"] == "/metrics"
+    assert job["tls_config"] == {
+        "ca_file": "/etc/mesh/webhook-ca/ca.crt",
+        "server_name": f"{c.WEBHOOK_SERVICE}.{c.CONTROL_PLANE_NAMESPACE}.svc",
+    }
+    assert job["kubernetes_sd_configs"] == [
+        {"role": "pod", "namespaces": {"names": [c.CONTROL_PLANE_NAMESPACE]}}
+    ]
+    keep = job["relabel_configs"][0]
+    assert keep["action"] == "keep" and keep["regex"] == "kubectl-mesh;webhook;https"
+    webhook = find(defaults, "Deployment", "mesh-webhook")["spec"]["template"]
+    labels = webhook["metadata"]["labels"]
+    port_names = [p["name"] for ct in webhook["spec"]["containers"] for p in ct.get("ports", [])]
+    assert (labels["app.kubernetes.io/name"], labels["app.kubernetes.io/component"]) == (
+        "kubectl-mesh",
+        "webhook",
+    )
+    assert "https" in port_names
+    prometheus = find(defaults, "Deployment", "prometheus")["spec"]["template"]["spec"]
+    (volume,) = [v for v in prometheus["volumes"] if v["name"] == "webhook-ca"]
+    assert volume["secret"]["secretName"] == c.WEBHOOK_TLS_SECRET
+    assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]  # never the key
+    (mount,) = [m for m in prometheus["containers"][0]["volumeMounts"] if m["name"] == "webhook-ca"]
+    assert mount["mountPath"] == "/etc/mesh/webhook-ca"
+
+
+def test_one_log_format_for_the_webhook_and_the_proxies(render: Render) -> None:
+    for value in ("logfmt", "json"):
+        objects = render("--set", f"logFormat={value}")
+        webhook = find(objects, "Deployment", "mesh-webhook")["spec"]["template"]["spec"]["containers"][0]
+        assert {e["name"]: e.get("value") for e in webhook["env"]}[c.ENV_LOG_FORMAT] == value
+        config = json.loads(find(objects, "ConfigMap", "mesh-config")["data"]["mesh-config.json"])
+        assert MeshConfig.from_mapping(config).log_format == value
 
 
 def test_every_container_is_non_root_read_only_and_has_requests(defaults: list[dict[str, Any]]) -> None:

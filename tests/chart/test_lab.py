@@ -213,6 +213,26 @@ def test_deployment_runs_with_its_proxy_and_the_charts_prometheus_labels_its_met
     assert float(found["value"][1]) >= 5
 
 
+def test_the_charts_prometheus_scrapes_the_webhook_and_check_reads_it(lab: Any, control_plane: str) -> None:
+    """Job mesh-webhook: HTTPS to each webhook pod, its certificate checked against the mounted CA
+    under the Service's name; `kubectl mesh check` then finds no injector error in the last hour."""
+    (prometheus,) = lab.wait_pods_ready(NS, PROMETHEUS_PODS, count=1, timeout=120)
+    base = f"http://{prometheus['status']['podIP']}:{c.PROMETHEUS_PORT}"
+    query = f'up{{job="{c.WEBHOOK_SCRAPE_JOB}"}} == 1'
+
+    def up() -> list[dict[str, Any]] | None:
+        body = json.loads(_get(f"{base}/api/v1/query?{urllib.parse.urlencode({'query': query})}"))
+        found = list(body["data"]["result"])
+        return found if len(found) == 2 else None
+
+    targets = lab.wait(up, 60, "Prometheus to scrape both webhook pods", interval=2)
+    webhook_pods = {p["metadata"]["name"] for p in lab.pods(NS, WEBHOOK_PODS)}
+    assert {t["metric"]["pod"] for t in targets} <= webhook_pods
+    proc = kubectl_mesh(lab, "check")
+    (line,) = [x for x in proc.stdout.splitlines() if "no injector errors" in x]
+    assert line.startswith("✔") and "webhook pods scraped" in line, proc.stdout  # a rolled pod may linger
+
+
 def _set_webhook_replicas(lab: Any, replicas: int) -> None:
     lab.kubectl("-n", NS, "scale", "deployment/mesh-webhook", f"--replicas={replicas}")
     if replicas == 0:

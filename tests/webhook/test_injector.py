@@ -232,7 +232,7 @@ def test_injects_real_world_shapes(shape: str) -> None:
     assert env[c.ENV_POD_NAMESPACE] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env[c.ENV_POD_IP] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert env[c.ENV_SERVICE_ACCOUNT] == {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}
-    assert env[c.ENV_LOG_LEVEL] == "info"
+    assert env[c.ENV_LOG_LEVEL] == "info" and env[c.ENV_LOG_FORMAT] == "logfmt"
 
     labels = mutated["metadata"]["labels"]
     assert labels[f"{c.PROXY_WORKLOAD_LABEL_PREFIX}{kind}"] == name
@@ -282,6 +282,7 @@ def test_config_drives_images_resources_and_defaults() -> None:
                 "limits": {"cpu": "1", "memory": "1Gi"},
             },
             "logLevel": "debug",
+            "logFormat": "json",
             "skipOutboundPorts": "25,443",
             "skipSubnets": "10.96.0.0/12",
             "opaquePorts": "9042",
@@ -297,6 +298,7 @@ def test_config_drives_images_resources_and_defaults() -> None:
         "limits": {"cpu": "1", "memory": "1Gi"},
     }
     assert _env(proxy)[c.ENV_LOG_LEVEL] == "debug" and _env(proxy)[c.ENV_OPAQUE_PORTS] == "9042"
+    assert _env(proxy)[c.ENV_LOG_FORMAT] == "json"  # the chart's one logFormat reaches the proxy
     assert init["command"][-4:] == [
         "--outbound-ports-to-ignore",
         "25,443",

@@ -16,8 +16,8 @@ def test_defaults_round_trip_through_the_mapping() -> None:
     assert json.loads(json.dumps(mapping)) == mapping  # plain JSON, what a ConfigMap holds
     assert set(mapping) == {
         "proxyImage", "proxyVersion", "initImage", "imagePullPolicy", "proxyResources", "initResources",
-        "logLevel", "nativeSidecar", "skipInboundPorts", "skipOutboundPorts", "skipSubnets", "opaquePorts",
-        "controlPlaneNamespace",
+        "logLevel", "logFormat", "nativeSidecar", "skipInboundPorts", "skipOutboundPorts", "skipSubnets",
+        "opaquePorts", "controlPlaneNamespace",
     }  # fmt: skip
 
 
@@ -36,6 +36,7 @@ def test_port_lists_are_canonical_and_accept_arrays() -> None:
         ({"proxyImg": "x"}, "unknown mesh config key(s): proxyImg"),
         ({"nativeSidecar": "true"}, "nativeSidecar must be true or false"),
         ({"logLevel": "loud"}, "logLevel must be one of"),
+        ({"logFormat": "xml"}, "logFormat must be one of logfmt, json"),
         ({"skipInboundPorts": "80,http"}, "skipInboundPorts"),
         ({"skipOutboundPorts": "0"}, "skipOutboundPorts"),
         ({"skipSubnets": "10.0.0.0/33"}, "skipSubnets"),

@@ -69,6 +69,7 @@ Its sha256 is a pod annotation of the webhook, so a change rolls the webhook pod
   "proxyVersion" ($p.image.version | default .Chart.AppVersion)
   "imagePullPolicy" $p.image.pullPolicy
   "logLevel" $p.logLevel
+  "logFormat" .Values.logFormat
   "proxyResources" $p.resources
   "initResources" $p.initResources
   "skipInboundPorts" (join "," $p.skipInboundPorts)
@@ -97,9 +98,10 @@ truth), discovering pods through the in-cluster API with the prometheus ServiceA
 {{- define "mesh.prometheus.configData" -}}
 {{- $job := .Files.Get "files/scrape-config.yaml" | fromYaml -}}
 {{- $_ := set $job "kubernetes_sd_configs" (list (dict "role" "pod")) -}}
+{{- $webhook := include "mesh.prometheus.webhookJob" . | fromYaml -}}
 {{- $config := dict
   "global" (dict "scrape_interval" "10s" "evaluation_interval" "10s")
-  "scrape_configs" (list $job) -}}
+  "scrape_configs" (list $job $webhook) -}}
 {{- dict "prometheus.yml" ($config | toYaml) | toJson -}}
 {{- end -}}
 
@@ -109,4 +111,34 @@ truth), discovering pods through the in-cluster API with the prometheus ServiceA
 {{ $key }}: |-
 {{ $value | indent 2 }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The webhook's own /metrics (admissions by result and reason: injector errors, skips), scraped
+over TLS from each webhook pod, its certificate checked against the webhook's CA (ca.crt of the
+TLS Secret, mounted into Prometheus) under the Service's name. `kubectl mesh check` reads it.
+*/}}
+{{- define "mesh.prometheus.webhookJob" -}}
+job_name: mesh-webhook
+scrape_interval: 10s
+scheme: https
+metrics_path: /metrics
+tls_config:
+  ca_file: /etc/mesh/webhook-ca/ca.crt
+  server_name: mesh-webhook.{{ include "mesh.namespace" . }}.svc
+kubernetes_sd_configs:
+  - role: pod
+    namespaces:
+      names: [{{ include "mesh.namespace" . }}]
+relabel_configs:
+  - source_labels:
+      - __meta_kubernetes_pod_label_app_kubernetes_io_name
+      - __meta_kubernetes_pod_label_app_kubernetes_io_component
+      - __meta_kubernetes_pod_container_port_name
+    action: keep
+    regex: kubectl-mesh;webhook;https
+  - source_labels: [__meta_kubernetes_namespace]
+    target_label: namespace
+  - source_labels: [__meta_kubernetes_pod_name]
+    target_label: pod
 {{- end -}}

@@ -26,7 +26,4 @@ that says what to change. Included by templates/namespace.yaml, rendered first.
 {{- if and .Values.grafana.enabled (not .Values.prometheus.enabled) (eq .Values.grafana.prometheusUrl $ownPrometheus) -}}
   {{- fail "grafana.enabled with prometheus.enabled=false needs grafana.prometheusUrl: the URL of your Prometheus (or set grafana.enabled=false)" -}}
 {{- end -}}
-{{- if and .Values.namespace.create (eq .Release.Namespace "mesh-system") -}}
-  {{- fail "the release is in namespace mesh-system, which must then exist already: set namespace.create=false (or install the release elsewhere, e.g. without -n)" -}}
-{{- end -}}
 {{- end -}}

@@ -1,0 +1,253 @@
+"""Fail-open that people can see (issue #12), against the lab's real API server.
+
+The real webhook (gunicorn, TLS) runs on the host with the credentials of a ServiceAccount bound
+to nothing but the chart's own ClusterRole `kubectl-mesh-webhook`; a MutatingWebhookConfiguration
+sends it the pods of one test namespace. A Deployment whose pods make the injector fail
+(`faulty_wsgi`) is admitted without the proxy, and the oracle is the API server: the Warning
+Event `InjectionSkipped` on the Deployment (not the ReplicaSet), one Event whose count grows
+as more pods fail, and what the ServiceAccount may and may not do.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubectl_mesh import contract as c
+from kubectl_mesh.log import Logger
+from lab import cluster
+from tests.chart.helpers import chart_objects
+from tests.support.webhook_server import WebhookServer
+from tests.webhook.faulty_wsgi import FAULT_LABEL
+from webhook import kube as webhook_kube
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+WEBHOOK_ROLE = "kubectl-mesh-webhook"
+
+
+def chart_webhook_rules() -> list[dict[str, Any]]:
+    """The rules of the chart's webhook ClusterRole, as real helm renders them."""
+    (role,) = [
+        d for d in chart_objects() if d["kind"] == "ClusterRole" and d["metadata"]["name"] == WEBHOOK_ROLE
+    ]
+    return list(role["rules"])
+
+
+def sa_kubeconfig(lab: Any, namespace: str, account: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as `account` with a fresh token (TokenRequest)."""
+    token = lab.kubectl("-n", namespace, "create", "token", account, "--duration=1h").strip()
+    ca = base64.b64encode((cluster.PKI_DIR / "ca.crt").read_bytes()).decode()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "lab", "cluster": {"server": lab.api_url, "certificate-authority-data": ca}}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "lab", "user": account, "namespace": namespace}}],
+        "current-context": "sa",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def webhook_account(lab: Any, lab_namespace: str, tmp_path: Path) -> Iterator[Path]:
+    """A ServiceAccount with exactly the chart's webhook ClusterRole; its kubeconfig."""
+    name = f"test-{lab_namespace}"[:63]
+    lab.kubectl("-n", lab_namespace, "create", "serviceaccount", "webhook")
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name}}
+    role["rules"] = chart_webhook_rules()
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": "webhook", "namespace": lab_namespace}],
+    }
+    lab.apply(json.dumps(role))
+    lab.apply(json.dumps(binding))
+    try:
+        yield sa_kubeconfig(lab, lab_namespace, "webhook", tmp_path / "webhook.kubeconfig")
+    finally:
+        lab.kubectl("delete", "clusterrolebinding,clusterrole", name, "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def faulty_webhook(
+    lab: Any, lab_namespace: str, webhook_account: Path, tmp_path: Path
+) -> Iterator[WebhookServer]:
+    """The webhook (with the injected fault) called by the API server for `lab_namespace`'s pods."""
+    server = WebhookServer(tmp_path / "webhook", workers=2, app="tests.webhook.faulty_wsgi:app")
+    server.env["KUBECONFIG"] = str(webhook_account)
+    server.env["HOSTNAME"] = "mesh-webhook-test"
+    name = f"test-events-{lab_namespace}"[:63]
+    hook = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [
+            {
+                "name": "events.test.kubectl-mesh.io",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": "Ignore",
+                "timeoutSeconds": 10,
+                "clientConfig": {
+                    "url": f"https://127.0.0.1:{server.port}{c.WEBHOOK_PATH}",
+                    "caBundle": base64.b64encode(server.ca_file.read_bytes()).decode(),
+                },
+                "rules": [
+                    {
+                        "operations": ["CREATE"],
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["pods"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": lab_namespace}},
+            }
+        ],
+    }
+    with server:
+        lab.apply(json.dumps(hook))
+        try:
+            yield server
+        finally:
+            lab.kubectl("delete", "mutatingwebhookconfiguration", name, "--ignore-not-found", check=False)
+
+
+def deployment(name: str, replicas: int) -> dict[str, Any]:
+    labels = {"app": name, FAULT_LABEL: "true"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "600"]}],
+                },
+            },
+        },
+    }
+
+
+def skipped_events(lab: Any, namespace: str) -> list[dict[str, Any]]:
+    out = lab.kubectl(
+        "-n", namespace, "get", "events", "-o", "json", f"--field-selector=reason={c.EVENT_INJECTION_SKIPPED}"
+    )
+    return list(json.loads(out)["items"])
+
+
+def test_an_injector_error_is_an_event_on_the_deployment_counted_not_repeated(
+    lab: Any, lab_namespace: str, faulty_webhook: WebhookServer
+) -> None:
+    lab.apply(json.dumps(deployment("web", 1)), namespace=lab_namespace)
+    uid = json.loads(lab.kubectl("-n", lab_namespace, "get", "deployment", "web", "-o", "json"))["metadata"][
+        "uid"
+    ]
+
+    (event,) = lab.wait(lambda: skipped_events(lab, lab_namespace) or None, 60, "an InjectionSkipped event")
+    involved = event["involvedObject"]
+    assert (involved["kind"], involved["name"], involved["uid"]) == ("Deployment", "web", uid)
+    assert involved["apiVersion"] == "apps/v1" and involved["namespace"] == lab_namespace
+    assert event["type"] == "Warning" and event["count"] == 1
+    assert "admitted without the mesh proxy: injector error (RuntimeError)" in event["message"]
+    assert event["source"]["component"] == webhook_kube.COMPONENT
+    # Admitted (fail-open), without the proxy.
+    (pod,) = lab.wait(lambda: lab.pods(lab_namespace, "app=web") or None, 30, "the pod of web")
+    names = {x["name"] for x in [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]}
+    assert c.PROXY_CONTAINER_NAME not in names
+
+    # Three more pods fail the same way: the same Event counts them, no new Event appears.
+    lab.kubectl("-n", lab_namespace, "scale", "deployment/web", "--replicas=4")
+
+    def counted() -> list[dict[str, Any]] | None:
+        events = skipped_events(lab, lab_namespace)
+        return events if sum(e.get("count", 1) for e in events) >= 4 else None
+
+    events = lab.wait(counted, 60, "the Event's count to reach 4", interval=1)
+    assert len(events) == 1 and events[0]["count"] == 4, events
+    assert events[0]["involvedObject"]["uid"] == uid
+
+    # `kubectl describe deployment` shows it: the user sees the warning where they look.
+    described = lab.kubectl("-n", lab_namespace, "describe", "deployment", "web")
+    assert c.EVENT_INJECTION_SKIPPED in described and "admitted without the mesh proxy" in described
+
+    status, _, body = faulty_webhook.request("GET", "/metrics")
+    assert status == 200
+    text = body.decode()
+    assert 'mesh_webhook_admissions_total{reason="",result="error"} 4.0' in text
+    recorded = [
+        line
+        for line in text.splitlines()
+        if line.startswith("mesh_webhook_events_total{") and 'result="recorded"' in line
+    ]
+    assert recorded and all(c.EVENT_INJECTION_SKIPPED in line for line in recorded)
+
+
+def test_the_charts_webhook_role_allows_what_it_needs_and_nothing_more(
+    lab: Any, lab_namespace: str, webhook_account: Path
+) -> None:
+    who = f"--as=system:serviceaccount:{lab_namespace}:webhook"
+
+    def can(*args: str) -> bool:
+        out = lab.kubectl("auth", "can-i", *args, who, check=False)
+        return out.strip() == "yes"
+
+    other = "default"
+    for allowed in (
+        ("watch", "namespaces"),
+        ("list", "namespaces"),
+        ("get", "replicasets.apps", "-n", other),
+        ("create", "events", "-n", other),
+        ("patch", "events", "-n", other),
+    ):
+        assert can(*allowed), allowed
+    for denied in (
+        ("patch", "namespaces"),
+        ("list", "replicasets.apps", "-n", other),
+        ("get", "secrets", "-n", other),
+        ("create", "pods", "-n", other),
+        ("delete", "events", "-n", other),
+        ("get", "deployments.apps", "-n", other),
+    ):
+        assert not can(*denied), denied
+
+
+def test_the_namespace_cache_follows_labels_with_the_charts_role(
+    lab: Any, lab_namespace: str, webhook_account: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(webhook_account))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    api = webhook_kube.api_client()
+    assert api is not None
+    cache = webhook_kube.NamespaceCache(api, Logger("error")).start()
+    try:
+        assert cache.wait_synced(30)
+        assert cache.labels(lab_namespace) == {"kubernetes.io/metadata.name": lab_namespace}
+        lab.kubectl("label", "namespace", lab_namespace, "pod-security.kubernetes.io/enforce=baseline")
+        labels = lab.wait(
+            lambda: (
+                cache.labels(lab_namespace)
+                if "pod-security.kubernetes.io/enforce" in (cache.labels(lab_namespace) or {})
+                else None
+            ),
+            30,
+            "the watch to bring the new label",
+        )
+        assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
+        assert cache.labels("no-such-namespace") is None  # unknown: admit with what is known
+    finally:
+        cache.stop()
