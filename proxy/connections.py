@@ -166,3 +166,11 @@ def close(sock: Any) -> None:
 def hostport(address: Any) -> str:
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def peer_address(client: Client) -> str:
+    """`host:port` of a client (for the tap's unmeshed ends); "-" when the socket cannot say."""
+    try:
+        return hostport(client.sock.getpeername())
+    except (OSError, ValueError, TypeError):
+        return "-"

@@ -28,6 +28,7 @@ from .connections import (
     Upstream,
     UpstreamError,
     hostport,
+    peer_address,
     recv_when_readable,
     send_pieces,
     shutdown,
@@ -201,7 +202,7 @@ class Exchange:
         own = proxy.identity.decode() if proxy.identity else "-"
         if self.direction == INBOUND:
             claimed = head.mesh.get(MESH_SRC)
-            src = claimed.decode("latin-1") if claimed and self.peer else _peer_address(self.client)
+            src = claimed.decode("latin-1") if claimed and self.peer else peer_address(self.client)
             dst = own
         else:
             src, dst = own, self.authority
@@ -503,13 +504,6 @@ class Exchange:
             latency_ms = (time.monotonic() - self.start) * 1000.0
         self._count(status, self._client_error(), latency_ms)
         return False
-
-
-def _peer_address(client: Client) -> str:
-    try:
-        return hostport(client.sock.getpeername())
-    except (OSError, ValueError, TypeError):
-        return "-"
 
 
 def _take_buffered_body(events: deque[Event], payload: list[bytes], writer: BodyWriter) -> bool:

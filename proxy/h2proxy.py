@@ -31,13 +31,24 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from . import h2rules
-from .connections import RECV, Address, Client, Upstream, UpstreamError, hostport, send, shutdown
+from .connections import (
+    RECV,
+    Address,
+    Client,
+    Upstream,
+    UpstreamError,
+    hostport,
+    peer_address,
+    send,
+    shutdown,
+)
 from .h2rules import Fields, RequestHead
 from .http1 import MESH_DST, MESH_SRC, split_authority
 from .identity import NO_LABELS, Labels
 
 if TYPE_CHECKING:
     from .server import Proxy
+    from .tap import TapRequest
 
 INBOUND, OUTBOUND = "inbound", "outbound"
 DATA, TRAILERS, END = 0, 1, 2
@@ -230,6 +241,8 @@ class Stream:
         "sid",
         "start",
         "status",
+        "tap",
+        "tap_bytes",
         "to_down",
         "to_up",
         "uid",
@@ -254,6 +267,8 @@ class Stream:
         self.up_done = False  # the request's end went upstream (or the upstream stream is gone)
         self.down_done = False  # the response's end went to the client (or the client stream is gone)
         self.counted = False
+        self.tap: TapRequest | None = None  # set only while someone taps this proxy (tap.py)
+        self.tap_bytes = 0  # response DATA bytes, counted only while tapped
 
     def count(self, error: str = "") -> None:
         if self.counted:
@@ -264,6 +279,12 @@ class Stream:
         session.proxy.metrics.response(
             session.direction, self.authority, self.peer, self.status, error, latency, self.grpc_status
         )
+        tap = self.tap
+        if tap is not None:
+            grpc = int(self.grpc_status) if self.grpc_status.isdigit() else None
+            if self.latency_ms < 0:  # no response head came: the tap still says how it ended
+                tap.response(self.status, grpc_status=grpc)
+            tap.end(self.tap_bytes, error or None, grpc)
 
     def respond(self, headers: Fields, ended: bool) -> None:
         """The upstream's final response head: filter, count its latency, pass it on."""
@@ -279,6 +300,8 @@ class Stream:
             upstream = self.up
             if upstream is not None and upstream.holder is not None and upstream.holder.tcp.pending:
                 proxy.attach(upstream.holder, self.peer)
+        if self.tap is not None:
+            self._tap_response(response.mesh.get(MESH_DST))
         elif self.peer:  # only a meshed client learns who answered
             fields = fields + proxy.inbound_reply_extra
         if session.dead:
@@ -291,6 +314,17 @@ class Stream:
         session.pull()
         if ended:
             self.response_ended()
+
+    def _tap_response(self, claimed: bytes | None) -> None:
+        """The tap's `rsp`: the callee is this workload inbound, the answer's claim outbound."""
+        proxy = self.session.proxy
+        if self.session.direction == OUTBOUND:
+            callee = claimed.decode("latin-1") if claimed and self.peer else None
+        else:
+            callee = proxy.identity.decode() if proxy.identity else None
+        grpc = int(self.grpc_status) if self.grpc_status.isdigit() else None
+        assert self.tap is not None
+        self.tap.response(self.status, callee, grpc)
 
     def response_ended(self) -> None:
         self.down_done = True
@@ -528,7 +562,25 @@ class Session(Side):
             stream.fail("", 400, "no usable destination in request")
             return
         fields = h2rules.request_fields(head, outbound, proxy.identity, proxy.hop_id)
+        if proxy.tap.active:
+            stream.tap = self._tap_request(stream, head)
         proxy.h2pool.open(stream, dest, self.direction, fields)
+
+    def _tap_request(self, stream: Stream, head: RequestHead) -> TapRequest | None:
+        """The tap's `req` for a stream (only while someone taps): who asked whom for what."""
+        proxy = self.proxy
+        own = proxy.identity.decode() if proxy.identity else "-"
+        path = next((v for k, v in head.fields if k == b":path"), b"").decode("latin-1")
+        if self.direction == INBOUND:
+            claimed = head.mesh.get(MESH_SRC)
+            src = claimed.decode("latin-1") if claimed and stream.peer else peer_address(self.client)
+            dst = own
+        else:
+            src, dst = own, stream.authority
+        return proxy.tap.request(
+            "in" if self.direction == INBOUND else "out", head.method.decode("latin-1"), stream.authority,
+            path, src, dst,
+        )  # fmt: skip
 
 
 class H2Upstream(Side):
@@ -661,6 +713,8 @@ class H2Upstream(Side):
             return
         if isinstance(event, h2.events.DataReceived):
             stream.to_down.append((DATA, event.data, event.flow_controlled_length))
+            if stream.tap is not None:
+                stream.tap_bytes += len(event.data)
         elif isinstance(event, h2.events.TrailersReceived):
             fields, grpc_status = h2rules.split_trailers(event.headers)
             stream.grpc_status = grpc_status or stream.grpc_status

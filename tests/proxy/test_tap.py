@@ -188,3 +188,50 @@ def test_more_than_eight_taps_are_refused_with_503(server_proxy: ProxyProcess) -
     finally:
         for reader in readers:
             reader.close()
+
+
+def test_grpc_streams_are_tapped_with_their_grpc_status(tmp_path: Any) -> None:
+    """HTTP/2: each gRPC call is one req/rsp/end on the server's proxy, with its path, the caller's
+    identity and the grpc-status the client saw (trailers-only failures included)."""
+    import grpc
+
+    from tests.support.grpc_app import GrpcApp, methods
+    from tests.support.proxy_process import start_proxy
+
+    app = GrpcApp()
+    server = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{app.port}", identity=SERVER_ID)
+    client = start_proxy(tmp_path, "--inbound-forward", "127.0.0.1:9", identity=CLIENT_ID, name="client")
+    reader = TapReader(server)
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("grpc_proxy", "no_proxy", "NO_PROXY")}
+    os.environ["grpc_proxy"] = f"http://127.0.0.1:{client.outbound}"
+    os.environ.pop("no_proxy", None)
+    os.environ.pop("NO_PROXY", None)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.inbound}")
+    try:
+        unary = methods(channel)["unary"]
+        assert unary(b"ok", timeout=10) == b"echo:ok"
+        with pytest.raises(grpc.RpcError) as failed:
+            unary(b"fail:14", timeout=10)
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        reader.wait(lambda: len(reader.of("end")) == 2, "two ends")
+    finally:
+        channel.close()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reader.close()
+        client.stop()
+        server.stop()
+        app.stop()
+    reqs, rsps, ends = reader.of("req"), reader.of("rsp"), reader.of("end")
+    assert [(r["proxy"], r["method"], r["src"], r["dst"]) for r in reqs] == [
+        ("in", "POST", CLIENT, SERVER)
+    ] * 2
+    assert all(r["path"].endswith("/Unary") for r in reqs), reqs
+    assert [(r["status"], r["grpc_status"]) for r in rsps] == [(200, None), (200, 14)]  # 2nd: trailers-only
+    assert [e["grpc_status"] for e in ends] == [0, 14]
+    assert ends[0]["response_bytes"] == len(b"echo:ok") + 5  # the gRPC message and its 5-byte prefix
