@@ -190,7 +190,9 @@ def test_more_than_eight_taps_are_refused_with_503(server_proxy: ProxyProcess) -
             reader.close()
 
 
-def test_grpc_streams_are_tapped_with_their_grpc_status(tmp_path: Any) -> None:
+def test_grpc_streams_are_tapped_with_their_grpc_status(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """HTTP/2: each gRPC call is one req/rsp/end on the server's proxy, with its path, the caller's
     identity and the grpc-status the client saw (trailers-only failures included)."""
     import grpc
@@ -202,12 +204,9 @@ def test_grpc_streams_are_tapped_with_their_grpc_status(tmp_path: Any) -> None:
     server = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{app.port}", identity=SERVER_ID)
     client = start_proxy(tmp_path, "--inbound-forward", "127.0.0.1:9", identity=CLIENT_ID, name="client")
     reader = TapReader(server)
-    import os
-
-    saved = {k: os.environ.get(k) for k in ("grpc_proxy", "no_proxy", "NO_PROXY")}
-    os.environ["grpc_proxy"] = f"http://127.0.0.1:{client.outbound}"
-    os.environ.pop("no_proxy", None)
-    os.environ.pop("NO_PROXY", None)
+    monkeypatch.setenv("grpc_proxy", f"http://127.0.0.1:{client.outbound}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.inbound}")
     try:
         unary = methods(channel)["unary"]
@@ -218,11 +217,6 @@ def test_grpc_streams_are_tapped_with_their_grpc_status(tmp_path: Any) -> None:
         reader.wait(lambda: len(reader.of("end")) == 2, "two ends")
     finally:
         channel.close()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         reader.close()
         client.stop()
         server.stop()
