@@ -29,6 +29,7 @@ Usage (from the repository's root): python -m bench.bench_proxy [--duration 5] [
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pstats
@@ -83,11 +84,28 @@ def rss_mib(proxy: ProxyProcess) -> float:
     return proxy.rss_kib() / 1024
 
 
-def server_proxy(tmp: Path, nginx_port: int, launcher: list[str] | None = None) -> ProxyProcess:
+def server_proxy(
+    tmp: Path, nginx_port: int, launcher: list[str] | None = None, extra: tuple[str, ...] = (), name: str = ""
+) -> ProxyProcess:
     """The server-side proxy, inbound forwarding to nginx (`launcher`: e.g. under the profiler)."""
-    return start_proxy(tmp, "--inbound-forward", f"127.0.0.1:{nginx_port}",
+    return start_proxy(tmp, "--inbound-forward", f"127.0.0.1:{nginx_port}", *extra,
                        identity=("bench", "deployment", "server", "server-0"), log_level="warning",
-                       launcher=launcher or ("-m", "proxy"), name="server-proxy")  # fmt: skip
+                       launcher=launcher or ("-m", "proxy"), name=name or "server-proxy")  # fmt: skip
+
+
+def tap_subscriber(proxy: ProxyProcess) -> socket.socket:
+    """A `kubectl mesh tap` stand-in on the proxy's tap port, reading (and dropping) every event."""
+    sock = socket.create_connection(("127.0.0.1", proxy.tap), timeout=5)
+    sock.sendall(b"GET /tap?max_rps=100 HTTP/1.0\r\nHost: localhost\r\n\r\n")
+    sock.settimeout(None)
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    return sock
 
 
 # The floor of any gevent proxy on this machine: bytes in, bytes out, one upstream connection
@@ -251,6 +269,12 @@ def measure(args: argparse.Namespace, tmp: Path, nginx_port: int, started: list[
     helpers.append(relay)
     haproxy, haproxy_port = start_haproxy(tmp, nginx_port)
     helpers.append(haproxy)
+    # The tap's cost: the same proxy with no tap listener, and one with a subscriber attached.
+    untapped = server_proxy(tmp, nginx_port, extra=("--tap-port", "0"), name="untapped-proxy")
+    started.append(untapped)
+    tapped = server_proxy(tmp, nginx_port, name="tapped-proxy")
+    started.append(tapped)
+    subscriber = tap_subscriber(tapped)
 
     server_authority = f"127.0.0.1:{server.inbound}"
     paths = {
@@ -261,7 +285,9 @@ def measure(args: argparse.Namespace, tmp: Path, nginx_port: int, started: list[
     # In this order, reversed every other round: one_hop and its peer always back to back.
     saturated_paths = {
         "direct": paths["direct"],
+        "one_hop_untapped": (untapped.inbound, None),
         "one_hop": paths["one_hop"],
+        "one_hop_tapped": (tapped.inbound, None),
         "haproxy_one_hop": (haproxy_port, None),
         "two_hops": paths["two_hops"],
         "bare_relay": (relay_port, None),
@@ -323,6 +349,7 @@ def measure(args: argparse.Namespace, tmp: Path, nginx_port: int, started: list[
     rss_after = rss_mib(server)
     rss_after_client = rss_mib(client)
 
+    subscriber.close()
     med = {name: statistics.median(values) for name, values in rps.items()}
     cpu_us = {name: cpu[name] / max(1, served[name]) * 1e6 for name in cpu}
     p50, p50_spread = median_and_spread(added["p50"])
@@ -339,6 +366,12 @@ def measure(args: argparse.Namespace, tmp: Path, nginx_port: int, started: list[
         "ratio_one_hop_to_direct": round(med["one_hop"] / med["direct"], 3),
         "ratio_one_hop_to_bare_relay": round(med["one_hop"] / med["bare_relay"], 3),
         "ratio_two_hops_to_one_hop": round(med["two_hops"] / med["one_hop"], 3),
+        # The tap listener with nobody tapping, against no tap listener at all (#14: within 2%),
+        # and a proxy with one subscriber (at most 100 events per second) against the untapped one.
+        "tap_idle_rps_ratio": round(med["one_hop"] / med["one_hop_untapped"], 3),
+        "tap_active_rps_ratio": round(med["one_hop_tapped"] / med["one_hop_untapped"], 3),
+        "rps_one_hop_untapped": round(med["one_hop_untapped"]),
+        "rps_one_hop_tapped": round(med["one_hop_tapped"]),
         "cpu_us_per_request": round(cpu_us["one_hop"], 1),
         "cpu_us_per_request_haproxy": round(cpu_us["haproxy_one_hop"], 1),
         "p50_ms": {k: round(v["p50"], 3) for k, v in lat.items()},
