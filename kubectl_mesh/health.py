@@ -21,6 +21,8 @@ from kubectl_mesh import __version__
 from kubectl_mesh.contract import (
     CONTROL_PLANE_NAMESPACE,
     DOMAIN,
+    INJECT_ENABLED,
+    INJECT_LABEL,
     PROMETHEUS_SERVICE,
     SCRAPE_JOB,
     WEBHOOK_PATH,
@@ -360,6 +362,27 @@ def check_proxies_scraped(ctx: Context) -> str:
     return f"{len(targets)} proxies scraped"
 
 
+def check_meshed_namespaces_pod_security(ctx: Context) -> str:
+    """Meshed namespaces whose enforced Pod Security level refuses mesh-init (root, NET_ADMIN,
+    NET_RAW): the injector skips their pods (reason `pod-security`), so they run without the proxy."""
+    from kubectl_mesh.inject.guards import PSA_ENFORCE, PSA_REFUSING_LEVELS
+
+    found = ctx.get("/api/v1/namespaces", {"labelSelector": f"{INJECT_LABEL}={INJECT_ENABLED}"})
+    items = found.get("items") or []
+    refusing = sorted(
+        f"{ns['metadata']['name']} ({PSA_ENFORCE.rsplit('/', 1)[1]}={level})"
+        for ns in items
+        if (level := (ns.get("metadata", {}).get("labels") or {}).get(PSA_ENFORCE)) in PSA_REFUSING_LEVELS
+    )
+    if refusing:
+        shown = ", ".join(refusing[:5]) + (" …" if len(refusing) > 5 else "")
+        raise CheckFailed(
+            f"{len(refusing)} meshed namespace(s) refuse mesh-init by Pod Security, their pods stay unmeshed: {shown}",
+            f"kubectl label namespace NAME {PSA_ENFORCE}=privileged --overwrite (or stop meshing it)",
+        )
+    return f"{len(items)} meshed namespace(s) admit mesh-init"
+
+
 PRE_CHECKS: list[tuple[str, Check, bool]] = [
     # (name, check, later checks depend on it)
     ("Kubernetes API reachable", check_api, True),
@@ -376,6 +399,7 @@ CHECKS: list[tuple[str, Check, bool]] = [
     ("webhook answering (deployment ready)", check_webhook_ready, False),
     ("Prometheus answering", check_prometheus, False),
     ("proxies being scraped", check_proxies_scraped, False),
+    ("meshed namespaces admit mesh-init (Pod Security)", check_meshed_namespaces_pod_security, False),
 ]
 
 
