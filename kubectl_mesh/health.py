@@ -377,7 +377,8 @@ def check_meshed_namespaces_pod_security(ctx: Context) -> str:
     if refusing:
         shown = ", ".join(refusing[:5]) + (" …" if len(refusing) > 5 else "")
         raise CheckFailed(
-            f"{len(refusing)} meshed namespace(s) refuse mesh-init by Pod Security, their pods stay unmeshed: {shown}",
+            f"{len(refusing)} meshed namespace(s) refuse mesh-init by Pod Security, "
+            f"their pods stay unmeshed: {shown}",
             f"kubectl label namespace NAME {PSA_ENFORCE}=privileged --overwrite (or stop meshing it)",
         )
     return f"{len(items)} meshed namespace(s) admit mesh-init"

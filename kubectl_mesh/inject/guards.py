@@ -123,7 +123,8 @@ def proxy_uid(spec: Mapping[str, Any]) -> str | None:
     for container in app_containers(spec):
         uid = _mapping(_mapping(container).get("securityContext")).get("runAsUser", pod_uid)
         if uid == c.PROXY_UID:
-            return f"container {_name(container)} runs as UID {c.PROXY_UID}, the proxy's: its traffic would bypass it"
+            name = _name(container)
+            return f"container {name} runs as UID {c.PROXY_UID}, the proxy's: its traffic would bypass it"
     return None
 
 

@@ -427,7 +427,9 @@ def _lock_volumes(spec: Mapping[str, Any]) -> set[str]:
     names: set[str] = set()
     for container in _list(spec, "initContainers"):
         if _name(container) == c.INIT_CONTAINER_NAME:
-            names |= {_name(m) for m in _mapping(container).get("volumeMounts") or [] if isinstance(_name(m), str)}
+            names |= {
+                _name(m) for m in _mapping(container).get("volumeMounts") or [] if isinstance(_name(m), str)
+            }
     return names
 
 
@@ -535,7 +537,9 @@ _INJECTED_LABELS = frozenset(
     {c.PROXY_WORKLOAD_LABEL_PREFIX + kind for kind in c.WORKLOAD_KINDS}
     | {c.CONTROL_PLANE_NS_LABEL, c.WORKLOAD_NS_LABEL}
 )
-_INJECTED_ANNOTATIONS = frozenset({c.PROXY_VERSION_ANNOTATION, c.INJECTED_BY_ANNOTATION, c.RESTORE_ANNOTATION})
+_INJECTED_ANNOTATIONS = frozenset(
+    {c.PROXY_VERSION_ANNOTATION, c.INJECTED_BY_ANNOTATION, c.RESTORE_ANNOTATION}
+)
 
 
 def _skip(pod: Pod, reason: str, message: str) -> Decision:
@@ -568,7 +572,9 @@ def _has_mesh_metadata(pod: Mapping[str, Any]) -> bool:
     )
 
 
-def _put_back(obj: dict[str, Any], key: str, value: Mapping[str, Any] | list[Any], was: Mapping[str, Any]) -> None:
+def _put_back(
+    obj: dict[str, Any], key: str, value: Mapping[str, Any] | list[Any], was: Mapping[str, Any]
+) -> None:
     """Set `key` to what is left; when nothing is, to what the injector found (absent by default)."""
     if value:
         obj[key] = value

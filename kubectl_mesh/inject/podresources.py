@@ -48,9 +48,11 @@ def format_quantity(value: Decimal) -> str:
 
 
 def with_mesh_share(
-    pod_resources: Mapping[str, Any], proxy: Mapping[str, Mapping[str, str]], init: Mapping[str, Mapping[str, str]]
+    pod_resources: Mapping[str, Any],
+    proxy: Mapping[str, Mapping[str, str]],
+    init: Mapping[str, Mapping[str, str]],
 ) -> dict[str, Any]:
-    """`spec.resources` grown by the proxy's share (see the module doc); raises ValueError on a bad quantity."""
+    """`spec.resources` grown by the proxy's share (module doc); ValueError on a bad quantity."""
     out: dict[str, Any] = dict(pod_resources)
     for section in ("requests", "limits"):
         budget = pod_resources.get(section)

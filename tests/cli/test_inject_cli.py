@@ -26,7 +26,9 @@ TEMPLATE = {"metadata": {"labels": {"app": "x"}}, "spec": POD_SPEC}
 
 
 def workload(kind: str, name: str, **extra: Any) -> dict[str, Any]:
-    api = {"Job": "batch/v1", "CronJob": "batch/v1", "Pod": "v1", "ReplicationController": "v1"}.get(kind, "apps/v1")
+    api = {"Job": "batch/v1", "CronJob": "batch/v1", "Pod": "v1", "ReplicationController": "v1"}.get(
+        kind, "apps/v1"
+    )
     obj: dict[str, Any] = {
         "apiVersion": api,
         "kind": kind,
@@ -271,21 +273,30 @@ def test_pod_security_of_a_namespace_in_the_same_input(capsys: pytest.CaptureFix
     api = workload("Deployment", "api")
     api["metadata"]["namespace"] = "loose"
     other = workload("Deployment", "other")  # namespace emojivoto: not in the input, unknown
-    code, out, err = run_cli(["inject", "-"], capsys, stdin=yaml.safe_dump_all([strict, loose, web, api, other]))
+    code, out, err = run_cli(
+        ["inject", "-"], capsys, stdin=yaml.safe_dump_all([strict, loose, web, api, other])
+    )
     assert code == 0
     docs = list(yaml.safe_load_all(out))
     assert docs[2] == web  # untouched
-    assert "initContainers" in template_of(docs[3])["spec"] and "initContainers" in template_of(docs[4])["spec"]
+    assert (
+        "initContainers" in template_of(docs[3])["spec"] and "initContainers" in template_of(docs[4])["spec"]
+    )
     lines = err.splitlines()
     assert (
-        'deployment "web" skipped: Pod Security enforce=restricted refuses mesh-init (root, NET_ADMIN, NET_RAW)'
+        'deployment "web" skipped: Pod Security enforce=restricted refuses mesh-init '
+        "(root, NET_ADMIN, NET_RAW)" in lines
+    )
+    assert (
+        'deployment "api" warning: mesh-init (root, NET_ADMIN, NET_RAW) violates Pod Security warn=baseline'
         in lines
     )
-    assert 'deployment "api" warning: mesh-init (root, NET_ADMIN, NET_RAW) violates Pod Security warn=baseline' in lines
     assert 'deployment "api" injected' in lines and 'deployment "other" injected' in lines
 
 
-def test_uninject_gives_back_the_docs_job_and_cronjob_byte_for_byte(capsys: pytest.CaptureFixture[str]) -> None:
+def test_uninject_gives_back_the_docs_job_and_cronjob_byte_for_byte(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """The Kubernetes docs' job.yaml and cronjob.yaml: templates without metadata, empty and null
     maps and lists. uninject(inject(x)) is x, byte for byte on the YAML the CLI writes."""
     text = """apiVersion: batch/v1

@@ -65,7 +65,9 @@ def template(obj: dict[str, Any]) -> Any:
 
 def test_the_corpus_is_large_and_every_file_has_its_source() -> None:
     sources = (CORPUS / "SOURCES.md").read_text()
-    listed = {line.split("`")[1] for line in sources.splitlines() if line.startswith("| `") and "|" in line[3:]}
+    listed = {
+        line.split("`")[1] for line in sources.splitlines() if line.startswith("| `") and "|" in line[3:]
+    }
     excluded = {p for p in listed if not (CORPUS / p).exists()}
     assert len(FILES) >= 100
     assert set(IDS) <= listed, sorted(set(IDS) - listed)
@@ -166,7 +168,9 @@ def test_the_api_server_accepts_every_injected_workload(
     # port names among the app's containers); never about what the injector added.
     for line in stderr.splitlines():
         assert line.startswith("Warning: "), line
-        assert "initContainers[0]" not in line and "initContainers[1]" not in line and "mesh-" not in line, line
+        assert "initContainers[0]" not in line and "initContainers[1]" not in line and "mesh-" not in line, (
+            line
+        )
     assert len(answered) == len(objs)
     for sent, got in zip(objs, answered, strict=True):
         assert got["kind"] == sent["kind"]

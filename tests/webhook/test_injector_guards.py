@@ -129,7 +129,13 @@ def test_other_ports_are_fine() -> None:
     [
         ({"securityContext": {"runAsUser": 2102}}, True),
         ({"containers": [{**APP, "securityContext": {"runAsUser": 2102}}]}, True),
-        ({"securityContext": {"runAsUser": 2102}, "containers": [{**APP, "securityContext": {"runAsUser": 1000}}]}, False),
+        (
+            {
+                "securityContext": {"runAsUser": 2102},
+                "containers": [{**APP, "securityContext": {"runAsUser": 1000}}],
+            },
+            False,
+        ),
         ({"securityContext": {"runAsUser": 1000}}, False),
     ],
     ids=["pod", "container", "container overrides pod", "other uid"],
@@ -164,7 +170,8 @@ def test_pods_another_mesh_injects_are_skipped(where: str, key: str, value: str)
 
 
 @pytest.mark.parametrize(
-    "sidecar", ["istio-proxy", "linkerd-proxy", "kuma-sidecar", "consul-dataplane", "consul-connect-envoy-sidecar"]
+    "sidecar",
+    ["istio-proxy", "linkerd-proxy", "kuma-sidecar", "consul-dataplane", "consul-connect-envoy-sidecar"],
 )
 def test_pods_with_another_mesh_sidecar_are_skipped(sidecar: str) -> None:
     spec = {"containers": [APP, {"name": sidecar, "image": "x"}]}
@@ -172,7 +179,8 @@ def test_pods_with_another_mesh_sidecar_are_skipped(sidecar: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "ns_labels", [{"istio-injection": "enabled"}, {"istio.io/rev": "1-22"}, {"kuma.io/sidecar-injection": "enabled"}]
+    "ns_labels",
+    [{"istio-injection": "enabled"}, {"istio.io/rev": "1-22"}, {"kuma.io/sidecar-injection": "enabled"}],
 )
 def test_namespaces_another_mesh_injects_are_skipped(ns_labels: dict[str, str]) -> None:
     labels = {c.INJECT_LABEL: "enabled", **ns_labels}
@@ -181,7 +189,9 @@ def test_namespaces_another_mesh_injects_are_skipped(ns_labels: dict[str, str]) 
 
 def test_other_meshes_opted_out_do_not_count() -> None:
     annotations = {"linkerd.io/inject": "disabled", "sidecar.istio.io/inject": "false"}
-    assert inject_pod(pod(annotations=annotations), NS, {"istio-injection": "disabled"}, CONFIG, explicit=True).injected
+    assert inject_pod(
+        pod(annotations=annotations), NS, {"istio-injection": "disabled"}, CONFIG, explicit=True
+    ).injected
 
 
 # --- Pod Security ---------------------------------------------------------------------------------
@@ -302,7 +312,14 @@ def test_a_budget_below_mesh_init_is_raised_to_it() -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("100m", "0.1"), ("1.5Gi", "1610612736"), ("2e3", "2000"), ("128974848", "128974848"), ("1k", "1000"), (".5", "0.5")],
+    [
+        ("100m", "0.1"),
+        ("1.5Gi", "1610612736"),
+        ("2e3", "2000"),
+        ("128974848", "128974848"),
+        ("1k", "1000"),
+        (".5", "0.5"),
+    ],
 )
 def test_quantities(text: str, value: str) -> None:
     assert parse_quantity(text) == Decimal(value)
@@ -332,7 +349,12 @@ def test_label_values_are_valid_for_any_name(name: str) -> None:
     value = label_value(name)
     assert LABEL_VALUE.fullmatch(value) and len(value.encode()) <= 63 and value.isascii()
     owner = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name, "uid": "u", "controller": True}
-    injected = inject_pod({"metadata": {"name": "p", "ownerReferences": [owner]}, "spec": {"containers": [APP]}}, name, None, CONFIG).pod
+    injected = inject_pod(
+        {"metadata": {"name": "p", "ownerReferences": [owner]}, "spec": {"containers": [APP]}},
+        name,
+        None,
+        CONFIG,
+    ).pod
     labels = injected["metadata"]["labels"]
     assert all(LABEL_VALUE.fullmatch(v) and len(v) <= 63 for v in labels.values())
     validate_pod(injected)
@@ -352,16 +374,34 @@ def test_port_lists_take_ascii_digits_only(ports: str) -> None:
 # --- uninject restores the input exactly ------------------------------------------------------------
 
 SHAPES = {
-    "template without metadata (the Kubernetes docs' job.yaml)": {"spec": {"containers": [APP], "restartPolicy": "Never"}},
+    "template without metadata (the Kubernetes docs' job.yaml)": {
+        "spec": {"containers": [APP], "restartPolicy": "Never"}
+    },
     "metadata null": {"metadata": None, "spec": {"containers": [APP]}},
     "metadata empty": {"metadata": {}, "spec": {"containers": [APP]}},
-    "empty labels and annotations": {"metadata": {"labels": {}, "annotations": {}}, "spec": {"containers": [APP]}},
-    "null labels and annotations": {"metadata": {"labels": None, "annotations": None}, "spec": {"containers": [APP]}},
-    "empty initContainers and volumes": {"metadata": {"name": "p"}, "spec": {"initContainers": [], "containers": [APP], "volumes": []}},
-    "null initContainers and volumes": {"metadata": {"name": "p"}, "spec": {"initContainers": None, "containers": [APP], "volumes": None}},
+    "empty labels and annotations": {
+        "metadata": {"labels": {}, "annotations": {}},
+        "spec": {"containers": [APP]},
+    },
+    "null labels and annotations": {
+        "metadata": {"labels": None, "annotations": None},
+        "spec": {"containers": [APP]},
+    },
+    "empty initContainers and volumes": {
+        "metadata": {"name": "p"},
+        "spec": {"initContainers": [], "containers": [APP], "volumes": []},
+    },
+    "null initContainers and volumes": {
+        "metadata": {"name": "p"},
+        "spec": {"initContainers": None, "containers": [APP], "volumes": None},
+    },
     "everything present": {
         "metadata": {"name": "p", "labels": {"a": "b"}, "annotations": {"x": "y"}},
-        "spec": {"initContainers": [{"name": "i", "image": "i"}], "containers": [APP], "volumes": [{"name": "v", "emptyDir": {}}]},
+        "spec": {
+            "initContainers": [{"name": "i", "image": "i"}],
+            "containers": [APP],
+            "volumes": [{"name": "v", "emptyDir": {}}],
+        },
     },
 }
 
@@ -384,7 +424,9 @@ def test_uninject_restores_the_input_exactly(shape: str, native: bool) -> None:
 def test_the_restore_annotation_appears_only_when_needed() -> None:
     plain = inject_pod(SHAPES["everything present"], NS, None, CONFIG).pod
     assert c.RESTORE_ANNOTATION not in plain["metadata"]["annotations"]
-    nometa = inject_pod(SHAPES["template without metadata (the Kubernetes docs' job.yaml)"], NS, None, CONFIG).pod
+    nometa = inject_pod(
+        SHAPES["template without metadata (the Kubernetes docs' job.yaml)"], NS, None, CONFIG
+    ).pod
     assert json.loads(nometa["metadata"]["annotations"][c.RESTORE_ANNOTATION]) == {"absent": ["metadata"]}
 
 
@@ -412,7 +454,13 @@ spec:
 
 
 def test_a_replication_controller_owns_its_pods() -> None:
-    owner = {"apiVersion": "v1", "kind": "ReplicationController", "name": "nginx", "uid": "u", "controller": True}
+    owner = {
+        "apiVersion": "v1",
+        "kind": "ReplicationController",
+        "name": "nginx",
+        "uid": "u",
+        "controller": True,
+    }
     p = {"metadata": {"generateName": "nginx-", "ownerReferences": [owner]}, "spec": {"containers": [APP]}}
     assert workload_of(p) == Workload("replicationcontroller", "nginx")
     injected = inject_pod(p, NS, None, CONFIG).pod
