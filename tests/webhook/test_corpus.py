@@ -158,6 +158,8 @@ def dry_run(lab: Any, namespace: str, objs: list[dict[str, Any]]) -> tuple[list[
     return answered, proc.stderr.strip()
 
 
+@pytest.mark.lab
+@pytest.mark.root
 def test_the_api_server_accepts_every_injected_workload(
     lab: Any, lab_namespace: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -21,6 +21,8 @@ from kubectl_mesh.inject.injector import SKIP_POD_SECURITY, SKIP_WINDOWS, XTABLE
 from kubectl_mesh.kube import KubeOptions
 from lab.kube import ApiException, data, message
 
+pytestmark = [pytest.mark.lab, pytest.mark.root]
+
 CONFIG = MeshConfig()
 RESTRICTED_APP = {
     "name": "app",
