@@ -57,20 +57,20 @@ def server_verdict(lab: Any, namespace: str, body: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("level", ["baseline", "restricted"])
 def test_pod_security_enforce_skips_what_the_api_server_would_refuse(lab: Any, level: str) -> None:
-    namespace = lab.create_namespace(
-        f"psa-{level}", labels={c.INJECT_LABEL: "enabled", "pod-security.kubernetes.io/enforce": level}
-    )
+    # Not opted in: the lab may have the chart's webhook installed (by other tests), which would
+    # inject into an opted-in namespace during the dry runs. `explicit` below, as `kubectl mesh inject`.
+    namespace = lab.create_namespace(f"psa-{level}", labels={"pod-security.kubernetes.io/enforce": level})
     try:
         original = pod("web")
         assert server_verdict(lab, namespace, original) == ""
         # Not knowing the namespace (as the webhook did), the injector emits a pod the server refuses.
-        blind = inject_pod(original, namespace, None, CONFIG)
+        blind = inject_pod(original, namespace, None, CONFIG, explicit=True)
         assert blind.injected
         refusal = server_verdict(lab, namespace, blind.pod)
         assert "violates PodSecurity" in refusal and "mesh-init" in refusal
         # Knowing the namespace's labels (as read from the API server), it skips with the reason.
         labels = data(lab.kube.core.read_namespace, namespace)["metadata"]["labels"]
-        decision = inject_pod(original, namespace, labels, CONFIG)
+        decision = inject_pod(original, namespace, labels, CONFIG, explicit=True)
         assert (decision.injected, decision.reason) == (False, SKIP_POD_SECURITY)
         assert server_verdict(lab, namespace, decision.pod) == ""
     finally:
