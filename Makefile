@@ -9,7 +9,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: help setup system-deps demo test test-fast lint binaries cluster cluster-down walkthrough krew \
-        bench-proxy bench-webhook bench-cli clean
+        bench-proxy bench-webhook bench-cli bench-inject clean
 
 help:
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -65,6 +65,9 @@ bench-proxy: setup ## proxy throughput, added latency and memory (JSON on the la
 
 bench-webhook: setup ## admissions per second and latency over TLS (JSON on the last line)
 	$(PY) -m bench.bench_webhook $(ARGS)
+
+bench-inject: setup ## kubectl mesh inject over a 50 MB manifest: MB/s and peak RSS (JSON on the last line)
+	$(PY) -m bench.bench_inject $(ARGS)
 
 bench-cli: setup binaries ## kubectl mesh stat vs kubectl get against the lab (JSON on the last line)
 	$(PY) -m bench.bench_cli $(ARGS)

@@ -11,9 +11,12 @@ from __future__ import annotations
 PROXY_INBOUND_PORT = 4143  # inbound TCP is redirected here
 PROXY_OUTBOUND_PORT = 4140  # outbound TCP is redirected here (listens on 127.0.0.1)
 PROXY_ADMIN_PORT = 4191  # /metrics, /live, /ready
+# The tap (live request events, proxy/tap.py): on the pod's loopback only, never redirected;
+# reached through the API server's pods/portforward, so RBAC decides who may tap.
+PROXY_TAP_PORT = 4190
 PROXY_UID = 2102  # the proxy's UID; its own traffic is never redirected
-# Ports the init step never redirects inbound (the admin port and the reserved control port).
-DEFAULT_INBOUND_PORTS_TO_IGNORE = (4190, PROXY_ADMIN_PORT)
+# Ports the init step never redirects inbound (the admin port and the tap port).
+DEFAULT_INBOUND_PORTS_TO_IGNORE = (PROXY_TAP_PORT, PROXY_ADMIN_PORT)
 
 PROXY_CONTAINER_NAME = "mesh-proxy"
 INIT_CONTAINER_NAME = "mesh-init"

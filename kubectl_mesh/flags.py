@@ -14,6 +14,7 @@ command as in kubectl (`kubectl mesh stat deploy -n emojivoto --context lab`).
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -74,17 +75,45 @@ def add_kube_flags(
         group.add_argument(
             "-l", "--selector", metavar="SELECTOR", help="label selector for the listed objects, e.g. app=web"
         )
+    group.add_argument(
+        "--request-timeout",
+        metavar="DURATION",
+        help="give up on a single request (to the API server or Prometheus) after this long, e.g. 5s, 1m",
+    )
 
 
 def kube_options(args: argparse.Namespace) -> KubeOptions:
     """The typed values of add_kube_flags' flags, for kubectl_mesh.kube (which never sees argparse)."""
     from kubectl_mesh.kube import KubeOptions
 
+    timeout = getattr(args, "request_timeout", None)
     return KubeOptions(
         kubeconfig=getattr(args, "kubeconfig", None),
         context=getattr(args, "context", None),
         namespace=getattr(args, "namespace", None),
+        request_timeout=None if timeout is None else request_timeout(timeout),
     )
+
+
+_GO_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h))+")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def request_timeout(text: str) -> float:
+    """--request-timeout's value in seconds: a Go duration (`5s`, `1m30s`, `500ms`) or bare
+    seconds, as kubectl takes it; more than zero (a request that may hang forever is no help)."""
+    from kubectl_mesh.errors import MeshError
+
+    seconds: float | None = None
+    if re.fullmatch(r"\d+(\.\d*)?", text):
+        seconds = float(text)
+    elif _GO_DURATION.fullmatch(text):
+        seconds = sum(
+            float(n) * _UNIT_SECONDS[u] for n, u in re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)", text)
+        )
+    if seconds is None or seconds <= 0:
+        raise MeshError(f'--request-timeout "{text}" is not a duration above zero; use e.g. 5s, 1m')
+    return seconds
 
 
 def add_output_flag(

@@ -34,10 +34,9 @@ from kubectl_mesh.kube import KubeOptions
 
 MIN_KUBERNETES = (1, 26)
 CERT_MIN_DAYS = 30
-INSTALL_HINT = (
-    "install the mesh: kubectl mesh install | kubectl apply -f -  "
-    "(or: helm install kubectl-mesh charts/kubectl-mesh)"
-)
+# Hints name commands that work where users are: a Krew or pip install, no checkout of this
+# repository (the chart's directory is not there; `kubectl mesh install` carries its snapshot).
+INSTALL_HINT = "install the mesh: kubectl mesh install | kubectl apply -f -"
 VERSION_LABELS = (f"{DOMAIN}/version", "app.kubernetes.io/version")
 
 # What `kubectl mesh install` creates: (group, resource, namespaced)
@@ -102,7 +101,7 @@ class Context:
         if self._prometheus is None:
             from kubectl_mesh import prom
 
-            self._prometheus = prom.connect(self.prometheus_url, self.client)
+            self._prometheus = prom.connect(self.prometheus_url, self.client, self.kube.request_timeout)
         return self._prometheus
 
 
@@ -270,7 +269,8 @@ def certificate_state(label: str, pem: bytes, now: float) -> str:
         ) from None
     except ValueError as exc:
         raise CheckFailed(
-            f"{label} is not a PEM certificate ({exc})", "reinstall: kubectl mesh install"
+            f"{label} is not a PEM certificate ({exc})",
+            "reinstall: kubectl mesh install | kubectl apply -f -",
         ) from None
     days = (not_after - now) / 86400
     if days < 0:

@@ -22,6 +22,7 @@ import os
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,8 @@ class KubeConfig:
     exec_dir: str = ""  # the plugin runs here: the directory of the kubeconfig naming the user
     proxy_url: str | None = None
     source: str = ""  # the kubeconfig file(s), for messages
+    ca_origin: str = ""  # where the CA came from, for messages: `kubeconfig F: cluster "c": field`
+    user_origin: str = ""  # `kubeconfig F: user "u"`
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class KubeOptions:
     kubeconfig: str | None = None
     context: str | None = None
     namespace: str | None = None
+    request_timeout: float | None = None  # seconds, per request (--request-timeout)
 
 
 def _kubeconfig_paths(explicit: str | None) -> list[Path]:
@@ -99,35 +103,78 @@ def _kubeconfig_paths(explicit: str | None) -> list[Path]:
     return [Path(DEFAULT_KUBECONFIG).expanduser()]
 
 
+def _is_file(path: Path) -> bool:
+    """Whether a kubeconfig is there; one line naming it when it cannot even be looked at."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise KubeError(f"cannot read kubeconfig {path}: {exc.strerror}") from None
+
+
 def _load_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        data = yaml.load(path.read_text(), Loader=loader)  # a safe loader (C if available)
+        text = path.read_text()
+    except OSError as exc:
+        raise KubeError(f"cannot read kubeconfig {path}: {exc.strerror}") from None
+    try:
+        data = yaml.load(text, Loader=loader)  # a safe loader (C if available)
     except yaml.YAMLError as exc:
         raise KubeError(f"kubeconfig {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     return data if isinstance(data, dict) else {}
 
 
-def _read(base: Path, entry: dict[str, Any], file_key: str, data_key: str) -> bytes | None:
+def _read(base: Path, entry: dict[str, Any], file_key: str, data_key: str, where: str) -> bytes | None:
+    """A `…-data` field (base64) or the file a `…` field names (relative to the kubeconfig);
+    KubeError names the kubeconfig, the entry and the field (`where` is the first two)."""
+    import binascii
+
     if entry.get(data_key):
-        return base64.b64decode(entry[data_key])
+        value = entry[data_key]
+        try:
+            text = "".join(value.split()) if isinstance(value, str) else "!"  # line breaks: as Go
+            return base64.b64decode(text, validate=True)
+        except binascii.Error:
+            raise KubeError(f"{where}: {data_key} is not valid base64") from None
     if entry.get(file_key):
-        path = Path(entry[file_key]).expanduser()
+        path = Path(str(entry[file_key])).expanduser()
         if not path.is_absolute():
             path = base / path
         try:
             return path.read_bytes()
         except OSError as exc:
-            raise KubeError(f"cannot read {file_key} {path}: {exc.strerror}") from None
+            raise KubeError(f"{where}: cannot read {file_key} {path}: {exc.strerror}") from None
     return None
+
+
+SECTIONS = (("clusters", "cluster"), ("users", "user"), ("contexts", "context"))
+
+
+def _named_items(path: Path, doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(section, name, body) of a kubeconfig's clusters, users and contexts; a malformed entry is
+    a KubeError naming the file and the entry, as kubectl and client-go refuse it."""
+    for section, key in SECTIONS:
+        items = doc.get(section) or []
+        if not isinstance(items, list):
+            raise KubeError(f"kubeconfig {path}: {section} is not a list")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise KubeError(f"kubeconfig {path}: {section}[{i}] is not a mapping")
+            name = item.get("name")
+            if not isinstance(name, str) or not name:
+                raise KubeError(f"kubeconfig {path}: {section}[{i}] has no name")
+            body = item.get(key) or {}
+            if not isinstance(body, dict):
+                raise KubeError(f'kubeconfig {path}: {section}[{i}] ("{name}"): {key} is not a mapping')
+            yield section, name, body
 
 
 def load_config(kubeconfig: str | None = None, context: str | None = None) -> KubeConfig:
     """Resolve the context like kubectl: files merged first-wins, --context over current-context."""
     paths = _kubeconfig_paths(kubeconfig)
-    existing = [p for p in paths if p.is_file()]
+    existing = [p for p in paths if _is_file(p)]
     source = os.pathsep.join(str(p) for p in paths)
     if not existing:
         raise KubeError(
@@ -139,10 +186,8 @@ def load_config(kubeconfig: str | None = None, context: str | None = None) -> Ku
     for path in existing:
         doc = _load_yaml(path)
         current = current or doc.get("current-context")
-        for section, key in (("clusters", "cluster"), ("users", "user"), ("contexts", "context")):
-            for item in doc.get(section) or []:
-                if isinstance(item, dict) and item.get("name") not in named[section]:
-                    named[section][item["name"]] = (path.parent, item.get(key) or {})
+        for section, name, body in _named_items(path, doc):
+            named[section].setdefault(name, (path, body))
     context_name = context or current
     if not context_name:
         raise KubeError(f"kubeconfig {source} has no current context: pass --context")
@@ -154,25 +199,33 @@ def load_config(kubeconfig: str | None = None, context: str | None = None) -> Ku
     cluster_name, user_name = ctx.get("cluster"), ctx.get("user")
     if cluster_name not in named["clusters"]:
         raise KubeError(f'context "{context_name}" names cluster "{cluster_name}", which is not in {source}')
-    cluster_base, cluster = named["clusters"][cluster_name]
-    user_base, user = named["users"].get(str(user_name), (cluster_base, {}))
+    cluster_path, cluster = named["clusters"][str(cluster_name)]
+    user_path, user = named["users"].get(str(user_name), (cluster_path, {}))
+    cluster_where = f'kubeconfig {cluster_path}: cluster "{cluster_name}"'
+    user_where = f'kubeconfig {user_path}: user "{user_name}"'
+    cluster_base, user_base = cluster_path.parent, user_path.parent
     server = str(cluster.get("server") or "")
     if not server:
-        raise KubeError(f'cluster "{cluster_name}" in {source} has no server')
+        raise KubeError(f"{cluster_where} has no server")
     token = user.get("token")
     if not token and user.get("tokenFile"):
-        token_bytes = _read(user_base, user, "tokenFile", "")
+        token_bytes = _read(user_base, user, "tokenFile", "", user_where)
         token = token_bytes.decode().strip() if token_bytes else None  # as client-go: trimmed
+    ca_field = (
+        "certificate-authority-data" if cluster.get("certificate-authority-data") else "certificate-authority"
+    )
     return KubeConfig(
         server=server.rstrip("/"),
         context=context_name,
         namespace=ctx.get("namespace") or "default",
         namespace_from_context=bool(ctx.get("namespace")),
-        ca_data=_read(cluster_base, cluster, "certificate-authority", "certificate-authority-data"),
+        ca_data=_read(
+            cluster_base, cluster, "certificate-authority", "certificate-authority-data", cluster_where
+        ),
         insecure=bool(cluster.get("insecure-skip-tls-verify")),
         tls_server_name=cluster.get("tls-server-name"),
-        client_cert_data=_read(user_base, user, "client-certificate", "client-certificate-data"),
-        client_key_data=_read(user_base, user, "client-key", "client-key-data"),
+        client_cert_data=_read(user_base, user, "client-certificate", "client-certificate-data", user_where),
+        client_key_data=_read(user_base, user, "client-key", "client-key-data", user_where),
         token=token,
         username=user.get("username"),
         password=user.get("password"),
@@ -180,6 +233,8 @@ def load_config(kubeconfig: str | None = None, context: str | None = None) -> Ku
         exec_dir=str(user_base),
         proxy_url=cluster.get("proxy-url") or None,
         source=source,
+        ca_origin=f"{cluster_where}: {ca_field}",
+        user_origin=user_where,
     )
 
 
@@ -340,7 +395,13 @@ class KubeClient:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         elif cfg.ca_data:
-            ctx = ssl.create_default_context(cadata=cfg.ca_data.decode())
+            try:
+                ctx = ssl.create_default_context(cadata=cfg.ca_data.decode())
+            except (ssl.SSLError, ValueError):  # UnicodeDecodeError is a ValueError
+                raise KubeError(
+                    f"{cfg.ca_origin or 'the kubeconfig certificate-authority'} is not a PEM certificate "
+                    "(unable to load root certificates)"
+                ) from None
         else:
             ctx = ssl.create_default_context()
         if cert and key:
@@ -355,27 +416,38 @@ class KubeClient:
                     ctx.load_cert_chain(cert_path, key_path)
                 except ssl.SSLError as exc:
                     raise KubeError(
-                        f"the kubeconfig's client certificate or key is unusable: {exc}"
+                        f"{cfg.user_origin or 'the kubeconfig user'}: client-certificate or client-key "
+                        f"is unusable (not a PEM certificate and its key?): {exc.reason or exc}"
                     ) from None
         return ctx
 
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            import http.client
-
-            self._prepare()
-            if self._scheme == "https":
-                assert self._ssl is not None
-                conn = _https_connection(
-                    self._host, self._port, self.timeout, self._ssl, self.config.tls_server_name, self._proxy
-                )
-            elif self._proxy is not None:  # absolute-form requests to the proxy
-                conn = http.client.HTTPConnection(self._proxy[0], self._proxy[1], timeout=self.timeout)
-            else:
-                conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+            conn = self.new_connection()
             self._local.conn = conn
         return conn
+
+    def new_connection(self) -> http.client.HTTPConnection:
+        """A connection of its own (TLS, proxy and all), not yet connected: for a stream that
+        outlives one request (port-forward upgrades it to a WebSocket)."""
+        import http.client
+
+        self._prepare()
+        if self._scheme == "https":
+            assert self._ssl is not None
+            return _https_connection(
+                self._host, self._port, self.timeout, self._ssl, self.config.tls_server_name, self._proxy
+            )
+        if self._proxy is not None:  # absolute-form requests to the proxy
+            return http.client.HTTPConnection(self._proxy[0], self._proxy[1], timeout=self.timeout)
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+
+    def stream_request_parts(self, path: str) -> tuple[str, str, dict[str, str]]:
+        """(host header, request target, headers with credentials) for a request on new_connection()."""
+        self._prepare()
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{host}:{self._port}", self._base_path + path, dict(self._headers or {})
 
     # -- requests ------------------------------------------------------------------------------
     def request(
@@ -458,8 +530,11 @@ class KubeClient:
 
 
 def connect(options: KubeOptions, timeout: float = DEFAULT_TIMEOUT_S) -> KubeClient:
-    """A client for the options' kubeconfig and context (nothing is sent yet)."""
-    return KubeClient(load_config(options.kubeconfig, options.context), timeout=timeout)
+    """A client for the options' kubeconfig and context (nothing is sent yet); the options'
+    request timeout, when given, wins over `timeout`."""
+    return KubeClient(
+        load_config(options.kubeconfig, options.context), timeout=options.request_timeout or timeout
+    )
 
 
 def resolve_namespace(options: KubeOptions) -> tuple[str, bool]:

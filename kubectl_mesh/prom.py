@@ -52,6 +52,7 @@ URL_HINT = (
     "via the API server"
 )
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+DEFAULT_TIMEOUT_S = 15.0
 Vector = list[tuple[dict[str, str], float]]
 
 
@@ -118,6 +119,10 @@ class PrometheusClient:
         self.timeout = timeout
         self.url_hint = url_hint
         self._opener: urllib.request.OpenerDirector | None = None
+        # Once Prometheus could not be reached (or hung), every later query fails at once with
+        # the same error: `stat all` asks 48 queries, and waiting for each to time out in turn
+        # took 45 s against a Prometheus that never answers.
+        self._unreachable: PrometheusError | None = None
 
     @property
     def where(self) -> str:
@@ -138,13 +143,19 @@ class PrometheusClient:
 
     def get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, bytes]:
         """GET a Prometheus API path (e.g. /api/v1/query, /-/ready): (status, body)."""
-        if self.url:
-            return self._get_url(path, params)
-        assert self.kube is not None
+        if self._unreachable is not None:
+            raise self._unreachable
         try:
-            return self.kube.request("GET", SERVICE_PROXY_PATH + path, params=params, accept="*/*")
-        except KubeError as exc:  # the API server is unreachable: say so, as a Prometheus failure
-            raise PrometheusError(exc.message, exc.hint) from None
+            if self.url:
+                return self._get_url(path, params)
+            assert self.kube is not None
+            try:
+                return self.kube.request("GET", SERVICE_PROXY_PATH + path, params=params, accept="*/*")
+            except KubeError as exc:  # the API server is unreachable: say so, as a Prometheus failure
+                raise PrometheusError(exc.message, exc.hint) from None
+        except PrometheusError as exc:
+            self._unreachable = exc
+            raise
 
     def _get_url(self, path: str, params: dict[str, str] | None) -> tuple[int, bytes]:
         import urllib.error
@@ -162,6 +173,11 @@ class PrometheusClient:
             return exc.code, exc.read()
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
+            if isinstance(reason, TimeoutError):
+                raise PrometheusError(
+                    f"Prometheus at {self.url} did not answer within {self.timeout:g}s",
+                    "is it overloaded or stuck? --request-timeout sets how long to wait",
+                ) from None
             raise PrometheusError(f"cannot reach Prometheus at {self.url}: {reason}", self.url_hint) from None
 
     def _http_failure(self, status: int, payload: bytes) -> PrometheusError:
@@ -196,10 +212,14 @@ class PrometheusClient:
         )
 
 
-def connect(url: str | None, kube: Callable[[], KubeClient], timeout: float = 15.0) -> PrometheusClient:
+def connect(
+    url: str | None, kube: Callable[[], KubeClient], timeout: float | None = None
+) -> PrometheusClient:
     """`url` (--prometheus-url), else $MESH_PROMETHEUS_URL, else the service proxy through `kube()`.
 
-    `kube` is called only when the service proxy is used."""
+    `kube` is called only when the service proxy is used; `timeout` (seconds per query) defaults
+    to DEFAULT_TIMEOUT_S."""
+    timeout = timeout or DEFAULT_TIMEOUT_S
     url = url or os.environ.get(ENV_PROMETHEUS_URL) or None
     if url:
         if not url.startswith(("http://", "https://")):

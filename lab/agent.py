@@ -5,7 +5,8 @@
   removes the pod object (as the kubelet does after the grace period);
 - keeps the host's Service DNAT rules and every pod's /etc/hosts in sync with Services and
   EndpointSlices (services.py);
-- serves container logs to the API server (`kubectl logs`) on the bridge address.
+- serves container logs (`kubectl logs`) and WebSocket port-forward (`pods/portforward`, see
+  portforward.py) to the API server on the bridge address.
 
 Run by `lab up` as `python -m lab.agent <run dir>`. Each watch loop survives API errors (it
 relists), and each pod fails alone.
@@ -27,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from lab import network, services
+from lab import network, portforward, services
 from lab.config import API_PORT, BRIDGE_IP, KUBELET_PORT, NODE_NAME, POD_CIDR, run, versions
 from lab.kube import ERRORS, MERGE_PATCH, ApiException, Kube, data, message, watch
 from lab.pods import PodRunner, now_rfc3339
@@ -259,22 +260,29 @@ def _write_in_place(path: Path, text: str) -> None:
         fh.truncate()
 
 
-class LogHandler(BaseHTTPRequestHandler):
-    """GET /containerLogs/<ns>/<pod>/<container>[?tailLines=N]: the kubelet's log endpoint."""
+class KubeletHandler(BaseHTTPRequestHandler):
+    """The kubelet endpoints the API server calls: logs (`kubectl logs`) and port-forward."""
 
     agent: Agent
+    PORT_FORWARD_IDLE_S = 600.0  # the kubelet's streaming idle timeout is 4 h; the lab's tests are short
+
+    def _runner(self, ns: str, pod: str) -> PodRunner | None:
+        with self.agent.lock:
+            return next((r for r in self.agent.runners.values() if r.namespace == ns and r.name == pod), None)
 
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         parts = url.path.strip("/").split("/")
+        if len(parts) == 3 and parts[0] == "portForward":
+            self.port_forward(parts[1], parts[2], urllib.parse.parse_qs(url.query))
+            return
         if len(parts) != 4 or parts[0] != "containerLogs":
-            self.send_error(404, "only /containerLogs/<namespace>/<pod>/<container> is served")
+            self.send_error(
+                404, "only /containerLogs/<ns>/<pod>/<container> and /portForward/<ns>/<pod> are served"
+            )
             return
         _, ns, pod, container = parts
-        with self.agent.lock:
-            runner = next(
-                (r for r in self.agent.runners.values() if r.namespace == ns and r.name == pod), None
-            )
+        runner = self._runner(ns, pod)
         if runner is None:
             self.send_error(404, f"pod {ns}/{pod} is not running on {NODE_NAME}")
             return
@@ -309,6 +317,35 @@ class LogHandler(BaseHTTPRequestHandler):
                 else:
                     time.sleep(0.2)
 
+    do_POST = do_GET  # the API server may forward the port-forward upgrade as a POST
+
+    def port_forward(self, ns: str, pod: str, query: dict[str, list[str]]) -> None:
+        """`GET /portForward/<ns>/<pod>?ports=P`, upgraded to a WebSocket (lab/portforward.py)."""
+        try:
+            if self.headers.get("Upgrade", "").lower() != "websocket":
+                raise portforward.PortForwardError(
+                    400, "port-forward needs a WebSocket upgrade (SPDY is not served)"
+                )
+            protocol = portforward.choose_protocol(self.headers.get("Sec-WebSocket-Protocol", ""))
+            ports = portforward.parse_ports(query)
+            runner = self._runner(ns, pod)
+            if runner is None:
+                raise portforward.PortForwardError(404, f"pod {ns}/{pod} is not running on {NODE_NAME}")
+        except portforward.PortForwardError as exc:
+            self.send_error(exc.status, str(exc))
+            return
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        self.wfile.write(portforward.handshake_response(key, protocol))
+        self.wfile.flush()
+        self.close_connection = True
+        netns = f"/var/run/netns/{runner.netns}"
+        portforward.relay(
+            self.connection,
+            ports,
+            lambda port: portforward.connect_in_netns(netns, port),
+            self.PORT_FORWARD_IDLE_S,
+        )
+
     def log_message(self, format: str, *args: Any) -> None:
         return
 
@@ -318,8 +355,8 @@ def serve_logs(agent: Agent, run_dir: Path) -> None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / "kubelet.crt"), str(pki / "kubelet.key"))
     ctx.verify_mode = ssl.CERT_REQUIRED  # only the API server (client cert from the lab CA)
-    LogHandler.agent = agent
-    server = ThreadingHTTPServer((str(BRIDGE_IP), KUBELET_PORT), LogHandler)
+    KubeletHandler.agent = agent
+    server = ThreadingHTTPServer((str(BRIDGE_IP), KUBELET_PORT), KubeletHandler)
     server.daemon_threads = True
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     server.serve_forever()

@@ -163,6 +163,12 @@ def up(owner: str = "cli", timeout: float = 90.0, prometheus: bool = True, user:
             missing = [b for b in missing_binaries(bins) if prometheus or b != "prometheus"]
             if missing:
                 raise LabError(f"missing {', '.join(missing)} in {bins}: run `make binaries`")
+            if _another_lab_answers():
+                raise LabError(
+                    f"another lab runs on this machine (an API server answers on {BRIDGE_IP}:{API_PORT}), "
+                    f"not the one {LAB_DIR} names: set MESH_LAB_DIR to its directory to share it, "
+                    "or stop it there"
+                )
             _down_locked()  # whatever a crashed run left
             try:
                 state = _up_locked(owner, bins, timeout, prometheus)
@@ -180,6 +186,18 @@ def up(owner: str = "cli", timeout: float = 90.0, prometheus: bool = True, user:
             USERS_DIR.mkdir(parents=True, exist_ok=True)
             (USERS_DIR / str(user)).touch()
         return state
+
+
+def _another_lab_answers() -> bool:
+    """A live API server on the lab's address that this LAB_DIR did not start: cleaning up "what a
+    crashed run left" would tear down that lab's network and pods under it."""
+    import socket
+
+    try:
+        with socket.create_connection((str(BRIDGE_IP), API_PORT), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def _live_users() -> list[int]:

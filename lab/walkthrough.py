@@ -29,25 +29,24 @@ from pathlib import Path
 from typing import Any
 
 from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, INJECT_ENABLED, INJECT_LABEL, PROXY_CONTAINER_NAME
+from kubectl_mesh.demo.plan import NAMESPACE, WALKTHROUGH_DIAGNOSE, WALKTHROUGH_EDGES, WALKTHROUGH_STAT
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "examples" / "emojivoto" / "emojivoto.yml"
 CHART = REPO / "charts" / "kubectl-mesh"
 DASHBOARDS = CHART / "files" / "dashboards"
 LAB_VALUES = REPO / "lab" / "chart-values.yaml"
-NAMESPACE = "emojivoto"
 RELEASE = "kubectl-mesh"
 WINDOW_S = 60  # `kubectl mesh stat`'s default -t 1m
 SCRAPE_S = 10  # the chart's scrape interval
 COUNTERS_PORT = 8801  # emojivoto.yml: each pod's own counters, outside the mesh
 DEPLOYMENTS = ("emoji", "voting", "web", "vote-bot")
 
-# The seed's three commands, as a user types them (after `kubectl`).
-COMMANDS = (
-    ("mesh", "stat", "-n", NAMESPACE, "deployment", "web"),
-    ("mesh", "stat", "deploy", "--all-namespaces", "--from", "web", "--from-namespace", NAMESPACE),
-    ("mesh", "stat", "deploy", "--to", "voting", "--to-namespace", NAMESPACE, "--all-namespaces"),
-)
+# The seed's three commands, as a user types them (after `kubectl`); defined once, with the demo.
+COMMANDS = tuple(("mesh", "stat", *argv) for argv in WALKTHROUGH_STAT)
+# And then the mesh digs by itself: `kubectl mesh diagnose deploy/web -n emojivoto`.
+DIAGNOSE = ("mesh", "diagnose", *WALKTHROUGH_DIAGNOSE)
+EDGES = ("mesh", "edges", *WALKTHROUGH_EDGES)
 # Every Deployment of the app: MESHED must be 1/1 for each.
 ALL_DEPLOYMENTS = ("mesh", "stat", "-n", NAMESPACE, "deploy")
 
@@ -373,9 +372,19 @@ class Result:
     counters_end: dict[str, Any]
     dashboards: list[tuple[str, str, str, int]]  # board, panel, query, number of series
     variables: list[tuple[str, str, bool]]  # board, template variable, offers web's value
+    diagnosis: Section  # `kubectl mesh diagnose deploy/web -n emojivoto`, at the same moment
+    diagnosis_json: dict[str, Any]  # the same with -o json
+    edges: Section  # `kubectl mesh edges deploy -n emojivoto`
+    edges_json: list[dict[str, Any]]  # the same with -o json
+
+    def render_tables(self) -> str:
+        return "\n\n".join(f"$ {s.command}\n{s.output}" for s in self.sections) + "\n"
 
     def render(self) -> str:
-        return "\n\n".join(f"$ {s.command}\n{s.output}" for s in self.sections) + "\n"
+        return (
+            f"{self.render_tables()}\n$ {self.diagnosis.command}\n{self.diagnosis.output}\n"
+            f"\n$ {self.edges.command}\n{self.edges.output}\n"
+        )
 
 
 def run_variant(tools: Tools, variant: str) -> Result:
@@ -388,6 +397,10 @@ def run_variant(tools: Tools, variant: str) -> Result:
     try:
         wait_for_traffic(tools, history)
         sections = [run_stat(tools, c) for c in COMMANDS]
+        diagnosis = run_stat(tools, DIAGNOSE)
+        diagnosis_json = json.loads(tools.kubectl_full(*DIAGNOSE, "-o", "json").stdout or "{}")
+        edges = run_stat(tools, EDGES)
+        edges_json = json.loads(tools.kubectl_full(*EDGES, "-o", "json").stdout or "[]")
         end = history.read()
         start = history.nearest(sections[0].at - WINDOW_S)
         listing = json.loads(tools.kubectl_full(*ALL_DEPLOYMENTS, "-o", "json").stdout or "[]")
@@ -398,7 +411,20 @@ def run_variant(tools: Tools, variant: str) -> Result:
         (b, name, value in {series["metric"].get(label) for series in prometheus_query(tools, expr)})
         for b, name, expr, label, value in dashboard_variables(pods)
     ]
-    return Result(variant, sections, listing, pods, start, end, boards, variables)
+    return Result(
+        variant,
+        sections,
+        listing,
+        pods,
+        start,
+        end,
+        boards,
+        variables,
+        diagnosis,
+        diagnosis_json,
+        edges,
+        edges_json,
+    )
 
 
 def walkthrough(tools: Tools, variants: tuple[str, ...], keep: bool = False) -> list[Result]:

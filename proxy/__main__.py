@@ -23,17 +23,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mesh-proxy: unknown command {args[0]!r} (expected run or init)", file=sys.stderr)
         return 2
     command, rest = args[0], args[1:]
-    if command == "init":
-        from .init import main as init_main
+    from kubectl_mesh.errors import MeshError
 
-        return init_main(rest)
-    from .config import ConfigError, parse_run_args
+    from .config import ConfigError
 
     try:
+        if command == "init":
+            from .init import main as init_main
+
+            return init_main(rest)
+        from .config import parse_run_args
+
         config = parse_run_args(rest)
-    except ConfigError as error:
-        print(f"mesh-proxy run: {error}", file=sys.stderr)
-        return 2
+    except MeshError as error:  # caught once: one line (and a hint), never a traceback
+        print(f"mesh-proxy {command}: {error.message}", file=sys.stderr)
+        if error.hint:
+            print(f"hint: {error.hint}", file=sys.stderr)
+        return 2 if isinstance(error, ConfigError) else 1
     from .server import run
 
     return run(config)

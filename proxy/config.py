@@ -20,15 +20,17 @@ from kubectl_mesh.contract import (
     PROXY_ADMIN_PORT,
     PROXY_INBOUND_PORT,
     PROXY_OUTBOUND_PORT,
+    PROXY_TAP_PORT,
 )
+from kubectl_mesh.errors import MeshError
 from kubectl_mesh.log import check_format, format_from_env
 from kubectl_mesh.portlist import NO_PORTS, PortList
 
 from .identity import Identity, identity_from_parts
 
 
-class ConfigError(ValueError):
-    """A setting that cannot work; the message is shown to the user as one line."""
+class ConfigError(MeshError, ValueError):
+    """A setting that cannot work; `mesh-proxy` shows the message as one line and exits 2."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class ProxyConfig:
     outbound_port: int = PROXY_OUTBOUND_PORT
     admin_addr: str = "0.0.0.0"
     admin_port: int = PROXY_ADMIN_PORT
+    tap_port: int = PROXY_TAP_PORT  # on 127.0.0.1 only (proxy/tap.py); 0: no tap
     identity: Identity | None = None
     opaque_ports: PortList = NO_PORTS
     inbound_forward: tuple[str, int] | None = None
@@ -80,6 +83,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     a("--outbound-port", type=int, default=d.outbound_port, help="outbound listener port (%(default)s)")
     a("--admin-addr", default=d.admin_addr, help="admin listener address (default %(default)s)")
     a("--admin-port", type=int, default=d.admin_port, help="admin listener port (default %(default)s)")
+    a("--tap-port", type=int, default=d.tap_port, help="tap listener port on 127.0.0.1, 0: off (%(default)s)")
     a("--namespace", help=f"this pod's namespace (env {ENV_POD_NAMESPACE})")
     a("--workload-kind", help=f"owning workload kind, e.g. deployment (env {ENV_WORKLOAD_KIND})")
     a("--workload-name", help=f"owning workload name (env {ENV_WORKLOAD_NAME})")
@@ -127,7 +131,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] = os.envir
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    for name in ("inbound_port", "outbound_port", "admin_port"):
+    for name in ("inbound_port", "outbound_port", "admin_port", "tap_port"):
         if not 0 <= getattr(args, name) < 65536:
             raise ConfigError(f"--{name.replace('_', '-')} out of range")
     if args.max_connections < 0:
@@ -146,6 +150,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] = os.envir
         outbound_port=args.outbound_port,
         admin_addr=args.admin_addr,
         admin_port=args.admin_port,
+        tap_port=args.tap_port,
         identity=identity,
         opaque_ports=opaque,
         inbound_forward=parse_hostport(args.inbound_forward) if args.inbound_forward else None,

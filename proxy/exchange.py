@@ -50,6 +50,7 @@ from .identity import NO_LABELS, Labels
 
 if TYPE_CHECKING:
     from .server import Proxy
+    from .tap import TapRequest
 
 INBOUND, OUTBOUND = "inbound", "outbound"
 SEND_BATCH = 65536  # response body pieces are gathered up to this size before a send
@@ -114,7 +115,7 @@ class Exchange:
 
     __slots__ = (
         "authority", "client", "direction", "head", "head_received", "peer", "proxy", "reader",
-        "reply_extra", "start",
+        "reply_extra", "start", "tap", "tap_body_bytes",
     )  # fmt: skip
 
     def __init__(
@@ -130,6 +131,8 @@ class Exchange:
         self.peer: Labels = NO_LABELS
         self.reply_extra: list[tuple[bytes, bytes]] = []  # mesh headers for the client's response
         self.head_received = False  # the final response head arrived (the pump leaves the clock be)
+        self.tap: TapRequest | None = None  # set only while someone taps this proxy (tap.py)
+        self.tap_body_bytes = 0  # response body bytes the client was sent (chunk framing is not body)
 
     # --- the request ---------------------------------------------------------------------------
     def run(self, dest: Address | None) -> bool:
@@ -171,6 +174,8 @@ class Exchange:
             extra.append((MESH_VIA, http1.via_add(via, proxy.hop_id)))
         if head.host is None and dest is not None:
             extra.append((b"Host", authority_bytes))
+        if proxy.tap.active:
+            self.tap = self._tap_request(target)
         payload = [http1.encode_request_head(head, target, extra)]
         writer = http1.body_writer(head.body_mode == CHUNKED)
         body_done = _take_buffered_body(self.reader.events, payload, writer)
@@ -191,6 +196,30 @@ class Exchange:
         finally:
             if pump is not None and not pump.dead:
                 pump.kill(block=False)
+
+    def _tap_request(self, target: bytes) -> TapRequest | None:
+        """The tap's `req` event (only while someone taps): who asked whom for what."""
+        proxy, head = self.proxy, self.head
+        own = proxy.identity.decode() if proxy.identity else "-"
+        if self.direction == INBOUND:
+            claimed = head.mesh.get(MESH_SRC)
+            src = claimed.decode("latin-1") if claimed and self.peer else _peer_address(self.client)
+            dst = own
+        else:
+            src, dst = own, self.authority
+        return proxy.tap.request(
+            "in" if self.direction == INBOUND else "out", head.method.decode("latin-1"), self.authority,
+            target.decode("latin-1"), src, dst,
+        )  # fmt: skip
+
+    def _count(self, status: int, error: str, latency_ms: float) -> None:
+        """The request's outcome: its metrics, and the tap's `end` (and `rsp` if no head came)."""
+        self.proxy.metrics.response(self.direction, self.authority, self.peer, status, error, latency_ms)
+        tap = self.tap
+        if tap is not None:
+            if not self.head_received:
+                tap.response(status)
+            tap.end(self.tap_body_bytes, error or None)
 
     def _tunnel(self, address: Address, head_bytes: bytes) -> bool:
         """CONNECT on a listener with a destination (an app using an egress proxy).
@@ -223,11 +252,9 @@ class Exchange:
         if not opened:
             failure = self._relay_body(upstream, response, False, False)
             proxy.pool.discard(upstream)
-            proxy.metrics.response(
-                self.direction, self.authority, self.peer, response.status, failure, latency_ms
-            )
+            self._count(response.status, failure, latency_ms)
             return False
-        proxy.metrics.response(self.direction, self.authority, self.peer, response.status, "", latency_ms)
+        self._count(response.status, "", latency_ms)
         out = http1.encode_response_head(response, "1.1", True, False, self.reply_extra)
         left = b"".join(d for k, d in self.reader.events if k == UPGRADE and d)
         try:
@@ -343,16 +370,23 @@ class Exchange:
             informational = http1.encode_response_head(response, "1.1", True, False, [])
             if request.version != "1.0" and not proxy.send_client(client, informational):
                 proxy.pool.discard(upstream)
-                return False
+                return self._client_failed(0)  # counted (and its tap told), as any client gone
         self.head_received = True
         latency_ms = (time.monotonic() - self.start) * 1000.0
         if direction == OUTBOUND:
             self.peer = proxy.dst_labels.get(response.mesh.get(MESH_DST))
             if upstream.tcp.pending:
                 proxy.attach(upstream, self.peer)
+        if self.tap is not None:  # the callee: this proxy's workload inbound, the answer's claim outbound
+            if direction == OUTBOUND:
+                claimed = response.mesh.get(MESH_DST)
+                callee = claimed.decode("latin-1") if claimed and self.peer else None
+            else:
+                callee = proxy.identity.decode() if proxy.identity else None
+            self.tap.response(response.status, callee)
 
         if response.status == 101:
-            proxy.metrics.response(direction, self.authority, self.peer, 101, "", latency_ms)
+            self._count(101, "", latency_ms)
             out = http1.encode_response_head(response, "1.1", True, False, self.reply_extra)
             if not proxy.send_client(client, out):
                 proxy.pool.discard(upstream)
@@ -367,9 +401,9 @@ class Exchange:
             proxy.pool.discard(upstream)
             if failure.startswith("client_"):
                 return self._client_failed(response.status, latency_ms)
-            proxy.metrics.response(direction, self.authority, self.peer, response.status, failure, latency_ms)
+            self._count(response.status, failure, latency_ms)
             return False
-        proxy.metrics.response(direction, self.authority, self.peer, response.status, "", latency_ms)
+        self._count(response.status, "", latency_ms)
         if proxy.debug:  # method and status only: targets may carry tokens, bodies are never logged
             proxy.log.debug(
                 "request", direction=direction, authority=self.authority, method=request.method.decode(),
@@ -394,6 +428,7 @@ class Exchange:
         out = http1.encode_response_head(response, self.head.version, keep, chunked_out, self.reply_extra)
         pending = [out]
         pending_size = len(out)
+        body_pending = 0  # body bytes in `pending` (without the head and chunk framing)
         while True:
             if up_events:
                 kind, data = up_events[0]
@@ -401,6 +436,7 @@ class Exchange:
                     up_events.popleft()
                     writer.write(data, pending)
                     pending_size += len(data)
+                    body_pending += len(data)
                     if pending_size < SEND_BATCH:
                         continue
                 elif kind == END:
@@ -413,7 +449,8 @@ class Exchange:
                 failure = self._flush(upstream, pending)
                 if failure:
                     return failure
-                pending, pending_size = [], 0
+                self.tap_body_bytes += body_pending
+                pending, pending_size, body_pending = [], 0, 0
             if up_events:
                 continue
             upstream.deadline = proxy.now + response_timeout  # the body may take long, but not stall long
@@ -432,7 +469,10 @@ class Exchange:
                 up_reader.feed(data)
             except ProtocolError:
                 return "bad_response"
-        return self._flush(upstream, pending) if pending else ""
+        failure = self._flush(upstream, pending) if pending else ""
+        if not failure:
+            self.tap_body_bytes += body_pending
+        return failure
 
     def _flush(self, upstream: Upstream, pending: list[bytes]) -> str:
         """Write to the client with the upstream's clock stopped: a slow reader is not its fault."""
@@ -453,9 +493,7 @@ class Exchange:
         """Answer 502/504 (or 400 for a loop) for a request that got no response head; count it."""
         proxy = self.proxy
         latency_ms = (time.monotonic() - self.start) * 1000.0
-        proxy.metrics.response(
-            self.direction, self.authority, self.peer, error.status, error.error, latency_ms
-        )
+        self._count(error.status, error.error, latency_ms)
         proxy.log_upstream_error(self.direction, self.authority, error.error)
         detail = b"forwarding loop: the target is this proxy" if error.error == "loop" else b""
         out = http1.error_response(error.status, self.reply_extra, close=not client_reusable, detail=detail)
@@ -465,9 +503,15 @@ class Exchange:
         """The client stopped sending or reading: counted as its doing, never the upstream's."""
         if latency_ms is None:
             latency_ms = (time.monotonic() - self.start) * 1000.0
-        error = self._client_error()
-        self.proxy.metrics.response(self.direction, self.authority, self.peer, status, error, latency_ms)
+        self._count(status, self._client_error(), latency_ms)
         return False
+
+
+def _peer_address(client: Client) -> str:
+    try:
+        return hostport(client.sock.getpeername())
+    except (OSError, ValueError, TypeError):
+        return "-"
 
 
 def _take_buffered_body(events: deque[Event], payload: list[bytes], writer: BodyWriter) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
-import sys
 from collections.abc import Sequence
 
 from kubectl_mesh.contract import (
@@ -16,8 +15,10 @@ from kubectl_mesh.contract import (
     PROXY_OUTBOUND_PORT,
     PROXY_UID,
 )
+from kubectl_mesh.errors import MeshError
 from kubectl_mesh.portlist import PortList
 
+from .config import ConfigError
 from .iptables import (
     DEFAULT_INBOUND_IGNORE,
     InitConfig,
@@ -28,6 +29,10 @@ from .iptables import (
     plan_rules,
     render,
 )
+
+
+class InitError(MeshError):
+    """The rules could not be applied (iptables missing or refusing); exit 1."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,9 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> InitConfig:
     for name in ("inbound_port", "outbound_port"):
         if not 0 < getattr(args, name) < 65536:
-            raise ValueError(f"--{name.replace('_', '-')} out of range")
+            raise ConfigError(f"--{name.replace('_', '-')} out of range")
     if args.proxy_uid < 0:
-        raise ValueError("--proxy-uid must be a UID")
+        raise ConfigError("--proxy-uid must be a UID")
     inbound = _ports("--inbound-ports-to-ignore", args.inbound_ports_to_ignore)
     return InitConfig(
         proxy_uid=args.proxy_uid,
@@ -58,7 +63,7 @@ def config_from_args(args: argparse.Namespace) -> InitConfig:
         outbound_port=args.outbound_port,
         inbound_ports_to_ignore=DEFAULT_INBOUND_IGNORE | inbound,
         outbound_ports_to_ignore=_ports("--outbound-ports-to-ignore", args.outbound_ports_to_ignore),
-        subnets_to_ignore=parse_subnets(args.subnets_to_ignore),
+        subnets_to_ignore=_subnets(args.subnets_to_ignore),
     )
 
 
@@ -66,7 +71,14 @@ def _ports(flag: str, text: str) -> PortList:
     try:
         return PortList.parse(text)
     except ValueError as error:
-        raise ValueError(f"{flag}: {error}") from None
+        raise ConfigError(f"{flag}: {error}") from None
+
+
+def _subnets(text: str) -> tuple[str, ...]:
+    try:
+        return parse_subnets(text)
+    except ValueError as error:
+        raise ConfigError(f"--subnets-to-ignore: {error}") from None
 
 
 def _iptables_save() -> str:
@@ -78,19 +90,15 @@ def _iptables(rule: list[str]) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
+    """Plan and apply the rules; a bad flag raises ConfigError, an iptables failure InitError."""
     args = _parser().parse_args(list(argv))
-    try:
-        config = config_from_args(args)
-    except ValueError as error:
-        print(f"mesh-proxy init: {error}", file=sys.stderr)
-        return 2
+    config = config_from_args(args)
     rules = plan_rules(config)
     if args.dry_run and not args.clean:
         print(render(rules))
         return 0
     if shutil.which("iptables") is None or shutil.which("iptables-save") is None:
-        print("mesh-proxy init: iptables is not installed (apt-get install -y iptables)", file=sys.stderr)
-        return 1
+        raise InitError("iptables is not installed", "apt-get install -y iptables")
     try:
         saved = _iptables_save()
         if args.clean:
@@ -112,10 +120,6 @@ def main(argv: Sequence[str]) -> int:
             _iptables(rule)
     except subprocess.CalledProcessError as error:
         detail = (error.stderr or "").strip().splitlines()
-        print(
-            f"mesh-proxy init: {' '.join(error.cmd)} failed: {detail[-1] if detail else error}",
-            file=sys.stderr,
-        )
-        return 1
+        raise InitError(f"{' '.join(error.cmd)} failed: {detail[-1] if detail else error}") from None
     print(f"mesh-proxy init: applied {len(rules)} rules")
     return 0

@@ -45,6 +45,7 @@ from .http1 import MESH_DST, ProtocolError
 from .identity import NO_LABELS, Labels, PeerLabelCache
 from .metrics import AUTHORITY_MAX, MeshMetrics, Tcp, authority_label
 from .pool import UpstreamPool
+from .tap import TapHub
 
 # Descriptors never used by app traffic, so that /live, /ready and /metrics answer when it has
 # used up the rest (each proxied connection may hold two: the client's and its upstream's).
@@ -79,6 +80,7 @@ class Proxy:
         self.dst_labels = PeerLabelCache("dst")
         self.own_ports: set[int] = set()
         self.pool = UpstreamPool(self.metrics, self._tcp_connection, config.connect_timeout, frozenset())
+        self.tap = TapHub()  # `tap.active` is all an untapped request pays
         self.clients: set[Client] = set()
         self.open_per_listener: dict[str, int] = {INBOUND: 0, OUTBOUND: 0}
         fd_limit = raise_fd_limit()
@@ -378,12 +380,17 @@ class Proxy:
 def run(config: ProxyConfig, on_ready: Callable[[Proxy], None] | None = None) -> int:
     """`mesh-proxy run`: serve until SIGTERM/SIGINT, drain, exit 0 (1 if a listener cannot bind)."""
     from .admin import serve_admin
+    from .tap import serve_tap
 
     log = Logger(config.log_level, config.log_format)
     proxy = Proxy(config, log)
+    tap = None
     try:
         admin = serve_admin(proxy, (config.admin_addr, config.admin_port))
         proxy.add_own_port(admin.server_port)
+        if config.tap_port:  # the pod's loopback only: reached through pods/portforward (RBAC)
+            tap = serve_tap(proxy.tap, ("127.0.0.1", config.tap_port))
+            proxy.add_own_port(tap.server_port)
         proxy.bind((config.inbound_addr, config.inbound_port), INBOUND)
         proxy.bind((config.outbound_addr, config.outbound_port), OUTBOUND)
     except OSError as error:
@@ -398,6 +405,7 @@ def run(config: ProxyConfig, on_ready: Callable[[Proxy], None] | None = None) ->
         inbound=f"{config.inbound_addr}:{config.inbound_port}",
         outbound=f"{config.outbound_addr}:{config.outbound_port}",
         admin=f"{config.admin_addr}:{config.admin_port}",
+        tap=f"127.0.0.1:{config.tap_port}" if tap is not None else "off",
         inbound_forward=hostport(config.inbound_forward) if config.inbound_forward else "original-dst",
         identity=proxy.identity.decode() if proxy.identity else "none",
         max_connections=proxy.max_connections,
@@ -406,6 +414,8 @@ def run(config: ProxyConfig, on_ready: Callable[[Proxy], None] | None = None) ->
         on_ready(proxy)
     proxy.stopped.wait()
     drained = proxy.wait_drained()
+    if tap is not None:
+        tap.stop(timeout=1)
     admin.stop(timeout=1)
     log.info("stopped", drained=drained)
     return 0

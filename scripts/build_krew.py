@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
 """`make krew`: build the Krew release of `kubectl mesh`.
 
-    dist/kubectl-mesh.tar.gz   kubectl-mesh (a zipapp: only python3 >= 3.11 needed) + LICENSE
+    dist/kubectl-mesh.tar.gz   kubectl-mesh (a zipapp: only python3 >= 3.11 needed), LICENSE and
+                               kubectl_complete-mesh (kubectl's plugin completion, kubectl >= 1.26)
     dist/krew-manifest.yaml    krew-manifest.yaml with this archive's version, URI and sha256
+
+kubectl completes `kubectl mesh …` with `kubectl_complete-mesh` found on PATH. Krew links only
+a plugin's one `bin` into $KREW_ROOT/bin, so the archive ships it as a script that calls the
+linked `kubectl-mesh` (version-independent: a copy keeps working across `krew upgrade`), and the
+manifest's caveats give the one command that copies it next to that link.
 
 The zipapp holds the whole `kubectl_mesh` package (the injector `inject` uses is
 `kubectl_mesh.inject`; `kubectl_mesh` never imports `webhook` or `proxy`, an import-linter contract
@@ -39,11 +45,17 @@ sys.path.insert(0, str(REPO))
 from kubectl_mesh import __version__  # noqa: E402
 
 # Distributions vendored into the zipapp (pure Python; see the module docstring).
-VENDORED = ("tabulate", "PyYAML", "jsonpatch", "jsonpointer")
+VENDORED = ("tabulate", "PyYAML", "jsonpatch", "jsonpointer", "wsproto", "h11")
 # The part of this repository in the zipapp: the CLI's package, whole.
 OWN_PACKAGE = "kubectl_mesh"
 DEFAULT_URI = "https://github.com/kubectl-mesh/kubectl-mesh/releases/download/v{version}/kubectl-mesh.tar.gz"
 ARCHIVE_NAME = "kubectl-mesh.tar.gz"
+COMPLETION_NAME = "kubectl_complete-mesh"
+COMPLETION_SCRIPT = """\
+#!/bin/sh
+# kubectl's completion of `kubectl mesh` (kubectl >= 1.26) runs kubectl_complete-mesh from PATH.
+exec kubectl-mesh __complete "$@"
+"""
 REPRODUCIBLE_MTIME = 315532800  # 1980-01-01, the oldest time a zip can hold
 
 MAIN = """\
@@ -125,9 +137,11 @@ def build_zipapp(work: Path) -> Path:
 
 def build_archive(zipapp_path: Path, out: Path) -> Path:
     archive = out / ARCHIVE_NAME
+    completion = zipapp_path.parent / COMPLETION_NAME
+    completion.write_text(COMPLETION_SCRIPT)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
-        for path, mode in ((zipapp_path, 0o755), (REPO / "LICENSE", 0o644)):
+        for path, mode in ((zipapp_path, 0o755), (completion, 0o755), (REPO / "LICENSE", 0o644)):
             info = tar.gettarinfo(str(path), arcname=path.name)
             info.mode, info.mtime = mode, REPRODUCIBLE_MTIME
             info.uid = info.gid = 0

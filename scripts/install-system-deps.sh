@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests, the lab, the demo and the benchmarks need. Idempotent; needs root.
 set -euo pipefail
-pkgs=(prometheus iptables iproute2 wrk nginx-light haproxy curl python3-venv ca-certificates)
+pkgs=(prometheus iptables iproute2 wrk nginx-light haproxy curl python3-venv ca-certificates zsh)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

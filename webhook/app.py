@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from kubectl_mesh import __version__
 from kubectl_mesh.contract import WEBHOOK_PATH
@@ -93,6 +93,8 @@ def create_app(config: MeshConfig | None = None) -> Flask:
     log = logger()
     app = Flask("webhook")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # Flask would answer OPTIONS itself (200, an HTML body); every answer here is JSON: a 405.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     metrics = AdmissionMetrics()
     app.extensions["mesh_metrics"] = metrics
     app.extensions["mesh_config"] = mesh_config
@@ -138,7 +140,10 @@ def create_app(config: MeshConfig | None = None) -> Flask:
         status = exc.code or 500
         if status == 413:
             metrics.bad_requests.labels("413").inc()
-        return _json({"error": exc.description or exc.name}, status)
+        response = _json({"error": exc.description or exc.name}, status)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
 
     return app
 

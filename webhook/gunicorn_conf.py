@@ -8,13 +8,20 @@
 | `MESH_CONFIG` | mesh config JSON file (`kubectl_mesh.inject.config`) | built-in defaults |
 | `MESH_WEBHOOK_BIND` | listen address | `0.0.0.0:8443` |
 | `MESH_WEBHOOK_WORKERS` | gevent worker processes | `2` |
-| `MESH_WEBHOOK_WORKER_CLASS` | `gevent_pywsgi` or `gevent` | `gevent_pywsgi` |
+| `MESH_WEBHOOK_WORKER_CLASS` | gunicorn worker (others lack the limits below) | `webhook.worker.MeshWorker` |
+| `MESH_WEBHOOK_TLS_TIMEOUT` | seconds from accept to the end of the TLS handshake | `10` |
+| `MESH_WEBHOOK_HEADER_TIMEOUT` | seconds from a request's first byte to the end of its headers | `10` |
+| `MESH_WEBHOOK_BODY_TIMEOUT` | seconds from the end of the headers to the end of the body | `10` |
+| `MESH_WEBHOOK_KEEPALIVE` | seconds an idle keep-alive connection is kept | `30` |
+| `MESH_WEBHOOK_MAX_CONNECTIONS` | connections per worker; beyond, the longest waiting is closed | `1000` |
+| `MESH_WEBHOOK_BODY_BUDGET` | bytes of request bodies in flight per worker | `16777216` (16 MiB) |
 | `MESH_WEBHOOK_LOG_LEVEL` | gunicorn and webhook log level | `info` |
 | `MESH_LOG_FORMAT` | `logfmt` or `json` lines (`kubectl_mesh/log.py`), for gunicorn's lines too | `logfmt` |
 | `PROMETHEUS_MULTIPROC_DIR` | where workers share metrics (a writable emptyDir) | a new dir under `$TMPDIR` |
 
-TLS 1.2 is the minimum. The config is checked in the master before any worker starts, so a bad
-ConfigMap stops the pod with one clear line.
+TLS 1.2 is the minimum. The limits are `webhook/connections.py`'s, enforced by the worker
+(`webhook/worker.py`). The config and the limits are checked in the master before any worker
+starts, so a bad ConfigMap or variable stops the pod with one clear line.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from kubectl_mesh.inject import ConfigError, load_config
 from kubectl_mesh.log import Formatter, format_from_env
 from webhook.logs import ENV_WEBHOOK_LOG_LEVEL
 from webhook.tls import ReloadingTLS
+from webhook.worker import limits_from_env
 
 _cert = os.environ.get("MESH_TLS_CERT", "")
 _key = os.environ.get("MESH_TLS_KEY", "")
@@ -38,6 +46,7 @@ if not _cert or not _key:
     sys.exit("error: MESH_TLS_CERT and MESH_TLS_KEY must name the serving certificate and key files")
 try:
     _log_format = format_from_env()
+    _limits = limits_from_env()
 except ValueError as _exc:
     sys.exit(f"error: {_exc}")
 
@@ -57,14 +66,15 @@ class MeshLogger(GunicornLogger):
 
 
 bind = [os.environ.get("MESH_WEBHOOK_BIND", "0.0.0.0:8443")]
-# gevent's own WSGI server in each worker: ~10% less CPU per admission than gunicorn's gevent
-# handler on this workload (bench/bench_webhook.py --sweep 2:gevent,2:gevent_pywsgi).
-worker_class = os.environ.get("MESH_WEBHOOK_WORKER_CLASS", "gevent_pywsgi")
+# gevent's own WSGI server in each worker (~10% less CPU per admission than gunicorn's gevent
+# handler on this workload), with deadlines, a connection cap and a body budget added
+# (webhook/worker.py): gunicorn's `keepalive` alone did nothing with gevent's server.
+worker_class = os.environ.get("MESH_WEBHOOK_WORKER_CLASS", "webhook.worker.MeshWorker")
 workers = int(os.environ.get("MESH_WEBHOOK_WORKERS", "2"))
-worker_connections = 1000
-keepalive = 30  # the API server keeps its connections to webhooks open
+worker_connections = _limits.max_connections
+keepalive = int(_limits.keepalive)  # the API server keeps its connections to webhooks open
 timeout = 30
-graceful_timeout = 5  # admissions take milliseconds; idle keep-alive connections hold a worker until this
+graceful_timeout = 5  # for requests under way; idle keep-alive connections are closed at once (worker.py)
 certfile = _cert
 keyfile = _key
 loglevel = os.environ.get(ENV_WEBHOOK_LOG_LEVEL, "info")

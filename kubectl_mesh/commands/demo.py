@@ -16,7 +16,7 @@ examples:
   # print them once and exit (everything started is stopped)
   kubectl mesh demo --once
 
-  # fixed ports 20000-20020 instead of free ones picked by the system
+  # fixed ports 20000-20024 instead of free ones picked by the system
   kubectl mesh demo --base-port 20000
 """
 
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--base-port",
         type=int,
         metavar="PORT",
-        help="use the 21 ports from PORT on (checked free) instead of free ports picked by the system",
+        help="use the 25 ports from PORT on (checked free) instead of free ports picked by the system",
     )
     parser.add_argument("--prometheus", metavar="PATH", help="the Prometheus binary (default: from PATH)")
     parser.add_argument(
@@ -65,6 +65,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kubectl_mesh.commands.stat import parse_request
+    from kubectl_mesh.demo.plan import WALKTHROUGH_STAT, WINDOW, Walkthrough
     from kubectl_mesh.demo.runner import DemoOptions, run_demo
     from kubectl_mesh.errors import MeshError
 
@@ -82,5 +84,9 @@ def run(args: argparse.Namespace) -> int:
         refresh_seconds=args.refresh,
         traffic_timeout=args.timeout,
         record=args.record,
+        # The walkthrough's commands over the demo's shorter window, read by stat's own parser.
+        walkthrough=tuple(
+            Walkthrough(argv, parse_request(argv)) for argv in ((*a, "-t", WINDOW) for a in WALKTHROUGH_STAT)
+        ),
     )
     return run_demo(options)  # a DemoError is a MeshError: cli.main prints it

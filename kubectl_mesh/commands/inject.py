@@ -139,22 +139,36 @@ def build_config(args: argparse.Namespace) -> MeshConfig:
 
 
 def transform_files(paths: list[str], action: PodAction, done: str) -> int:
-    """Read every input, apply `action` to every pod template, then write YAML and the report."""
+    """Apply `action` to every pod template of every input, one document at a time; the YAML
+    goes to stdout once every input has been read (a bad one leaves stdout empty), the report
+    to stderr. Documents wait in a temporary file, not in memory: inputs may be large."""
+    import io
+    import shutil
+    import tempfile
+
     from kubectl_mesh import manifests
 
-    sources = manifests.read_sources(paths, sys.stdin)  # a ManifestError is a MeshError
-    parsed = [(src.name, manifests.parse_documents(src)) for src in sources]
-    for name, docs in parsed:
-        for index, doc in enumerate(docs, start=1):
-            if not isinstance(doc, dict):
-                raise MeshError(f"{name}: document {index} is not a Kubernetes object")
-    namespaces = namespace_labels([doc for _name, docs in parsed for doc in docs])
-    out: list[Any] = []
     report: list[str] = []
-    for _name, docs in parsed:
-        out.extend(transform_object(doc, action, done, report, namespaces) for doc in docs)
-    text = manifests.dump_yaml(out)
-    sys.stdout.write(text)
+    namespaces: dict[str, dict[str, str]] = {}  # Namespace objects met so far in the input
+    with tempfile.TemporaryFile(prefix="kubectl-mesh-") as raw:
+        out = io.TextIOWrapper(raw, encoding="utf-8")
+        for source in manifests.open_sources(paths, sys.stdin):  # a ManifestError is a MeshError
+            for number, doc in manifests.iter_documents(source):
+                if not isinstance(doc, dict):
+                    raise MeshError(f"{source.name}: document {number} is not a Kubernetes object")
+                namespaces.update(namespace_labels([doc]))
+                try:
+                    manifests.dump_document(transform_object(doc, action, done, report, namespaces), out)
+                except RecursionError:
+                    raise MeshError(manifests.too_deep(source.name, number)) from None
+        out.flush()
+        raw.seek(0)
+        if hasattr(sys.stdout, "buffer"):  # bytes to bytes: no decoding and encoding again
+            sys.stdout.flush()
+            shutil.copyfileobj(raw, sys.stdout.buffer)
+        else:
+            sys.stdout.write(raw.read().decode())
+        out.detach()
     sys.stdout.flush()
     if report:
         print("\n".join(report), file=sys.stderr)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from kubectl_mesh.flags import (
     add_command,
@@ -18,6 +19,9 @@ from kubectl_mesh.flags import (
     add_prometheus_flag,
     kube_options,
 )
+
+if TYPE_CHECKING:
+    from kubectl_mesh.stat import StatRequest
 
 EXAMPLES = """
   # How is the web deployment doing? (success rate, requests per second, latency)
@@ -76,18 +80,14 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from kubectl_mesh import kube, prom
-    from kubectl_mesh.stat import build_request, compute_stat, render
-    from kubectl_mesh.stat.sources import kube_workloads
+def request_from_args(args: argparse.Namespace, namespace: str, namespace_given: bool) -> StatRequest:
+    """The stat request the parsed flags mean; `namespace` is -n's or the context's."""
+    from kubectl_mesh.stat import build_request
 
-    # StatInputError, KubeError and PrometheusError are MeshErrors: cli.main prints them.
-    options = kube_options(args)
-    namespace, given = kube.resolve_namespace(options)
-    request = build_request(
+    return build_request(
         resources=args.resources,
         namespace=namespace,
-        namespace_given=given,
+        namespace_given=namespace_given,
         all_namespaces=args.all_namespaces,
         to=args.to,
         to_namespace=args.to_namespace,
@@ -98,11 +98,34 @@ def run(args: argparse.Namespace) -> int:
         output=args.output,
         selector=args.selector,
     )
+
+
+def parse_request(argv: Sequence[str], default_namespace: str = "default") -> StatRequest:
+    """What `kubectl mesh stat ARGV` means, read by this command's own parser, without a kubeconfig.
+
+    For commands the mesh itself shows (the demo's walkthrough): one definition, parsed as typed.
+    """
+    root = argparse.ArgumentParser(prog="kubectl mesh", add_help=False)
+    register(root.add_subparsers())
+    args = root.parse_args(["stat", *argv])
+    given = args.namespace is not None
+    return request_from_args(args, args.namespace if given else default_namespace, given)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kubectl_mesh import kube, prom
+    from kubectl_mesh.stat import compute_stat, render
+    from kubectl_mesh.stat.sources import kube_workloads
+
+    # StatInputError, KubeError and PrometheusError are MeshErrors: cli.main prints them.
+    options = kube_options(args)
+    namespace, given = kube.resolve_namespace(options)
+    request = request_from_args(args, namespace, given)
     client = kube.connect(options)
-    prometheus = prom.connect(args.prometheus_url, lambda: client)
+    prometheus = prom.connect(args.prometheus_url, lambda: client, timeout=options.request_timeout)
     for ref in (request.to, request.from_):
         if ref is not None:
-            _require_object(client, ref.kind, ref.name, ref.namespace)
+            require_object(client, ref.kind, ref.name, ref.namespace)
     rows = compute_stat(request, prometheus.query, kube_workloads(client.get_json))
 
     text = render(rows, request)
@@ -113,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_object(client: Any, kind: str, name: str, namespace: str | None) -> None:
+def require_object(client: Any, kind: str, name: str, namespace: str | None) -> None:
     """--to/--from must name an object that exists: "No traffic found." would mislead (linkerd2#2328)."""
     from kubectl_mesh.errors import MeshError
     from kubectl_mesh.kube import KubeError

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 
 from kubectl_mesh.contract import SCRAPE_JOB
-from kubectl_mesh.stat import StatRequest, build_request
+from kubectl_mesh.stat import StatRequest
 
 NAMESPACE = "emojivoto"
 KIND = "deployment"
@@ -25,8 +25,21 @@ DEPLOYMENTS = ("emoji", "voting", "web", "vote-bot")
 SERVERS = ("emoji", "voting", "web")
 SCRAPE_INTERVAL_S = 2  # short, so that a window of a few scrapes fills within seconds
 WINDOW = "20s"  # the stat window: ten scrapes (stat requires more than the cluster's 10s interval)
-PORTS_PER_DEPLOYMENT = 5  # app, counters, proxy inbound, proxy outbound, proxy admin
+PORTS_PER_DEPLOYMENT = 6  # app, counters, proxy inbound, proxy outbound, proxy admin, proxy tap
 PORTS_NEEDED = PORTS_PER_DEPLOYMENT * len(DEPLOYMENTS) + 1  # + Prometheus
+
+# The seed walkthrough's three commands, as a user types them after `kubectl mesh stat`. Defined
+# here once: the demo parses them with stat's own parser (kubectl_mesh.commands.demo), and the lab's
+# walkthrough (lab/walkthrough.py) runs them through the real kubectl.
+WALKTHROUGH_STAT = (
+    ("-n", NAMESPACE, "deployment", "web"),
+    ("deploy", "--all-namespaces", "--from", "web", "--from-namespace", NAMESPACE),
+    ("deploy", "--to", "voting", "--to-namespace", NAMESPACE, "--all-namespaces"),
+)
+# Then `kubectl mesh diagnose` (argv after it) finds voting by itself, from the entry point web.
+DIAGNOSE_TARGET = "web"
+WALKTHROUGH_DIAGNOSE = (f"deploy/{DIAGNOSE_TARGET}", "-n", NAMESPACE)
+WALKTHROUGH_EDGES = ("deploy", "-n", NAMESPACE)  # and the whole graph: who calls whom
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,7 @@ class PodPorts:
     inbound: int  # mesh-proxy inbound listener: what clients of this service connect to
     outbound: int  # mesh-proxy outbound listener: the app's http_proxy
     admin: int  # mesh-proxy /metrics, /ready: what Prometheus scrapes
+    tap: int  # mesh-proxy's tap (127.0.0.1): what `kubectl mesh tap --demo` reads
 
 
 @dataclass(frozen=True)
@@ -91,13 +105,13 @@ def pod_name(deployment: str, token: str | None = None) -> str:
 
 
 def split_ports(ports: list[int]) -> tuple[dict[str, PodPorts], int]:
-    """Hand out PORTS_NEEDED ports: five per Deployment, the last one to Prometheus."""
+    """Hand out PORTS_NEEDED ports: PORTS_PER_DEPLOYMENT per Deployment, the last one to Prometheus."""
     if len(ports) != PORTS_NEEDED or len(set(ports)) != PORTS_NEEDED:
         raise ValueError(f"need {PORTS_NEEDED} distinct ports, got {len(set(ports))}")
     per: dict[str, PodPorts] = {}
     for i, deployment in enumerate(DEPLOYMENTS):
         p = ports[i * PORTS_PER_DEPLOYMENT : (i + 1) * PORTS_PER_DEPLOYMENT]
-        per[deployment] = PodPorts(app=p[0], counters=p[1], inbound=p[2], outbound=p[3], admin=p[4])
+        per[deployment] = PodPorts(app=p[0], counters=p[1], inbound=p[2], outbound=p[3], admin=p[4], tap=p[5])
     return per, ports[-1]
 
 
@@ -161,6 +175,7 @@ def build_plan(
                     outbound_port=p.outbound,
                     admin_addr="127.0.0.1",
                     admin_port=p.admin,
+                    tap_port=p.tap,
                     namespace=NAMESPACE,
                     workload_kind=KIND,
                     workload_name=deployment,
@@ -215,39 +230,3 @@ def prometheus_config(plan: DemoPlan) -> str:
         ],
     }
     return json.dumps(config, indent=2) + "\n"
-
-
-def walkthrough(window: str = WINDOW) -> tuple[Walkthrough, ...]:
-    """The seed's three commands, as typed, and as requests (validated like the CLI's flags)."""
-    return (
-        Walkthrough(
-            ("-n", NAMESPACE, "deployment", "web"),
-            build_request(
-                resources=["deployment", "web"], namespace=NAMESPACE, namespace_given=True, window=window
-            ),
-        ),
-        Walkthrough(
-            ("deploy", "--all-namespaces", "--from", "web", "--from-namespace", NAMESPACE),
-            build_request(
-                resources=["deploy"],
-                namespace="default",
-                namespace_given=False,
-                all_namespaces=True,
-                from_="web",
-                from_namespace=NAMESPACE,
-                window=window,
-            ),
-        ),
-        Walkthrough(
-            ("deploy", "--to", "voting", "--to-namespace", NAMESPACE, "--all-namespaces"),
-            build_request(
-                resources=["deploy"],
-                namespace="default",
-                namespace_given=False,
-                all_namespaces=True,
-                to="voting",
-                to_namespace=NAMESPACE,
-                window=window,
-            ),
-        ),
-    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -25,21 +26,26 @@ from typing import Any, TextIO
 
 from kubectl_mesh.demo.plan import (
     DEPLOYMENTS,
+    DIAGNOSE_TARGET,
     KIND,
     NAMESPACE,
     PORTS_NEEDED,
     SCRAPE_INTERVAL_S,
     SERVERS,
+    WALKTHROUGH_DIAGNOSE,
     WINDOW,
     DemoPlan,
     Walkthrough,
     build_plan,
     prometheus_config,
-    walkthrough,
 )
 from kubectl_mesh.demo.ports import PortsInUse, ports_from
 from kubectl_mesh.demo.prometheus import INSTALL_HINT, find_prometheus
+from kubectl_mesh.demo.state import DemoState, remove_state, write_state
 from kubectl_mesh.errors import MeshError
+from kubectl_mesh.graph.diagnose import Diagnosis, diagnose
+from kubectl_mesh.graph.edges import EdgesRequest, compute_edges
+from kubectl_mesh.graph.render import render_diagnosis
 from kubectl_mesh.procs import Proc, StartError, Supervisor, free_ports, start_prometheus
 from kubectl_mesh.prom import PrometheusClient, PrometheusError
 from kubectl_mesh.stat import StatRequest, StatRow, Workload, compute_stat, render
@@ -52,6 +58,7 @@ class DemoError(MeshError):
 
 @dataclass(frozen=True)
 class DemoOptions:
+    walkthrough: tuple[Walkthrough, ...]  # the stat commands to show (commands/demo.py parses them)
     once: bool = False
     base_port: int | None = None
     prometheus: str | None = None
@@ -70,6 +77,7 @@ class Snapshot:
     tables: list[tuple[Walkthrough, list[StatRow]]]
     counters_start: dict[str, Any] | None
     counters_end: dict[str, Any]
+    diagnosis: Diagnosis | None = None  # `kubectl mesh diagnose deploy/web` at the same instant
 
     def complete(self) -> bool:
         """Every table shows traffic: the moment the walkthrough's story can be told."""
@@ -120,7 +128,7 @@ class Demo:
         self.supervisor = Supervisor(self.workdir)
         self.window = WINDOW
         self.window_s = duration_seconds(WINDOW)
-        self.commands = walkthrough(WINDOW)
+        self.commands = options.walkthrough
         self.plan: DemoPlan | None = None
         self.pods: dict[str, tuple[Proc, Proc]] = {}  # deployment -> (app, proxy)
         self.sampler: CounterSampler | None = None
@@ -140,6 +148,7 @@ class Demo:
                 signal.signal(signum, signal.SIG_IGN)
         if self.sampler is not None:
             self.sampler.stopped.set()
+        remove_state(os.getpid())
         self.supervisor.stop_all()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -226,6 +235,9 @@ class Demo:
         except StartError as exc:
             raise DemoError(str(exc)) from None
         self.pods = {d: (apps[d], proxies[d]) for d in DEPLOYMENTS}
+        write_state(
+            DemoState(os.getpid(), NAMESPACE, {p.deployment: (p.pod, p.ports.tap) for p in plan.pods})
+        )
         self.sampler = CounterSampler(plan, keep_seconds=self.window_s * 3)
         self.sampler.start()
         return plan
@@ -265,21 +277,37 @@ class Demo:
         assert self.sampler is not None
         _, end = self.sampler.read()
         tables: list[tuple[Walkthrough, list[StatRow]]] = []
-        for w in self.commands:
-            try:
-                rows = compute_stat(w.request, lambda q: client.query(q, at=at), self.workloads)
-            except PrometheusError as exc:
-                raise DemoError(exc.message, exc.hint) from None
-            tables.append((w, rows))
-        snap = Snapshot(at, tables, self.sampler.nearest(at - self.window_s), {"time": at, "services": end})
+
+        def query(promql: str) -> list[tuple[dict[str, str], float]]:
+            return client.query(promql, at=at)  # one instant for every table
+
+        try:
+            for w in self.commands:
+                tables.append((w, compute_stat(w.request, query, self.workloads)))
+            diagnosis = self.diagnose(query)
+        except PrometheusError as exc:
+            raise DemoError(exc.message, exc.hint) from None
+        snap = Snapshot(
+            at, tables, self.sampler.nearest(at - self.window_s), {"time": at, "services": end}, diagnosis
+        )
         if self.options.record:
             self.record(plan, snap)
         return snap
+
+    def diagnose(self, query: Callable[[str], list[tuple[dict[str, str], float]]]) -> Diagnosis:
+        """What `kubectl mesh diagnose` says about the walkthrough's entry point, `web`."""
+        target = StatRequest(kind=KIND, names=(DIAGNOSE_TARGET,), namespace=NAMESPACE, window=self.window)
+        rows = compute_stat(target, query, self.workloads)
+        edges = compute_edges(EdgesRequest(kind=KIND, all_namespaces=True, window=self.window), query)
+        return diagnose(KIND, (NAMESPACE, DIAGNOSE_TARGET), rows[0] if rows else None, edges)
 
     def render(self, snapshot: Snapshot) -> str:
         parts = []
         for w, rows in snapshot.tables:
             parts.append(f"$ {w.command}\n{render(rows, w.request) or 'No traffic found.'}")
+        if snapshot.diagnosis is not None:
+            command = " ".join(("kubectl mesh diagnose", *WALKTHROUGH_DIAGNOSE, "-t", self.window))
+            parts.append(f"$ {command}\n{render_diagnosis(snapshot.diagnosis, self.window)}")
         return "\n\n".join(parts) + "\n"
 
     def record(self, plan: DemoPlan, snap: Snapshot) -> None:
@@ -294,6 +322,7 @@ class Demo:
             "tables": [
                 {"command": w.command, "rows": [r.to_dict() for r in rows]} for w, rows in snap.tables
             ],
+            "diagnosis": snap.diagnosis.to_dict() if snap.diagnosis is not None else None,
             "counters": {"start": snap.counters_start, "end": snap.counters_end},
         }
         Path(self.options.record).write_text(json.dumps(payload, indent=2) + "\n")
@@ -344,7 +373,8 @@ class Demo:
             f"emojivoto runs on 127.0.0.1, each service with a mesh-proxy; Prometheus scrapes them every "
             f"{SCRAPE_INTERVAL_S}s (stat window {self.window}; in a cluster: 10s and -t 1m).\n"
             f"web page: http://127.0.0.1:{self.plan.pod('web').ports.inbound}/  "
-            f"Prometheus: {self.plan.prometheus_url}/\n",
+            f"Prometheus: {self.plan.prometheus_url}/\n"
+            "live requests, in another terminal: kubectl mesh tap deploy/web --demo (or top)\n",
             file=self.err,
         )
         self.out.write(self.render(snapshot))

@@ -136,7 +136,13 @@ def compute_stat(request: StatRequest, query: QueryFn, workloads: WorkloadsFn) -
             futures = {name: pool.submit(query, promql) for name, promql in qp.queries.items()}
             pending.append((kind_request, qp, futures, listed))
         rows: list[StatRow] = []
-        for kind_request, qp, futures, listed in pending:
-            results = {name: f.result() for name, f in futures.items()}
-            rows.extend(rows_from_results(kind_request, qp, results, listed.result()))
+        try:
+            for kind_request, qp, futures, listed in pending:
+                results = {name: f.result() for name, f in futures.items()}
+                rows.extend(rows_from_results(kind_request, qp, results, listed.result()))
+        except BaseException:
+            # The first failure is the answer: drop the queries not started yet (a hung
+            # Prometheus would otherwise be asked again, wave after wave).
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return rows

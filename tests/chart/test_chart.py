@@ -58,6 +58,7 @@ def test_schema_is_self_contained() -> None:
         ("prometheus.retention=forever", "retention"),
         ("grafana.prometheusUrl=ftp://prometheus", "prometheusUrl"),
         ("webhook.certs.mode=manual", "mode"),
+        ("webhook.networkPolicy.apiServerCIDRs[0]=10.0.0.1", "apiServerCIDRs"),
         ("webhook.typo=1", "typo"),
     ],
 )
@@ -304,6 +305,35 @@ def test_webhook_deployment_service_and_budget(defaults: list[dict[str, Any]]) -
         assert mounts[str(Path(env[var]).parent)] == name
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_network_policy_admits_only_the_webhook_port(defaults: list[dict[str, Any]], render: Render) -> None:
+    deployment = find(defaults, "Deployment", "mesh-webhook")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    policy = find(defaults, "NetworkPolicy", "mesh-webhook")
+    spec = policy["spec"]
+    assert all(pod_labels[k] == v for k, v in spec["podSelector"]["matchLabels"].items())
+    assert spec["policyTypes"] == ["Ingress"]  # egress open: the webhook calls the API server
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for rule in spec["ingress"]:
+        assert [named[p["port"]] for p in rule["ports"]] == [c.WEBHOOK_CONTAINER_PORT]
+    api_server, prometheus = spec["ingress"]
+    assert "from" not in api_server  # by default: any source, on the webhook port alone
+    prometheus_pods = find(defaults, "Deployment", "prometheus")["spec"]["template"]["metadata"]["labels"]
+    (peer,) = prometheus["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= prometheus_pods.items()
+    restricted = find(
+        render("--set-json", 'webhook.networkPolicy.apiServerCIDRs=["10.0.0.0/24","fd00::/64"]'),
+        "NetworkPolicy",
+        "mesh-webhook",
+    )
+    assert restricted["spec"]["ingress"][0]["from"] == [
+        {"ipBlock": {"cidr": "10.0.0.0/24"}},
+        {"ipBlock": {"cidr": "fd00::/64"}},
+    ]
+    off = render("--set", "webhook.networkPolicy.enabled=false")
+    assert not [o for o in off if o["kind"] == "NetworkPolicy"]
 
 
 def _mesh_config(objects: list[dict[str, Any]]) -> MeshConfig:

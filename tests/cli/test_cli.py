@@ -91,8 +91,8 @@ def test_kubectl_style_flags_on_stat() -> None:
         (["stat", "deploy", "-A", "-n", "x"], "cannot be used together"),
         (["stat", "svc"], 'unknown resource type "svc"'),
         (["stat", "deploy", "-o", "xml"], "invalid choice"),
-        (["stat", "deploy", "--bogus"], "unrecognized arguments"),
-        (["nope"], "invalid choice"),
+        (["stat", "deploy", "-t", "-5m"], '"-5m" is not a duration'),
+        (["stat", "deploy", "--time-window", "-5m"], '"-5m" is not a duration'),
     ],
 )
 def test_bad_arguments_are_one_line_errors(args: list[str], needle: str, dead_cluster: Path) -> None:
@@ -192,7 +192,7 @@ def test_kubectl_completion_protocol() -> None:
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_completion_scripts(shell: str) -> None:
     done = run("completion", shell)
-    assert done.returncode == 0 and "kubectl_complete-mesh" in done.stdout
+    assert done.returncode == 0 and "kubectl-mesh __complete" in done.stdout
     if shell == "bash":
         assert subprocess.run(["bash", "-n"], input=done.stdout, text=True, timeout=10).returncode == 0
 
@@ -215,3 +215,80 @@ def test_completion_of_flag_values_and_contexts(dead_cluster: Path) -> None:
     assert complete("stat", "deploy", "") == [":4"]
     assert complete("stat", "--", "")[-1] == ":4"
     assert "--from" in complete("stat", "--")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["stta"], 'error: unknown command "stta" for "kubectl mesh"\n\nDid you mean this?\n\tstat\n\n'
+         "Run 'kubectl mesh --help' for usage.\n"),
+        (["help", "instal"], 'error: unknown command "instal" for "kubectl mesh"\n\nDid you mean this?\n'
+         "\tinstall\n\nRun 'kubectl mesh --help' for usage.\n"),
+        (["bogus"], 'error: unknown command "bogus" for "kubectl mesh"\n'
+         "Run 'kubectl mesh --help' for usage.\n"),
+        # no prefix abbreviation: --name is not --namespace (it is only suggested)
+        (["stat", "deploy", "--name", "x"], "error: unknown flag: --name\n\nDid you mean this?\n"
+         "\t--namespace\n\nRun 'kubectl mesh stat --help' for usage.\n"),
+        (["stat", "deploy", "--nmespace=x"], "error: unknown flag: --nmespace\n\nDid you mean this?\n"
+         "\t--namespace\n\nRun 'kubectl mesh stat --help' for usage.\n"),
+        (["--context", "x", "stat", "deploy", "--all"], "error: unknown flag: --all\n\nDid you mean this?\n"
+         "\t--all-namespaces\n\nRun 'kubectl mesh stat --help' for usage.\n"),
+    ],
+)  # fmt: skip
+def test_typos_get_cobras_did_you_mean(args: list[str], expected: str, dead_cluster: Path) -> None:
+    done = run(*args, env={"KUBECONFIG": str(dead_cluster)})
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", expected)
+
+
+def test_no_arguments_and_help_print_help_on_stdout() -> None:
+    for args in ([], ["help"]):
+        done = run(*args)
+        assert (done.returncode, done.stderr) == (0, ""), args
+        assert done.stdout.startswith("usage: kubectl mesh") and "Examples:" in done.stdout
+        assert "help" in done.stdout and "stat" in done.stdout
+    done = run("help", "stat")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == run("stat", "--help").stdout
+
+
+def test_kubeconfig_and_context_before_the_command(dead_cluster: Path, tmp_path: Path) -> None:
+    """Both places work, and the command's own flag wins over the global one (as kubectl)."""
+    done = run("--kubeconfig", str(dead_cluster), "stat", "deploy")
+    assert_one_line_error(done, "cannot reach the Kubernetes API server", '(context "dead")')
+    done = run(f"--kubeconfig={dead_cluster}", "--context", "other", "stat", "deploy")
+    assert_one_line_error(done, 'context "other" is not in')
+    done = run("--kubeconfig", str(tmp_path / "none"), "stat", "deploy", "--kubeconfig", str(dead_cluster))
+    assert_one_line_error(done, "cannot reach the Kubernetes API server")
+    done = run(
+        "--context", "other", "stat", "deploy", via_kubectl=True, env={"KUBECONFIG": str(dead_cluster)}
+    )
+    assert_one_line_error(done, 'context "other" is not in')
+    env = {**os.environ, "KUBECONFIG": str(dead_cluster)}
+    complete = [str(VENV_BIN / "kubectl_complete-mesh")]
+    done = subprocess.run([*complete, "--context", ""], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines() == ["dead", ":4"]
+    done = subprocess.run([*complete, "--context", "dead", "st"], env=env, capture_output=True, text=True)
+    assert "stat" in done.stdout.splitlines()
+
+
+def test_zsh_completion_says_it_needs_compinit(tmp_path: Path) -> None:
+    """The real zsh: without compinit the script says what to run (not `command not found:
+    compdef`); with it, the completion function is registered."""
+    if not Path("/usr/bin/zsh").exists():
+        pytest.skip("zsh is not installed (scripts/install-system-deps.sh installs it)")
+    script = tmp_path / "_kubectl_mesh"
+    script.write_text(run("completion", "zsh").stdout)
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    bare = subprocess.run(["zsh", "-f", "-c", f"source {script}"], env=env, capture_output=True, text=True)
+    assert bare.returncode == 1
+    assert bare.stderr == (
+        "kubectl-mesh: zsh completion needs compinit: run 'autoload -U compinit && compinit' first "
+        "(e.g. in ~/.zshrc)\n"
+    )
+    loaded = f"autoload -U compinit && compinit -u && source {script} && print $_comps[kubectl-mesh]"
+    with_compinit = subprocess.run(
+        ["zsh", "-f", "-c", loaded],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (with_compinit.returncode, with_compinit.stderr) == (0, "")
+    assert with_compinit.stdout == "_kubectl_mesh\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import re
 from typing import Any
 
 import pytest
@@ -244,3 +245,21 @@ def test_waiting_retries_until_a_check_passes_or_time_is_up() -> None:
     assert emitted == results
     assert waits[:2] == [("slow", "not yet (1)", 0.0), ("slow", "not yet (2)", 2.0)]
     assert clock.t == pytest.approx(10.0)  # "never" was retried until the 10 s were up, no longer
+
+
+CHECKOUT_ONLY = re.compile(r"\b(charts|lab|scripts|examples|bench|tests)/|\bmake\b|python3? -m|\.py\b")
+
+
+def test_hints_name_commands_that_work_without_a_checkout() -> None:
+    """Every hint that check and check --pre give on an empty (or forbidding) cluster names
+    commands a Krew or pip user has: no path into this repository, no make."""
+    hints: list[str] = []
+    for docs, allowed in (({}, True), ({}, False), ({"/api/v1/namespaces/mesh-system": {}}, True)):
+        ctx = context(docs, allowed=allowed)
+        ctx._prometheus = FakePrometheus([])
+        for name, check, _ in health.PRE_CHECKS + health.CHECKS:
+            result = health.run_one(ctx, name, check)
+            if result.hint:
+                hints.append(result.hint)
+    assert health.INSTALL_HINT in hints
+    assert hints and not [h for h in hints if CHECKOUT_ONLY.search(h)], hints

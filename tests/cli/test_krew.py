@@ -5,6 +5,9 @@
 - the archive holds kubectl-mesh and LICENSE and no C extension;
 - `kubectl krew install --manifest --archive` into a temporary KREW_ROOT succeeds, `kubectl plugin
   list` shows kubectl-mesh, and `kubectl mesh version` runs from there;
+- after the one command the manifest's caveats give, the real kubectl completes `kubectl mesh st`
+  to `stat` (`kubectl __complete`, what kubectl's shell completion runs), through the shipped
+  kubectl_complete-mesh;
 - `validate-krew-manifest` (krew-index's CI tool) passes: it downloads the archive from the
   manifest's URI (served here on 127.0.0.1), checks the sha256, installs it, looks for LICENSE.
 
@@ -115,8 +118,9 @@ def test_zipapp_runs_under_a_clean_python(served_dist: tuple[Path, str], tmp_pat
 def test_archive_holds_the_zipapp_and_license_and_no_c_extension(served_dist: tuple[Path, str]) -> None:
     dist, _ = served_dist
     with tarfile.open(dist / "kubectl-mesh.tar.gz") as tar:
-        assert sorted(tar.getnames()) == ["LICENSE", "kubectl-mesh"]
+        assert sorted(tar.getnames()) == ["LICENSE", "kubectl-mesh", "kubectl_complete-mesh"]
         assert tar.getmember("kubectl-mesh").mode & 0o111
+        assert tar.getmember("kubectl_complete-mesh").mode & 0o111
     with zipfile.ZipFile(dist / "kubectl-mesh") as app:
         names = app.namelist()
     assert "__main__.py" in names and "kubectl_mesh/inject/injector.py" in names
@@ -183,5 +187,37 @@ def test_the_committed_manifest_is_the_release_template() -> None:
         {"key": "os", "operator": "In", "values": ["linux", "darwin"]}
     ]
     assert platform["bin"] == "kubectl-mesh"
-    assert {f["from"] for f in platform["files"]} == {"kubectl-mesh", "LICENSE"}
+    assert {f["from"] for f in platform["files"]} == {"kubectl-mesh", "kubectl_complete-mesh", "LICENSE"}
     assert len(platform["sha256"]) == 64 and platform["sha256"] == platform["sha256"].lower()
+
+
+def test_kubectl_completes_the_krew_installed_plugin(served_dist: tuple[Path, str], tmp_path: Path) -> None:
+    bin_dir = krew_bin_dir()
+    dist, _ = served_dist
+    krew_root = tmp_path / "krew"
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "KREW_ROOT": str(krew_root)}
+    done = subprocess.run(
+        [KUBECTL, "krew", "install", f"--manifest={dist / 'krew-manifest.yaml'}",
+         f"--archive={dist / 'kubectl-mesh.tar.gz'}"],
+        env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    env["PATH"] = f"{krew_root / 'bin'}:{env['PATH']}"
+
+    def complete(*words: str) -> list[str]:
+        done = subprocess.run(
+            [KUBECTL, "__complete", "mesh", *words], env=env, capture_output=True, text=True, timeout=60
+        )
+        return done.stdout.splitlines()
+
+    assert "stat" not in complete("st")  # Krew links kubectl-mesh only: kubectl finds no completion
+    caveats = yaml.safe_load((dist / "krew-manifest.yaml").read_text())["spec"]["caveats"]
+    (step,) = [
+        line.strip() for line in caveats.splitlines() if "kubectl_complete-mesh" in line and "install" in line
+    ]
+    assert step in done.stdout + done.stderr  # krew showed the caveats with that command
+    copied = subprocess.run(["sh", "-c", step], env=env, capture_output=True, text=True, timeout=60)
+    assert copied.returncode == 0, copied.stderr
+    assert complete("st") == ["stat", ":4"]
+    assert "deploy" in complete("stat", "")
+    assert complete("--context", "x", "ver") == ["version", ":4"]

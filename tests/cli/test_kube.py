@@ -674,3 +674,84 @@ def test_unsupported_proxy_schemes_are_one_line(tmp_path: Path) -> None:
     doc["clusters"][0]["cluster"]["proxy-url"] = "socks5://127.0.0.1:1080"
     with pytest.raises(KubeError, match="http:// proxies only"):
         KubeClient(load_config(str(write(tmp_path / "cfg", doc))))
+
+
+def _malformed(doc_edit: str) -> dict[str, Any]:
+    doc = config("https://127.0.0.1:1", {"token": "t"})
+    cluster = doc["clusters"][0]
+    if doc_edit == "bad-base64":
+        cluster["cluster"]["certificate-authority-data"] = "not*base64"
+    elif doc_edit == "ca-not-pem":
+        cluster["cluster"]["certificate-authority-data"] = base64.b64encode(b"not a PEM\n").decode()
+    elif doc_edit == "cluster-without-name":
+        del cluster["name"]
+    elif doc_edit == "user-cert-bad-base64":
+        doc["users"][0]["user"] = {"client-certificate-data": "%%%", "client-key-data": "%%%"}
+    elif doc_edit == "context-not-a-mapping":
+        doc["contexts"][0]["context"] = "ctx"
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        ("bad-base64", 'cluster "c": certificate-authority-data is not valid base64'),
+        ("ca-not-pem", 'cluster "c": certificate-authority-data is not a PEM certificate'),
+        ("cluster-without-name", "clusters[0] has no name"),
+        ("user-cert-bad-base64", 'user "u": client-certificate-data is not valid base64'),
+        ("context-not-a-mapping", 'contexts[0] ("ctx"): context is not a mapping'),
+    ],
+)
+def test_malformed_kubeconfigs_name_the_file_and_the_field(tmp_path: Path, edit: str, field: str) -> None:
+    """Refused by kubectl (the oracle; the kubernetes package too, where it checks), and by
+    `kubectl mesh` in one line naming the file and the field, not `error: KeyError: 'name'`."""
+    import subprocess
+    import sys
+
+    path = write(tmp_path / "kubeconfig", _malformed(edit))
+    kubectl = subprocess.run(
+        ["/usr/bin/kubectl", "get", "ns", "--request-timeout=2s", "--kubeconfig", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert kubectl.returncode != 0
+    if edit != "context-not-a-mapping":  # kubectl's own words for the first four
+        assert ("base64" in kubectl.stderr) == ("base64" in field), kubectl.stderr
+    if edit in ("bad-base64", "cluster-without-name"):
+        import kubernetes.config
+
+        with pytest.raises(Exception, match=r"base64|name"):
+            kubernetes.config.load_kube_config(str(path))
+    mesh = Path(sys.executable).parent / "kubectl-mesh"
+    done = subprocess.run(
+        [str(mesh), "stat", "deploy", "--kubeconfig", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert done.stderr == f"error: kubeconfig {path}: {field}" + done.stderr.split(field, 1)[1]
+    assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_an_unreadable_kubeconfig_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A kubeconfig in a directory the user may not enter (e.g. /root/.kube as another user), or a
+    file it may not read: one line naming the file, as kubectl's "permission denied", from the CLI."""
+    import os
+    import subprocess
+    import sys
+
+    from lab.runtime import runtime_env
+
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "config").write_text("apiVersion: v1\nkind: Config\n")
+    private.chmod(0o700)
+    unreadable = tmp_path / "unreadable"
+    unreadable.write_text("apiVersion: v1\n")
+    unreadable.chmod(0)
+    tmp_path.chmod(0o755)
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    for path in (private / "config", unreadable):
+        done = subprocess.run(
+            [*drop, sys.executable, "-m", "kubectl_mesh", "stat", "deploy", "--kubeconfig", str(path)],
+            capture_output=True, text=True, env=runtime_env(), timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 1, done
+        assert done.stderr == f"error: cannot read kubeconfig {path}: Permission denied\n", done.stderr

@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,9 +39,11 @@ KUBECTL_MESH = str(VENV_BIN / "kubectl-mesh")
 NOBODY = 65534
 RATE = 4  # vote-bot loops per second: 80 votes in the 20 s window, so one vote moves the rate little
 
-WEB = "kubectl mesh stat -n emojivoto deployment web"
-FROM_WEB = "kubectl mesh stat deploy --all-namespaces --from web --from-namespace emojivoto"
-TO_VOTING = "kubectl mesh stat deploy --to voting --to-namespace emojivoto --all-namespaces"
+# The seed's commands, over the demo's 20 s window (a cluster's default is -t 1m)
+WEB = "kubectl mesh stat -n emojivoto deployment web -t 20s"
+FROM_WEB = "kubectl mesh stat deploy --all-namespaces --from web --from-namespace emojivoto -t 20s"
+TO_VOTING = "kubectl mesh stat deploy --to voting --to-namespace emojivoto --all-namespaces -t 20s"
+DIAGNOSE = "kubectl mesh diagnose deploy/web -n emojivoto -t 20s"
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None,
@@ -110,8 +113,11 @@ def test_demo_once_tells_the_walkthrough_story_with_true_numbers(scratch: Path) 
     assert "Traceback" not in done.stderr
     assert "waiting for traffic" in done.stderr  # progress, not silence
 
-    tables = parse_sections(done.stdout)
+    stat_part, _, diagnose_part = done.stdout.partition(f"$ {DIAGNOSE}\n")
+    tables = parse_sections(stat_part)
     assert list(tables) == [WEB, FROM_WEB, TO_VOTING]
+    # After the tables, `diagnose` walks from web to voting by itself, on the same numbers.
+    assert diagnose_part.rstrip().endswith("its own callees are healthy → look at voting"), done.stdout
 
     web, callees = assert_seeds_findings(tables[WEB], tables[FROM_WEB], tables[TO_VOTING])
     assert web.cells["MESHED"] == "1/1"
@@ -143,19 +149,90 @@ def test_demo_once_tells_the_walkthrough_story_with_true_numbers(scratch: Path) 
     assert web.rps == pytest.approx(2 * RATE, rel=RPS_TOLERANCE)
     assert voting == pytest.approx(0.85, abs=tolerance(bot.requests // 2))
 
+    (culprit,) = recorded["diagnosis"]["culprits"]
+    assert (culprit["name"], [hop["dst"] for hop in culprit["path"]]) == ("voting", ["voting"])
+    assert culprit["path"][0]["success"] == pytest.approx(voting, abs=0.0001)  # the --from web row
+
     assert_nothing_left(recorded["workdir"])
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
+def _run_until(argv: list[str], env: dict[str, str], enough: Any, seconds: float) -> tuple[int, str, str]:
+    """Run a streaming command until `enough(lines)` or `seconds` pass, then Ctrl-C it (SIGINT)."""
+    import threading
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not enough(list(lines)) and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"{argv} did not stop on Ctrl-C within 10 s") from None
+    reader.join(5)
+    assert proc.stderr is not None
+    return proc.returncode, "".join(lines), proc.stderr.read()
+
+
+def _check_tap_and_top_on_the_demo(env: dict[str, str]) -> None:
+    """`tap --demo` and `top --demo` against the running demo, as the same user, like a second terminal."""
+
+    def enough(lines: list[str]) -> bool:
+        """30 whole requests, and a failed vote among them (15% of the votes: a few seconds)."""
+        events = [json.loads(line) for line in lines if line.startswith("{") and line.endswith("\n")]
+        ends = [e for e in events if e["type"] == "end"]
+        failed_vote = any(
+            e["type"] == "rsp" and e["status"] == 500 and "voting" in e.get("dst", "") for e in events
+        )
+        return len(ends) >= 30 and failed_vote
+
+    rc, out, err = _run_until(
+        [*_as_user(), KUBECTL_MESH, "tap", "deploy/web", "--demo", "-o", "json"], env, enough, seconds=60
+    )
+    assert rc == 0 and "Traceback" not in err, err
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    reqs = {e["id"]: e for e in events if e["type"] == "req"}
+    rsps = {e["id"]: e for e in events if e["type"] == "rsp"}
+    ends = [e for e in events if e["type"] == "end"]
+    assert len(ends) >= 30, out[-2000:]
+    assert all(e["id"] in rsps for e in ends if e["id"] in reqs)  # every request seen whole: req, rsp, end
+    inbound = [r for r in reqs.values() if r["proxy"] == "in"]
+    to_voting = [(r, rsps[i]) for i, r in reqs.items() if r["proxy"] == "out" and i in rsps
+                 and rsps[i].get("dst", "").startswith("emojivoto/deployment/voting/")]  # fmt: skip
+    assert inbound and all(r["src"].startswith("emojivoto/deployment/vote-bot/") for r in inbound)
+    assert {r["path"].split("?")[0] for r in inbound} <= {"/api/list", "/api/vote"}
+    assert to_voting and {rsp["status"] for _, rsp in to_voting} <= {200, 500}
+    failed = {r["path"] for r, rsp in to_voting if rsp["status"] == 500}
+    assert failed and all("doughnut" in path for path in failed)  # the failing vote, seen live
+
+    rc, out, err = _run_until(
+        [*_as_user(), KUBECTL_MESH, "top", "deploy/web", "--demo", "--interval", "1"], env,
+        lambda lines: sum(line.startswith("SRC") for line in lines) >= 3, seconds=30,
+    )  # fmt: skip
+    assert rc == 0 and "Traceback" not in err, err
+    last = out.strip().split("\n\n")[-1].splitlines()
+    assert last[0].split() == ["SRC", "DST", "METHOD", "PATH", "COUNT", "BEST", "WORST", "LAST", "SUCCESS"]
+    routes = {tuple(line.split()[:3]) for line in last[1:]}
+    assert ("vote-bot", "web", "GET") in routes and ("web", "voting", "POST") in routes, out
+
+
 def test_demo_live_stops_everything_on_ctrl_c(scratch: Path) -> None:
     record = scratch / "record.json"
+    env = runtime_env(XDG_RUNTIME_DIR=str(scratch))  # the demo's state file, for tap --demo
     # Its own process group: SIGINT to the group, as a terminal's Ctrl-C does.
     demo = spawn(
         "the demo",
         _demo("--refresh", "1", record=record),
         scratch / "demo.log",
-        env=runtime_env(),
+        env=env,
         cwd=scratch,
     )
     try:
@@ -163,13 +240,16 @@ def test_demo_live_stops_everything_on_ctrl_c(scratch: Path) -> None:
         demo.wait_ready(lambda: demo.log().count("\n--- ") >= 2, timeout=150, tail=40)
         out = demo.log()
         assert sum(line.startswith("$ ") for line in out.splitlines()) >= 6, out  # first print + a refresh
+        assert "kubectl mesh tap deploy/web --demo" in out
         workdir = json.loads(record.read_text())["workdir"]
         assert processes_of_run(workdir), "the demo's processes should be running now"
+        _check_tap_and_top_on_the_demo(env)
         demo.signal(signal.SIGINT)
         rc = demo.popen.wait(timeout=20)
         assert rc == 0, demo.log()
         assert "Traceback" not in demo.log()
         assert_nothing_left(workdir)
+        assert not list(scratch.glob("kubectl-mesh-demo-*.json")), "the demo left its state file behind"
     finally:
         demo.stop(grace=0)
 

@@ -17,17 +17,19 @@ from typing import Any
 import pytest
 import yaml
 
-from kubectl_mesh.cli import build_parser
+from kubectl_mesh.commands.stat import parse_request
 from kubectl_mesh.contract import SCRAPE_JOB, SKIP_INBOUND_PORTS_ANNOTATION
 from kubectl_mesh.demo import emojivoto
 from kubectl_mesh.demo.plan import (
     DEPLOYMENTS,
     PORTS_NEEDED,
+    WALKTHROUGH_STAT,
     build_plan,
     pod_name,
     prometheus_config,
-    walkthrough,
 )
+from kubectl_mesh.stat import StatInputError, StatRequest
+from kubectl_mesh.stat.model import ResourceRef
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "examples/emojivoto/emojivoto.yml"
@@ -108,19 +110,20 @@ def test_prometheus_config_is_valid_and_labels_targets_like_the_cluster(tmp_path
             assert pod.pod.startswith(static["labels"]["replicaset"] + "-")
 
 
-def test_walkthrough_headers_are_commands_the_cli_accepts() -> None:
-    parser = build_parser()
-    for w in walkthrough():
-        assert w.command.startswith("kubectl mesh stat ")
-        args = parser.parse_args(["stat", *w.argv])
-        r = w.request
-        assert args.all_namespaces == r.all_namespaces
-        if r.from_ is not None:
-            assert (args.from_, args.from_namespace) == (r.from_.name, r.from_.namespace)
-        if r.to is not None:
-            assert (args.to, args.to_namespace) == (r.to.name, r.to.namespace)
-        if not r.all_namespaces:
-            assert args.namespace == r.namespace
+def test_walkthrough_commands_mean_the_seeds_questions_when_read_by_stats_own_parser() -> None:
+    """One definition of the three commands; stat's parser turns each into the request the seed means."""
+    web, from_web, to_voting = (parse_request(argv) for argv in WALKTHROUGH_STAT)
+    assert web == StatRequest(kind="deployment", names=("web",), namespace="emojivoto")
+    assert from_web == StatRequest(
+        kind="deployment", all_namespaces=True, from_=ResourceRef("deployment", "web", "emojivoto")
+    )
+    assert to_voting == StatRequest(
+        kind="deployment", all_namespaces=True, to=ResourceRef("deployment", "voting", "emojivoto")
+    )
+    # the demo appends its shorter window; the parser validates it like a user's
+    assert parse_request((*WALKTHROUGH_STAT[0], "-t", "20s")).window == "20s"
+    with pytest.raises(StatInputError):
+        parse_request(("deploy", "--to", "voting", "--from", "web"))
 
 
 def _manifest() -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lab.walkthrough import COMMANDS
+from lab.walkthrough import COMMANDS, DIAGNOSE
 from tests.e2e.tables import assert_matches_truth, assert_seeds_findings, parse_sections, truth
 
 pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.slow]
@@ -39,9 +39,20 @@ def results(lab: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_the_seeds_findings(results: dict[str, Any], variant: str) -> None:
     result = results[variant]
-    tables = parse_sections(result.render())
+    tables = parse_sections(result.render_tables())
     assert list(tables) == [WEB, FROM_WEB, TO_VOTING]
-    assert_seeds_findings(tables[WEB], tables[FROM_WEB], tables[TO_VOTING])
+    _, callees = assert_seeds_findings(tables[WEB], tables[FROM_WEB], tables[TO_VOTING])
+    # The walkthrough ends with the mesh finding voting by itself, through the real kubectl.
+    assert result.diagnosis.command == "kubectl " + " ".join(DIAGNOSE)
+    assert result.diagnosis.output.endswith("its own callees are healthy → look at voting"), result.render()
+    (culprit,) = result.diagnosis_json["culprits"]
+    assert (culprit["name"], [hop["dst"] for hop in culprit["path"]]) == ("voting", ["voting"])
+    assert culprit["path"][0]["success"] == pytest.approx(callees["voting"].success, abs=0.02)
+    # And the graph: every caller -> callee pair of the app, with the same numbers as stat's.
+    edges = {(e["src"], e["dst"]): e for e in result.edges_json}
+    assert {("vote-bot", "web"), ("web", "emoji"), ("web", "voting")} <= set(edges), result.edges.output
+    assert edges[("web", "voting")]["success"] == pytest.approx(callees["voting"].success, abs=0.02)
+    assert edges[("web", "emoji")]["success"] == 1.0
 
 
 @pytest.mark.timeout(1200)
@@ -53,7 +64,7 @@ def test_every_injected_pod_is_meshed(results: dict[str, Any], variant: str) -> 
     assert all(meshed(pod) for pod in result.pods.values())
     listing = {row["name"]: (row["meshed"], row["running"]) for row in result.all_deployments}
     assert listing == {d: (1, 1) for d in DEPLOYMENTS}
-    tables = parse_sections(result.render())
+    tables = parse_sections(result.render_tables())
     assert all(r.cells["MESHED"] == "1/1" for rows in tables.values() for r in rows)
 
 
@@ -63,7 +74,7 @@ def test_numbers_match_what_the_services_counted(results: dict[str, Any], varian
     from lab.walkthrough import SCRAPE_S, WINDOW_S
 
     result = results[variant]
-    tables = parse_sections(result.render())
+    tables = parse_sections(result.render_tables())
     start, end = result.counters_start, result.counters_end
     assert end["time"] - start["time"] == pytest.approx(WINDOW_S, abs=5)
     (web,) = tables[WEB]

@@ -457,3 +457,28 @@ def test_a_service_created_later_resolves_in_a_running_pod(lab: Lab, lab_namespa
     pod = lab.wait_pod_phase(ns, "waiter", ("Succeeded", "Failed"), timeout=40)
     out = lab.container_log(ns, "waiter", "main")
     assert pod["status"]["phase"] == "Succeeded" and out.strip() == cluster_ip, out
+
+
+def test_a_second_lab_from_another_directory_refuses_and_leaves_the_running_one_alone(
+    lab: Lab, lab_namespace: str, tmp_path: Path
+) -> None:
+    """`lab up` from another checkout (another MESH_LAB_DIR) must not clean up "a crashed run" that
+    is in fact the live lab: it says so in one line, and the running lab keeps its network and pods."""
+    import sys as _sys
+
+    from lab.runtime import runtime_env
+
+    lab.apply(client_pod("alive", "import time; time.sleep(120)"), lab_namespace)
+    lab.wait_pod_phase(lab_namespace, "alive", ("Running",), timeout=60)
+    checkout = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [_sys.executable, "-m", "lab", "up", "--no-prometheus"], capture_output=True, text=True, timeout=120,
+        env=runtime_env(MESH_LAB_DIR=str(tmp_path / "other"), PYTHONPATH=checkout), cwd=checkout,
+    )  # fmt: skip
+    assert done.returncode == 1, done
+    assert done.stderr.startswith("lab: error: another lab runs on this machine"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    pod = lab.pod(lab_namespace, "alive")
+    assert pod["status"]["phase"] == "Running"
+    assert subprocess.run(["ip", "link", "show", "mlab0"], capture_output=True).returncode == 0
+    assert Path(f"/var/run/netns/{lab.netns_of(pod)}").exists()

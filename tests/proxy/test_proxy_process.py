@@ -79,6 +79,31 @@ def test_bad_arguments_give_one_line_and_nonzero_exit() -> None:
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_init_errors_are_one_line_with_the_command_and_exit_codes() -> None:
+    """`mesh-proxy init`'s errors go through the same MeshError path as `run`'s: 2 for a bad flag,
+    1 (and a hint) when iptables cannot be run; never a traceback."""
+    for args, line in (
+        (["init", "--proxy-uid", "-1", "--dry-run"], "mesh-proxy init: --proxy-uid must be a UID"),
+        (["init", "--subnets-to-ignore", "nope", "--dry-run"], "mesh-proxy init: --subnets-to-ignore: "),
+        (
+            ["init", "--inbound-ports-to-ignore", "80-", "--dry-run"],
+            "mesh-proxy init: --inbound-ports-to-ignore: ",
+        ),
+    ):
+        result = _run_cli(*args)
+        assert (result.returncode, result.stdout) == (2, ""), args
+        assert result.stderr.startswith(line) and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    env = runtime_env(PATH="/nonexistent")  # no iptables on PATH: the apply step cannot run
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "init"], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "mesh-proxy init: iptables is not installed",
+        "hint: apt-get install -y iptables",
+    ]
+
+
 def test_port_in_use_is_a_clear_error() -> None:
     (port,) = free_ports(1)
     import socket

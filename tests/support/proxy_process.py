@@ -38,6 +38,7 @@ class ProxyProcess:
     inbound: int
     outbound: int
     admin: int
+    tap: int  # its tap listener (127.0.0.1)
     args: list[str] = field(default_factory=list)
 
     @property
@@ -110,12 +111,12 @@ def start_proxy(
     `launcher` replaces `-m proxy` (e.g. `-c <script>` that runs the proxy under a profiler).
     The log is `tmp/<name>-<inbound port>.log`.
     """
-    inbound, outbound, admin = free_ports(3)
+    inbound, outbound, admin, tap = free_ports(4)
     argv = [
         sys.executable, *launcher, "run",
         "--inbound-addr", "127.0.0.1", "--inbound-port", str(inbound),
         "--outbound-addr", "127.0.0.1", "--outbound-port", str(outbound),
-        "--admin-addr", "127.0.0.1", "--admin-port", str(admin),
+        "--admin-addr", "127.0.0.1", "--admin-port", str(admin), "--tap-port", str(tap),
         "--log-level", log_level,
         *args,
     ]  # fmt: skip
@@ -141,7 +142,7 @@ def start_proxy(
     except BaseException:
         proc.stop()
         raise
-    return ProxyProcess(proc, inbound, outbound, admin, argv)
+    return ProxyProcess(proc, inbound, outbound, admin, tap, argv)
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 5.0, read_until_close: bool = True) -> bytes:

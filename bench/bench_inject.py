@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""`make bench-inject`: `kubectl mesh inject` over a large multi-document manifest.
+
+Writes a manifest of --megabytes MB (Deployments, Services, ConfigMaps in turn, --shape export:
+as `kubectl get -o yaml` writes them, or dense: short flow mappings, the worst case per byte; see
+tests/support/big_manifests.py), runs `kubectl-mesh inject FILE > OUT` in its own process and
+reports its wall time, its CPU time (user + system: on a shared machine the wall time also counts
+other processes) and its peak RSS. Goals (issue #12): at least 5 MB/s, and peak RSS at most 3×
+the input. The last line is JSON: input_mb, seconds, mb_per_s, cpu_seconds, mb_per_cpu_s,
+max_rss_mb, rss_over_input, documents, shape, with_libyaml.
+
+Usage: python -m bench.bench_inject [--megabytes 50] [--shape export|dense] [--runs 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from kubectl_mesh.manifests import WITH_LIBYAML
+from tests.support.big_manifests import run_inject, write_manifests
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--megabytes", type=float, default=50.0)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--shape", choices=("export", "dense"), default="export")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-inject-") as tmp:
+        source, output = Path(tmp, "in.yaml"), Path(tmp, "out.yaml")
+        documents = write_manifests(source, int(args.megabytes * 1e6), args.shape)
+        size = source.stat().st_size
+        runs = []
+        for i in range(args.runs):
+            run = run_inject(source, output)
+            if run.returncode != 0:
+                print(f"error: inject failed ({run.returncode}): {run.stderr_tail}", file=sys.stderr)
+                return 1
+            rss_mb = run.max_rss_bytes / 1e6
+            print(
+                f"run {i + 1}: {run.seconds:.1f} s ({run.cpu_seconds:.1f} s CPU), peak RSS {rss_mb:.0f} MB",
+                file=sys.stderr,
+            )
+            runs.append(run)
+        seconds = statistics.median(r.seconds for r in runs)
+        cpu = statistics.median(r.cpu_seconds for r in runs)
+        rss = max(r.max_rss_bytes for r in runs)
+        result = {
+            "input_mb": round(size / 1e6, 1),
+            "documents": documents,
+            "seconds": round(seconds, 2),
+            "mb_per_s": round(size / 1e6 / seconds, 2),
+            "cpu_seconds": round(cpu, 2),
+            "mb_per_cpu_s": round(size / 1e6 / cpu, 2),
+            "shape": args.shape,
+            "max_rss_mb": round(rss / 1e6, 1),
+            "rss_over_input": round(rss / size, 2),
+            "output_mb": round(runs[-1].output_bytes / 1e6, 1),
+            "with_libyaml": WITH_LIBYAML,
+            "goals": {"mb_per_s_min": 5, "rss_over_input_max": 3},
+        }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

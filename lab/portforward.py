@@ -1,0 +1,240 @@
+"""The kubelet's port-forward endpoint, WebSocket flavour: what `pods/portforward` reaches.
+
+The API server passes a WebSocket port-forward request (`GET /portForward/<ns>/<pod>?ports=P`,
+subprotocol `v4.channel.k8s.io` or `portforward.k8s.io`) through to the kubelet unchanged; the
+`kubernetes` package's `stream.portforward` speaks it. The protocol (kubelet's
+pkg/kubelet/cri/streaming/portforward/websocket.go): for the i-th port, channel 2i carries data
+and channel 2i+1 errors; each binary message starts with its channel byte. The server first sends
+on both channels of every port the port number (uint16, little endian), then relays. As the
+kubelet, the connection to the port is made inside the pod's network namespace, on 127.0.0.1:
+a port that listens on the pod's loopback only is reachable this way and no other.
+
+Frames are read and written by python-hyper's `wsproto` (sans-IO); the handshake is the few
+lines of RFC 6455 below. SPDY/3.1 (what `kubectl port-forward` tunnels) is not served.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import hashlib
+import os
+import selectors
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
+
+PROTOCOLS = ("v4.channel.k8s.io", "portforward.k8s.io")  # binary channel framing, in preference order
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
+_CLONE_NEWNET = 0x40000000
+MAX_PORTS = 16
+
+
+class PortForwardError(Exception):
+    """A request the endpoint refuses, with the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_ports(query: dict[str, list[str]]) -> list[int]:
+    """`?ports=4190&ports=80` or `?ports=4190,80` → [4190, 80]; 400 on anything else."""
+    words = [w.strip() for value in query.get("ports", []) for w in value.split(",") if w.strip()]
+    if not words or len(words) > MAX_PORTS:
+        raise PortForwardError(400, f"expected 1 to {MAX_PORTS} ports in ?ports=")
+    ports = []
+    for word in words:
+        if not word.isascii() or not word.isdigit() or not 0 < int(word) < 65536:
+            raise PortForwardError(400, f"invalid port {word!r}")
+        ports.append(int(word))
+    return ports
+
+
+def choose_protocol(offered: str) -> str:
+    names = [p.strip() for p in offered.split(",")]
+    for protocol in PROTOCOLS:
+        if protocol in names:
+            return protocol
+    raise PortForwardError(
+        400, f"no supported WebSocket subprotocol (offered {offered!r}; want {PROTOCOLS[0]})"
+    )
+
+
+def handshake_response(key: str, protocol: str) -> bytes:
+    accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode()
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n"
+    ).encode("ascii")
+
+
+def connect_in_netns(netns_path: str, port: int, timeout: float = 5.0) -> socket.socket:
+    """A TCP connection to 127.0.0.1:port inside a network namespace, made from a short-lived
+    thread that enters it (setns applies to the calling thread only; the socket keeps its netns)."""
+    result: list[socket.socket | BaseException] = []
+
+    def enter_and_connect() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(netns_path, os.O_RDONLY)
+            try:
+                if libc.setns(fd, _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {netns_path}")
+            finally:
+                os.close(fd)
+            result.append(socket.create_connection(("127.0.0.1", port), timeout=timeout))
+        except BaseException as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=enter_and_connect, name=f"netns-connect-{port}", daemon=True)
+    thread.start()
+    thread.join(timeout + 1)
+    if not result:
+        raise TimeoutError(f"connecting to port {port} in {netns_path} timed out")
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    sock = result[0]
+    sock.settimeout(None)
+    return sock
+
+
+class _Relay:
+    """One upgraded connection: WebSocket messages ⇄ one TCP connection per port."""
+
+    MAX_PENDING = 4 * 1024 * 1024  # bytes from the client not yet taken by a port: stop reading
+    MAX_OUT = 4 * 1024 * 1024  # bytes for the client it has not taken: stop reading the ports
+
+    def __init__(self, ws_sock: Any, ports: list[int], connect: Callable[[int], socket.socket]) -> None:
+        self.sock = ws_sock
+        self.ws = Connection(ConnectionType.SERVER)
+        self.out = bytearray()  # WebSocket bytes for the client
+        self.message = bytearray()  # the client's message being received (fragments joined)
+        self.conns: dict[int, socket.socket] = {}
+        self.pending: dict[int, bytearray] = {}  # client → port i, not yet written
+        for i, port in enumerate(ports):
+            self.send(2 * i, struct.pack("<H", port))
+            self.send(2 * i + 1, struct.pack("<H", port))
+            try:
+                self.conns[i] = connect(port)
+                self.conns[i].setblocking(False)
+                self.pending[i] = bytearray()
+            except OSError as exc:
+                self.send(2 * i + 1, f"error forwarding port {port} to pod: {exc}".encode())
+        self.client_open = True
+
+    def send(self, channel: int, payload: bytes) -> None:
+        self.out.extend(self.ws.send(BytesMessage(data=bytes((channel,)) + payload)))
+
+    def run(self, idle_timeout: float) -> None:
+        selector = selectors.DefaultSelector()
+        self.sock.setblocking(False)
+        try:
+            while self.client_open and (self.conns or self.out):
+                self._register(selector)
+                events = selector.select(timeout=idle_timeout)
+                if not events:
+                    break  # nothing moved for idle_timeout
+                for key, mask in events:
+                    if key.data is None:
+                        if mask & selectors.EVENT_READ:
+                            self._read_client()
+                        if mask & selectors.EVENT_WRITE:
+                            self._write_client()
+                    else:
+                        self._port_ready(key.data, mask)
+            if not self.client_open:
+                return
+            self.out.extend(self.ws.send(CloseConnection(code=1000)))
+            self.sock.setblocking(True)
+            with contextlib.suppress(OSError):
+                self.sock.sendall(self.out)
+        finally:
+            selector.close()
+            for conn in self.conns.values():
+                conn.close()
+
+    def _register(self, selector: selectors.BaseSelector) -> None:
+        for key in list(selector.get_map().values()):
+            selector.unregister(key.fileobj)
+        full = sum(len(b) for b in self.pending.values()) >= self.MAX_PENDING
+        client_mask = (0 if full else selectors.EVENT_READ) | (selectors.EVENT_WRITE if self.out else 0)
+        if client_mask:
+            selector.register(self.sock, client_mask, None)
+        ports_read = selectors.EVENT_READ if len(self.out) < self.MAX_OUT else 0  # a stalled client
+        for i, conn in self.conns.items():
+            mask = ports_read | (selectors.EVENT_WRITE if self.pending[i] else 0)
+            if mask:
+                selector.register(conn, mask, i)
+
+    def _write_client(self) -> None:
+        with contextlib.suppress(BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            del self.out[: self.sock.send(self.out)]
+
+    def _read_client(self) -> None:
+        while True:  # TLS may hold decrypted bytes the selector cannot see
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.client_open = False
+                return
+            self.ws.receive_data(data)
+            self._events()
+            if not self.client_open or not getattr(self.sock, "pending", lambda: 0)():
+                return
+
+    def _events(self) -> None:
+        for event in self.ws.events():
+            if isinstance(event, CloseConnection):
+                self.out.extend(self.ws.send(event.response()))
+                self.sock.setblocking(True)
+                with contextlib.suppress(OSError):
+                    self.sock.sendall(self.out)
+                self.client_open = False
+                return
+            if isinstance(event, Ping):
+                self.out.extend(self.ws.send(event.response()))
+            elif isinstance(event, Message):
+                self.message.extend(event.data.encode() if isinstance(event, TextMessage) else event.data)
+                if event.message_finished:
+                    payload, self.message = bytes(self.message), bytearray()
+                    channel = payload[0] if payload else 1
+                    if channel % 2 == 0 and channel // 2 in self.conns:  # data for a port
+                        self.pending[channel // 2].extend(payload[1:])
+
+    def _port_ready(self, i: int, mask: int) -> None:
+        conn = self.conns[i]
+        if mask & selectors.EVENT_WRITE and self.pending[i]:
+            with contextlib.suppress(BlockingIOError):
+                del self.pending[i][: conn.send(self.pending[i])]
+        if mask & selectors.EVENT_READ:
+            try:
+                chunk = conn.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if chunk:
+                self.send(2 * i, chunk)
+            else:  # the port closed its side: so does this channel, as the kubelet does
+                conn.close()
+                del self.conns[i]
+
+
+def relay(
+    ws_sock: Any, ports: list[int], connect: Callable[[int], socket.socket], idle_timeout: float
+) -> None:
+    """Serve the channels until the client closes, every port's connection is closed, or nothing
+    moves for `idle_timeout` seconds. `ws_sock` is the upgraded (TLS) socket, after the 101."""
+    _Relay(ws_sock, ports, connect).run(idle_timeout)
