@@ -28,7 +28,7 @@ ENV_POD_NAME = "MESH_POD_NAME"
 ENV_POD_NAMESPACE = "MESH_POD_NAMESPACE"
 ENV_POD_IP = "MESH_POD_IP"
 ENV_SERVICE_ACCOUNT = "MESH_SERVICE_ACCOUNT"
-ENV_WORKLOAD_KIND = "MESH_WORKLOAD_KIND"  # deployment|statefulset|daemonset|job|cronjob|replicaset|pod
+ENV_WORKLOAD_KIND = "MESH_WORKLOAD_KIND"  # one of WORKLOAD_KINDS
 ENV_WORKLOAD_NAME = "MESH_WORKLOAD_NAME"
 ENV_LOG_LEVEL = "MESH_LOG_LEVEL"
 LOG_LEVELS = ("debug", "info", "warning", "error")  # the values of ENV_LOG_LEVEL
@@ -47,6 +47,9 @@ WORKLOAD_NS_LABEL = f"{DOMAIN}/workload-ns"
 PROXY_WORKLOAD_LABEL_PREFIX = f"{DOMAIN}/proxy-"  # + kind, e.g. kubectl-mesh.io/proxy-deployment=web
 PROXY_VERSION_ANNOTATION = f"{DOMAIN}/proxy-version"
 INJECTED_BY_ANNOTATION = f"{DOMAIN}/injected-by"
+# JSON, on an injected pod only when needed: what `uninject` must put back that removal cannot tell
+# (maps and lists that were empty or null, a missing metadata, the pod-level resources).
+RESTORE_ANNOTATION = f"{DOMAIN}/restore"
 SKIP_INBOUND_PORTS_ANNOTATION = f"{DOMAIN}/skip-inbound-ports"
 SKIP_OUTBOUND_PORTS_ANNOTATION = f"{DOMAIN}/skip-outbound-ports"
 OPAQUE_PORTS_ANNOTATION = f"{DOMAIN}/opaque-ports"
@@ -64,7 +67,9 @@ NEVER_INJECT_NAMESPACES = frozenset(
 
 # Workload kinds, as they appear in labels (proxy-<kind>), metric labels (src_<kind>, dst_<kind>)
 # and Prometheus target labels (<kind>).
-WORKLOAD_KINDS = ("deployment", "statefulset", "daemonset", "job", "cronjob", "replicaset", "pod")
+WORKLOAD_KINDS = (
+    "deployment", "statefulset", "daemonset", "job", "cronjob", "replicaset", "replicationcontroller", "pod",
+)  # fmt: skip
 
 # --- Headers between proxies ---------------------------------------------------------------
 # Value: "<namespace>/<kind>/<name>/<pod>" (no field may contain '/'; Kubernetes names cannot).

@@ -22,6 +22,8 @@ from kubectl_mesh.contract import (
     CONTROL_PLANE_NAMESPACE,
     DOMAIN,
     EVENT_INJECTION_SKIPPED,
+    INJECT_ENABLED,
+    INJECT_LABEL,
     METRIC_WEBHOOK_ADMISSIONS,
     PROMETHEUS_SERVICE,
     SCRAPE_JOB,
@@ -403,6 +405,28 @@ def check_injector_errors(ctx: Context) -> str:
     return f"none in the last hour ({len(scraped)} webhook pods scraped)"
 
 
+def check_meshed_namespaces_pod_security(ctx: Context) -> str:
+    """Meshed namespaces whose enforced Pod Security level refuses mesh-init (root, NET_ADMIN,
+    NET_RAW): the injector skips their pods (reason `pod-security`), so they run without the proxy."""
+    from kubectl_mesh.inject.guards import PSA_ENFORCE, PSA_REFUSING_LEVELS
+
+    found = ctx.get("/api/v1/namespaces", {"labelSelector": f"{INJECT_LABEL}={INJECT_ENABLED}"})
+    items = found.get("items") or []
+    refusing = sorted(
+        f"{ns['metadata']['name']} ({PSA_ENFORCE.rsplit('/', 1)[1]}={level})"
+        for ns in items
+        if (level := (ns.get("metadata", {}).get("labels") or {}).get(PSA_ENFORCE)) in PSA_REFUSING_LEVELS
+    )
+    if refusing:
+        shown = ", ".join(refusing[:5]) + (" …" if len(refusing) > 5 else "")
+        raise CheckFailed(
+            f"{len(refusing)} meshed namespace(s) refuse mesh-init by Pod Security, "
+            f"their pods stay unmeshed: {shown}",
+            f"kubectl label namespace NAME {PSA_ENFORCE}=privileged --overwrite (or stop meshing it)",
+        )
+    return f"{len(items)} meshed namespace(s) admit mesh-init"
+
+
 PRE_CHECKS: list[tuple[str, Check, bool]] = [
     # (name, check, later checks depend on it)
     ("Kubernetes API reachable", check_api, True),
@@ -420,6 +444,7 @@ CHECKS: list[tuple[str, Check, bool]] = [
     ("Prometheus answering", check_prometheus, False),
     ("proxies being scraped", check_proxies_scraped, False),
     ("no injector errors (pods admitted without the proxy)", check_injector_errors, False),
+    ("meshed namespaces admit mesh-init (Pod Security)", check_meshed_namespaces_pod_security, False),
 ]
 
 

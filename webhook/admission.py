@@ -21,7 +21,9 @@ from kubectl_mesh.inject import MeshConfig, inject_pod, make_patch
 API_VERSION = "admission.k8s.io/v1"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a pod is at most ~1.5 MB in etcd; the review holds one object
 WARNING_PREFIX = "kubectl-mesh"
-MAX_WARNING_CHARS = 240
+# Kubernetes asks for warnings of at most 120 characters, printable ASCII, no line breaks
+# (k8s.io/apiserver/pkg/warning): longer ones are cut by some clients, and kubectl prints them raw.
+MAX_WARNING_CHARS = 120
 
 # Outcome.result values (the `result` metric label).
 RESULT_INJECTED = "injected"
@@ -112,20 +114,30 @@ def parse_review(body: bytes) -> AdmissionRequest:
     return AdmissionRequest(uid, request)
 
 
-def review(req: AdmissionRequest, config: MeshConfig, injected_by: str) -> Outcome:
-    """Decide and patch one admission request. Never raises (fail-open)."""
+def review(
+    req: AdmissionRequest,
+    config: MeshConfig,
+    injected_by: str,
+    namespace_labels: Mapping[str, str] | None = None,
+) -> Outcome:
+    """Decide and patch one admission request. Never raises (fail-open).
+
+    `namespace_labels` are the labels of the pod's namespace when the caller knows them (None:
+    unknown); the injector reads opt-in, Pod Security levels and other meshes' marks from them.
+    """
     if not req.is_pod_create:
         return Outcome(_response(req.uid), RESULT_IGNORED)
     try:
         pod = req.request.get("object")
         if not isinstance(pod, dict):
             raise TypeError("request.object is not a pod object")
-        decision = inject_pod(pod, req.namespace, None, config, injected_by=injected_by)
+        decision = inject_pod(pod, req.namespace, namespace_labels, config, injected_by=injected_by)
         if decision.skipped:
             warning = f"{WARNING_PREFIX}: pod not injected: {decision.message}"
             return Outcome(_response(req.uid, warnings=[warning]), RESULT_SKIPPED, decision.reason)
         patch = make_patch(pod, decision.pod)
-        return Outcome(_response(req.uid, patch=patch), RESULT_INJECTED)
+        warnings = [f"{WARNING_PREFIX}: {w}" for w in decision.warnings]
+        return Outcome(_response(req.uid, patch=patch, warnings=warnings), RESULT_INJECTED)
     except Exception as exc:
         warning = (
             f"{WARNING_PREFIX}: pod admitted without the mesh proxy: injector error ({type(exc).__name__})"
@@ -141,8 +153,14 @@ def _response(
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(orjson.dumps(patch)).decode()
     if warnings:
-        response["warnings"] = [_one_line(w)[:MAX_WARNING_CHARS] for w in warnings]
+        response["warnings"] = [warning_text(w) for w in warnings]
     return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
+
+
+def warning_text(text: str) -> str:
+    """One warning as Kubernetes wants it: one line of printable ASCII, at most 120 characters."""
+    line = "".join(ch if " " <= ch <= "~" else "?" for ch in _one_line(text))
+    return line if len(line) <= MAX_WARNING_CHARS else line[: MAX_WARNING_CHARS - 3] + "..."
 
 
 def _one_line(text: str) -> str:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kubectl_mesh import __version__
@@ -31,12 +32,33 @@ TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "StatefulSet": ("spec", "template"),
     "DaemonSet": ("spec", "template"),
     "ReplicaSet": ("spec", "template"),
+    "ReplicationController": ("spec", "template"),
     "Job": ("spec", "template"),
     "CronJob": ("spec", "jobTemplate", "spec", "template"),
 }
 
-# (pod or template, namespace, workload or None) -> (new pod, None) or (unchanged pod, skip reason)
-PodAction = Callable[[dict[str, Any], "str | None", "Workload | None"], tuple[dict[str, Any], "str | None"]]
+
+@dataclass(frozen=True)
+class Target:
+    """Where a pod template sits: its namespace, the labels of that namespace when the input
+    holds the Namespace object (else None: unknown, no cluster call), and the workload."""
+
+    namespace: str | None
+    namespace_labels: Mapping[str, str] | None
+    workload: Workload | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A transformed pod, or the skip reason; plus warnings for the report."""
+
+    pod: dict[str, Any]
+    skipped: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+# (pod or template, where it sits) -> what became of it
+PodAction = Callable[[dict[str, Any], Target], Outcome]
 
 
 def register(sub: Any) -> None:
@@ -77,11 +99,17 @@ def run(args: argparse.Namespace) -> int:
 
     config = build_config(args)
 
-    def inject(
-        pod: dict[str, Any], namespace: str | None, workload: Workload | None
-    ) -> tuple[dict[str, Any], str | None]:
-        decision = inject_pod(pod, namespace, None, config, workload=workload, injected_by=INJECTED_BY)
-        return decision.pod, (None if decision.injected else decision.message)
+    def inject(pod: dict[str, Any], target: Target) -> Outcome:
+        decision = inject_pod(
+            pod,
+            target.namespace,
+            target.namespace_labels,
+            config,
+            workload=target.workload,
+            injected_by=INJECTED_BY,
+            explicit=True,
+        )
+        return Outcome(decision.pod, None if decision.injected else decision.message, decision.warnings)
 
     return transform_files(args.files, inject, done="injected")
 
@@ -121,14 +149,16 @@ def transform_files(paths: list[str], action: PodAction, done: str) -> int:
     from kubectl_mesh import manifests
 
     report: list[str] = []
+    namespaces: dict[str, dict[str, str]] = {}  # Namespace objects met so far in the input
     with tempfile.TemporaryFile(prefix="kubectl-mesh-") as raw:
         out = io.TextIOWrapper(raw, encoding="utf-8")
         for source in manifests.open_sources(paths, sys.stdin):  # a ManifestError is a MeshError
             for number, doc in manifests.iter_documents(source):
                 if not isinstance(doc, dict):
                     raise MeshError(f"{source.name}: document {number} is not a Kubernetes object")
+                namespaces.update(namespace_labels([doc]))
                 try:
-                    manifests.dump_document(transform_object(doc, action, done, report), out)
+                    manifests.dump_document(transform_object(doc, action, done, report, namespaces), out)
                 except RecursionError:
                     raise MeshError(manifests.too_deep(source.name, number)) from None
         out.flush()
@@ -145,13 +175,40 @@ def transform_files(paths: list[str], action: PodAction, done: str) -> int:
     return 0
 
 
-def transform_object(obj: dict[str, Any], action: PodAction, done: str, report: list[str]) -> dict[str, Any]:
+def namespace_labels(docs: list[Any]) -> dict[str, dict[str, str]]:
+    """The labels of every Namespace object in the input (in Lists too), by name."""
+    found: dict[str, dict[str, str]] = {}
+    for doc in docs:
+        if not isinstance(doc, dict):
+            continue
+        items = doc.get("items")
+        if str(doc.get("kind", "")).endswith("List") and isinstance(items, list):
+            found.update(namespace_labels(items))
+        elif doc.get("kind") == "Namespace" and isinstance(doc.get("metadata"), dict):
+            meta = doc["metadata"]
+            labels = meta.get("labels")
+            if isinstance(meta.get("name"), str):
+                found[meta["name"]] = {
+                    str(k): str(v) for k, v in (labels if isinstance(labels, dict) else {}).items()
+                }
+    return found
+
+
+def transform_object(
+    obj: dict[str, Any],
+    action: PodAction,
+    done: str,
+    report: list[str],
+    namespaces: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, Any]:
     """One object (or List) with `action` applied to its pod template; appends report lines."""
+    namespaces = namespaces or {}
     kind = obj.get("kind")
     items = obj.get("items")
     if isinstance(kind, str) and kind.endswith("List") and isinstance(items, list):
         new_items = [
-            transform_object(item, action, done, report) if isinstance(item, dict) else item for item in items
+            transform_object(item, action, done, report, namespaces) if isinstance(item, dict) else item
+            for item in items
         ]
         return {**obj, "items": new_items}
     raw_meta = obj.get("metadata")
@@ -170,12 +227,13 @@ def transform_object(obj: dict[str, Any], action: PodAction, done: str, report: 
 
     namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else None
     workload = None if kind == "Pod" else Workload(kind.lower(), str(name))
-    new_template, skipped = action(template, namespace, workload)
-    if skipped is not None:
-        report.append(f"{label} skipped: {skipped}")
+    outcome = action(template, Target(namespace, namespaces.get(namespace or ""), workload))
+    report.extend(f"{label} warning: {warning}" for warning in outcome.warnings)
+    if outcome.skipped is not None:
+        report.append(f"{label} skipped: {outcome.skipped}")
         return obj
     report.append(f"{label} {done}")
-    return _set(obj, path, new_template)
+    return _set(obj, path, outcome.pod)
 
 
 def _get(obj: Any, path: tuple[str, ...]) -> Any:

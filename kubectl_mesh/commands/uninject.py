@@ -6,12 +6,9 @@ kubectl get deploy web -o yaml | kubectl mesh uninject - | kubectl apply -f -
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from kubectl_mesh.commands.inject import add_input_arguments, transform_files
-
-if TYPE_CHECKING:
-    from kubectl_mesh.inject import Workload
+from kubectl_mesh.commands.inject import Outcome, Target, add_input_arguments, transform_files
 
 
 def register(sub: Any) -> None:
@@ -28,10 +25,8 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from kubectl_mesh.inject import uninject_pod
 
-    def uninject(
-        pod: dict[str, Any], namespace: str | None, workload: Workload | None
-    ) -> tuple[dict[str, Any], str | None]:
+    def uninject(pod: dict[str, Any], target: Target) -> Outcome:
         new_pod, changed = uninject_pod(pod)
-        return new_pod, (None if changed else "not injected")
+        return Outcome(new_pod, None if changed else "not injected")
 
     return transform_files(args.files, uninject, done="uninjected")

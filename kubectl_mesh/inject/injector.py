@@ -11,6 +11,7 @@ every level on the way to a change is copied.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -20,7 +21,9 @@ from typing import Any
 import jsonpatch
 
 from kubectl_mesh import contract as c
+from kubectl_mesh.inject import guards
 from kubectl_mesh.inject.config import MeshConfig, _plain
+from kubectl_mesh.inject.podresources import with_mesh_share
 from kubectl_mesh.portlist import NO_PORTS, PortList
 
 __all__ = [
@@ -37,7 +40,6 @@ __all__ = [
 Pod = dict[str, Any]
 
 XTABLES_LOCK_VOLUME = "mesh-init-xtables-lock"  # iptables' lock dir; the init step's rootfs is read-only
-OTHER_MESH_CONTAINERS = frozenset({"istio-proxy", "istio-init", "linkerd-proxy", "linkerd-init"})
 POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
 
 # Skip reasons: stable codes used as the `reason` metric label and in reports.
@@ -49,6 +51,11 @@ SKIP_OPTED_OUT = "opted-out"
 SKIP_NOT_OPTED_IN = "not-opted-in"
 SKIP_HOST_NETWORK = "host-network"
 SKIP_INVALID_ANNOTATION = "invalid-annotation"
+SKIP_WINDOWS = "windows"
+SKIP_PORT_CONFLICT = "port-conflict"
+SKIP_PROXY_UID = "proxy-uid"
+SKIP_POD_SECURITY = "pod-security"
+SKIP_INVALID_RESOURCES = "invalid-resources"
 SKIP_REASONS = (
     SKIP_SYSTEM_NAMESPACE,
     SKIP_ALREADY_INJECTED,
@@ -58,6 +65,11 @@ SKIP_REASONS = (
     SKIP_NOT_OPTED_IN,
     SKIP_HOST_NETWORK,
     SKIP_INVALID_ANNOTATION,
+    SKIP_WINDOWS,
+    SKIP_PORT_CONFLICT,
+    SKIP_PROXY_UID,
+    SKIP_POD_SECURITY,
+    SKIP_INVALID_RESOURCES,
 )
 
 _CRONJOB_JOB_NAME = re.compile(r"(.+)-([0-9]{8})")
@@ -68,6 +80,7 @@ _OWNER_KINDS = {
     "Job": "job",
     "CronJob": "cronjob",
     "Deployment": "deployment",
+    "ReplicationController": "replicationcontroller",
 }
 
 
@@ -85,6 +98,7 @@ class Decision:
     pod: Pod  # the mutated pod when injected, else the input pod itself
     reason: str = ""  # a SKIP_* code when skipped
     message: str = ""  # one line for humans: why it was skipped
+    warnings: tuple[str, ...] = ()  # one line each: injected, but something the user should know
 
     @property
     def skipped(self) -> bool:
@@ -157,7 +171,7 @@ def _untokenize(value: Any, tokens: dict[str, Any]) -> Any:
 
 def is_injected(pod: Mapping[str, Any]) -> bool:
     """True when the pod already carries the proxy or the init step (by container name)."""
-    names = _container_names(pod)
+    names = guards.container_names(pod)
     return c.PROXY_CONTAINER_NAME in names or c.INIT_CONTAINER_NAME in names
 
 
@@ -199,12 +213,15 @@ def inject_pod(
     *,
     workload: Workload | None = None,
     injected_by: str = "kubectl-mesh",
+    explicit: bool = False,
 ) -> Decision:
     """Decide whether `pod` joins the mesh and, if so, return it with the proxy added.
 
-    `namespace_labels=None` means the caller already vouched for the opt-in: the webhook
-    configuration's selectors only send opted-in pods, and `kubectl mesh inject` is an explicit
-    request. `workload` overrides the owner derived from ownerReferences (pod templates have none).
+    `namespace_labels` is what the caller knows of the namespace (None: nothing). Without them the
+    opt-in is taken as vouched for (the webhook configuration's selectors only send opted-in
+    pods); with them the opt-in labels are checked, unless `explicit` (`kubectl mesh inject` is
+    an explicit request), and their Pod Security levels and other meshes' marks count either way.
+    `workload` overrides the owner derived from ownerReferences (pod templates have none).
     """
     meta = _mapping(pod.get("metadata"))
     spec = _mapping(pod.get("spec"))
@@ -216,15 +233,12 @@ def inject_pod(
         return _skip(pod, SKIP_SYSTEM_NAMESPACE, f"namespace {namespace} is never injected")
     if is_injected(pod):
         return _skip(pod, SKIP_ALREADY_INJECTED, "pod already has the mesh proxy")
-    other = sorted(_container_names(pod) & OTHER_MESH_CONTAINERS)
-    if other:
-        return _skip(pod, SKIP_OTHER_MESH, f"pod already has another mesh's sidecar ({other[0]})")
     pod_opt = labels.get(c.INJECT_LABEL)
     if pod_opt is not None and pod_opt not in (c.INJECT_ENABLED, c.INJECT_DISABLED):
         return _skip(pod, SKIP_INVALID_LABEL, f"pod label {c.INJECT_LABEL}={pod_opt} is not enabled|disabled")
     if pod_opt == c.INJECT_DISABLED:
         return _skip(pod, SKIP_OPTED_OUT, f"pod label {c.INJECT_LABEL}=disabled")
-    if namespace_labels is not None:
+    if namespace_labels is not None and not explicit:
         ns_opt = namespace_labels.get(c.INJECT_LABEL)
         if ns_opt is not None and ns_opt not in (c.INJECT_ENABLED, c.INJECT_DISABLED):
             return _skip(
@@ -232,8 +246,9 @@ def inject_pod(
             )
         if not (ns_opt == c.INJECT_ENABLED or (ns_opt is None and pod_opt == c.INJECT_ENABLED)):
             return _skip(pod, SKIP_NOT_OPTED_IN, f"neither namespace nor pod has {c.INJECT_LABEL}=enabled")
-    if spec.get("hostNetwork") is True:
-        return _skip(pod, SKIP_HOST_NETWORK, "pod uses hostNetwork")
+    reason = _refusal(pod, spec, namespace_labels)
+    if reason is not None:
+        return _skip(pod, *reason)
 
     try:
         ports = _ports_for(annotations, config)
@@ -241,31 +256,71 @@ def inject_pod(
         return _skip(pod, SKIP_INVALID_ANNOTATION, str(exc))
 
     owner = workload or workload_of(pod)
-    return Decision(True, _mutate(pod, namespace, owner, ports, config, injected_by))
+    try:
+        mutated = _mutate(pod, namespace, owner, ports, config, injected_by)
+    except ValueError as exc:
+        return _skip(pod, SKIP_INVALID_RESOURCES, f"spec.resources: {exc}")
+    return Decision(True, mutated, warnings=tuple(guards.pod_security_warnings(namespace_labels)))
+
+
+def _refusal(
+    pod: Pod, spec: Mapping[str, Any], namespace_labels: Mapping[str, str] | None
+) -> tuple[str, str] | None:
+    """The first guard that refuses the pod: (skip reason, message), or None."""
+    if spec.get("hostNetwork") is True:
+        return SKIP_HOST_NETWORK, "pod uses hostNetwork"
+    checks = (
+        (SKIP_OTHER_MESH, lambda: guards.other_mesh(pod, namespace_labels)),
+        (SKIP_WINDOWS, lambda: guards.windows(spec)),
+        (SKIP_PORT_CONFLICT, lambda: guards.port_conflict(spec)),
+        (SKIP_PROXY_UID, lambda: guards.proxy_uid(spec)),
+        (SKIP_POD_SECURITY, lambda: guards.pod_security_refuses(namespace_labels)),
+    )
+    for reason, check in checks:
+        message = check()
+        if message is not None:
+            return reason, message
+    return None
 
 
 def uninject_pod(pod: Pod) -> tuple[Pod, bool]:
-    """Remove exactly what `inject_pod` added; returns (pod, whether anything was removed)."""
+    """Remove exactly what `inject_pod` added, and put back what it changed; (pod, whether changed).
+
+    What the removal alone cannot tell (a map or list that was empty or null rather than absent,
+    a template without metadata, the pod-level resources before the proxy's share) comes back
+    from the restore annotation the injector left.
+    """
     if not is_injected(pod) and not _has_mesh_metadata(pod):
         return pod, False
-    out = dict(pod)
     meta = dict(_mapping(pod.get("metadata")))
+    restore = _read_restore(_mapping(meta.get("annotations")).get(c.RESTORE_ANNOTATION))
+    was = _mapping(restore.get("was"))
     labels = {k: v for k, v in _mapping(meta.get("labels")).items() if k not in _INJECTED_LABELS}
     annotations = {
         k: v for k, v in _mapping(meta.get("annotations")).items() if k not in _INJECTED_ANNOTATIONS
     }
-    _set_or_drop(meta, "labels", labels)
-    _set_or_drop(meta, "annotations", annotations)
-    out["metadata"] = meta
+    _put_back(meta, "labels", labels, was)
+    _put_back(meta, "annotations", annotations, was)
+    out = dict(pod)
+    if meta or not ("metadata" in was or "metadata" in restore.get("absent", ())):
+        out["metadata"] = meta
+    elif "metadata" in was:
+        out["metadata"] = was["metadata"]
+    else:
+        out.pop("metadata", None)
+
     spec = dict(_mapping(pod.get("spec")))
+    lock_volumes = _lock_volumes(spec)
     mesh_names = {c.INIT_CONTAINER_NAME, c.PROXY_CONTAINER_NAME}
     inits = [x for x in _list(spec, "initContainers") if _name(x) not in mesh_names]
     containers = [x for x in _list(spec, "containers") if _name(x) != c.PROXY_CONTAINER_NAME]
-    volumes = [v for v in _list(spec, "volumes") if _name(v) != XTABLES_LOCK_VOLUME]
-    _set_or_drop(spec, "initContainers", inits)
+    volumes = [v for v in _list(spec, "volumes") if _name(v) not in lock_volumes]
+    _put_back(spec, "initContainers", inits, was)
     if "containers" in spec:
         spec["containers"] = containers
-    _set_or_drop(spec, "volumes", volumes)
+    _put_back(spec, "volumes", volumes, was)
+    if "resources" in was:
+        spec["resources"] = was["resources"]
     out["spec"] = spec
     return out, True
 
@@ -307,33 +362,78 @@ def _mutate(
     pod: Pod, namespace: str | None, owner: Workload, ports: _Ports, config: MeshConfig, injected_by: str
 ) -> Pod:
     out = dict(pod)
+    restore: dict[str, Any] = {}
     meta = dict(_mapping(pod.get("metadata")))
+    spec = dict(_mapping(pod.get("spec")))
+    was = _shapes(meta, ("labels", "annotations")) | _shapes(spec, ("initContainers", "volumes"))
+    if "metadata" not in pod:
+        restore["absent"] = ["metadata"]
+    elif not isinstance(pod["metadata"], Mapping):
+        was["metadata"] = pod["metadata"]
+
     labels = dict(_mapping(meta.get("labels")))
-    labels[c.PROXY_WORKLOAD_LABEL_PREFIX + owner.kind] = _label_value(owner.name)
+    labels[c.PROXY_WORKLOAD_LABEL_PREFIX + owner.kind] = label_value(owner.name)
     labels[c.CONTROL_PLANE_NS_LABEL] = config.control_plane_namespace
     if namespace:
-        labels[c.WORKLOAD_NS_LABEL] = namespace
+        labels[c.WORKLOAD_NS_LABEL] = label_value(namespace)
     annotations = dict(_mapping(meta.get("annotations")))
     annotations[c.PROXY_VERSION_ANNOTATION] = config.proxy_version
     annotations[c.INJECTED_BY_ANNOTATION] = injected_by
+
+    user_inits = _list(spec, "initContainers")
+    volumes = _list(spec, "volumes")
+    lock = _free_volume_name({_name(v) for v in volumes})
+    proxy = _proxy_container(owner, ports, config)
+    if config.native_sidecar:
+        spec["initContainers"] = [_init_container(ports, config, lock), proxy, *user_inits]
+    else:
+        spec["initContainers"] = [_init_container(ports, config, lock), *user_inits]
+        spec["containers"] = [proxy, *_list(spec, "containers")]
+    spec["volumes"] = [*volumes, {"name": lock, "emptyDir": {}}]
+    pod_resources = spec.get("resources")
+    if isinstance(pod_resources, Mapping) and pod_resources:
+        grown = with_mesh_share(pod_resources, config.proxy_resources, config.init_resources)
+        if grown != pod_resources:
+            was["resources"] = pod_resources
+            spec["resources"] = grown
+
+    if was:
+        restore["was"] = was
+    if restore:
+        annotations[c.RESTORE_ANNOTATION] = json.dumps(restore, separators=(",", ":"), sort_keys=True)
     meta["labels"] = labels
     meta["annotations"] = annotations
     out["metadata"] = meta
-
-    spec = dict(_mapping(pod.get("spec")))
-    user_inits = _list(spec, "initContainers")
-    proxy = _proxy_container(owner, ports, config)
-    if config.native_sidecar:
-        spec["initContainers"] = [_init_container(ports, config), proxy, *user_inits]
-    else:
-        spec["initContainers"] = [_init_container(ports, config), *user_inits]
-        spec["containers"] = [proxy, *_list(spec, "containers")]
-    spec["volumes"] = [*_list(spec, "volumes"), {"name": XTABLES_LOCK_VOLUME, "emptyDir": {}}]
     out["spec"] = spec
     return out
 
 
-def _init_container(ports: _Ports, config: MeshConfig) -> dict[str, Any]:
+def _shapes(obj: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The keys holding null or an empty map or list: uninject cannot tell them from absent."""
+    return {key: obj[key] for key in keys if key in obj and obj[key] in (None, {}, [])}
+
+
+def _free_volume_name(taken: set[Any]) -> str:
+    """The xtables lock volume's name: the usual one, or the first `-<n>` the pod does not use."""
+    name, n = XTABLES_LOCK_VOLUME, 0
+    while name in taken:
+        n += 1
+        name = f"{XTABLES_LOCK_VOLUME}-{n}"
+    return name
+
+
+def _lock_volumes(spec: Mapping[str, Any]) -> set[str]:
+    """The volumes mesh-init mounts: the ones the injector added."""
+    names: set[str] = set()
+    for container in _list(spec, "initContainers"):
+        if _name(container) == c.INIT_CONTAINER_NAME:
+            names |= {
+                _name(m) for m in _mapping(container).get("volumeMounts") or [] if isinstance(_name(m), str)
+            }
+    return names
+
+
+def _init_container(ports: _Ports, config: MeshConfig, lock_volume: str) -> dict[str, Any]:
     command = [
         "mesh-proxy", "init",
         "--proxy-uid", str(c.PROXY_UID),
@@ -361,7 +461,7 @@ def _init_container(ports: _Ports, config: MeshConfig) -> dict[str, Any]:
             "capabilities": {"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": XTABLES_LOCK_VOLUME, "mountPath": "/run"}],
+        "volumeMounts": [{"name": lock_volume, "mountPath": "/run"}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
@@ -438,7 +538,9 @@ _INJECTED_LABELS = frozenset(
     {c.PROXY_WORKLOAD_LABEL_PREFIX + kind for kind in c.WORKLOAD_KINDS}
     | {c.CONTROL_PLANE_NS_LABEL, c.WORKLOAD_NS_LABEL}
 )
-_INJECTED_ANNOTATIONS = frozenset({c.PROXY_VERSION_ANNOTATION, c.INJECTED_BY_ANNOTATION})
+_INJECTED_ANNOTATIONS = frozenset(
+    {c.PROXY_VERSION_ANNOTATION, c.INJECTED_BY_ANNOTATION, c.RESTORE_ANNOTATION}
+)
 
 
 def _skip(pod: Pod, reason: str, message: str) -> Decision:
@@ -463,18 +565,6 @@ def _name(obj: Any) -> Any:
     return obj.get("name") if isinstance(obj, Mapping) else None
 
 
-def _container_names(pod: Mapping[str, Any]) -> set[str]:
-    spec = _mapping(pod.get("spec"))
-    names: set[str] = set()
-    for key in ("initContainers", "containers"):
-        containers = spec.get(key)
-        for container in containers if isinstance(containers, list) else []:
-            name = _name(container)
-            if isinstance(name, str):
-                names.add(name)
-    return names
-
-
 def _has_mesh_metadata(pod: Mapping[str, Any]) -> bool:
     meta = _mapping(pod.get("metadata"))
     return bool(
@@ -483,16 +573,37 @@ def _has_mesh_metadata(pod: Mapping[str, Any]) -> bool:
     )
 
 
-def _set_or_drop(obj: dict[str, Any], key: str, value: Mapping[str, Any] | list[Any]) -> None:
+def _put_back(
+    obj: dict[str, Any], key: str, value: Mapping[str, Any] | list[Any], was: Mapping[str, Any]
+) -> None:
+    """Set `key` to what is left; when nothing is, to what the injector found (absent by default)."""
     if value:
         obj[key] = value
+    elif key in was:
+        obj[key] = was[key]
     else:
         obj.pop(key, None)
 
 
-def _label_value(name: str) -> str:
-    """A valid label value (<= 63 chars, alphanumeric at both ends) for an object name."""
-    value = name[:63]
-    while value and not value[-1].isalnum():
-        value = value[:-1]
-    return value
+def _read_restore(text: Any) -> dict[str, Any]:
+    """The restore annotation's JSON; an unreadable one restores nothing (the default shapes)."""
+    try:
+        value = json.loads(text) if isinstance(text, str) else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+_LABEL_VALUE_JUNK = re.compile(r"[^A-Za-z0-9._-]+")
+_LABEL_VALUE_ENDS = re.compile(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$")
+
+
+def label_value(text: str) -> str:
+    """A valid label value for a name: ASCII `[A-Za-z0-9._-]` only, <= 63 bytes, alphanumeric ends.
+
+    Kubernetes object names already are; a name from a hand-written manifest (or a namespace
+    the CLI was given) may not be, and one bad label value makes the API server refuse the pod.
+    """
+    value = _LABEL_VALUE_JUNK.sub("-", text)
+    value = _LABEL_VALUE_ENDS.sub("", value)[:63]
+    return _LABEL_VALUE_ENDS.sub("", value)

@@ -26,7 +26,9 @@ TEMPLATE = {"metadata": {"labels": {"app": "x"}}, "spec": POD_SPEC}
 
 
 def workload(kind: str, name: str, **extra: Any) -> dict[str, Any]:
-    api = {"Job": "batch/v1", "CronJob": "batch/v1", "Pod": "v1"}.get(kind, "apps/v1")
+    api = {"Job": "batch/v1", "CronJob": "batch/v1", "Pod": "v1", "ReplicationController": "v1"}.get(
+        kind, "apps/v1"
+    )
     obj: dict[str, Any] = {
         "apiVersion": api,
         "kind": kind,
@@ -43,6 +45,8 @@ def workload(kind: str, name: str, **extra: Any) -> dict[str, Any]:
         }
     elif kind == "DaemonSet":
         obj["spec"] = {"selector": {"matchLabels": {"app": "x"}}, "template": TEMPLATE}
+    elif kind == "ReplicationController":
+        obj["spec"] = {"selector": {"app": "x"}, "template": TEMPLATE}
     else:
         obj["spec"] = {"selector": {"matchLabels": {"app": "x"}}, "template": TEMPLATE, **extra}
     return obj
@@ -68,6 +72,7 @@ ALL_KINDS = [
     workload("Job", "once"),
     workload("CronJob", "nightly"),
     workload("Pod", "solo"),
+    workload("ReplicationController", "legacy"),
 ]
 
 
@@ -105,7 +110,7 @@ def test_injects_every_workload_kind_and_passes_others_through(
     assert docs[0] == SERVICE and docs[-1] == CONFIGMAP
     expected_kinds = {
         "web": "deployment", "db": "statefulset", "agent": "daemonset", "rs": "replicaset",
-        "once": "job", "nightly": "cronjob", "solo": "pod",
+        "once": "job", "nightly": "cronjob", "solo": "pod", "legacy": "replicationcontroller",
     }  # fmt: skip
     for obj in docs[1:-1]:
         kubernetes_validate.validate(obj, SCHEMA, strict=True)
@@ -120,6 +125,7 @@ def test_injects_every_workload_kind_and_passes_others_through(
     assert lines[0] == 'service "web" skipped: not a workload'
     assert 'deployment "web" injected' in lines and 'cronjob "nightly" injected' in lines
     assert 'pod "solo" injected' in lines and 'configmap "cfg" skipped: not a workload' in lines
+    assert 'replicationcontroller "legacy" injected' in lines
 
 
 def test_round_trip_uninject_removes_exactly_what_inject_added(
@@ -250,3 +256,86 @@ def test_dates_and_multiline_strings_survive(capsys: pytest.CaptureFixture[str])
     assert code == 0
     assert "released: '2024-01-02'" in out and "script: |" in out
     assert yaml.safe_load(out)["data"]["script"] == "echo one\necho two\n"
+
+
+def _namespace(name: str, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def test_pod_security_of_a_namespace_in_the_same_input(capsys: pytest.CaptureFixture[str]) -> None:
+    """A Namespace in the input tells inject its Pod Security levels: `enforce` at baseline or
+    restricted would refuse mesh-init, so its workloads are left as they are, with the reason;
+    `warn`/`audit` levels are reported. The opt-in label does not matter: inject is explicit."""
+    strict = _namespace("strict", **{"pod-security.kubernetes.io/enforce": "restricted"})
+    loose = _namespace("loose", **{"pod-security.kubernetes.io/warn": "baseline"})
+    web = workload("Deployment", "web")
+    web["metadata"]["namespace"] = "strict"
+    api = workload("Deployment", "api")
+    api["metadata"]["namespace"] = "loose"
+    other = workload("Deployment", "other")  # namespace emojivoto: not in the input, unknown
+    code, out, err = run_cli(
+        ["inject", "-"], capsys, stdin=yaml.safe_dump_all([strict, loose, web, api, other])
+    )
+    assert code == 0
+    docs = list(yaml.safe_load_all(out))
+    assert docs[2] == web  # untouched
+    assert (
+        "initContainers" in template_of(docs[3])["spec"] and "initContainers" in template_of(docs[4])["spec"]
+    )
+    lines = err.splitlines()
+    assert (
+        'deployment "web" skipped: Pod Security enforce=restricted refuses mesh-init '
+        "(root, NET_ADMIN, NET_RAW)" in lines
+    )
+    assert (
+        'deployment "api" warning: mesh-init (root, NET_ADMIN, NET_RAW) violates Pod Security warn=baseline'
+        in lines
+    )
+    assert 'deployment "api" injected' in lines and 'deployment "other" injected' in lines
+
+
+def test_uninject_gives_back_the_docs_job_and_cronjob_byte_for_byte(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The Kubernetes docs' job.yaml and cronjob.yaml: templates without metadata, empty and null
+    maps and lists. uninject(inject(x)) is x, byte for byte on the YAML the CLI writes."""
+    text = """apiVersion: batch/v1
+kind: Job
+metadata:
+  name: pi
+spec:
+  template:
+    spec:
+      containers:
+      - name: pi
+        image: perl
+      restartPolicy: Never
+  backoffLimit: 4
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: hello
+spec:
+  schedule: '* * * * *'
+  jobTemplate:
+    spec:
+      template:
+        metadata:
+          labels: {}
+          annotations: null
+        spec:
+          initContainers: []
+          containers:
+          - name: hello
+            image: busybox
+          restartPolicy: OnFailure
+          volumes: null
+"""
+    _, as_written, _ = run_cli(["uninject", "-"], capsys, stdin=text)  # the CLI's own rendering
+    code, injected, _ = run_cli(["inject", "-"], capsys, stdin=text)
+    assert code == 0 and "mesh-proxy" in injected
+    code, restored, err = run_cli(["uninject", "-"], capsys, stdin=injected)
+    assert code == 0 and 'job "pi" uninjected' in err
+    assert restored == as_written
+    assert list(yaml.safe_load_all(restored)) == list(yaml.safe_load_all(text))

@@ -149,3 +149,40 @@ def test_wrong_content_type_is_415(ctype: str | None) -> None:
 
 def test_json_content_type_with_charset_is_accepted() -> None:
     check_content_type("application/json; charset=utf-8")
+
+
+def test_pod_security_levels_of_the_namespace_become_warnings() -> None:
+    """With the namespace's labels (read by the webhook), `enforce` at restricted skips the pod with
+    the reason, and `warn` at baseline injects with a warning; each warning <= 120 ASCII chars."""
+    body = json.dumps(admission_review()).encode()
+    enforce = {"kubectl-mesh.io/inject": "enabled", "pod-security.kubernetes.io/enforce": "restricted"}
+    outcome = review(parse_review(body), MeshConfig(), "test", namespace_labels=enforce)
+    assert outcome.result == RESULT_SKIPPED and outcome.reason == "pod-security"
+    assert "patch" not in outcome.review["response"]
+    assert outcome.review["response"]["warnings"] == [
+        "kubectl-mesh: pod not injected: "
+        "Pod Security enforce=restricted refuses mesh-init (root, NET_ADMIN, NET_RAW)"
+    ]
+    warn = {"kubectl-mesh.io/inject": "enabled", "pod-security.kubernetes.io/warn": "baseline"}
+    outcome = review(parse_review(body), MeshConfig(), "test", namespace_labels=warn)
+    resp = outcome.review["response"]
+    assert outcome.result == RESULT_INJECTED and resp["patchType"] == "JSONPatch"
+    assert resp["warnings"] == [
+        "kubectl-mesh: mesh-init (root, NET_ADMIN, NET_RAW) violates Pod Security warn=baseline"
+    ]
+    for warning in resp["warnings"]:
+        assert len(warning) <= 120 and warning.isascii() and warning.isprintable()
+
+
+def test_warnings_are_at_most_120_printable_ascii_characters() -> None:
+    pod = copy.deepcopy(POD)
+    pod["spec"]["containers"][0] = {
+        "name": "wéb-" + "x" * 200,
+        "image": "w",
+        "ports": [{"containerPort": 4191}],
+    }
+    outcome = answer(admission_review(pod))
+    assert outcome.reason == "port-conflict"
+    (warning,) = outcome.review["response"]["warnings"]
+    assert len(warning) == 120 and warning.isascii() and warning.isprintable() and warning.endswith("...")
+    assert warning.startswith("kubectl-mesh: pod not injected: container w?b-xxx")
