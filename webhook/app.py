@@ -127,9 +127,9 @@ def create_app(config: MeshConfig | None = None, kube: KubeAccess | None = None)
         except BadRequest as exc:
             metrics.bad_requests.labels(str(exc.status)).inc()
             return _json({"error": exc.reason}, exc.status)
-        # The namespace's labels (Pod Security level) come from access.namespace_labels(), a cache
-        # that never waits; the injector's namespace_labels parameter (issue #12) takes them.
-        outcome = review(req, mesh_config, INJECTED_BY)
+        # The namespace's labels (Pod Security level, other meshes' marks) from a cache that never
+        # waits: None while it does not know the namespace yet (then the injector decides without).
+        outcome = review(req, mesh_config, INJECTED_BY, access.namespace_labels(req.namespace))
         access.after_review(req, outcome)  # queues the Events for the owner: never waits
         metrics.admissions.labels(outcome.result, outcome.reason).inc()
         metrics.latency.observe(time.perf_counter() - started)

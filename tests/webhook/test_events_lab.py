@@ -11,6 +11,7 @@ as more pods fail, and what the ServiceAccount may and may not do.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,15 +79,13 @@ def webhook_account(lab: Any, lab_namespace: str, tmp_path: Path) -> Iterator[Pa
         lab.kubectl("delete", "clusterrolebinding,clusterrole", name, "--ignore-not-found", check=False)
 
 
-@pytest.fixture
-def faulty_webhook(
-    lab: Any, lab_namespace: str, webhook_account: Path, tmp_path: Path
-) -> Iterator[WebhookServer]:
-    """The webhook (with the injected fault) called by the API server for `lab_namespace`'s pods."""
-    server = WebhookServer(tmp_path / "webhook", workers=2, app="tests.webhook.faulty_wsgi:app")
-    server.env["KUBECONFIG"] = str(webhook_account)
+@contextlib.contextmanager
+def webhook_for(lab: Any, namespace: str, account: Path, tmp_path: Path, app: str) -> Iterator[WebhookServer]:
+    """The webhook (`app`) as `account`, called by the API server for `namespace`'s pods."""
+    server = WebhookServer(tmp_path / "webhook", workers=2, app=app)
+    server.env["KUBECONFIG"] = str(account)
     server.env["HOSTNAME"] = "mesh-webhook-test"
-    name = f"test-events-{lab_namespace}"[:63]
+    name = f"test-events-{namespace}"[:63]
     hook = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
@@ -111,7 +110,7 @@ def faulty_webhook(
                         "scope": "Namespaced",
                     }
                 ],
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": lab_namespace}},
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
             }
         ],
     }
@@ -121,6 +120,17 @@ def faulty_webhook(
             yield server
         finally:
             lab.kubectl("delete", "mutatingwebhookconfiguration", name, "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def faulty_webhook(
+    lab: Any, lab_namespace: str, webhook_account: Path, tmp_path: Path
+) -> Iterator[WebhookServer]:
+    """The webhook (with the injected fault) called by the API server for `lab_namespace`'s pods."""
+    with webhook_for(
+        lab, lab_namespace, webhook_account, tmp_path, "tests.webhook.faulty_wsgi:app"
+    ) as server:
+        yield server
 
 
 def deployment(name: str, replicas: int) -> dict[str, Any]:
@@ -251,3 +261,41 @@ def test_the_namespace_cache_follows_labels_with_the_charts_role(
         assert cache.labels("no-such-namespace") is None  # unknown: admit with what is known
     finally:
         cache.stop()
+
+
+def test_a_namespace_whose_pod_security_refuses_mesh_init_gets_its_pods_unmeshed_not_refused(
+    lab: Any, lab_namespace: str, webhook_account: Path, tmp_path: Path
+) -> None:
+    """The webhook reads the namespace's labels (its cache, with the chart's role): in a namespace
+    that enforces `baseline`, injecting mesh-init would make the API server refuse every pod. The
+    pods are created (unmeshed) and the Deployment gets the Pod Security Event instead."""
+    lab.kubectl(
+        "label", "namespace", lab_namespace, f"{c.INJECT_LABEL}={c.INJECT_ENABLED}",
+        "pod-security.kubernetes.io/enforce=baseline",
+    )  # fmt: skip
+    with webhook_for(lab, lab_namespace, webhook_account, tmp_path, "webhook.wsgi:app") as server:
+        app = deployment("web", 1)
+        del app["spec"]["template"]["metadata"]["labels"][FAULT_LABEL]
+        lab.apply(json.dumps(app), namespace=lab_namespace)
+        try:
+            (pod,) = lab.wait(lambda: lab.pods(lab_namespace, "app=web") or None, 60, "the pod of web")
+        except AssertionError as exc:
+            events = lab.kubectl("-n", lab_namespace, "get", "events", "-o", "custom-columns=R:.reason,M:.message")
+            logs = server.log_path.read_text()[-3000:]
+            raise AssertionError(f"{exc}; events: {events}; webhook log: {logs}") from None
+        names = {x["name"] for x in [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]}
+        assert c.PROXY_CONTAINER_NAME not in names and c.INIT_CONTAINER_NAME not in names
+
+        def warned() -> list[dict[str, Any]] | None:
+            out = lab.kubectl(
+                "-n", lab_namespace, "get", "events", "-o", "json",
+                f"--field-selector=reason={c.EVENT_POD_SECURITY}",
+            )  # fmt: skip
+            return list(json.loads(out)["items"]) or None
+
+        (event,) = lab.wait(warned, 60, "the Pod Security Event")
+        assert event["involvedObject"]["kind"] == "Deployment" and event["type"] == "Warning"
+        failed = lab.kubectl(
+            "-n", lab_namespace, "get", "events", "--field-selector=reason=FailedCreate", "-o", "name"
+        )
+        assert failed.strip() == ""  # the API server refused no pod
