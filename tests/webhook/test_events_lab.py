@@ -280,7 +280,8 @@ def test_a_namespace_whose_pod_security_refuses_mesh_init_gets_its_pods_unmeshed
         try:
             (pod,) = lab.wait(lambda: lab.pods(lab_namespace, "app=web") or None, 60, "the pod of web")
         except AssertionError as exc:
-            events = lab.kubectl("-n", lab_namespace, "get", "events", "-o=custom-columns=R:.reason,M:.message")
+            columns = "-o=custom-columns=R:.reason,M:.message"
+            events = lab.kubectl("-n", lab_namespace, "get", "events", columns)
             logs = server.log_path.read_text()[-3000:]
             raise AssertionError(f"{exc}; events: {events}; webhook log: {logs}") from None
         names = {x["name"] for x in [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]}
