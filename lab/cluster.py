@@ -190,9 +190,13 @@ def up(owner: str = "cli", timeout: float = 90.0, prometheus: bool = True, user:
 
 def _another_lab_answers() -> bool:
     """A live API server on the lab's address that this LAB_DIR did not start: cleaning up "what a
-    crashed run left" would tear down that lab's network and pods under it."""
+    crashed run left" would tear down that lab's network and pods under it. This LAB_DIR's own
+    half-dead lab (an API server of ours alive, another part gone) is ours to clean up."""
     import socket
 
+    state = State.load()
+    if state and any(p.name == "kube-apiserver" and alive(p) for p in state.procs):
+        return False
     try:
         with socket.create_connection((str(BRIDGE_IP), API_PORT), timeout=0.5):
             return True

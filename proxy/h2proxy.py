@@ -300,10 +300,10 @@ class Stream:
             upstream = self.up
             if upstream is not None and upstream.holder is not None and upstream.holder.tcp.pending:
                 proxy.attach(upstream.holder, self.peer)
-        if self.tap is not None:
-            self._tap_response(response.mesh.get(MESH_DST))
         elif self.peer:  # only a meshed client learns who answered
             fields = fields + proxy.inbound_reply_extra
+        if self.tap is not None:
+            self._tap_response(response.mesh.get(MESH_DST))
         if session.dead:
             return
         try:
