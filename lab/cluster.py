@@ -27,6 +27,7 @@ from kubectl_mesh.procs import free_ports
 from lab import network
 from lab.config import (
     API_PORT,
+    BRIDGE,
     BRIDGE_IP,
     KUBECONFIG,
     KUBERNETES_SERVICE_IP,
@@ -197,6 +198,8 @@ def _another_lab_answers() -> bool:
     state = State.load()
     if state and any(p.name == "kube-apiserver" and alive(p) for p in state.procs):
         return False
+    if not Path(f"/sys/class/net/{BRIDGE}").exists():
+        return False  # no bridge, no lab (and a connect could reach a sandbox's egress proxy instead)
     try:
         with socket.create_connection((str(BRIDGE_IP), API_PORT), timeout=0.5):
             return True
