@@ -46,8 +46,10 @@ class PortForwardError(Exception):
 
 
 def parse_ports(query: dict[str, list[str]]) -> list[int]:
-    """`?ports=4190&ports=80` or `?ports=4190,80` → [4190, 80]; 400 on anything else."""
-    words = [w.strip() for value in query.get("ports", []) for w in value.split(",") if w.strip()]
+    """`?port=4190&port=80` (what the API server sends), `?ports=4190,80` → [4190, 80]; 400 else."""
+    # The API server passes the client's `?ports=` on as `?port=` (one per port), as the kubelet reads it.
+    values = query.get("ports", []) + query.get("port", [])
+    words = [w.strip() for value in values for w in value.split(",") if w.strip()]
     if not words or len(words) > MAX_PORTS:
         raise PortForwardError(400, f"expected 1 to {MAX_PORTS} ports in ?ports=")
     ports = []
