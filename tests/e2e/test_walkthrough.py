@@ -47,11 +47,14 @@ def test_the_seeds_findings(results: dict[str, Any], variant: str) -> None:
     assert result.diagnosis.output.endswith("its own callees are healthy → look at voting"), result.render()
     (culprit,) = result.diagnosis_json["culprits"]
     assert (culprit["name"], [hop["dst"] for hop in culprit["path"]]) == ("voting", ["voting"])
-    assert culprit["path"][0]["success"] == pytest.approx(callees["voting"].success, abs=0.02)
+    # diagnose and edges run seconds after stat: one vote more or less in the 1-minute window
+    # (~30 votes at the bot's rate) moves voting's rate by ~3.3 points.
+    one_vote = 0.05
+    assert culprit["path"][0]["success"] == pytest.approx(callees["voting"].success, abs=one_vote)
     # And the graph: every caller -> callee pair of the app, with the same numbers as stat's.
     edges = {(e["src"], e["dst"]): e for e in result.edges_json}
     assert {("vote-bot", "web"), ("web", "emoji"), ("web", "voting")} <= set(edges), result.edges.output
-    assert edges[("web", "voting")]["success"] == pytest.approx(callees["voting"].success, abs=0.02)
+    assert edges[("web", "voting")]["success"] == pytest.approx(callees["voting"].success, abs=one_vote)
     assert edges[("web", "emoji")]["success"] == 1.0
 
 
