@@ -28,7 +28,6 @@ from .connections import (
     Upstream,
     UpstreamError,
     hostport,
-    peer_address,
     recv_when_readable,
     send_pieces,
     shutdown,
@@ -174,7 +173,15 @@ class Exchange:
         if head.host is None and dest is not None:
             extra.append((b"Host", authority_bytes))
         if proxy.tap.active:
-            self.tap = self._tap_request(target)
+            self.tap = proxy.tap_request(
+                self.direction,
+                client,
+                head.mesh.get(MESH_SRC),
+                bool(self.peer),
+                head.method,
+                self.authority,
+                target,
+            )
         payload = [http1.encode_request_head(head, target, extra)]
         writer = http1.body_writer(head.body_mode == CHUNKED)
         body_done = _take_buffered_body(self.reader.events, payload, writer)
@@ -195,21 +202,6 @@ class Exchange:
         finally:
             if pump is not None and not pump.dead:
                 pump.kill(block=False)
-
-    def _tap_request(self, target: bytes) -> TapRequest | None:
-        """The tap's `req` event (only while someone taps): who asked whom for what."""
-        proxy, head = self.proxy, self.head
-        own = proxy.identity.decode() if proxy.identity else "-"
-        if self.direction == INBOUND:
-            claimed = head.mesh.get(MESH_SRC)
-            src = claimed.decode("latin-1") if claimed and self.peer else peer_address(self.client)
-            dst = own
-        else:
-            src, dst = own, self.authority
-        return proxy.tap.request(
-            "in" if self.direction == INBOUND else "out", head.method.decode("latin-1"), self.authority,
-            target.decode("latin-1"), src, dst,
-        )  # fmt: skip
 
     def _count(self, status: int, error: str, latency_ms: float) -> None:
         """The request's outcome: its metrics, and the tap's `end` (and `rsp` if no head came)."""
@@ -376,13 +368,10 @@ class Exchange:
             self.peer = proxy.dst_labels.get(response.mesh.get(MESH_DST))
             if upstream.tcp.pending:
                 proxy.attach(upstream, self.peer)
-        if self.tap is not None:  # the callee: this proxy's workload inbound, the answer's claim outbound
-            if direction == OUTBOUND:
-                claimed = response.mesh.get(MESH_DST)
-                callee = claimed.decode("latin-1") if claimed and self.peer else None
-            else:
-                callee = proxy.identity.decode() if proxy.identity else None
-            self.tap.response(response.status, callee)
+        if self.tap is not None:
+            self.tap.response(
+                response.status, proxy.tap_callee(direction, response.mesh.get(MESH_DST), bool(self.peer))
+            )
 
         if response.status == 101:
             self._count(101, "", latency_ms)

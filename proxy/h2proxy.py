@@ -38,7 +38,6 @@ from .connections import (
     Upstream,
     UpstreamError,
     hostport,
-    peer_address,
     send,
     shutdown,
 )
@@ -316,12 +315,9 @@ class Stream:
             self.response_ended()
 
     def _tap_response(self, claimed: bytes | None) -> None:
-        """The tap's `rsp`: the callee is this workload inbound, the answer's claim outbound."""
-        proxy = self.session.proxy
-        if self.session.direction == OUTBOUND:
-            callee = claimed.decode("latin-1") if claimed and self.peer else None
-        else:
-            callee = proxy.identity.decode() if proxy.identity else None
+        """The tap's `rsp`, with the gRPC status when the head carries it."""
+        session = self.session
+        callee = session.proxy.tap_callee(session.direction, claimed, bool(self.peer))
         grpc = int(self.grpc_status) if self.grpc_status.isdigit() else None
         assert self.tap is not None
         self.tap.response(self.status, callee, grpc)
@@ -563,24 +559,12 @@ class Session(Side):
             return
         fields = h2rules.request_fields(head, outbound, proxy.identity, proxy.hop_id)
         if proxy.tap.active:
-            stream.tap = self._tap_request(stream, head)
+            path = next((v for k, v in head.fields if k == b":path"), b"")
+            stream.tap = proxy.tap_request(
+                self.direction, self.client, head.mesh.get(MESH_SRC), bool(stream.peer), head.method,
+                stream.authority, path,
+            )  # fmt: skip
         proxy.h2pool.open(stream, dest, self.direction, fields)
-
-    def _tap_request(self, stream: Stream, head: RequestHead) -> TapRequest | None:
-        """The tap's `req` for a stream (only while someone taps): who asked whom for what."""
-        proxy = self.proxy
-        own = proxy.identity.decode() if proxy.identity else "-"
-        path = next((v for k, v in head.fields if k == b":path"), b"").decode("latin-1")
-        if self.direction == INBOUND:
-            claimed = head.mesh.get(MESH_SRC)
-            src = claimed.decode("latin-1") if claimed and stream.peer else peer_address(self.client)
-            dst = own
-        else:
-            src, dst = own, stream.authority
-        return proxy.tap.request(
-            "in" if self.direction == INBOUND else "out", head.method.decode("latin-1"), stream.authority,
-            path, src, dst,
-        )  # fmt: skip
 
 
 class H2Upstream(Side):

@@ -37,6 +37,7 @@ from .connections import (
     close,
     hostport,
     original_destination,
+    peer_address,
     send,
     shutdown,
 )
@@ -46,7 +47,7 @@ from .http1 import MESH_DST, ProtocolError
 from .identity import NO_LABELS, Labels, PeerLabelCache
 from .metrics import AUTHORITY_MAX, MeshMetrics, Tcp, authority_label
 from .pool import UpstreamPool
-from .tap import TapHub
+from .tap import TapHub, TapRequest
 
 # Descriptors never used by app traffic, so that /live, /ready and /metrics answer when it has
 # used up the rest (each proxied connection may hold two: the client's and its upstream's).
@@ -147,6 +148,30 @@ class Proxy:
         self.add_own_port(listener.getsockname()[1])
         gevent.spawn(self._accept_loop, listener, direction)
         return listener
+
+    # --- tap (only while someone taps: tap.active) ------------------------------------------------
+    def tap_request(
+        self, direction: str, client: Client, claimed_src: bytes | None, src_known: bool,
+        method: bytes, authority: str, path: bytes,
+    ) -> TapRequest | None:  # fmt: skip
+        """The `req` event of one HTTP/1 request or HTTP/2 stream: who asked whom for what. An
+        inbound caller is its identity when its proxy vouched for it, else its address."""
+        own = self.identity.decode() if self.identity else "-"
+        if direction == INBOUND:
+            src = claimed_src.decode("latin-1") if claimed_src and src_known else peer_address(client)
+            dst = own
+        else:
+            src, dst = own, authority
+        inbound = direction == INBOUND
+        return self.tap.request(
+            "in" if inbound else "out", method.decode("latin-1"), authority, path.decode("latin-1"), src, dst
+        )
+
+    def tap_callee(self, direction: str, claimed_dst: bytes | None, dst_known: bool) -> str | None:
+        """Who answered, for the `rsp` event: this workload inbound, the answer's claim outbound."""
+        if direction == OUTBOUND:
+            return claimed_dst.decode("latin-1") if claimed_dst and dst_known else None
+        return self.identity.decode() if self.identity else None
 
     def add_own_port(self, port: int) -> None:
         """A port of this proxy: a connection from the proxy to it, by any address, is a loop."""
