@@ -127,8 +127,8 @@ def create_app(config: MeshConfig | None = None, kube: KubeAccess | None = None)
         except BadRequest as exc:
             metrics.bad_requests.labels(str(exc.status)).inc()
             return _json({"error": exc.reason}, exc.status)
-        # The namespace's labels (Pod Security level, other meshes' marks) from a cache that never
-        # waits: None while it does not know the namespace yet (then the injector decides without).
+        # The namespace's labels (Pod Security level, other meshes' marks) from the cache (one
+        # bounded GET for a namespace it does not know yet); None: the injector decides without.
         outcome = review(req, mesh_config, INJECTED_BY, access.namespace_labels(req.namespace))
         access.after_review(req, outcome)  # queues the Events for the owner: never waits
         metrics.admissions.labels(outcome.result, outcome.reason).inc()

@@ -2,7 +2,8 @@
 
 Neither ever stands in an admission's way. `NamespaceCache.labels()` answers from memory: a list
 and a watch of namespaces kept by a background thread; a namespace it does not know (not synced
-yet, API server slow or down) is None, and the pod is admitted with what is known.
+yet, or too new for the watch) costs one GET of at most FETCH_TIMEOUT_S; when that fails too (API
+server slow or down) it is None, and the pod is admitted with what is known.
 `EventRecorder.record()` only puts a notice on a bounded queue (full: dropped and counted); a
 background thread turns notices into core/v1 Events on the pod's owner (Pod → ReplicaSet →
 Deployment, through ownerReferences and one `get`), as Linkerd's `InjectionSkipped`, so that the
@@ -35,6 +36,8 @@ from kubectl_mesh.log import Logger
 from webhook.admission import RESULT_ERROR, AdmissionRequest, Outcome
 
 REQUEST_TIMEOUT_S = 5.0
+FETCH_TIMEOUT_S = 2.0  # a namespace the cache does not know yet: one GET, well inside the webhook's timeout
+MAX_FETCHES = 8  # GETs in flight per worker; beyond, the admission goes on with what is known
 WATCH_SECONDS = 240  # a watch is renewed this often (a relist after an error or a 410 Gone)
 COMPONENT = "kubectl-mesh-webhook"
 MAX_MESSAGE = 1024  # events.k8s.io's limit on a note; kept for core/v1 Events too
@@ -91,7 +94,8 @@ def _message(err: BaseException) -> str:
 
 
 class NamespaceCache:
-    """Labels of every namespace, from a list and a watch; `labels()` never waits for the network."""
+    """Labels of every namespace, from a list and a watch; `labels()` reads memory, and waits for
+    the network (one GET, at most FETCH_TIMEOUT_S) only for a namespace it does not know."""
 
     def __init__(self, api: Any, log: Logger, *, backoff_max_s: float = 30.0) -> None:
         self._api = api
@@ -100,12 +104,36 @@ class NamespaceCache:
         self._synced = threading.Event()
         self._backoff_max_s = backoff_max_s
         self._stop = threading.Event()
+        self._fetches = threading.BoundedSemaphore(MAX_FETCHES)
 
     def labels(self, namespace: str | None) -> Mapping[str, str] | None:
-        """The namespace's labels, or None when it is not (yet) known: admit with what is known."""
+        """The namespace's labels: from memory, else (not synced yet, or a namespace created a
+        moment ago that the watch has not brought) one bounded GET. Without them, mesh-init would
+        go into a namespace whose Pod Security level refuses it, and the API server would refuse
+        the pod. None when the GET fails too: admit with what is known."""
         if not namespace:
             return None
-        return self._labels.get(namespace)
+        known = self._labels.get(namespace)
+        return known if known is not None else self._fetch(namespace)
+
+    def _fetch(self, namespace: str) -> Mapping[str, str] | None:
+        if not self._fetches.acquire(blocking=False):
+            return None
+        try:
+            from kubernetes import client
+
+            resp = client.CoreV1Api(self._api).read_namespace(
+                namespace, _preload_content=False, _request_timeout=FETCH_TIMEOUT_S
+            )
+            meta = dict(json.loads(resp.data)).get("metadata") or {}
+            labels = dict(meta.get("labels") or {})
+        except _errors() as err:
+            if _status(err) != 404:
+                self._log.warning("namespace_fetch_failed", namespace=namespace, error=_message(err))
+            return None
+        finally:
+            self._fetches.release()
+        return self._labels.setdefault(namespace, labels)  # the watch's newer word wins
 
     @property
     def synced(self) -> bool:

@@ -263,6 +263,20 @@ def test_the_namespace_cache_follows_labels_with_the_charts_role(
         cache.stop()
 
 
+def test_a_cache_that_has_not_synced_yet_reads_the_namespace_it_is_asked_about(
+    lab: Any, lab_namespace: str, webhook_account: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's first admissions come before its list returns (CI saw a pod refused that way):
+    the cache asks the API server for that namespace rather than inject mesh-init blind."""
+    monkeypatch.setenv("KUBECONFIG", str(webhook_account))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    lab.kubectl("label", "namespace", lab_namespace, "pod-security.kubernetes.io/enforce=restricted")
+    cache = webhook_kube.NamespaceCache(webhook_kube.api_client(), Logger("error"))  # never started
+    assert not cache.synced
+    assert (cache.labels(lab_namespace) or {}).get("pod-security.kubernetes.io/enforce") == "restricted"
+    assert cache.labels("no-such-namespace") is None
+
+
 def test_a_namespace_whose_pod_security_refuses_mesh_init_gets_its_pods_unmeshed_not_refused(
     lab: Any, lab_namespace: str, webhook_account: Path, tmp_path: Path
 ) -> None:
