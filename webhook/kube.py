@@ -70,9 +70,11 @@ def _errors() -> tuple[type[BaseException], ...]:
     return (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError)
 
 
-def _data(call: Callable[..., Any], *args: Any, **kwargs: Any) -> JSON:
+def _data(
+    call: Callable[..., Any], *args: Any, request_timeout_s: float = REQUEST_TIMEOUT_S, **kwargs: Any
+) -> JSON:
     """A typed API method's answer as the API server's JSON (no model round-trip)."""
-    resp = call(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
+    resp = call(*args, _preload_content=False, _request_timeout=request_timeout_s, **kwargs)
     raw = resp.data
     return dict(json.loads(raw)) if raw else {}
 
@@ -122,10 +124,9 @@ class NamespaceCache:
         try:
             from kubernetes import client
 
-            resp = client.CoreV1Api(self._api).read_namespace(
-                namespace, _preload_content=False, _request_timeout=FETCH_TIMEOUT_S
-            )
-            meta = dict(json.loads(resp.data)).get("metadata") or {}
+            core = client.CoreV1Api(self._api)
+            answer = _data(core.read_namespace, namespace, request_timeout_s=FETCH_TIMEOUT_S)
+            meta = answer.get("metadata") or {}
             labels = dict(meta.get("labels") or {})
         except _errors() as err:
             if _status(err) != 404:
