@@ -3,7 +3,8 @@
 Neither ever stands in an admission's way. `NamespaceCache.labels()` answers from memory: a list
 and a watch of namespaces kept by a background thread; a namespace it does not know (not synced
 yet, or too new for the watch) costs one GET of at most FETCH_TIMEOUT_S; when that fails too (API
-server slow or down) it is None, and the pod is admitted with what is known.
+server slow or down) it is None, the pod is admitted with what is known, and no GET is tried for
+FETCH_PAUSE_S.
 `EventRecorder.record()` only puts a notice on a bounded queue (full: dropped and counted); a
 background thread turns notices into core/v1 Events on the pod's owner (Pod → ReplicaSet →
 Deployment, through ownerReferences and one `get`), as Linkerd's `InjectionSkipped`, so that the
@@ -36,7 +37,8 @@ from kubectl_mesh.log import Logger
 from webhook.admission import RESULT_ERROR, AdmissionRequest, Outcome
 
 REQUEST_TIMEOUT_S = 5.0
-FETCH_TIMEOUT_S = 2.0  # a namespace the cache does not know yet: one GET, well inside the webhook's timeout
+FETCH_TIMEOUT_S = 0.5  # a namespace the cache does not know yet: one GET (a healthy server takes ms)
+FETCH_PAUSE_S = 30.0  # after a failed GET, none for this long: a hung API server costs one admission 0.5 s
 MAX_FETCHES = 8  # GETs in flight per worker; beyond, the admission goes on with what is known
 WATCH_SECONDS = 240  # a watch is renewed this often (a relist after an error or a 410 Gone)
 COMPONENT = "kubectl-mesh-webhook"
@@ -107,6 +109,7 @@ class NamespaceCache:
         self._backoff_max_s = backoff_max_s
         self._stop = threading.Event()
         self._fetches = threading.BoundedSemaphore(MAX_FETCHES)
+        self._fetch_paused_until = 0.0
 
     def labels(self, namespace: str | None) -> Mapping[str, str] | None:
         """The namespace's labels: from memory, else (not synced yet, or a namespace created a
@@ -119,7 +122,7 @@ class NamespaceCache:
         return known if known is not None else self._fetch(namespace)
 
     def _fetch(self, namespace: str) -> Mapping[str, str] | None:
-        if not self._fetches.acquire(blocking=False):
+        if time.monotonic() < self._fetch_paused_until or not self._fetches.acquire(blocking=False):
             return None
         try:
             from kubernetes import client
@@ -130,7 +133,10 @@ class NamespaceCache:
             labels = dict(meta.get("labels") or {})
         except _errors() as err:
             if _status(err) != 404:
-                self._log.warning("namespace_fetch_failed", namespace=namespace, error=_message(err))
+                self._fetch_paused_until = time.monotonic() + FETCH_PAUSE_S
+                self._log.warning(
+                    "namespace_fetch_failed", namespace=namespace, error=_message(err), pause_s=FETCH_PAUSE_S
+                )
             return None
         finally:
             self._fetches.release()
