@@ -335,24 +335,9 @@ def test_renewed_certificate_is_served_without_restart(tmp_path: Path) -> None:
         assert "not usable yet" in srv.log_path.read_text()
 
 
-def test_bad_config_stops_the_server_with_one_line(tmp_path: Path) -> None:
-    srv = WebhookServer(tmp_path, workers=1, config={"proxyImge": "typo"})
-    result = subprocess.run(
-        [GUNICORN, "-c", "python:webhook.gunicorn_conf", "webhook.wsgi:app"],
-        cwd=REPO,
-        env=srv.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode != 0
-    assert "error: mesh config" in result.stderr and "unknown mesh config key(s): proxyImge" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_missing_tls_files_stop_the_server(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("MESH_TLS_CERT", "MESH_TLS_KEY")}
-    result = subprocess.run(
+def start_and_fail(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """gunicorn started as the image starts it, expected to stop at once: its exit and output."""
+    return subprocess.run(
         [GUNICORN, "-c", "python:webhook.gunicorn_conf", "webhook.wsgi:app"],
         cwd=REPO,
         env=env,
@@ -360,6 +345,19 @@ def test_missing_tls_files_stop_the_server(tmp_path: Path) -> None:
         text=True,
         timeout=30,
     )
+
+
+def test_bad_config_stops_the_server_with_one_line(tmp_path: Path) -> None:
+    srv = WebhookServer(tmp_path, workers=1, config={"proxyImge": "typo"})
+    result = start_and_fail(srv.env)
+    assert result.returncode != 0
+    assert "error: mesh config" in result.stderr and "unknown mesh config key(s): proxyImge" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_tls_files_stop_the_server(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MESH_TLS_CERT", "MESH_TLS_KEY")}
+    result = start_and_fail(env)
     assert result.returncode != 0 and "MESH_TLS_CERT and MESH_TLS_KEY" in result.stderr
 
 
@@ -367,14 +365,7 @@ def test_missing_tls_files_stop_the_server(tmp_path: Path) -> None:
 def test_a_bad_metrics_bind_stops_the_server_with_one_line(tmp_path: Path, bind: str) -> None:
     srv = WebhookServer(tmp_path, workers=1)
     srv.env["MESH_WEBHOOK_METRICS_BIND"] = srv.env["MESH_WEBHOOK_BIND"] if bind == "same" else bind
-    result = subprocess.run(
-        [GUNICORN, "-c", "python:webhook.gunicorn_conf", "webhook.wsgi:app"],
-        cwd=REPO,
-        env=srv.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = start_and_fail(srv.env)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: MESH_WEBHOOK_") and "MESH_WEBHOOK_METRICS_BIND" in line
