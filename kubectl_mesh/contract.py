@@ -103,6 +103,7 @@ PROMETHEUS_PORT = 9090
 WEBHOOK_SERVICE = "mesh-webhook"
 WEBHOOK_PORT = 443
 WEBHOOK_CONTAINER_PORT = 8443
+WEBHOOK_METRICS_PORT = 9995  # the webhook's /metrics, plain HTTP, apart from /mutate (as Linkerd's injector)
 WEBHOOK_PATH = "/mutate"
 WEBHOOK_TLS_SECRET = "mesh-webhook-tls"  # the serving certificate and key the chart makes
 SCRAPE_JOB = "mesh-proxy"

@@ -56,6 +56,11 @@ if TYPE_CHECKING:
 PKI_DIR = RUN_DIR / "pki"
 MOUNTPOINTS_FILE = RUN_DIR / "created-mountpoints"  # host paths the node made for volume mounts
 API_URL = f"https://{BRIDGE_IP}:{API_PORT}"
+# Alpha in 1.33 (off by default): on, so the lab's API server keeps and validates pod-level
+# `spec.resources`, which the injector grows by the proxy's share (kubectl_mesh/inject/podresources.py).
+# The controller-manager gets the same gates: components of one cluster should agree. The lab has
+# no scheduler, and its node agent does not enforce resources.
+FEATURE_GATES = "PodLevelResources=true"
 CONTROLLERS = (
     "deployment,replicaset,statefulset,daemonset,job,cronjob,namespace,serviceaccount,garbagecollector,"
     "endpoint,endpointslice,endpointslicemirroring,root-ca-cert-publisher,ttl-after-finished,disruption"
@@ -292,6 +297,7 @@ def _up_locked(owner: str, bins: Path, timeout: float, with_prometheus: bool) ->
         f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
         "--kubelet-preferred-address-types=InternalIP",
         "--profiling=false", "--enable-priority-and-fairness=false",
+        f"--feature-gates={FEATURE_GATES}",
     ])  # fmt: skip
 
     ctx = ssl.create_default_context(cafile=str(pki.ca))
@@ -307,6 +313,7 @@ def _up_locked(owner: str, bins: Path, timeout: float, with_prometheus: bool) ->
         f"--root-ca-file={pki.ca}", f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--use-service-account-credentials=false",
         "--concurrent-deployment-syncs=5", "--concurrent-replicaset-syncs=5",
+        f"--feature-gates={FEATURE_GATES}",
     ])  # fmt: skip
 
     agent_env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")

@@ -1,6 +1,8 @@
 """The webhook's HTTP edge: Flask routes around the pure `webhook.admission` protocol.
 
-`create_app()` is the factory gunicorn serves (see `webhook/gunicorn_conf.py`). The mesh config
+`create_app()` is the factory gunicorn serves on the admission port (see `webhook/gunicorn_conf.py`);
+`metrics_app()` is what the worker serves on the metrics port, apart, so that a NetworkPolicy can
+admit the API server to the one and Prometheus to the other. The mesh config
 is read once, at start-up, from `$MESH_CONFIG`; an unusable config stops the process with one
 line rather than injecting pods with defaults nobody asked for.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -153,10 +156,6 @@ def create_app(config: MeshConfig | None = None, kube: KubeAccess | None = None)
     def readyz() -> Response:
         return _json({"status": "ready", "proxyVersion": mesh_config.proxy_version})
 
-    @app.get("/metrics")
-    def metrics_endpoint() -> Response:
-        return Response(metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
-
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
@@ -168,6 +167,43 @@ def create_app(config: MeshConfig | None = None, kube: KubeAccess | None = None)
         return response
 
     return app
+
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+def metrics_app(
+    metrics: AdmissionMetrics | None,
+) -> Callable[[dict[str, Any], StartResponse], Iterable[bytes]]:
+    """The metrics port's WSGI app: `GET /metrics` (the workers' sum) and nothing else; JSON errors.
+
+    Not a Flask route of the admission app: that app answers on the admission port, which must not
+    serve /metrics, and this port must not serve /mutate. `metrics` None (an app without the
+    webhook's metrics): 404 for every path.
+    """
+
+    def serve(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if metrics is None or environ.get("PATH_INFO") != "/metrics":
+            return _answer(start_response, "404 Not Found", orjson.dumps({"error": "not found"}))
+        if environ.get("REQUEST_METHOD") != "GET":
+            error = orjson.dumps({"error": "method not allowed"})
+            return _answer(start_response, "405 Method Not Allowed", error, [("Allow", "GET")])
+        return _answer(start_response, "200 OK", metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+    return serve
+
+
+def _answer(
+    start_response: StartResponse,
+    status: str,
+    body: bytes,
+    headers: list[tuple[str, str]] | None = None,
+    content_type: str = "application/json",
+) -> list[bytes]:
+    start_response(
+        status, [("Content-Type", content_type), ("Content-Length", str(len(body))), *(headers or [])]
+    )
+    return [body]
 
 
 def _read_body() -> bytes:

@@ -6,7 +6,8 @@
 | --- | --- | --- |
 | `MESH_TLS_CERT`, `MESH_TLS_KEY` | serving cert and key files (required; reloaded on change) | |
 | `MESH_CONFIG` | mesh config JSON file (`kubectl_mesh.inject.config`) | built-in defaults |
-| `MESH_WEBHOOK_BIND` | listen address | `0.0.0.0:8443` |
+| `MESH_WEBHOOK_BIND` | admission listen address (TLS: `/mutate`, `/healthz`, `/readyz`) | `0.0.0.0:8443` |
+| `MESH_WEBHOOK_METRICS_BIND` | metrics listen address (plain HTTP: `GET /metrics` only) | `0.0.0.0:9995` |
 | `MESH_WEBHOOK_WORKERS` | gevent worker processes | `2` |
 | `MESH_WEBHOOK_WORKER_CLASS` | gunicorn worker (others lack the limits below) | `webhook.worker.MeshWorker` |
 | `MESH_WEBHOOK_TLS_TIMEOUT` | seconds from accept to the end of the TLS handshake | `10` |
@@ -19,7 +20,11 @@
 | `MESH_LOG_FORMAT` | `logfmt` or `json` lines (`kubectl_mesh/log.py`), for gunicorn's lines too | `logfmt` |
 | `PROMETHEUS_MULTIPROC_DIR` | where workers share metrics (a writable emptyDir) | a new dir under `$TMPDIR` |
 
-TLS 1.2 is the minimum. The limits are `webhook/connections.py`'s, enforced by the worker
+TLS 1.2 is the minimum on the admission port. The metrics port is plain HTTP, as Linkerd's
+injector (admin port 9995) and istiod (15014) serve theirs: counters, no secrets; the chart's
+NetworkPolicy admits only Prometheus to it. Only `webhook.worker.MeshWorker` serves it (another
+worker class, as `make bench-webhook --sweep` runs, would serve the admission app there over
+TLS), so with another class it is not bound. The limits are `webhook/connections.py`'s, enforced by the worker
 (`webhook/worker.py`). The config and the limits are checked in the master before any worker
 starts, so a bad ConfigMap or variable stops the pod with one clear line.
 """
@@ -38,7 +43,7 @@ from kubectl_mesh.inject import ConfigError, load_config
 from kubectl_mesh.log import Formatter, format_from_env
 from webhook.logs import ENV_WEBHOOK_LOG_LEVEL
 from webhook.tls import ReloadingTLS
-from webhook.worker import limits_from_env
+from webhook.worker import limits_from_env, metrics_bind_from_env
 
 _cert = os.environ.get("MESH_TLS_CERT", "")
 _key = os.environ.get("MESH_TLS_KEY", "")
@@ -47,6 +52,7 @@ if not _cert or not _key:
 try:
     _log_format = format_from_env()
     _limits = limits_from_env()
+    _metrics_bind, _metrics_port = metrics_bind_from_env()
 except ValueError as _exc:
     sys.exit(f"error: {_exc}")
 
@@ -65,11 +71,16 @@ class MeshLogger(GunicornLogger):
                 handler.setFormatter(Formatter(_log_format))
 
 
-bind = [os.environ.get("MESH_WEBHOOK_BIND", "0.0.0.0:8443")]
 # gevent's own WSGI server in each worker (~10% less CPU per admission than gunicorn's gevent
 # handler on this workload), with deadlines, a connection cap and a body budget added
 # (webhook/worker.py): gunicorn's `keepalive` alone did nothing with gevent's server.
-worker_class = os.environ.get("MESH_WEBHOOK_WORKER_CLASS", "webhook.worker.MeshWorker")
+MESH_WORKER = "webhook.worker.MeshWorker"
+worker_class = os.environ.get("MESH_WEBHOOK_WORKER_CLASS", MESH_WORKER)
+bind = [os.environ.get("MESH_WEBHOOK_BIND", "0.0.0.0:8443")]
+if bind[0].rpartition(":")[2] == str(_metrics_port):
+    sys.exit(f"error: MESH_WEBHOOK_BIND and MESH_WEBHOOK_METRICS_BIND share port {_metrics_port}")
+if worker_class == MESH_WORKER:
+    bind.append(_metrics_bind)  # the worker serves metrics_app there, without TLS
 workers = int(os.environ.get("MESH_WEBHOOK_WORKERS", "2"))
 worker_connections = _limits.max_connections
 keepalive = int(_limits.keepalive)  # the API server keeps its connections to webhooks open

@@ -23,6 +23,10 @@ worker keeps gevent's parser and adds, per connection, the phases and rules of
   stalls is answered 408 and closed.
 - Every answer the server writes itself is JSON, as the app's are, and a malformed request is
   one log line (gevent printed a traceback for some).
+- Two listeners (`webhook/gunicorn_conf.py`): the admission port (TLS, the Flask app: /mutate and
+  the probes) and the metrics port (`MESH_WEBHOOK_METRICS_BIND`, plain HTTP, `GET /metrics`
+  alone: `webhook.app.metrics_app`), each with its own app, under the same bounds and one
+  connection table; neither serves the other's paths.
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ LINGER_SECONDS = 1.0
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_THRESHOLD = 256 * 1024
 
+ENV_METRICS_BIND = "MESH_WEBHOOK_METRICS_BIND"
+DEFAULT_METRICS_BIND = "0.0.0.0:9995"
+
 ENV_LIMITS = {
     "MESH_WEBHOOK_TLS_TIMEOUT": ("tls_timeout", float),
     "MESH_WEBHOOK_HEADER_TIMEOUT": ("header_timeout", float),
@@ -91,6 +98,16 @@ def limits_from_env(environ: Mapping[str, str] | None = None) -> Limits:
     if limits.body_budget < MAX_BODY_BYTES + 1:
         raise ValueError(f"MESH_WEBHOOK_BODY_BUDGET must hold one body of {MAX_BODY_BYTES} bytes at least")
     return limits
+
+
+def metrics_bind_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, int]:
+    """`MESH_WEBHOOK_METRICS_BIND` as (its text, its port); ValueError names a bad value."""
+    env = os.environ if environ is None else environ
+    raw = env.get(ENV_METRICS_BIND, "").strip() or DEFAULT_METRICS_BIND
+    _host, sep, port = raw.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{ENV_METRICS_BIND}={raw!r}: expected HOST:PORT with a port of 1-65535")
+    return raw, int(port)
 
 
 class HeadTooLarge(ValueError):
@@ -213,8 +230,7 @@ class MeshHandler(PyWSGIHandler):
 
     def _count_refusal(self, status: int) -> None:
         """Count it in the app's `mesh_webhook_bad_requests_total`, as the app counts its own."""
-        extensions = getattr(self.server.application, "extensions", {})
-        metrics = extensions.get("mesh_metrics")
+        metrics = self.server.mesh_metrics
         if metrics is not None:
             metrics.bad_requests.labels(str(status)).inc()
 
@@ -305,21 +321,46 @@ class MeshHandler(PyWSGIHandler):
 
 
 class MeshServer(PyWSGIServer):
-    """gevent's WSGIServer with a connection table; TLS is handshaken lazily, with a deadline."""
+    """gevent's WSGIServer with a connection table; TLS is handshaken lazily, with a deadline.
 
-    def __init__(self, listener: Any, *, table: ConnectionTable, spawn: Any = None, **kwargs: Any) -> None:
+    On the listener bound to `metrics_port` it serves `metrics_app` over plain HTTP instead of the
+    application it is given (the admission app, whose metrics it serves).
+    """
+
+    def __init__(
+        self,
+        listener: Any,
+        *,
+        table: ConnectionTable,
+        metrics_port: int | None = None,
+        application: Any = None,
+        spawn: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self.mesh_metrics = getattr(application, "extensions", {}).get("mesh_metrics")
+        self.serves_metrics = metrics_port is not None and listener.getsockname()[1] == metrics_port
+        if self.serves_metrics:
+            from webhook.app import metrics_app  # here: the master imports this module, not Flask
+
+            kwargs.pop("ssl_context", None)
+            application = metrics_app(self.mesh_metrics)
         # gunicorn's pool of `worker_connections` would stop accepting when full; the table evicts
         # at that count, and the pool only bounds the greenlets still unwinding on top of it.
-        super().__init__(listener, spawn=Pool(table.limits.max_connections + POOL_SLACK), **kwargs)
+        pool = Pool(table.limits.max_connections + POOL_SLACK)
+        super().__init__(listener, application=application, spawn=pool, **kwargs)
         self.table = table
+
+    def init_socket(self) -> None:
+        super().init_socket()
+        self._handle = self.wrap_socket_and_handle  # with or without TLS: the table's phases apply
 
     def wrap_socket_and_handle(self, client_socket: Any, address: Any) -> None:
         conn, victims = self.table.open(gevent.getcurrent())
         _stop(victims)
         try:
             wait_read(client_socket.fileno())  # no TLS state for a socket that sends nothing
-            tls_socket = self.wrap_socket(client_socket, **self.ssl_args)
-            handler = self.handler_class(tls_socket, address, self)
+            sock = self.wrap_socket(client_socket, **self.ssl_args) if self.ssl_args else client_socket
+            handler = self.handler_class(sock, address, self)
             handler.conn = conn
             handler.handle()
         except Expired:
@@ -380,7 +421,8 @@ class MeshWorker(GeventPyWSGIWorker):
         limits = _fit_descriptors(limits)
         _return_large_blocks()
         self.table = ConnectionTable(limits, time.monotonic)
-        self.server_class = partial(MeshServer, table=self.table)
+        _bind, metrics_port = metrics_bind_from_env()
+        self.server_class = partial(MeshServer, table=self.table, metrics_port=metrics_port)
         gevent.spawn(self._reap)
         super().run()
 

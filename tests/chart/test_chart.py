@@ -305,6 +305,9 @@ def test_webhook_deployment_service_and_budget(defaults: list[dict[str, Any]]) -
     assert container["command"] == ["gunicorn", "-c", "python:webhook.gunicorn_conf", "webhook.wsgi:app"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["MESH_WEBHOOK_BIND"].endswith(f":{c.WEBHOOK_CONTAINER_PORT}")
+    # The metrics port: on the pod (Prometheus discovers pods), not on the admission Service.
+    assert env["MESH_WEBHOOK_METRICS_BIND"].endswith(f":{c.WEBHOOK_METRICS_PORT}")
+    assert named["metrics"] == c.WEBHOOK_METRICS_PORT
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     for var, name in (("MESH_TLS_CERT", "tls"), ("MESH_TLS_KEY", "tls"), ("MESH_CONFIG", "config")):
         assert mounts[str(Path(env[var]).parent)] == name
@@ -312,7 +315,9 @@ def test_webhook_deployment_service_and_budget(defaults: list[dict[str, Any]]) -
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
-def test_network_policy_admits_only_the_webhook_port(defaults: list[dict[str, Any]], render: Render) -> None:
+def test_network_policy_admits_the_api_server_and_prometheus_each_to_its_port(
+    defaults: list[dict[str, Any]], render: Render
+) -> None:
     deployment = find(defaults, "Deployment", "mesh-webhook")
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -321,10 +326,10 @@ def test_network_policy_admits_only_the_webhook_port(defaults: list[dict[str, An
     assert all(pod_labels[k] == v for k, v in spec["podSelector"]["matchLabels"].items())
     assert spec["policyTypes"] == ["Ingress"]  # egress open: the webhook calls the API server
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
-    for rule in spec["ingress"]:
-        assert [named[p["port"]] for p in rule["ports"]] == [c.WEBHOOK_CONTAINER_PORT]
     api_server, prometheus = spec["ingress"]
-    assert "from" not in api_server  # by default: any source, on the webhook port alone
+    assert [named[p["port"]] for p in api_server["ports"]] == [c.WEBHOOK_CONTAINER_PORT]
+    assert [named[p["port"]] for p in prometheus["ports"]] == [c.WEBHOOK_METRICS_PORT]
+    assert "from" not in api_server  # by default: any source, on the admission port alone
     prometheus_pods = find(defaults, "Deployment", "prometheus")["spec"]["template"]["metadata"]["labels"]
     (peer,) = prometheus["from"]
     assert peer["podSelector"]["matchLabels"].items() <= prometheus_pods.items()
@@ -403,9 +408,7 @@ def test_prometheus_runs_the_shared_scrape_job_with_in_cluster_discovery(
     config["scrape_configs"][0] = {**job, "static_configs": [{"targets": ["127.0.0.1:4191"]}]}
     assert webhook_job["job_name"] == c.WEBHOOK_SCRAPE_JOB
     del webhook_job["kubernetes_sd_configs"]
-    (tmp_path / "ca.crt").write_text("")  # promtool checks that the CA file exists
-    webhook_job["tls_config"]["ca_file"] = str(tmp_path / "ca.crt")
-    config["scrape_configs"][1] = {**webhook_job, "static_configs": [{"targets": ["127.0.0.1:8443"]}]}
+    config["scrape_configs"][1] = {**webhook_job, "static_configs": [{"targets": ["127.0.0.1:9995"]}]}
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     proc = subprocess.run(
         ["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
@@ -487,35 +490,28 @@ def test_rbac_is_least_privilege(defaults: list[dict[str, Any]]) -> None:
             assert spec.get("automountServiceAccountToken", True) is talks
 
 
-def test_prometheus_scrapes_the_webhook_over_tls_checked_against_its_ca(
-    defaults: list[dict[str, Any]],
-) -> None:
+def test_prometheus_scrapes_the_webhook_on_its_metrics_port(defaults: list[dict[str, Any]]) -> None:
     config = yaml.safe_load(find(defaults, "ConfigMap", "prometheus-config")["data"]["prometheus.yml"])
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == c.WEBHOOK_SCRAPE_JOB]
-    assert job["scheme"] == "https" and job["metrics_path"] == "/metrics"
-    assert job["tls_config"] == {
-        "ca_file": "/etc/mesh/webhook-ca/ca.crt",
-        "server_name": f"{c.WEBHOOK_SERVICE}.{c.CONTROL_PLANE_NAMESPACE}.svc",
-    }
+    assert job["scheme"] == "http" and job["metrics_path"] == "/metrics" and "tls_config" not in job
     assert job["kubernetes_sd_configs"] == [
         {"role": "pod", "namespaces": {"names": [c.CONTROL_PLANE_NAMESPACE]}}
     ]
     keep = job["relabel_configs"][0]
-    assert keep["action"] == "keep" and keep["regex"] == "kubectl-mesh;webhook;https"
+    assert keep["action"] == "keep" and keep["regex"] == "kubectl-mesh;webhook;metrics"
     webhook = find(defaults, "Deployment", "mesh-webhook")["spec"]["template"]
     labels = webhook["metadata"]["labels"]
-    port_names = [p["name"] for ct in webhook["spec"]["containers"] for p in ct.get("ports", [])]
+    ports = {
+        p["name"]: p["containerPort"] for ct in webhook["spec"]["containers"] for p in ct.get("ports", [])
+    }
     assert (labels["app.kubernetes.io/name"], labels["app.kubernetes.io/component"]) == (
         "kubectl-mesh",
         "webhook",
     )
-    assert "https" in port_names
+    assert ports["metrics"] == c.WEBHOOK_METRICS_PORT
+    # Plain HTTP: Prometheus no longer mounts anything of the webhook's TLS Secret.
     prometheus = find(defaults, "Deployment", "prometheus")["spec"]["template"]["spec"]
-    (volume,) = [v for v in prometheus["volumes"] if v["name"] == "webhook-ca"]
-    assert volume["secret"]["secretName"] == c.WEBHOOK_TLS_SECRET
-    assert volume["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]  # never the key
-    (mount,) = [m for m in prometheus["containers"][0]["volumeMounts"] if m["name"] == "webhook-ca"]
-    assert mount["mountPath"] == "/etc/mesh/webhook-ca"
+    assert c.WEBHOOK_TLS_SECRET not in json.dumps(prometheus)
 
 
 def test_one_log_format_for_the_webhook_and_the_proxies(render: Render) -> None:

@@ -8,6 +8,7 @@ while another session has a control plane in the lab (the objects' names are con
 from __future__ import annotations
 
 import json
+import subprocess
 from typing import Any
 
 import pytest
@@ -27,12 +28,33 @@ def test_helm_install_into_mesh_system_with_create_namespace(lab: Any) -> None:
     try:
         notes = helm(lab, "install", RELEASE, str(CHART), "--create-namespace", *base)
         # The label the chart's own Namespace would carry: the NOTES say how to add it.
-        assert f"kubectl label namespace {NS} pod-security.kubernetes.io/enforce=restricted" in notes
         manifest = helm(lab, "get", "manifest", RELEASE, "-n", NS)
         assert "\nkind: Namespace\n" not in manifest
         namespace = json.loads(lab.kubectl("get", "namespace", NS, "-o", "json"))
         assert "meta.helm.sh/release-name" not in (namespace["metadata"].get("annotations") or {})
         lab.wait_pods_ready(NS, WEBHOOK_PODS, count=2, timeout=120)
+
+        # The mesh needs no label of its own on mesh-system. Kept out of injection by its name
+        # (`kubernetes.io/metadata.name`, which the API server sets on every namespace): a pod
+        # that opts in there is created without the proxy, the webhook not even called (it would
+        # have said why it skipped the pod, in a warning kubectl prints).
+        namespace = json.loads(lab.kubectl("get", "namespace", NS, "-o", "json"))
+        assert not any(k.startswith("kubectl-mesh.io/") for k in namespace["metadata"].get("labels", {}))
+        opt_in = {c.INJECT_LABEL: c.INJECT_ENABLED}
+        inside = create_pod(lab, "--dry-run=server", name="opted-in", namespace=NS, labels=opt_in)
+        assert inside.returncode == 0 and not injected(json.loads(inside.stdout)), inside.stderr
+        assert "kubectl-mesh" not in inside.stderr
+        # The Pod Security label the NOTES give, applied as they say: the API server checks every
+        # running control-plane pod against `restricted` and warns of none.
+        command = [
+            line.strip() for line in notes.splitlines() if "pod-security.kubernetes.io/enforce" in line
+        ]
+        assert command == [f"kubectl label namespace {NS} pod-security.kubernetes.io/enforce=restricted"]
+        labelled = subprocess.run(
+            command[0].split(), capture_output=True, text=True, env=lab.env(), timeout=60, check=False
+        )
+        assert labelled.returncode == 0, labelled.stderr
+        assert "violate" not in labelled.stderr and "Warning" not in labelled.stderr, labelled.stderr
 
         meshed = lab.create_namespace("release-ns", labels={c.INJECT_LABEL: c.INJECT_ENABLED})
         try:

@@ -191,11 +191,19 @@ def test_the_committed_manifest_is_the_release_template() -> None:
     assert len(platform["sha256"]) == 64 and platform["sha256"] == platform["sha256"].lower()
 
 
-def test_kubectl_completes_the_krew_installed_plugin(served_dist: tuple[Path, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("root", ["KREW_ROOT", "default"])
+def test_kubectl_completes_the_krew_installed_plugin(
+    served_dist: tuple[Path, str], tmp_path: Path, root: str
+) -> None:
+    """Both forms of the caveats' command: a KREW_ROOT of one's own, and krew's default ~/.krew."""
     bin_dir = krew_bin_dir()
     dist, _ = served_dist
-    krew_root = tmp_path / "krew"
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "KREW_ROOT": str(krew_root)}
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    if root == "KREW_ROOT":
+        krew_root = tmp_path / "krew"
+        env["KREW_ROOT"] = str(krew_root)
+    else:
+        krew_root = tmp_path / ".krew"
     done = subprocess.run(
         [KUBECTL, "krew", "install", f"--manifest={dist / 'krew-manifest.yaml'}",
          f"--archive={dist / 'kubectl-mesh.tar.gz'}"],

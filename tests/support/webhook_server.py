@@ -39,7 +39,8 @@ def write_certs(directory: Path) -> Path:
 
 
 class WebhookServer:
-    """gunicorn serving `app` (the webhook by default) on a free port with a fresh test CA.
+    """gunicorn serving `app` (the webhook by default) on a free port with a fresh test CA, and its
+    metrics on another (`metrics_port`, plain HTTP).
 
     `workers` and `worker_class` set MESH_WEBHOOK_WORKERS / MESH_WEBHOOK_WORKER_CLASS (None: the
     shipped defaults); `config` is written as the MESH_CONFIG file; `pythonpath` is put before the
@@ -60,7 +61,7 @@ class WebhookServer:
         self.workdir = workdir
         self.tls_dir = workdir / "tls"
         self.ca_file = write_certs(self.tls_dir)
-        (self.port,) = free_ports(1)
+        self.port, self.metrics_port = free_ports(2)
         self.log_path = workdir / "gunicorn.log"
         self.app = app
         metrics_dir = workdir / "metrics"
@@ -70,6 +71,7 @@ class WebhookServer:
             MESH_TLS_CERT=str(self.tls_dir / "tls.crt"),
             MESH_TLS_KEY=str(self.tls_dir / "tls.key"),
             MESH_WEBHOOK_BIND=f"127.0.0.1:{self.port}",
+            MESH_WEBHOOK_METRICS_BIND=f"127.0.0.1:{self.metrics_port}",
             PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         )
         if workers is not None:
@@ -150,6 +152,18 @@ class WebhookServer:
         finally:
             if own:
                 c.close()
+
+    def metrics_request(
+        self, method: str = "GET", path: str = "/metrics"
+    ) -> tuple[int, dict[str, str], bytes]:
+        """A plain-HTTP request to the metrics port (no TLS there)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=10)
+        try:
+            conn.request(method, path)
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
 
     def mutate(self, review: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         status, _, body = self.request(

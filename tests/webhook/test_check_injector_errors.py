@@ -1,7 +1,7 @@
 """`kubectl mesh check` reports injector errors of the last hour (issue #12), end to end without a
-cluster: the real webhook (gunicorn, TLS), a real Prometheus running the chart's own `mesh-webhook`
-scrape job (TLS checked against the webhook's CA and the Service's name; a static target in place
-of pod discovery), and the check reading that Prometheus.
+cluster: the real webhook (gunicorn, TLS on its admission port), a real Prometheus running the
+chart's own `mesh-webhook` scrape job (plain HTTP to the webhook's metrics port; a static target in
+place of pod discovery), and the check reading that Prometheus.
 """
 
 from __future__ import annotations
@@ -44,8 +44,7 @@ def test_check_sees_an_injector_error_through_the_charts_scrape_job(tmp_path: Pa
     with WebhookServer(tmp_path / "webhook", workers=1) as server:
         job = {**job, "scrape_interval": "1s", "scrape_timeout": "1s"}
         del job["kubernetes_sd_configs"]
-        job["tls_config"] = {**job["tls_config"], "ca_file": str(server.ca_file)}
-        job["static_configs"] = [{"targets": [f"127.0.0.1:{server.port}"]}]
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{server.metrics_port}"]}]
         job["relabel_configs"] = []  # they select pods by their labels: there are none here
         prometheus = start_prometheus({"scrape_configs": [job]}, tmp_path / "prometheus")
         try:

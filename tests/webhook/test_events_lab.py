@@ -195,7 +195,7 @@ def test_an_injector_error_is_an_event_on_the_deployment_counted_not_repeated(
     described = lab.kubectl("-n", lab_namespace, "describe", "deployment", "web")
     assert c.EVENT_INJECTION_SKIPPED in described and "admitted without the mesh proxy" in described
 
-    status, _, body = faulty_webhook.request("GET", "/metrics")
+    status, _, body = faulty_webhook.metrics_request()
     assert status == 200
     text = body.decode()
     assert 'mesh_webhook_admissions_total{reason="",result="error"} 4.0' in text

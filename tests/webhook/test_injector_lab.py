@@ -2,17 +2,23 @@
 
 Each case has two halves: what the injector would emit without the guard (the API server refuses
 it: the guard is needed) and what it emits now (the API server accepts it). Server-side dry runs
-(`dryRun=All`): nothing is stored, no pod runs. Pod-level resources are not here: the lab's
-kube-apiserver (1.33) has the PodLevelResources feature gate off and drops `spec.resources`, so
-tests/webhook/test_injector_guards.py checks them against the API server's rule instead.
+(`dryRun=All`): nothing is stored, no pod runs. Pod-level resources need the lab's kube-apiserver
+(1.33) to run with the PodLevelResources feature gate (lab/cluster.py `FEATURE_GATES`); a lab
+started before that gate drops `spec.resources`, and that test skips, saying so
+(tests/webhook/test_injector_guards.py checks the same against the API server's rule, offline).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from kubectl_mesh import contract as c
 from kubectl_mesh.health import CheckFailed, Context, check_meshed_namespaces_pod_security
@@ -133,3 +139,64 @@ def test_label_values_from_odd_owner_names_are_accepted(lab: Any, lab_namespace:
     assert server_verdict(lab, lab_namespace, decision.pod) == ""
     env = {e["name"]: e.get("value") for e in decision.pod["spec"]["initContainers"][1]["env"]}
     assert env[c.ENV_WORKLOAD_NAME] == owner  # the proxy still reports the full name
+
+
+def _kubectl_dry_run(lab: Any, namespace: str, body: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """`kubectl create --dry-run=server -o json` of one object, as a user checks a manifest."""
+    return subprocess.run(
+        ["kubectl", "create", "--dry-run=server", "-n", namespace, "-o", "json", "-f", "-"],
+        input=json.dumps(body),
+        capture_output=True,
+        text=True,
+        env=lab.env(),
+        timeout=60,
+        check=False,
+    )
+
+
+def test_pod_level_resources_that_just_cover_the_app_are_accepted_once_injected(
+    lab: Any, lab_namespace: str
+) -> None:
+    budget = {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "100m", "memory": "128Mi"}}
+    original = pod("tight", resources=budget)
+    original["spec"]["containers"][0]["resources"] = {
+        "requests": {"cpu": "100m", "memory": "64Mi"},
+        "limits": {"memory": "128Mi"},
+    }
+    plain = _kubectl_dry_run(lab, lab_namespace, original)
+    assert plain.returncode == 0, plain.stderr
+    if "resources" not in json.loads(plain.stdout)["spec"]:
+        pytest.skip(
+            "the lab's kube-apiserver drops spec.resources (feature gate PodLevelResources off): "
+            "a lab started before lab/cluster.py set FEATURE_GATES; restart the lab to run this test"
+        )
+    # `kubectl mesh inject` as a user runs it: kubectl finds the plugin on PATH.
+    venv_bin = str(Path(sys.executable).parent)
+    env = lab.env(PATH=f"{venv_bin}:{lab.env()['PATH']}")
+    run = subprocess.run(
+        ["kubectl", "mesh", "inject", "-"],
+        input=json.dumps(original),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    injected = yaml.safe_load(run.stdout)
+    assert injected["spec"]["resources"] == {
+        "requests": {"cpu": "110m", "memory": "96Mi"},  # + the proxy's requests (10m, 32Mi)
+        "limits": {"cpu": "110m", "memory": "384Mi"},  # + its limit (256Mi), its cpu request (none)
+    }
+    accepted = _kubectl_dry_run(lab, lab_namespace, injected)
+    assert accepted.returncode == 0, accepted.stderr
+    answered = json.loads(accepted.stdout)["spec"]
+    assert answered["resources"] == injected["spec"]["resources"]  # kept, not dropped
+    assert [c["name"] for c in answered["initContainers"]] == ["mesh-init", "mesh-proxy"]
+    # Without the proxy's share (what the injector emitted before): the server refuses the pod.
+    unfixed = copy.deepcopy(injected)
+    unfixed["spec"]["resources"] = budget
+    refused = _kubectl_dry_run(lab, lab_namespace, unfixed)
+    assert refused.returncode != 0
+    assert "spec.resources.requests[cpu]" in refused.stderr
+    assert "must be greater than or equal to aggregate container requests" in refused.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import http.client
 import json
 import os
 import ssl
@@ -35,7 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookServer]:
 
 
 def metric_samples(srv: WebhookServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, headers, body = srv.request("GET", "/metrics")
+    status, headers, body = srv.metrics_request()
     assert status == 200 and headers["content-type"].startswith("text/plain")
     out = {}
     for family in text_string_to_metric_families(body.decode()):
@@ -136,6 +137,48 @@ def test_health_endpoints(server: WebhookServer) -> None:
     assert server.request("GET", "/healthz")[0] == 200
     status, _, body = server.request("GET", "/readyz")
     assert status == 200 and json.loads(body)["status"] == "ready"
+
+
+def test_metrics_are_served_on_their_own_port_and_mutate_is_not(server: WebhookServer) -> None:
+    """Two ports, two jobs: the NetworkPolicy admits the API server to one, Prometheus to the other."""
+    before = metric_samples(server)
+    # The metrics port: plain HTTP, GET /metrics only; /mutate, the probes, any other path: 404.
+    review = json.dumps(admission_review(uid="uid-metrics-port")).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", server.metrics_port, timeout=10)
+    try:
+        conn.request("POST", "/mutate", body=review, headers={"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        status, body = answer.status, answer.read()
+    finally:
+        conn.close()
+    assert (status, json.loads(body)) == (404, {"error": "not found"})
+    for path in ("/healthz", "/readyz", "/"):
+        status, headers, body = server.metrics_request("GET", path)
+        assert (status, headers["content-type"], json.loads(body)) == (
+            404,
+            "application/json",
+            {"error": "not found"},
+        )
+    status, headers, body = server.metrics_request("POST", "/metrics")
+    assert (status, headers["allow"], json.loads(body)["error"]) == (405, "GET", "method not allowed")
+    # No admission was answered there: the admission counters did not move.
+    after = metric_samples(server)
+    for result in ("injected", "skipped", "error"):
+        assert admissions(after, result) == admissions(before, result)
+    # The admission port (TLS): /metrics is not there; /mutate is, and counts on the metrics port.
+    status, headers, body = server.request("GET", "/metrics")
+    assert status == 404 and headers["content-type"] == "application/json" and "error" in json.loads(body)
+    assert server.mutate(admission_review(uid="uid-admission-port"))[0] == 200
+    assert admissions(metric_samples(server), "injected") == admissions(after, "injected") + 1
+    # And each port speaks only its own protocol: no TLS on the metrics port.
+    with pytest.raises(ssl.SSLError):
+        tls = http.client.HTTPSConnection(
+            "127.0.0.1", server.metrics_port, context=server.client_context(), timeout=10
+        )
+        try:
+            tls.request("GET", "/metrics")
+        finally:
+            tls.close()
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -292,24 +335,9 @@ def test_renewed_certificate_is_served_without_restart(tmp_path: Path) -> None:
         assert "not usable yet" in srv.log_path.read_text()
 
 
-def test_bad_config_stops_the_server_with_one_line(tmp_path: Path) -> None:
-    srv = WebhookServer(tmp_path, workers=1, config={"proxyImge": "typo"})
-    result = subprocess.run(
-        [GUNICORN, "-c", "python:webhook.gunicorn_conf", "webhook.wsgi:app"],
-        cwd=REPO,
-        env=srv.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode != 0
-    assert "error: mesh config" in result.stderr and "unknown mesh config key(s): proxyImge" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_missing_tls_files_stop_the_server(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("MESH_TLS_CERT", "MESH_TLS_KEY")}
-    result = subprocess.run(
+def start_and_fail(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """gunicorn started as the image starts it, expected to stop at once: its exit and output."""
+    return subprocess.run(
         [GUNICORN, "-c", "python:webhook.gunicorn_conf", "webhook.wsgi:app"],
         cwd=REPO,
         env=env,
@@ -317,4 +345,27 @@ def test_missing_tls_files_stop_the_server(tmp_path: Path) -> None:
         text=True,
         timeout=30,
     )
+
+
+def test_bad_config_stops_the_server_with_one_line(tmp_path: Path) -> None:
+    srv = WebhookServer(tmp_path, workers=1, config={"proxyImge": "typo"})
+    result = start_and_fail(srv.env)
+    assert result.returncode != 0
+    assert "error: mesh config" in result.stderr and "unknown mesh config key(s): proxyImge" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_tls_files_stop_the_server(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MESH_TLS_CERT", "MESH_TLS_KEY")}
+    result = start_and_fail(env)
     assert result.returncode != 0 and "MESH_TLS_CERT and MESH_TLS_KEY" in result.stderr
+
+
+@pytest.mark.parametrize("bind", ["9995", "0.0.0.0:http", "0.0.0.0:70000", "same"])
+def test_a_bad_metrics_bind_stops_the_server_with_one_line(tmp_path: Path, bind: str) -> None:
+    srv = WebhookServer(tmp_path, workers=1)
+    srv.env["MESH_WEBHOOK_METRICS_BIND"] = srv.env["MESH_WEBHOOK_BIND"] if bind == "same" else bind
+    result = start_and_fail(srv.env)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: MESH_WEBHOOK_") and "MESH_WEBHOOK_METRICS_BIND" in line

@@ -115,17 +115,14 @@ truth), discovering pods through the in-cluster API with the prometheus ServiceA
 
 {{/*
 The webhook's own /metrics (admissions by result and reason: injector errors, skips), scraped
-over TLS from each webhook pod, its certificate checked against the webhook's CA (ca.crt of the
-TLS Secret, mounted into Prometheus) under the Service's name. `kubectl mesh check` reads it.
+from each webhook pod's metrics port (plain HTTP, apart from the admission port; the webhook's
+NetworkPolicy admits only Prometheus to it). `kubectl mesh check` reads it.
 */}}
 {{- define "mesh.prometheus.webhookJob" -}}
 job_name: mesh-webhook
 scrape_interval: 10s
-scheme: https
+scheme: http
 metrics_path: /metrics
-tls_config:
-  ca_file: /etc/mesh/webhook-ca/ca.crt
-  server_name: mesh-webhook.{{ include "mesh.namespace" . }}.svc
 kubernetes_sd_configs:
   - role: pod
     namespaces:
@@ -136,7 +133,7 @@ relabel_configs:
       - __meta_kubernetes_pod_label_app_kubernetes_io_component
       - __meta_kubernetes_pod_container_port_name
     action: keep
-    regex: kubectl-mesh;webhook;https
+    regex: kubectl-mesh;webhook;metrics
   - source_labels: [__meta_kubernetes_namespace]
     target_label: namespace
   - source_labels: [__meta_kubernetes_pod_name]
