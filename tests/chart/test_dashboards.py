@@ -114,7 +114,8 @@ def test_queries_use_only_the_proxy_metrics_and_prometheus_labels(name: str) -> 
         metrics = set(re.findall(r"\b([a-z_]+)\s*\{", expr))
         assert metrics and metrics <= PROXY_METRICS, expr
         labels = set(re.findall(r"\b([a-z_]+)\s*(?:=|!=|=~)\s*\"", expr))
-        allowed = {"job", "namespace", "deployment", "pod", "direction", "classification", "le", "grpc_status"}
+        allowed = {"job", "namespace", "deployment", "pod", "direction", "classification", "le"}
+        allowed.add("grpc_status")  # the gRPC panels' breakdown
         allowed |= {f"{side}_{k}" for side in ("src", "dst") for k in ("namespace", "deployment", "pod")}
         assert labels <= allowed, expr
 
