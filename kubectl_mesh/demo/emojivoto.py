@@ -456,7 +456,18 @@ def grpc_handler(
 
 def serve_grpc(bind: str, port: int, handler: grpc.GenericRpcHandler) -> tuple[grpc.Server, int]:
     """Start a gRPC server (h2c, no TLS: the mesh sees it) and return it with its port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"grpc-{port}"))
+    if port:  # a taken port fails here, in one line, before grpcio's C core logs its own error
+        with socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+            try:
+                probe.bind((bind, port))
+            except OSError as exc:
+                raise OSError(f"{bind}:{port}: {exc.strerror}") from None
+    # grpcio sets SO_REUSEPORT by default: a second server on a taken port would share it silently.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"grpc-{port}"),
+        options=[("grpc.so_reuseport", 0)],
+    )
     server.add_generic_rpc_handlers((handler,))
     try:
         bound = server.add_insecure_port(f"{bind}:{port}")

@@ -132,6 +132,24 @@ def test_a_failing_emoji_outside_the_list_is_refused() -> None:
     assert done.stderr.strip() == "emojivoto voting: FAILING_EMOJI=':no-such:' is not one of the emoji"
 
 
+@pytest.mark.parametrize("service", ["emoji", "voting"])
+def test_a_taken_port_is_a_one_line_error(service: str) -> None:
+    """grpcio would share a port by SO_REUSEPORT; the services refuse a taken one instead."""
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # even one that would share
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "kubectl_mesh.demo.emojivoto", service],
+            env={**runtime_env(), "BIND": "127.0.0.1", "PORT": str(port), "COUNTERS_PORT": "0"},
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"emojivoto {service}: cannot listen: 127.0.0.1:{port}"), line
+
+
 def test_bad_grpc_input_costs_one_call_not_the_service(grpc_services: dict[str, Any]) -> None:
     """Garbage instead of HTTP/2, and a call whose message is not protobuf: refused, counted by
     nobody as a vote, and the next good call still works."""
