@@ -145,8 +145,9 @@ def test_demo_once_tells_the_walkthrough_story_with_true_numbers(scratch: Path) 
     # And what the bot sent is what web received: the mesh lost or invented nothing.
     assert web.success == pytest.approx(bot.success, abs=tolerance(bot.requests))
     assert web.rps == pytest.approx(bot.rps, rel=RPS_TOLERANCE)
-    # The bot's design: 2 requests per loop, the failing emoji in 15% of the votes.
-    assert web.rps == pytest.approx(2 * RATE, rel=RPS_TOLERANCE)
+    # The bot's design: 2 requests per loop, the failing emoji in 15% of the votes (its pace is
+    # the machine's: on a busy one the bot falls behind, hence the wider bound).
+    assert web.rps == pytest.approx(2 * RATE, rel=0.15)
     assert voting == pytest.approx(0.85, abs=tolerance(bot.requests // 2))
 
     (culprit,) = recorded["diagnosis"]["culprits"]
