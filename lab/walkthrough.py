@@ -8,6 +8,10 @@ Run as root on Linux, from the checkout: `python -m lab.walkthrough [--variant l
 A lab that is already running (`make cluster`) is used and left running; otherwise the lab is
 started here and torn down at the end. tests/e2e/test_walkthrough.py runs the same code and
 checks the numbers against the services' own counters.
+
+emojivoto.yml is applied as a user would, with one addition the lab needs: the app's containers
+get PYTHONPATH to this checkout's code (`this_checkouts_code`), as helm's post-renderer gives the
+chart's pods, since the lab's node runs pods with the code its agent was started from.
 """
 
 from __future__ import annotations
