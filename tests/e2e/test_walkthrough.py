@@ -107,20 +107,16 @@ def test_grafana_dashboards_show_web(results: dict[str, Any]) -> None:
 def test_grafana_grpc_panels_show_voting_failing_with_unknown(results: dict[str, Any]) -> None:
     """The gRPC panels break the calls down by grpc_status: web's calls to emoji all end 0 (OK),
     to voting 0 or 2 (UNKNOWN, the doughnut); voting serves both; nothing else appears."""
-    for result in results.values():
-        series = {(board, panel): found for board, panel, _, found in result.dashboards}
-        deployment, namespace = "kubectl-mesh / Deployment", "kubectl-mesh / Namespace"
-        outbound = series[(deployment, "gRPC responses by destination and status (outbound)")]
-        assert {(s["dst_deployment"], s["grpc_status"]) for s in outbound} == {
-            ("emoji", "0"),
-            ("voting", "0"),
-            ("voting", "2"),
-        }, outbound
-        inbound = series[(deployment, "gRPC responses by status (inbound)")]  # voting's
-        assert {s["grpc_status"] for s in inbound} == {"0", "2"}, inbound
-        by_deployment = series[(namespace, "gRPC responses by deployment and status (inbound)")]
-        assert {(s["deployment"], s["grpc_status"]) for s in by_deployment} == {
-            ("emoji", "0"),
-            ("voting", "0"),
-            ("voting", "2"),
-        }, by_deployment
+    app = {("emoji", "0"), ("voting", "0"), ("voting", "2")}  # (callee, grpc_status)
+
+    def labels_of(result: Any, board: str, panel: str, *labels: str) -> set[tuple[str, ...]]:
+        (found,) = [f for b, p, _, f in result.dashboards if (b, p) == (f"kubectl-mesh / {board}", panel)]
+        return {tuple(s[label] for label in labels) for s in found}
+
+    outbound = "gRPC responses by destination and status (outbound)"  # evaluated for web
+    inbound = "gRPC responses by status (inbound)"  # for voting (web serves HTTP/1.1)
+    by_deployment = "gRPC responses by deployment and status (inbound)"
+    for r in results.values():
+        assert labels_of(r, "Deployment", outbound, "dst_deployment", "grpc_status") == app, r.dashboards
+        assert labels_of(r, "Deployment", inbound, "grpc_status") == {("0",), ("2",)}, r.dashboards
+        assert labels_of(r, "Namespace", by_deployment, "deployment", "grpc_status") == app, r.dashboards
