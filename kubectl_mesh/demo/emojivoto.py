@@ -400,16 +400,15 @@ def _split_hostport(hostport: str) -> tuple[str, int]:
 
 EMOJI_SERVICE = Emoji_pb2.DESCRIPTOR.services_by_name["EmojiService"]
 VOTING_SERVICE = Voting_pb2.DESCRIPTOR.services_by_name["VotingService"]
-Handler = Callable[[Any], Any]  # request message -> response message; raises RpcFailure
+Handler = Callable[[Any], Any]  # request message -> response message, or an RpcFailure
 
 
-class RpcFailure(Exception):
-    """Ends a call with a gRPC error status (the servicer's way to fail, counted as such)."""
+@dataclass(frozen=True)
+class RpcFailure:
+    """What a servicer returns to end the call with a gRPC error status (counted as such)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
+    code: grpc.StatusCode
+    details: str
 
 
 def method_path(service: Any, method: str) -> str:
@@ -432,12 +431,11 @@ def grpc_handler(
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 response = handler(request)
-            except RpcFailure as failure:
-                counters.count_received(path, failure.code)
-                context.abort(failure.code, failure.details)
             except Exception as exc:  # a bug costs one call (UNKNOWN, as grpcio would say), not more
-                counters.count_received(path, grpc.StatusCode.UNKNOWN)
-                context.abort(grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}")
+                response = RpcFailure(grpc.StatusCode.UNKNOWN, type(exc).__name__)
+            if isinstance(response, RpcFailure):
+                counters.count_received(path, response.code)
+                context.abort(response.code, response.details)
             counters.count_received(path, grpc.StatusCode.OK)
             return response
 
@@ -551,7 +549,7 @@ def voting_service(failing_emoji: str) -> dict[str, Handler]:
     def voter(code: str) -> Handler:
         def vote(_request: Any) -> Any:
             if code == failing_emoji:
-                raise RpcFailure(grpc.StatusCode.UNKNOWN, f"voting for {code} is broken (on purpose)")
+                return RpcFailure(grpc.StatusCode.UNKNOWN, f"voting for {code} is broken (on purpose)")
             with lock:
                 votes[code] = votes.get(code, 0) + 1
             return Voting_pb2.VoteResponse()
