@@ -3,7 +3,8 @@
 The lab's node runs pods with the code its agent was started from (the checkout that ran
 `lab up`, maybe another branch); this points the control plane at the code of the checkout that
 runs helm (`lab.runtime.runtime_pythonpath()`), so the chart and the code it runs are of the
-same commit. `python -m lab.post_render DIR` reads helm's rendering on stdin.
+same commit. `python -m lab.post_render DIR` reads helm's rendering on stdin. The walkthrough
+applies emojivoto's manifest through `with_pythonpath` for the same reason.
 """
 
 from __future__ import annotations
@@ -13,14 +14,19 @@ import sys
 import yaml
 
 
-def main() -> None:
-    path = sys.argv[1]
-    docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
+def with_pythonpath(text: str, path: str) -> str:
+    """The YAML stream `text` with PYTHONPATH=`path` on every Deployment's containers."""
+    docs = [d for d in yaml.safe_load_all(text) if d]
     for doc in docs:
         if doc.get("kind") == "Deployment":
             for container in doc["spec"]["template"]["spec"].get("containers") or []:
-                container.setdefault("env", []).append({"name": "PYTHONPATH", "value": path})
-    sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
+                env = [e for e in container.get("env") or [] if e.get("name") != "PYTHONPATH"]
+                container["env"] = [*env, {"name": "PYTHONPATH", "value": path}]
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def main() -> None:
+    sys.stdout.write(with_pythonpath(sys.stdin.read(), sys.argv[1]))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ Run as root on Linux, from the checkout: `python -m lab.walkthrough [--variant l
 A lab that is already running (`make cluster`) is used and left running; otherwise the lab is
 started here and torn down at the end. tests/e2e/test_walkthrough.py runs the same code and
 checks the numbers against the services' own counters.
+
+emojivoto.yml is applied as a user would, with one addition the lab needs: the app's containers
+get PYTHONPATH to this checkout's code (`this_checkouts_code`), as helm's post-renderer gives the
+chart's pods, since the lab's node runs pods with the code its agent was started from.
 """
 
 from __future__ import annotations
@@ -170,6 +174,15 @@ def remove_app(tools: Tools) -> None:
         tools.kubectl("delete", "namespace", NAMESPACE, "--wait=true", "--timeout=180s", timeout=200)
 
 
+def this_checkouts_code(manifest: str) -> str:
+    """The app's containers run this checkout's emojivoto, as the chart's pods do (helm's post-renderer):
+    the lab's node runs pods with the code its agent was started from, maybe another checkout."""
+    from lab.post_render import with_pythonpath
+    from lab.runtime import runtime_pythonpath
+
+    return with_pythonpath(manifest, str(runtime_pythonpath()))
+
+
 def deploy_labelled(tools: Tools) -> None:
     """The namespace opts in; the webhook injects every pod the Deployments create."""
     remove_app(tools)
@@ -178,7 +191,7 @@ def deploy_labelled(tools: Tools) -> None:
     log(f"$ kubectl label namespace {NAMESPACE} {INJECT_LABEL}={INJECT_ENABLED}")
     tools.kubectl("label", "namespace", NAMESPACE, f"{INJECT_LABEL}={INJECT_ENABLED}")
     log("$ kubectl apply -f examples/emojivoto/emojivoto.yml")
-    tools.kubectl("apply", "-f", str(MANIFEST))
+    tools.kubectl("apply", "-f", "-", stdin=this_checkouts_code(MANIFEST.read_text()))
 
 
 def deploy_injected(tools: Tools) -> None:
@@ -186,7 +199,7 @@ def deploy_injected(tools: Tools) -> None:
     remove_app(tools)
     log("$ kubectl mesh inject examples/emojivoto/emojivoto.yml | kubectl apply -f -")
     injected = tools.kubectl("mesh", "inject", str(MANIFEST))
-    tools.kubectl("apply", "-f", "-", stdin=injected)
+    tools.kubectl("apply", "-f", "-", stdin=this_checkouts_code(injected))
 
 
 def app_pods(tools: Tools) -> list[dict[str, Any]]:
@@ -300,20 +313,28 @@ def run_stat(tools: Tools, args: tuple[str, ...]) -> Section:
     return Section("kubectl " + " ".join(args), (done.stdout or done.stderr).rstrip("\n"), at)
 
 
+GRPC_SERVER = "voting"  # web serves HTTP/1.1 and calls gRPC; voting serves gRPC (and fails some)
+
+
 def dashboard_queries(pods: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """(dashboard, panel, PromQL) of every dashboard panel, variables set to web's values.
+    """(dashboard, panel, PromQL) of every dashboard panel, variables set to web's values, but
+    for the panels of a gRPC server's inbound side (by `grpc_status`), set to voting's: web
+    serves HTTP/1.1, so those are rightly empty for web.
 
     Panels that look only at traffic from other namespaces (`src_namespace!="$namespace"`) are
     left out: in this app no traffic crosses namespaces, so they are rightly empty.
     """
-    values = {
-        "$namespace": NAMESPACE,
-        "$deployment": "web",
-        "$pod": pods["web"]["metadata"]["name"],
-        "$__rate_interval": "1m",
-        "$__interval": "10s",
-        "$__range": "5m",
-    }
+
+    def values_for(deployment: str) -> dict[str, str]:
+        return {
+            "$namespace": NAMESPACE,
+            "$deployment": deployment,
+            "$pod": pods[deployment]["metadata"]["name"],
+            "$__rate_interval": "1m",
+            "$__interval": "10s",
+            "$__range": "5m",
+        }
+
     queries = []
     for path in sorted(DASHBOARDS.glob("*.json")):
         board = json.loads(path.read_text())
@@ -325,6 +346,8 @@ def dashboard_queries(pods: dict[str, dict[str, Any]]) -> list[tuple[str, str, s
                 expr = target.get("expr")
                 if not expr or 'src_namespace!="$namespace"' in expr:
                     continue
+                grpc_server_side = "grpc_status" in expr and 'direction="inbound"' in expr
+                values = values_for(GRPC_SERVER if grpc_server_side else "web")
                 for var in sorted(values, key=len, reverse=True):
                     expr = expr.replace(var, values[var])
                 queries.append((board.get("title", path.stem), panel.get("title", ""), expr))
@@ -374,7 +397,7 @@ class Result:
     pods: dict[str, dict[str, Any]]
     counters_start: dict[str, Any]
     counters_end: dict[str, Any]
-    dashboards: list[tuple[str, str, str, int]]  # board, panel, query, number of series
+    dashboards: list[tuple[str, str, str, list[dict[str, str]]]]  # board, panel, query, its series' labels
     variables: list[tuple[str, str, bool]]  # board, template variable, offers web's value
     diagnosis: Section  # `kubectl mesh diagnose deploy/web -n emojivoto`, at the same moment
     diagnosis_json: dict[str, Any]  # the same with -o json
@@ -410,7 +433,10 @@ def run_variant(tools: Tools, variant: str) -> Result:
         listing = json.loads(tools.kubectl_full(*ALL_DEPLOYMENTS, "-o", "json").stdout or "[]")
     finally:
         history.stopped.set()
-    boards = [(b, p, q, len(prometheus_query(tools, q))) for b, p, q in dashboard_queries(pods)]
+    boards = [
+        (b, p, q, [series["metric"] for series in prometheus_query(tools, q)])
+        for b, p, q in dashboard_queries(pods)
+    ]
     variables = [
         (b, name, value in {series["metric"].get(label) for series in prometheus_query(tools, expr)})
         for b, name, expr, label, value in dashboard_variables(pods)
@@ -470,9 +496,10 @@ def main(argv: list[str] | None = None) -> int:
         how = "labelled namespace" if result.variant == "label" else "kubectl mesh inject"
         print(f"# emojivoto meshed by {how}\n")
         print(result.render())
-        empty = [f"{b} / {p}" for b, p, _, n in result.dashboards if n == 0]
+        empty = [f"{b} / {p}" for b, p, _, series in result.dashboards if not series]
         summary = (
-            f"{len(result.dashboards) - len(empty)} of {len(result.dashboards)} queries return data for web"
+            f"{len(result.dashboards) - len(empty)} of {len(result.dashboards)} queries return data for web "
+            f"({GRPC_SERVER} for a gRPC server's panels)"
         )
         print(f"# Grafana dashboards: {summary}" + (f"; empty: {', '.join(empty)}" if empty else ""))
         offered = sum(ok for _, _, ok in result.variables)

@@ -6,6 +6,12 @@ import os
 
 import pytest
 
+# grpcio's fork handlers, on by default, break a process started (fork + exec) while grpcio runs
+# in the test process: the child aborts in grpcio's poller before its exec. The tests never use
+# gRPC in a forked child. Set here, before any test module imports grpcio (the demo's tests
+# import it at collection, and kubectl_mesh.demo.emojivoto does on import).
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
+
 pytest_plugins = ["lab.pytest_plugin"]
 
 

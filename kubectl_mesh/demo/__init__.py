@@ -1,5 +1,7 @@
-"""The demo: emojivoto re-created in plain Python, and the local mesh behind `kubectl mesh demo`.
+"""The demo: emojivoto re-created in Python (gRPC between its services, as the original), and the
+local mesh behind `kubectl mesh demo`.
 
-`emojivoto` is standard-library only, so that a container image needs nothing but `python3` and
-this package's `__init__.py` files; the rest of `kubectl_mesh` is not imported by it.
+`emojivoto` needs only `grpcio`, `protobuf` and its generated messages (`emojivoto_proto`), so that
+a container image needs `python3`, those two and this package's demo files; the rest of
+`kubectl_mesh` is not imported by it.
 """

@@ -1,35 +1,44 @@
-"""emojivoto in plain Python: four small services whose traffic the mesh has to explain.
+"""emojivoto in Python: four small services whose traffic the mesh has to explain.
 
-The shape of the original (github.com/BuoyantIO/emojivoto), over HTTP/1.1 instead of gRPC:
+The shape of the original (github.com/BuoyantIO/emojivoto), gRPC between the services as there:
 
-    vote-bot ──GET /api/list, /api/vote?choice=──▶ web ──GET /list, /find?shortcode=──▶ emoji
-                                                       ──POST /vote?choice=, GET /results──▶ voting
+    vote-bot ──GET /api/list, /api/vote?choice=──▶ web ──gRPC EmojiService/ListAll, FindByShortcode──▶ emoji
+                                                       ──gRPC VotingService/Vote<Emoji>, Results──▶ voting
 
-Voting for FAILING_EMOJI (`:doughnut:`) always fails with a 500, like the original's VoteDoughnut,
-so `web` answers some votes with a 500 too and the mesh has to point at `voting`. The bot picks
-the failing emoji a fixed share of its votes, spread evenly (not at random), so any window of
-traffic has the same success rate and tests need no luck.
+The .proto files are examples/emojivoto/proto/ (after the original's, same package and methods);
+the modules generated from them are checked in (kubectl_mesh/demo/emojivoto_proto/). `web` serves
+HTTP/1.1 to the bot and a browser, and calls the two services over gRPC (grpcio).
+
+Voting for FAILING_EMOJI (`:doughnut:`) always fails with gRPC status UNKNOWN, as the original's
+VoteDoughnut does (it returns a plain Go error, which grpc-go sends as UNKNOWN), so `web` answers
+some votes with a 500 and the mesh has to point at `voting`. The bot picks the failing emoji a
+fixed share of its votes, spread evenly (not at random), so any window of traffic has the same
+success rate and tests need no luck.
 
 Every service counts what it received and sent, by itself (`GET /counters` on COUNTERS_PORT, a
-port the mesh leaves alone), so tests can compare the mesh's numbers with the truth.
+port the mesh leaves alone): per path (an HTTP path, or a gRPC method `/package.Service/Method`),
+the total, the failures and each status (HTTP code, or gRPC status name), so tests can compare
+the mesh's numbers with the truth.
 
-Standard library only: a container image needs `python3` and this package, nothing else.
+Needs `grpcio` and `protobuf` (the package's dependencies; the image installs them).
 Run: `python3 -m kubectl_mesh.demo.emojivoto web|emoji|voting|vote-bot`. Settings come from the
 environment (names as in the original where it has them):
 
 | variable | services | default | meaning |
 | --- | --- | --- | --- |
 | `BIND` | all | `0.0.0.0` | address to listen on |
-| `PORT` | web, emoji, voting | `8080` | the service's HTTP port |
+| `PORT` | web, emoji, voting | `8080` | the service's port: HTTP/1.1 (web), gRPC (emoji, voting) |
 | `COUNTERS_PORT` | all | `8801` | `/counters` (JSON) and `/healthz`; `0` turns it off |
-| `EMOJISVC_HOST`, `VOTINGSVC_HOST` | web | `emoji-svc:8080`, `voting-svc:8080` | upstreams |
+| `EMOJISVC_HOST`, `VOTINGSVC_HOST` | web | `emoji-svc:8080`, `voting-svc:8080` | gRPC upstreams |
 | `WEB_HOST` | vote-bot | `web-svc:80` | where the bot sends its traffic |
 | `REQUEST_RATE` | vote-bot | `1` | loops per second, each one list and one vote |
 | `FAILURE_SHARE` | vote-bot | `0.15` | share of votes for the failing emoji |
 | `FAILING_EMOJI` | voting, vote-bot | `:doughnut:` | the emoji whose vote always fails |
 | `MAX_SECONDS` | vote-bot | `0` | stop voting after this long (`0`: never) |
-| `UPSTREAM_TIMEOUT` | web, vote-bot | `5` | seconds per upstream request |
-| `http_proxy`, `no_proxy` | web, vote-bot | | honoured, for the mesh's explicit mode |
+| `UPSTREAM_TIMEOUT` | web, vote-bot | `5` | seconds per upstream request or call |
+| `http_proxy`, `no_proxy` | vote-bot | | honoured, for the mesh's explicit mode |
+| `grpc_proxy` (or `http_proxy`), `no_grpc_proxy` | web | | honoured by grpcio (a CONNECT tunnel), the same |
+| `GRPC_DNS_RESOLVER` | web | grpcio's | `native` resolves with getaddrinfo (/etc/hosts), as the lab needs |
 """
 
 from __future__ import annotations
@@ -47,10 +56,16 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
+from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from types import ModuleType
+from typing import Any, ClassVar, TypeAlias
 from urllib.parse import parse_qs, quote, urlsplit
+
+import grpc
+
+from kubectl_mesh.demo.emojivoto_proto import Emoji_pb2, Voting_pb2
 
 SERVICES = ("web", "emoji", "voting", "vote-bot")
 DEFAULT_FAILING_EMOJI = ":doughnut:"
@@ -109,34 +124,59 @@ EMOJI: dict[str, str] = {code: "".join(map(chr, points)) for code, points in _EM
 # --- Counting, the services' own truth -----------------------------------------------------
 
 
-def is_failure(status: int | None) -> bool:
-    """The mesh's rule: a 5xx or no response at all is a failure."""
+Status: TypeAlias = "int | grpc.StatusCode | None"  # an HTTP status, a gRPC status, or no response at all
+
+
+def is_failure(status: Status) -> bool:
+    """The mesh's rule: a 5xx, a gRPC status other than OK, or no response at all is a failure."""
+    if isinstance(status, grpc.StatusCode):
+        return status is not grpc.StatusCode.OK
     return status is None or status >= 500
+
+
+def status_name(status: Status) -> str:
+    """How a status shows in /counters: `200`, `UNKNOWN`, `none` (no response)."""
+    if isinstance(status, grpc.StatusCode):
+        return str(status.name)
+    return "none" if status is None else str(status)
+
+
+@dataclass
+class _Path:
+    total: int = 0
+    failures: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class _Tally:
     total: int = 0
     failures: int = 0
-    paths: dict[str, list[int]] = field(default_factory=dict)  # path -> [total, failures]
+    paths: dict[str, _Path] = field(default_factory=dict)  # HTTP path or gRPC method -> counts
 
-    def add(self, path: str, failed: bool) -> None:
+    def add(self, path: str, status: Status) -> None:
+        failed = is_failure(status)
         self.total += 1
         self.failures += failed
-        entry = self.paths.setdefault(path, [0, 0])
-        entry[0] += 1
-        entry[1] += failed
+        entry = self.paths.setdefault(path, _Path())
+        entry.total += 1
+        entry.failures += failed
+        name = status_name(status)
+        entry.statuses[name] = entry.statuses.get(name, 0) + 1
 
     def as_json(self) -> dict[str, Any]:
         return {
             "total": self.total,
             "failures": self.failures,
-            "paths": {p: {"total": t, "failures": f} for p, (t, f) in sorted(self.paths.items())},
+            "paths": {
+                p: {"total": e.total, "failures": e.failures, "statuses": dict(sorted(e.statuses.items()))}
+                for p, e in sorted(self.paths.items())
+            },
         }
 
 
 class Counters:
-    """Requests a service received and sent, with failures, counted by the service itself."""
+    """Requests and calls a service received and sent, by status, counted by the service itself."""
 
     def __init__(self, service: str) -> None:
         self.service = service
@@ -146,13 +186,13 @@ class Counters:
         self._sent: dict[str, _Tally] = {}
         self.extra: dict[str, int] = {}
 
-    def count_received(self, path: str, status: int) -> None:
+    def count_received(self, path: str, status: Status) -> None:
         with self._lock:
-            self._received.add(path, is_failure(status))
+            self._received.add(path, status)
 
-    def count_sent(self, upstream: str, path: str, status: int | None) -> None:
+    def count_sent(self, upstream: str, path: str, status: Status) -> None:
         with self._lock:
-            self._sent.setdefault(upstream, _Tally()).add(path, is_failure(status))
+            self._sent.setdefault(upstream, _Tally()).add(path, status)
 
     def bump(self, name: str, by: int = 1) -> None:
         with self._lock:
@@ -356,74 +396,213 @@ def _split_hostport(hostport: str) -> tuple[str, int]:
     return (host or hostport, int(port)) if port.isdigit() else (hostport, 80)
 
 
+# --- gRPC, both sides ------------------------------------------------------------------------
+
+EMOJI_SERVICE = Emoji_pb2.DESCRIPTOR.services_by_name["EmojiService"]
+VOTING_SERVICE = Voting_pb2.DESCRIPTOR.services_by_name["VotingService"]
+Handler = Callable[[Any], Any]  # request message -> response message, or an RpcFailure
+
+
+@dataclass(frozen=True)
+class RpcFailure:
+    """What a servicer returns to end the call with a gRPC error status (counted as such)."""
+
+    code: grpc.StatusCode
+    details: str
+
+
+def method_path(service: Any, method: str) -> str:
+    """The path a gRPC call of `method` goes to: `/emojivoto.v1.VotingService/VoteDoughnut`."""
+    return f"/{service.full_name}/{method}"
+
+
+def vote_method(shortcode: str) -> str:
+    """Voting's method for one emoji, named as in the original: `:jack_o_lantern:` -> `VoteJackOLantern`."""
+    return "Vote" + "".join(part[:1].upper() + part[1:] for part in shortcode.strip(":").split("_"))
+
+
+def grpc_handler(
+    service: Any, messages: ModuleType, impl: Mapping[str, Handler], counters: Counters
+) -> grpc.GenericRpcHandler:
+    """A grpcio handler for `service`'s methods in `impl`, wired from the descriptors (no
+    generated stubs needed), counting every call with the status it ends with."""
+
+    def counted(path: str, handler: Handler) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                response = handler(request)
+            except Exception as exc:  # a bug costs one call (UNKNOWN, as grpcio would say), not more
+                response = RpcFailure(grpc.StatusCode.UNKNOWN, type(exc).__name__)
+            if isinstance(response, RpcFailure):
+                counters.count_received(path, response.code)
+                context.abort(response.code, response.details)
+            counters.count_received(path, grpc.StatusCode.OK)
+            return response
+
+        return call
+
+    handlers = {}
+    for method in service.methods:
+        if method.name in impl:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                counted(method_path(service, method.name), impl[method.name]),
+                request_deserializer=getattr(messages, method.input_type.name).FromString,
+                response_serializer=getattr(messages, method.output_type.name).SerializeToString,
+            )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def serve_grpc(bind: str, port: int, handler: grpc.GenericRpcHandler) -> tuple[grpc.Server, int]:
+    """Start a gRPC server (h2c, no TLS: the mesh sees it) and return it with its port."""
+    if port:  # a taken port fails here, in one line, before grpcio's C core logs its own error
+        with socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+            try:
+                probe.bind((bind, port))
+            except OSError as exc:
+                raise OSError(f"{bind}:{port}: {exc.strerror}") from None
+    # grpcio sets SO_REUSEPORT by default: a second server on a taken port would share it silently.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"grpc-{port}"),
+        options=[("grpc.so_reuseport", 0)],
+    )
+    server.add_generic_rpc_handlers((handler,))
+    try:
+        bound = server.add_insecure_port(f"{bind}:{port}")
+    except RuntimeError as exc:  # grpcio says "Failed to bind" this way
+        raise OSError(f"{bind}:{port}: {exc}") from None
+    if not bound:
+        raise OSError(f"{bind}:{port}: address in use or not available")
+    server.start()
+    return server, bound
+
+
+class GrpcUpstream:
+    """A gRPC client of one service: one channel (HTTP/2, multiplexed), unary calls by method name.
+
+    grpcio honours `grpc_proxy`/`http_proxy` and `no_grpc_proxy`/`no_proxy` by itself: in the mesh's
+    explicit mode it opens a CONNECT tunnel through the pod's proxy. Counts each call in
+    `counters` under `name`, by its gRPC status.
+    """
+
+    def __init__(self, name: str, target: str, service: Any, messages: ModuleType, counters: Counters,
+                 timeout: float) -> None:  # fmt: skip
+        self.name = name
+        self.target = target
+        self.counters = counters
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(target)
+        self._calls: dict[str, grpc.UnaryUnaryMultiCallable] = {}
+        self._paths: dict[str, str] = {}
+        for method in service.methods:
+            path = method_path(service, method.name)
+            self._paths[method.name] = path
+            self._calls[method.name] = self.channel.unary_unary(
+                path,
+                request_serializer=getattr(messages, method.input_type.name).SerializeToString,
+                response_deserializer=getattr(messages, method.output_type.name).FromString,
+            )
+
+    def call(self, method: str, request: Any) -> tuple[grpc.StatusCode, Any]:
+        """Returns (status, response); the response is None unless the status is OK."""
+        try:
+            response = self._calls[method](request, timeout=self.timeout)
+            status = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            response = None
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            status = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+        self.counters.count_sent(self.name, self._paths[method], status)
+        return status, response
+
+    def close(self) -> None:
+        self.channel.close()
+
+
 # --- The services ---------------------------------------------------------------------------
 
 
-def emoji_routes() -> dict[tuple[str, str], Route]:
-    listing = [{"shortcode": code, "unicode": char} for code, char in EMOJI.items()]
+def emoji_service() -> dict[str, Handler]:
+    """EmojiService: the list, and one emoji by shortcode (no Emoji in the answer when unknown, as
+    the original answers)."""
+    listing = Emoji_pb2.ListAllEmojiResponse(
+        list=[Emoji_pb2.Emoji(unicode=char, shortcode=code) for code, char in EMOJI.items()]
+    )
 
-    def list_all(_q: Query) -> Response:
-        return Response.json(200, listing)
+    def list_all(_request: Any) -> Any:
+        return listing
 
-    def find(q: Query) -> Response:
-        code = q.get("shortcode", [""])[0]
+    def find(request: Any) -> Any:
+        code = request.Shortcode
         if code not in EMOJI:
-            return Response.json(404, {"error": f"no emoji {code!r}"})
-        return Response.json(200, {"shortcode": code, "unicode": EMOJI[code]})
+            return Emoji_pb2.FindByShortcodeResponse()
+        return Emoji_pb2.FindByShortcodeResponse(Emoji=Emoji_pb2.Emoji(unicode=EMOJI[code], shortcode=code))
 
-    return {("GET", "/list"): list_all, ("GET", "/find"): find}
+    return {"ListAll": list_all, "FindByShortcode": find}
 
 
-def voting_routes(failing_emoji: str) -> dict[tuple[str, str], Route]:
+def voting_service(failing_emoji: str) -> dict[str, Handler]:
+    """VotingService: Vote<Emoji> per emoji (the failing one ends UNKNOWN), and Results."""
     votes: dict[str, int] = {}
     lock = threading.Lock()
 
-    def vote(q: Query) -> Response:
-        code = q.get("choice", [""])[0]
-        if code not in EMOJI:
-            return Response.json(400, {"error": f"no emoji {code!r}"})
-        if code == failing_emoji:
-            return Response.json(500, {"error": f"voting for {code} is broken (on purpose)"})
-        with lock:
-            votes[code] = votes.get(code, 0) + 1
-            return Response.json(200, {"shortcode": code, "votes": votes[code]})
+    def voter(code: str) -> Handler:
+        def vote(_request: Any) -> Any:
+            if code == failing_emoji:
+                return RpcFailure(grpc.StatusCode.UNKNOWN, f"voting for {code} is broken (on purpose)")
+            with lock:
+                votes[code] = votes.get(code, 0) + 1
+            return Voting_pb2.VoteResponse()
 
-    def results(_q: Query) -> Response:
+        return vote
+
+    def results(_request: Any) -> Any:
         with lock:
             ranked = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))
-        return Response.json(200, [{"shortcode": code, "votes": n} for code, n in ranked])
+        return Voting_pb2.ResultsResponse(
+            results=[Voting_pb2.VotingResult(Shortcode=code, Votes=n) for code, n in ranked]
+        )
 
-    return {("POST", "/vote"): vote, ("GET", "/results"): results}
+    return {**{vote_method(code): voter(code) for code in EMOJI}, "Results": results}
 
 
-def web_routes(emoji: Upstream, voting: Upstream) -> dict[tuple[str, str], Route]:
+def web_routes(emoji: GrpcUpstream, voting: GrpcUpstream) -> dict[tuple[str, str], Route]:
+    """web's HTTP API over the two gRPC services; any failed call answers 500, as the original."""
+
+    def failed(service: str, status: grpc.StatusCode) -> Response:
+        return Response.json(500, {"error": f"{service} service answered {status.name}"})
+
     def list_all(_q: Query) -> Response:
-        status, listing = emoji.get_json("/list")
-        if status != 200 or not isinstance(listing, list):
-            return Response.json(500, {"error": f"emoji service answered {status}"})
-        return Response.json(200, listing)
+        status, listing = emoji.call("ListAll", Emoji_pb2.ListAllEmojiRequest())
+        if listing is None:
+            return failed("emoji", status)
+        return Response.json(200, [{"shortcode": e.shortcode, "unicode": e.unicode} for e in listing.list])
 
     def vote(q: Query) -> Response:
         code = q.get("choice", [""])[0]
-        status, found = emoji.get_json(f"/find?shortcode={quote(code)}")
-        if status == 404:
+        status, found = emoji.call("FindByShortcode", Emoji_pb2.FindByShortcodeRequest(Shortcode=code))
+        if found is None:
+            return failed("emoji", status)
+        if not found.HasField("Emoji"):
             return Response.json(400, {"error": f"no emoji {code!r}"})
-        if status != 200 or not isinstance(found, dict):
-            return Response.json(500, {"error": f"emoji service answered {status}"})
-        status, _ = voting.request("POST", f"/vote?choice={quote(code)}")
-        if status != 200:
-            return Response.json(500, {"error": f"voting service answered {status}"})
-        return Response.json(200, found)
+        status, voted = voting.call(vote_method(code), Voting_pb2.VoteRequest())
+        if voted is None:
+            return failed("voting", status)
+        return Response.json(200, {"shortcode": found.Emoji.shortcode, "unicode": found.Emoji.unicode})
 
     def leaderboard(_q: Query) -> Response:
-        status, ranked = voting.get_json("/results")
-        if status != 200 or not isinstance(ranked, list):
-            return Response.json(500, {"error": f"voting service answered {status}"})
-        status, listing = emoji.get_json("/list")
-        if status != 200 or not isinstance(listing, list):
-            return Response.json(500, {"error": f"emoji service answered {status}"})
-        chars = {e["shortcode"]: e["unicode"] for e in listing}
-        return Response.json(200, [{**r, "unicode": chars.get(r["shortcode"], "?")} for r in ranked])
+        status, ranked = voting.call("Results", Voting_pb2.ResultsRequest())
+        if ranked is None:
+            return failed("voting", status)
+        status, listing = emoji.call("ListAll", Emoji_pb2.ListAllEmojiRequest())
+        if listing is None:
+            return failed("emoji", status)
+        chars = {e.shortcode: e.unicode for e in listing.list}
+        return Response.json(
+            200,
+            [{"shortcode": r.Shortcode, "votes": r.Votes, "unicode": chars.get(r.Shortcode, "?")}
+             for r in ranked.results],
+        )  # fmt: skip
 
     def index(_q: Query) -> Response:
         return Response(200, INDEX_HTML.encode(), "text/html; charset=utf-8")
@@ -518,9 +697,8 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SystemExit(f"emojivoto: {name}={raw!r} is not a number") from None
 
 
-def _announce(service: str, bind: str, servers: list[_Server]) -> None:
-    addresses = ", ".join(f"{bind}:{s.server_address[1]}" for s in servers)
-    print(f"emojivoto {service}: listening on {addresses}", file=sys.stderr, flush=True)
+def _announce(service: str, addresses: list[str]) -> None:
+    print(f"emojivoto {service}: listening on {', '.join(addresses)}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -538,23 +716,38 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     counters = Counters(service)
     stop = threading.Event()
     servers: list[_Server] = []
+    grpc_servers: list[grpc.Server] = []
+    addresses: list[str] = []
 
     def on_signal(signum: int, _frame: object) -> None:
         stop.set()
+
+    def start_grpc(service_desc: Any, messages: ModuleType, impl: Mapping[str, Handler]) -> None:
+        server, bound = serve_grpc(bind, port, grpc_handler(service_desc, messages, impl, counters))
+        grpc_servers.append(server)
+        addresses.append(f"{bind}:{bound} (gRPC)")
+
+    def start_http(listen: int, routes: dict[tuple[str, str], Route], count: Counters | None) -> None:
+        servers.append(serve(bind, listen, routes, count))
+        addresses.append(f"{bind}:{servers[-1].server_address[1]}")
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
         if counters_port:
-            servers.append(serve(bind, counters_port, counters_routes(counters), None))
+            start_http(counters_port, counters_routes(counters), None)
         if service == "emoji":
-            servers.append(serve(bind, port, emoji_routes(), counters))
+            start_grpc(EMOJI_SERVICE, Emoji_pb2, emoji_service())
         elif service == "voting":
-            servers.append(serve(bind, port, voting_routes(failing), counters))
+            if failing not in EMOJI:
+                raise ValueError(f"FAILING_EMOJI={failing!r} is not one of the emoji")
+            start_grpc(VOTING_SERVICE, Voting_pb2, voting_service(failing))
         elif service == "web":
-            emoji = Upstream("emoji", env.get("EMOJISVC_HOST", "emoji-svc:8080"), counters, timeout)
-            voting = Upstream("voting", env.get("VOTINGSVC_HOST", "voting-svc:8080"), counters, timeout)
-            servers.append(serve(bind, port, web_routes(emoji, voting), counters))
+            emoji_host = env.get("EMOJISVC_HOST", "emoji-svc:8080")
+            voting_host = env.get("VOTINGSVC_HOST", "voting-svc:8080")
+            emoji = GrpcUpstream("emoji", emoji_host, EMOJI_SERVICE, Emoji_pb2, counters, timeout)
+            voting = GrpcUpstream("voting", voting_host, VOTING_SERVICE, Voting_pb2, counters, timeout)
+            start_http(port, web_routes(emoji, voting), counters)
         else:
             web = Upstream("web", env.get("WEB_HOST", "web-svc:80"), counters, timeout)
             rate = _env_float(env, "REQUEST_RATE", 1.0)
@@ -562,7 +755,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
                 raise SystemExit("emojivoto: REQUEST_RATE must be above 0")
             chooser = FailingShareChooser(_env_float(env, "FAILURE_SHARE", 0.15), failing, random.Random())
             max_seconds = _env_float(env, "MAX_SECONDS", 0)
-            _announce(service, bind, servers)
+            _announce(service, addresses)
             print(f"vote-bot: {rate:g} loops/s to {web.hostport}", file=sys.stderr, flush=True)
             run_vote_bot(web, counters, rate, chooser, max_seconds, stop)
     except OSError as exc:
@@ -572,8 +765,10 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         print(f"emojivoto {service}: {exc}", file=sys.stderr)
         return 1
     if service != "vote-bot":
-        _announce(service, bind, servers)
+        _announce(service, addresses)
     stop.wait()
+    for grpc_server in grpc_servers:
+        grpc_server.stop(grace=1).wait(2)
     for server in servers:
         server.shutdown()
         server.server_close()

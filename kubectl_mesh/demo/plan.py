@@ -6,7 +6,10 @@ scrapes the proxies from static targets that carry the labels the cluster's rela
 add (`namespace`, `pod`, and `deployment` from `kubectl-mesh.io/proxy-deployment`), in the job
 the CLI queries. So `stat` runs unchanged on top: same queries, same renderer.
 
-    vote-bot ─http_proxy─▶ its proxy (outbound) ─▶ web's proxy (inbound) ─▶ web ─http_proxy─▶ …
+    vote-bot ─http_proxy─▶ its proxy (outbound) ─▶ web's proxy (inbound) ─▶ web ─grpc_proxy─▶ …
+
+`web` calls emoji and voting over gRPC: grpcio honours `grpc_proxy` with a CONNECT tunnel through
+web's proxy, which finds HTTP/2 inside it; the callee's proxy finds it on its inbound side.
 """
 
 from __future__ import annotations
@@ -146,6 +149,7 @@ def build_plan(
             "no_proxy": "",
         }
         if deployment == "web":
+            app_env["grpc_proxy"] = app_env["http_proxy"]  # gRPC to emoji and voting, tunnelled
             app_env["EMOJISVC_HOST"] = via_mesh("emoji")
             app_env["VOTINGSVC_HOST"] = via_mesh("voting")
         if deployment == "vote-bot":

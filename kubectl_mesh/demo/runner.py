@@ -176,11 +176,12 @@ class Demo:
     # --- start ----------------------------------------------------------------------------
 
     def start(self) -> DemoPlan:
-        missing = [m for m in ("proxy", "gevent", "httptools", "prometheus_client") if not _importable(m)]
+        needed = ("proxy", "gevent", "httptools", "prometheus_client", "h2", "grpc", "google.protobuf")
+        missing = [m for m in needed if not _importable(m)]
         if missing:
             raise DemoError(
-                f"the demo runs mesh-proxy, which needs {', '.join(missing)} (not in the Krew zipapp: "
-                "C extensions); install the full package: pip install kubectl-mesh"
+                f"the demo runs mesh-proxy and emojivoto (gRPC), which need {', '.join(missing)} (not in "
+                "the Krew zipapp: C extensions); install the full package: pip install kubectl-mesh"
             )
         prometheus = find_prometheus(self.options.prometheus)
         if prometheus is None:

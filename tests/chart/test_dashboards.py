@@ -115,6 +115,7 @@ def test_queries_use_only_the_proxy_metrics_and_prometheus_labels(name: str) -> 
         assert metrics and metrics <= PROXY_METRICS, expr
         labels = set(re.findall(r"\b([a-z_]+)\s*(?:=|!=|=~)\s*\"", expr))
         allowed = {"job", "namespace", "deployment", "pod", "direction", "classification", "le"}
+        allowed.add("grpc_status")  # the gRPC panels' breakdown
         allowed |= {f"{side}_{k}" for side in ("src", "dst") for k in ("namespace", "deployment", "pod")}
         assert labels <= allowed, expr
 
@@ -172,3 +173,26 @@ def test_namespace_and_pod_dashboards_select_by_their_variable() -> None:
         assert variable in {v["name"] for v in dashboard["templating"]["list"]}
         targets = [t["expr"] for p in panels(dashboard) for t in p.get("targets", [])]
         assert targets and all(f'{variable}="${variable}"' in e for e in targets), name
+
+
+@pytest.mark.parametrize(
+    ("name", "directions"),
+    [
+        ("deployment.json", ("inbound", "outbound")),
+        ("pod.json", ("inbound", "outbound")),
+        ("namespace.json", ("inbound",)),
+        ("top-line.json", ("inbound",)),
+    ],
+)
+def test_dashboards_break_grpc_down_by_status(name: str, directions: tuple[str, ...]) -> None:
+    """A panel per direction counts gRPC responses by grpc_status (only series that carry one:
+    HTTP/1.1 responses have none); outbound, per callee too. The walkthrough's e2e test checks
+    what they show for emojivoto's real gRPC traffic."""
+    for direction in directions:
+        grouped = _grouped(load(name), "grpc_status", direction)
+        exprs = [e for es in grouped.values() for e in es]
+        assert exprs, (name, direction)
+        for e in exprs:
+            assert 'grpc_status!=""' in e and c.METRIC_RESPONSES in e, e
+            if direction == "outbound":
+                assert re.search(r"by \([^)]*\bdst_deployment\b", e), e

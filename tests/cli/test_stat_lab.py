@@ -6,6 +6,10 @@ steady RATE requests per second to the voting Service, every FAIL_EVERY-th to /f
 its running counts) in the other. Both pods get the proxy from the webhook; Prometheus discovers
 and scrapes them; `kubectl mesh stat` reaches Prometheus through the API server's service proxy.
 
+The same runs twice: over HTTP/1.1 (every FAIL_EVERY-th request answered 500), and over gRPC
+(grpcio server and client, every FAIL_EVERY-th call ending with status UNKNOWN; the proxies
+classify it by grpc-status, the HTTP status being 200).
+
 For deploy, pod and ns, and for the plain, --from and --to forms, the row must show:
 - MESHED 1/1 (from the Kubernetes API);
 - SUCCESS within 3 percentage points of the client's own success share over the window;
@@ -57,32 +61,79 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
 """
 
+# The client: RATE calls a second, every FAIL_EVERY-th asking to fail, printing its running
+# counts "time sent failed errors"; CALL_* defines `call(fail) -> "ok" | "failed" | "error"` for
+# its protocol ("error": no answer from the server at all).
 CLIENT = r"""
-import os, sys, time, urllib.error, urllib.request
-url, rate, fail_every = os.environ["TARGET"], float(os.environ["RATE"]), int(os.environ["FAIL_EVERY"])
+import os, time
+target, rate, fail_every = os.environ["TARGET"], float(os.environ["RATE"]), int(os.environ["FAIL_EVERY"])
+CALL
 sent = failed = errors = 0
 start = time.time()
 i = 0
 while time.time() - start < 1200:
     i += 1
-    try:
-        urllib.request.urlopen(url + ("/fail" if i % fail_every == 0 else "/ok"), timeout=5).read()
-        sent += 1
-    except urllib.error.HTTPError as e:
-        sent += 1
-        failed += e.code >= 500
-    except OSError:
-        errors += 1
+    outcome = call(i % fail_every == 0)
+    sent += outcome != "error"
+    failed += outcome == "failed"
+    errors += outcome == "error"
     print(f"{time.time():.3f} {sent} {failed} {errors}", flush=True)
     time.sleep(max(0.0, start + i / rate - time.time()))
 """
 
+CALL_HTTP = r"""
+import urllib.error, urllib.request
+def call(fail):
+    try:
+        urllib.request.urlopen(target + ("/fail" if fail else "/ok"), timeout=5).read()
+        return "ok"
+    except urllib.error.HTTPError as e:
+        return "failed" if e.code >= 500 else "ok"
+    except OSError:
+        return "error"
+"""
 
-def deployment(name: str, namespace: str, code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+GRPC_SERVER = r"""
+from concurrent import futures
+import grpc
+def vote(request, context):
+    if request == b"fail":
+        context.abort(grpc.StatusCode.UNKNOWN, "asked to fail")
+    return b"ok"
+handlers = {"Vote": grpc.unary_unary_rpc_method_handler(vote)}
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("stat.Voting", handlers),))
+server.add_insecure_port("0.0.0.0:8080")
+server.start()
+server.wait_for_termination()
+"""
+
+CALL_GRPC = r"""
+import grpc
+vote = grpc.insecure_channel(target).unary_unary("/stat.Voting/Vote")
+def call(fail):
+    try:
+        vote(b"fail" if fail else b"ok", timeout=5)
+        return "ok"
+    except grpc.RpcError as e:  # UNKNOWN: the server's answer to b"fail"; others: no answer
+        return "failed" if e.code() == grpc.StatusCode.UNKNOWN else "error"
+"""
+
+# protocol -> (server code, client code, client's TARGET for the Service `voting` in namespace {ns},
+# the interpreter: grpcio is in the lab's venv, first on the pods' PATH; the system's has none)
+PROTOCOLS = {
+    "http": (SERVER, CLIENT.replace("CALL", CALL_HTTP), "http://voting.{ns}", "/usr/bin/python3"),
+    "grpc": (GRPC_SERVER, CLIENT.replace("CALL", CALL_GRPC), "voting.{ns}:80", "python3"),
+}
+
+
+def deployment(
+    name: str, namespace: str, code: str, env: dict[str, str] | None = None, python: str = "/usr/bin/python3"
+) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": name,
         "image": "python:3.11",
-        "command": ["/usr/bin/python3", "-c", code],
+        "command": [python, "-c", code],
         "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
     }
     if name == "voting":
@@ -169,14 +220,15 @@ def install_chart(lab: Lab) -> bool:
     return installed
 
 
-@pytest.fixture(scope="module")
-def scenario(lab: Lab) -> Iterator[Scenario]:
+@pytest.fixture(scope="module", params=list(PROTOCOLS))
+def scenario(lab: Lab, request: pytest.FixtureRequest) -> Iterator[Scenario]:
+    server_code, client_code, target_url, python = PROTOCOLS[request.param]
     installed = install_chart(lab)
     labels = {INJECT_LABEL: INJECT_ENABLED}
     server_ns = lab.create_namespace("stat-srv", labels)
     client_ns = lab.create_namespace("stat-cli", labels)
     try:
-        lab.apply(json.dumps(deployment("voting", server_ns, SERVER)))
+        lab.apply(json.dumps(deployment("voting", server_ns, server_code, python=python)))
         service = {
             "apiVersion": "v1",
             "kind": "Service",
@@ -185,8 +237,13 @@ def scenario(lab: Lab) -> Iterator[Scenario]:
         }
         lab.apply(json.dumps(service))
         lab.wait_pods_ready(server_ns, "app=voting", 1, timeout=120)
-        target = {"TARGET": f"http://voting.{server_ns}", "RATE": str(RATE), "FAIL_EVERY": str(FAIL_EVERY)}
-        lab.apply(json.dumps(deployment("web", client_ns, CLIENT, target)))
+        target = {
+            "TARGET": target_url.format(ns=server_ns),
+            "RATE": str(RATE),
+            "FAIL_EVERY": str(FAIL_EVERY),
+            "GRPC_DNS_RESOLVER": "native",  # getaddrinfo reads /etc/hosts; the lab has no DNS server
+        }
+        lab.apply(json.dumps(deployment("web", client_ns, client_code, target, python=python)))
         lab.wait_pods_ready(client_ns, "app=web", 1, timeout=120)
         s = Scenario(lab, server_ns, client_ns)
 

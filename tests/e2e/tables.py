@@ -100,10 +100,11 @@ def success_tolerance(requests: int, window_s: float, scrape_s: float) -> float:
     return 1 / sampled + 1 / n + 0.005
 
 
-# Relative. The rate is constant, and the extrapolation of increase() scales the sampled part to
-# the window, so what remains is the counters' read times (about 1 s off in a 20 s or 60 s
-# window) and the count's rounding: well under 15 %.
-RPS_TOLERANCE = 0.15
+# Relative: issue 13's bound. The rate is constant, and the extrapolation of increase() scales the
+# sampled part to the window, so what remains is the count's rounding in the table (one decimal:
+# 0.05 of 1.0rps) and jitter; measured over gRPC (2026-11-29): 1 % in the walkthrough (2.0 vs
+# 2.02 rps, 1.0 vs 1.01), 0.1 % in the demo (8.0 vs 8.01).
+RPS_TOLERANCE = 0.05
 
 
 def assert_seeds_findings(

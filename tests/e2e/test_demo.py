@@ -145,8 +145,9 @@ def test_demo_once_tells_the_walkthrough_story_with_true_numbers(scratch: Path) 
     # And what the bot sent is what web received: the mesh lost or invented nothing.
     assert web.success == pytest.approx(bot.success, abs=tolerance(bot.requests))
     assert web.rps == pytest.approx(bot.rps, rel=RPS_TOLERANCE)
-    # The bot's design: 2 requests per loop, the failing emoji in 15% of the votes.
-    assert web.rps == pytest.approx(2 * RATE, rel=RPS_TOLERANCE)
+    # The bot's design: 2 requests per loop, the failing emoji in 15% of the votes (its pace is
+    # the machine's: on a busy one the bot falls behind, hence the wider bound).
+    assert web.rps == pytest.approx(2 * RATE, rel=0.15)
     assert voting == pytest.approx(0.85, abs=tolerance(bot.requests // 2))
 
     (culprit,) = recorded["diagnosis"]["culprits"]
@@ -185,14 +186,17 @@ def _run_until(argv: list[str], env: dict[str, str], enough: Any, seconds: float
 def _check_tap_and_top_on_the_demo(env: dict[str, str]) -> None:
     """`tap --demo` and `top --demo` against the running demo, as the same user, like a second terminal."""
 
+    def grpc_status(events: list[dict[str, Any]], id_: int) -> int | None:
+        """A call's gRPC status: in its response head (trailers-only) or at its end (trailers)."""
+        found = [e.get("grpc_status") for e in events if e["id"] == id_ and e["type"] in ("rsp", "end")]
+        return next((s for s in found if s is not None), None)
+
     def enough(lines: list[str]) -> bool:
         """30 whole requests, and a failed vote among them (15% of the votes: a few seconds)."""
         events = [json.loads(line) for line in lines if line.startswith("{") and line.endswith("\n")]
         ends = [e for e in events if e["type"] == "end"]
-        failed_vote = any(
-            e["type"] == "rsp" and e["status"] == 500 and "voting" in e.get("dst", "") for e in events
-        )
-        return len(ends) >= 30 and failed_vote
+        to_voting = {e["id"] for e in events if e["type"] == "rsp" and "voting" in e.get("dst", "")}
+        return len(ends) >= 30 and any(grpc_status(events, i) == 2 for i in to_voting)
 
     rc, out, err = _run_until(
         [*_as_user(), KUBECTL_MESH, "tap", "deploy/web", "--demo", "-o", "json"], env, enough, seconds=60
@@ -209,9 +213,14 @@ def _check_tap_and_top_on_the_demo(env: dict[str, str]) -> None:
                  and rsps[i].get("dst", "").startswith("emojivoto/deployment/voting/")]  # fmt: skip
     assert inbound and all(r["src"].startswith("emojivoto/deployment/vote-bot/") for r in inbound)
     assert {r["path"].split("?")[0] for r in inbound} <= {"/api/list", "/api/vote"}
-    assert to_voting and {rsp["status"] for _, rsp in to_voting} <= {200, 500}
-    failed = {r["path"] for r, rsp in to_voting if rsp["status"] == 500}
-    assert failed and all("doughnut" in path for path in failed)  # the failing vote, seen live
+    # gRPC: every call answers HTTP 200; the outcome is the grpc-status, 0 (OK) or 2 (UNKNOWN).
+    assert to_voting and {rsp["status"] for _, rsp in to_voting} == {200}
+    assert all(r["path"].startswith("/emojivoto.v1.VotingService/") for r, _ in to_voting)
+    statuses = [(r["path"], grpc_status(events, r["id"])) for r, _ in to_voting]
+    assert {status for _, status in statuses} <= {0, 2, None}, statuses  # None: its end not seen yet
+    failed = {path for path, status in statuses if status == 2}
+    assert failed == {"/emojivoto.v1.VotingService/VoteDoughnut"}, statuses  # the failing vote, live
+    assert all(status == 0 for path, status in statuses if path not in failed and status is not None)
 
     rc, out, err = _run_until(
         [*_as_user(), KUBECTL_MESH, "top", "deploy/web", "--demo", "--interval", "1"], env,

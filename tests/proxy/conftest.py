@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-# grpcio's fork handlers, on by default, break a proxy process started (fork + exec) while a
-# grpcio server runs in the test process; the tests never use gRPC in a forked child.
-os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
 from tests.proxy.netns_pods import PodPair
 from tests.proxy.proxy_backends import AppServer
