@@ -48,15 +48,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=EMOJIVOTO,
         metavar="NAME",
         help="the app to run (default emojivoto, the walkthrough's); or a call graph to try `diagnose` "
-        "on, all in plain Python: "
-        + "; ".join(f"{t.name}: {t.summary}" for t in TOPOLOGIES.values()),
+        "on, all in plain Python: " + "; ".join(f"{t.name}: {t.summary}" for t in TOPOLOGIES.values()),
     )
     parser.add_argument(
         "--base-port",
         type=int,
         metavar="PORT",
-        help="use consecutive ports from PORT on (emojivoto: 25; checked free) instead of free ports picked by "
-        "the system",
+        help="use consecutive ports from PORT on (emojivoto: 25; checked free) instead of free ports "
+        "picked by the system",
     )
     parser.add_argument("--prometheus", metavar="PATH", help="the Prometheus binary (default: from PATH)")
     parser.add_argument(

@@ -46,7 +46,7 @@ from kubectl_mesh.errors import MeshError
 from kubectl_mesh.graph.diagnose import Diagnosis, diagnose
 from kubectl_mesh.graph.edges import EdgesRequest, compute_edges
 from kubectl_mesh.graph.render import render_diagnosis
-from kubectl_mesh.procs import Prometheus, Proc, StartError, Supervisor, free_ports, start_prometheus
+from kubectl_mesh.procs import Proc, Prometheus, StartError, Supervisor, free_ports, start_prometheus
 from kubectl_mesh.prom import PrometheusClient, PrometheusError
 from kubectl_mesh.stat import StatRequest, StatRow, Workload, compute_stat, render
 from kubectl_mesh.stat.model import duration_seconds
@@ -387,7 +387,8 @@ class Demo:
 
     def links(self, plan: DemoPlan) -> str:
         """Where to look from a browser."""
-        return f"web page: http://127.0.0.1:{plan.pod('web').ports.inbound}/  Prometheus: {plan.prometheus_url}/"
+        web = plan.pod("web").ports.inbound
+        return f"web page: http://127.0.0.1:{web}/  Prometheus: {plan.prometheus_url}/"
 
     def intro(self, plan: DemoPlan) -> str:
         return (

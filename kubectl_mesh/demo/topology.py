@@ -14,7 +14,6 @@ is the depth-1 case with a story around it.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import deque
 from dataclasses import dataclass
@@ -207,7 +206,9 @@ def build_plan(
 # --- a cluster: Deployments and Services, injected by the chart's webhook --------------------
 
 
-def manifests(topology: Topology, *, request_rate: float = 2.0, image: str = "python:3.11") -> list[dict[str, Any]]:
+def manifests(
+    topology: Topology, *, request_rate: float = 2.0, image: str = "python:3.11"
+) -> list[dict[str, Any]]:
     """The topology as Kubernetes objects in namespace `topology.name` (labelled for injection).
 
     Every container has an explicit command (`python3 -m kubectl_mesh.demo.topoapp`), as
@@ -218,9 +219,8 @@ def manifests(topology: Topology, *, request_rate: float = 2.0, image: str = "py
     from kubectl_mesh.contract import INJECT_ENABLED, INJECT_LABEL
 
     ns = topology.name
-    objects: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {INJECT_LABEL: INJECT_ENABLED}}}
-    ]
+    namespace = {"name": ns, "labels": {INJECT_LABEL: INJECT_ENABLED}}
+    objects: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": namespace}]
     for name in (*topology.names, CLIENT):
         calls = (ENTRY,) if name == CLIENT else topology.workload(name).calls
         env = {"PORT": str(APP_PORT), "COUNTERS_PORT": str(COUNTERS_PORT), "PYTHONDONTWRITEBYTECODE": "1",
@@ -258,8 +258,3 @@ def manifests(topology: Topology, *, request_rate: float = 2.0, image: str = "py
                          "ports": [{"name": "http", "port": APP_PORT, "targetPort": "http"}]},
             })  # fmt: skip
     return objects
-
-
-def manifests_yaml(topology: Topology, **options: Any) -> str:
-    """`manifests` as a multi-document stream (JSON documents: YAML is JSON's superset)."""
-    return "".join(f"---\n{json.dumps(o)}\n" for o in manifests(topology, **options))

@@ -38,12 +38,14 @@ class TopologyDemo(Demo):
         )
         self.plan = plan
         names = ", ".join(p.deployment for p in plan.pods)
-        self.progress(f"starting topology {self.topology.name} ({names}), a mesh-proxy beside each, and Prometheus")
+        self.progress(f"starting {self.topology.name} ({names}), a mesh-proxy beside each, and Prometheus")
         env = _child_env()
         pods: dict[str, tuple[Proc, Proc]] = {}
         try:
             prom = self.start_prometheus(plan, prometheus, env)
-            proxies = [self.supervisor.start(p.proxy.name, p.proxy.argv, {**env, **p.proxy.env}) for p in plan.pods]
+            proxies = [
+                self.supervisor.start(p.proxy.name, p.proxy.argv, {**env, **p.proxy.env}) for p in plan.pods
+            ]
             for pod, proxy in zip(plan.pods, proxies, strict=True):
                 self.supervisor.wait_ready(proxy, pod.proxy.ready_url, timeout=30)
             for pod, proxy in zip(plan.pods, proxies, strict=True):  # callees first, the client last
@@ -57,14 +59,16 @@ class TopologyDemo(Demo):
         return plan
 
     def links(self, plan: DemoPlan) -> str:
-        return f"{ENTRY}: http://127.0.0.1:{plan.pod(ENTRY).ports.inbound}/  Prometheus: {plan.prometheus_url}/"
+        entry = plan.pod(ENTRY).ports.inbound
+        return f"{ENTRY}: http://127.0.0.1:{entry}/  Prometheus: {plan.prometheus_url}/"
 
     def intro(self, plan: DemoPlan) -> str:
         calls = "; ".join(f"{w.name} → {', '.join(w.calls)}" for w in self.topology.workloads if w.calls)
         return (
             f"topology {self.topology.name} runs on 127.0.0.1 in namespace {self.namespace}, each workload "
             f"with a mesh-proxy: {CLIENT} → {ENTRY}; {calls}.\n{self.topology.summary}.\n{self.links(plan)}\n"
-            f"the graph: kubectl mesh edges deploy -n {self.namespace} --prometheus-url {plan.prometheus_url}\n"
+            f"the graph: kubectl mesh edges deploy -n {self.namespace} "
+            f"--prometheus-url {plan.prometheus_url}\n"
         )
 
 
