@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from lab.kube import data
 from tests.lab.test_lab import MARKER, web_manifest
+from tests.support.rbac import READ_DEPLOYMENTS, READ_PODS, account, accounts_yaml, kubeconfig_for
 from tests.support.streaming import run_until_ctrl_c
 
 pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.slow]
@@ -70,22 +69,6 @@ def _inject(manifest: str) -> str:
 def _events(lines: list[str] | str) -> list[dict[str, Any]]:
     text = lines if isinstance(lines, str) else "".join(line for line in lines if line.endswith("\n"))
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-def _kubeconfig_for(lab: Any, namespace: str, account: str, path: Path) -> Path:
-    token = data(lab.kube.core.create_namespaced_service_account_token, account, namespace,
-                 {"spec": {"expirationSeconds": 600}})["status"]["token"]  # fmt: skip
-    admin = yaml.safe_load(lab.kubeconfig.read_text())
-    cluster = admin["clusters"][0]
-    context = {"cluster": cluster["name"], "user": account, "namespace": namespace}
-    config = {
-        "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": account, "context": context}],
-        "current-context": account,
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def test_tap_and_top_through_the_api_server_and_only_for_whom_rbac_allows(
@@ -144,30 +127,8 @@ def test_tap_and_top_through_the_api_server_and_only_for_whom_rbac_allows(
     assert rows[("caller", "web", "GET", f"/{MARKER}")][-1] == "100.00%"  # a 404 is a success too
 
     # A ServiceAccount that may read pods and deployments, but not port-forward: refused, one line each.
-    lab.apply(
-        textwrap.dedent(
-            f"""\
-            apiVersion: v1
-            kind: ServiceAccount
-            metadata: {{name: viewer, namespace: {ns}}}
-            ---
-            apiVersion: rbac.authorization.k8s.io/v1
-            kind: Role
-            metadata: {{name: viewer, namespace: {ns}}}
-            rules:
-            - {{apiGroups: [""], resources: [pods], verbs: [get, list]}}
-            - {{apiGroups: [apps], resources: [deployments], verbs: [get, list]}}
-            ---
-            apiVersion: rbac.authorization.k8s.io/v1
-            kind: RoleBinding
-            metadata: {{name: viewer, namespace: {ns}}}
-            roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: viewer}}
-            subjects: [{{kind: ServiceAccount, name: viewer, namespace: {ns}}}]
-            """
-        ),
-        ns,
-    )
-    viewer = _kubeconfig_for(lab, ns, "viewer", tmp_path / "viewer.kubeconfig")
+    lab.apply(accounts_yaml(account(ns, "viewer", READ_PODS, READ_DEPLOYMENTS)), ns)
+    viewer = kubeconfig_for(lab, ns, "viewer", tmp_path / "viewer.kubeconfig")
     refused = subprocess.run(
         ["kubectl", "mesh", "tap", "deploy/web"], capture_output=True, text=True, timeout=60,
         env={**env, "KUBECONFIG": str(viewer)},
