@@ -334,25 +334,22 @@ class KubeletHandler(BaseHTTPRequestHandler):
                 ports = portforward.parse_ports(query)
                 answer = portforward.handshake_response(self.headers.get("Sec-WebSocket-Key", ""), protocol)
             else:
-                offered = ",".join(self.headers.get_all("X-Stream-Protocol-Version") or [])
-                answer = portforward.spdy_handshake_response(offered)
+                answer = portforward.spdy_handshake_response(self.headers)
             if runner is None:
                 raise portforward.PortForwardError(404, f"pod {ns}/{pod} is not running on {NODE_NAME}")
         except portforward.PortForwardError as exc:
             self.send_error(exc.status, str(exc))
             return
-        self.wfile.write(answer)
-        self.wfile.flush()
-        self.close_connection = True
+        sock = portforward.switch_protocols(self, answer)
         netns = f"/var/run/netns/{runner.netns}"
 
         def connect(port: int) -> socket.socket:
             return portforward.connect_in_netns(netns, port)
 
         if upgrade == "websocket":
-            portforward.relay(self.connection, ports, connect, self.PORT_FORWARD_IDLE_S)
+            portforward.relay(sock, ports, connect, self.PORT_FORWARD_IDLE_S)
         else:
-            portforward.spdy_relay(self.connection, connect, self.PORT_FORWARD_IDLE_S)
+            portforward.spdy_relay(sock, connect, self.PORT_FORWARD_IDLE_S)
 
     def log_message(self, format: str, *args: Any) -> None:
         return

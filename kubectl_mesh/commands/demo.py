@@ -36,7 +36,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Run the emojivoto demo app on 127.0.0.1, each service with a mesh-proxy beside it, and\n"
             "a real Prometheus scraping them; then print the `kubectl mesh stat` tables of the\n"
             "walkthrough (docs/walkthrough.md) that find the failing dependency, refreshed until\n"
-            "Ctrl-C. Needs the `prometheus` binary; no cluster, no root."
+            "Ctrl-C. Needs the `prometheus` binary; no cluster, no root.\n\n"
+            "With --topology NAME, one of the call graphs below runs instead, each workload with its\n"
+            "mesh-proxy, entered at `frontend` by a meshed `client`: the demo prints `stat` of its\n"
+            "namespace, then where `kubectl mesh diagnose deploy/frontend` leads."
         ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -69,3 +69,10 @@ def test_an_unknown_topology_is_one_line_naming_the_choices() -> None:
     done = subprocess.run(argv, env=runtime_env(), capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "invalid choice: 'nope'" in done.stderr and "depth3" in done.stderr, done.stderr
+
+
+def test_topology_names_complete_and_are_the_definitions() -> None:
+    from kubectl_mesh.commands.completion import candidates
+
+    names, _ = candidates(["demo", "--topology", ""])
+    assert names == sorted(["emojivoto", *TOPOLOGIES])

@@ -96,16 +96,12 @@ class FakeApiServer(BaseHTTPRequestHandler):
             FakeApiServer.websocket_offers.append(self.headers.get("Sec-WebSocket-Protocol", ""))
             self.send_error(400, "no websocket here")
             return
-        offered = ",".join(self.headers.get_all("X-Stream-Protocol-Version") or [])
         try:
-            answer = portforward.spdy_handshake_response(offered)
+            answer = portforward.spdy_handshake_response(self.headers)
         except portforward.PortForwardError as exc:
             self.send_error(exc.status, str(exc))
             return
-        self.wfile.write(answer)
-        self.wfile.flush()
-        self.close_connection = True
-        recorder = Recorder(self.connection)
+        recorder = Recorder(portforward.switch_protocols(self, answer))
         FakeApiServer.sessions.append(recorder)
         portforward.spdy_relay(recorder, lambda port: socket.create_connection(("127.0.0.1", port), 5), 30)
 
