@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from kubectl_mesh.contract import INJECT_ENABLED, INJECT_LABEL, SKIP_INBOUND_PORTS_ANNOTATION
 from kubectl_mesh.demo.plan import (
     KIND,
     PORTS_PER_DEPLOYMENT,
@@ -216,8 +217,6 @@ def manifests(
     intercepts the calls (transparent mode). The counters port is skipped by the proxy, so that
     reading the truth does not change it.
     """
-    from kubectl_mesh.contract import INJECT_ENABLED, INJECT_LABEL
-
     ns = topology.name
     namespace = {"name": ns, "labels": {INJECT_LABEL: INJECT_ENABLED}}
     objects: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": namespace}]
@@ -246,7 +245,7 @@ def manifests(
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns},
             "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}}, "template": {
                 "metadata": {"labels": labels,
-                             "annotations": {"kubectl-mesh.io/skip-inbound-ports": str(COUNTERS_PORT)}},
+                             "annotations": {SKIP_INBOUND_PORTS_ANNOTATION: str(COUNTERS_PORT)}},
                 "spec": {"securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534},
                          "containers": [container]},
             }},

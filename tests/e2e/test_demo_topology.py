@@ -27,7 +27,7 @@ RATE = 4  # client requests per second: 80 in the 20 s window
 
 @pytest.mark.slow
 @pytest.mark.timeout(200)
-@pytest.mark.parametrize("name", ["depth3", "two-leaves", "cycle"])
+@pytest.mark.parametrize("name", ["depth1", "depth3", "two-leaves", "cycle", "healthy"])
 def test_diagnose_follows_the_failures_to_where_the_apps_say_they_start(scratch: Path, name: str) -> None:
     topology = TOPOLOGIES[name]
     record = scratch / "record.json"
@@ -46,12 +46,14 @@ def test_diagnose_follows_the_failures_to_where_the_apps_say_they_start(scratch:
         recorded["diagnosis"], topology, start["services"], end["services"],
         lambda requests: success_tolerance(requests, window_s, scrape_s),
     )  # fmt: skip
-    assert starts, "no app failed on its own: nothing to find"
+    assert bool(starts) == (name != "healthy"), starts
     culprits = {c["name"]: c for c in recorded["diagnosis"]["culprits"]}
     assert all(end["services"][w]["served"] > 0 for w in topology.names)  # the healthy ones too
 
     text = done.stdout.partition(f"$ kubectl mesh diagnose deploy/{ENTRY} -n {name} -t 20s\n")[2]
-    if len(starts) > 1:
+    if not starts:
+        assert "Nothing is failing" in text, text
+    elif len(starts) > 1:
         assert f"Failures start in {len(starts)} places" in text, text
     elif name == "cycle":  # ledger's failing calls lead back to gateway: both are named
         (culprit,) = culprits.values()

@@ -21,7 +21,7 @@ from tests.support.topology import assert_diagnosis_matches_apps
 
 pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.slow]
 
-NAMES = ("depth3", "two-leaves", "cycle")  # depth 1 is the walkthrough's emojivoto (test_walkthrough.py)
+NAMES = ("depth1", "depth3", "two-leaves", "cycle")  # and emojivoto: the walkthrough (test_walkthrough.py)
 WINDOW_S = 60  # diagnose's default -t 1m
 SCRAPE_S = 10  # the chart's scrape interval
 
