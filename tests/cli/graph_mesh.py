@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Iterable
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from kubectl_mesh.demo.topoapp import App, serve
 from kubectl_mesh.demo.topology import ENTRY, Topology
@@ -74,7 +75,7 @@ class GraphMesh:
         assert self.prometheus is not None
         return self.prometheus.url
 
-    def counters(self, ns: str) -> dict[str, dict[str, object]]:
+    def counters(self, ns: str) -> dict[str, dict[str, Any]]:
         """Each app's own counters in topology `ns`, as its /counters would answer."""
         return {name: app.counters.snapshot() for (n, name), app in self.apps.items() if n == ns}
 

@@ -33,6 +33,7 @@ from tests.cli.graph_mesh import GraphMesh
 from tests.support.topology import assert_diagnosis_matches_apps
 
 NS = "shop"
+EDGES_HEADER = ["SRC", "DST", "SRC_NS", "DST_NS", "SUCCESS", "RPS", "LATENCY_P99"]
 
 
 def edge(src: str, dst: str, success: float, rps: float = 1.0, dst_ns: str = NS) -> Edge:
@@ -164,15 +165,7 @@ def test_edges_from_results_name_unmeshed_ends_and_keep_the_namespace_asked_for(
     ]  # c's edge is outside namespace a; an increase rounding to 0 requests is no edge
     assert edges[1].success == 0.95 and edges[1].rps == 1.0 and edges[1].latency_ms_p99 == 7.5
     table = render_edges(edges, request)
-    assert table.splitlines()[0].split() == [
-        "SRC",
-        "DST",
-        "SRC_NS",
-        "DST_NS",
-        "SUCCESS",
-        "RPS",
-        "LATENCY_P99",
-    ]
+    assert table.splitlines()[0].split() == EDGES_HEADER
     assert f"api.example.com {UNMESHED}" in table
     dot = render_dot(edges, "deployment")
     assert '"a/deploy/web" -> "b/deploy/db" [color="#ef6c00"' in dot  # 95%: orange
@@ -278,22 +271,14 @@ def test_edges_cli_lists_every_pair_with_the_apps_own_numbers(graph_mesh: GraphM
         assert e["src_namespace"] == (ns if src is not None else None)
         app = graph_mesh.counters(ns)[dst]
         if src is None or sum(dst in w.calls for w in TOPOLOGIES[ns].workloads) == 1:
-            truth = 1 - int(app["failed"]) / int(app["served"])  # type: ignore[call-overload]
+            truth = 1 - int(app["failed"]) / int(app["served"])
             assert abs(e["success"] - truth) < 0.08, (src, dst, e, app)
     table = subprocess.run(
         [sys.executable, "-m", "kubectl_mesh", "edges", "deploy", "-n", "depth3", "-t", WINDOW,
          "--prometheus-url", graph_mesh.prometheus_url],
         capture_output=True, text=True, env=runtime_env(KUBECONFIG="/nonexistent"), timeout=60,
     ).stdout  # fmt: skip
-    assert table.splitlines()[0].split() == [
-        "SRC",
-        "DST",
-        "SRC_NS",
-        "DST_NS",
-        "SUCCESS",
-        "RPS",
-        "LATENCY_P99",
-    ]
+    assert table.splitlines()[0].split() == EDGES_HEADER
     assert re.search(rf"^{re.escape(UNMESHED)}\s+{ENTRY}\s", table, re.M), table
     assert {line.split()[-4] for line in table.splitlines()[1:]} == {"depth3"}  # -n keeps its edges
 
