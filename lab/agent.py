@@ -5,8 +5,9 @@
   removes the pod object (as the kubelet does after the grace period);
 - keeps the host's Service DNAT rules and every pod's /etc/hosts in sync with Services and
   EndpointSlices (services.py);
-- serves container logs (`kubectl logs`) and WebSocket port-forward (`pods/portforward`, see
-  portforward.py) to the API server on the bridge address.
+- serves container logs (`kubectl logs`) and port-forward over WebSocket or SPDY/3.1
+  (`pods/portforward`, `kubectl port-forward`; see portforward.py) to the API server on the
+  bridge address.
 
 Run by `lab up` as `python -m lab.agent <run dir>`. Each watch loop survives API errors (it
 relists), and each pod fails alone.
@@ -18,6 +19,7 @@ import contextlib
 import ipaddress
 import logging
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -320,31 +322,34 @@ class KubeletHandler(BaseHTTPRequestHandler):
     do_POST = do_GET  # the API server may forward the port-forward upgrade as a POST
 
     def port_forward(self, ns: str, pod: str, query: dict[str, list[str]]) -> None:
-        """`GET /portForward/<ns>/<pod>?ports=P`, upgraded to a WebSocket (lab/portforward.py)."""
+        """`/portForward/<ns>/<pod>`, upgraded to a WebSocket (`?ports=P`) or to SPDY/3.1 (each
+        stream names its port): lab/portforward.py."""
+        upgrade = self.headers.get("Upgrade", "").lower()
         try:
-            if self.headers.get("Upgrade", "").lower() != "websocket":
-                raise portforward.PortForwardError(
-                    400, "port-forward needs a WebSocket upgrade (SPDY is not served)"
-                )
-            protocol = portforward.choose_protocol(self.headers.get("Sec-WebSocket-Protocol", ""))
-            ports = portforward.parse_ports(query)
+            if upgrade not in ("websocket", portforward.SPDY_UPGRADE.lower()):
+                raise portforward.PortForwardError(400, "port-forward needs a WebSocket or SPDY/3.1 upgrade")
             runner = self._runner(ns, pod)
+            if upgrade == "websocket":
+                protocol = portforward.choose_protocol(self.headers.get("Sec-WebSocket-Protocol", ""))
+                ports = portforward.parse_ports(query)
+                answer = portforward.handshake_response(self.headers.get("Sec-WebSocket-Key", ""), protocol)
+            else:
+                answer = portforward.spdy_handshake_response(self.headers)
             if runner is None:
                 raise portforward.PortForwardError(404, f"pod {ns}/{pod} is not running on {NODE_NAME}")
         except portforward.PortForwardError as exc:
             self.send_error(exc.status, str(exc))
             return
-        key = self.headers.get("Sec-WebSocket-Key", "")
-        self.wfile.write(portforward.handshake_response(key, protocol))
-        self.wfile.flush()
-        self.close_connection = True
+        sock = portforward.switch_protocols(self, answer)
         netns = f"/var/run/netns/{runner.netns}"
-        portforward.relay(
-            self.connection,
-            ports,
-            lambda port: portforward.connect_in_netns(netns, port),
-            self.PORT_FORWARD_IDLE_S,
-        )
+
+        def connect(port: int) -> socket.socket:
+            return portforward.connect_in_netns(netns, port)
+
+        if upgrade == "websocket":
+            portforward.relay(sock, ports, connect, self.PORT_FORWARD_IDLE_S)
+        else:
+            portforward.spdy_relay(sock, connect, self.PORT_FORWARD_IDLE_S)
 
     def log_message(self, format: str, *args: Any) -> None:
         return

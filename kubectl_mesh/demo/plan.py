@@ -91,6 +91,7 @@ class DemoPlan:
     pods: tuple[DemoPod, ...]
     prometheus_port: int
     workdir: str
+    namespace: str = NAMESPACE  # a topology's demo (kubectl_mesh.demo.topology) runs in its own
 
     @property
     def prometheus_url(self) -> str:
@@ -222,7 +223,7 @@ def prometheus_config(plan: DemoPlan) -> str:
                     {
                         "targets": [f"127.0.0.1:{pod.ports.admin}"],
                         "labels": {
-                            "namespace": NAMESPACE,
+                            "namespace": plan.namespace,
                             "pod": pod.pod,
                             KIND: pod.deployment,
                             "replicaset": pod.pod.rsplit("-", 1)[0],  # a Deployment's pod has one

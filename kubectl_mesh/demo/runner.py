@@ -46,7 +46,7 @@ from kubectl_mesh.errors import MeshError
 from kubectl_mesh.graph.diagnose import Diagnosis, diagnose
 from kubectl_mesh.graph.edges import EdgesRequest, compute_edges
 from kubectl_mesh.graph.render import render_diagnosis
-from kubectl_mesh.procs import Proc, StartError, Supervisor, free_ports, start_prometheus
+from kubectl_mesh.procs import Proc, Prometheus, StartError, Supervisor, free_ports, start_prometheus
 from kubectl_mesh.prom import PrometheusClient, PrometheusError
 from kubectl_mesh.stat import StatRequest, StatRow, Workload, compute_stat, render
 from kubectl_mesh.stat.model import duration_seconds
@@ -120,6 +120,12 @@ class CounterSampler(threading.Thread):
 
 
 class Demo:
+    # What the demo runs, and the modules that needs (checked up front: one line, not a traceback).
+    needs_what = "mesh-proxy and emojivoto (gRPC)"
+    needed_modules: tuple[str, ...] = (
+        "proxy", "gevent", "httptools", "prometheus_client", "h2", "grpc", "google.protobuf",
+    )  # fmt: skip
+
     def __init__(self, options: DemoOptions, out: TextIO, err: TextIO) -> None:
         self.options = options
         self.out = out
@@ -130,6 +136,11 @@ class Demo:
         self.window_s = duration_seconds(WINDOW)
         self.commands = options.walkthrough
         self.plan: DemoPlan | None = None
+        # What the tables are about; a topology's demo (demo/topology_runner.py) sets its own.
+        self.namespace = NAMESPACE
+        self.target = DIAGNOSE_TARGET  # the entry point `diagnose` starts from
+        self.diagnose_argv: tuple[str, ...] = WALKTHROUGH_DIAGNOSE
+        self.client = "vote-bot"  # the traffic source, whose `loops` counter shows progress
         self.pods: dict[str, tuple[Proc, Proc]] = {}  # deployment -> (app, proxy)
         self.sampler: CounterSampler | None = None
         self._cleaned = False
@@ -176,24 +187,7 @@ class Demo:
     # --- start ----------------------------------------------------------------------------
 
     def start(self) -> DemoPlan:
-        needed = ("proxy", "gevent", "httptools", "prometheus_client", "h2", "grpc", "google.protobuf")
-        missing = [m for m in needed if not _importable(m)]
-        if missing:
-            raise DemoError(
-                f"the demo runs mesh-proxy and emojivoto (gRPC), which need {', '.join(missing)} (not in "
-                "the Krew zipapp: C extensions); install the full package: pip install kubectl-mesh"
-            )
-        prometheus = find_prometheus(self.options.prometheus)
-        if prometheus is None:
-            what = self.options.prometheus or "prometheus"
-            raise DemoError(f"{what} not found: the demo needs a real Prometheus; install it: {INSTALL_HINT}")
-        try:
-            if self.options.base_port is not None:
-                ports = ports_from(self.options.base_port, PORTS_NEEDED)
-            else:
-                ports = free_ports(PORTS_NEEDED)
-        except PortsInUse as exc:
-            raise DemoError(str(exc)) from None
+        prometheus, ports = self.prerequisites(PORTS_NEEDED)
         plan = build_plan(
             ports,
             str(self.workdir),
@@ -207,16 +201,7 @@ class Demo:
         )
         env = _child_env()
         try:
-            prom = start_prometheus(
-                prometheus_config(plan),
-                self.workdir,
-                binary=prometheus,
-                port=plan.prometheus_port,
-                flags=("--storage.tsdb.retention.time=1h",),
-                env={**env, "MESH_DEMO_RUN": str(self.workdir)},
-                supervisor=self.supervisor,
-                wait=None,  # it starts beside the others; waited for last
-            )
+            prom = self.start_prometheus(plan, prometheus, env)
             proxies = {p.deployment: self.supervisor.start(p.proxy.name, p.proxy.argv, {**env, **p.proxy.env})
                        for p in plan.pods}  # fmt: skip
             for pod in plan.pods:
@@ -235,13 +220,51 @@ class Demo:
             prom.wait_ready(timeout=30)
         except StartError as exc:
             raise DemoError(str(exc)) from None
-        self.pods = {d: (apps[d], proxies[d]) for d in DEPLOYMENTS}
+        self.started(plan, {d: (apps[d], proxies[d]) for d in DEPLOYMENTS})
+        return plan
+
+    def prerequisites(self, ports_needed: int) -> tuple[str, list[int]]:
+        """The Prometheus binary and the ports, or a DemoError saying what is missing."""
+        missing = [m for m in self.needed_modules if not _importable(m)]
+        if missing:
+            raise DemoError(
+                f"the demo runs {self.needs_what}, which need {', '.join(missing)} (not in "
+                "the Krew zipapp: C extensions); install the full package: pip install kubectl-mesh"
+            )
+        prometheus = find_prometheus(self.options.prometheus)
+        if prometheus is None:
+            what = self.options.prometheus or "prometheus"
+            raise DemoError(f"{what} not found: the demo needs a real Prometheus; install it: {INSTALL_HINT}")
+        try:
+            if self.options.base_port is not None:
+                ports = ports_from(self.options.base_port, ports_needed)
+            else:
+                ports = free_ports(ports_needed)
+        except PortsInUse as exc:
+            raise DemoError(str(exc)) from None
+        return prometheus, ports
+
+    def start_prometheus(self, plan: DemoPlan, binary: str, env: dict[str, str]) -> Prometheus:
+        """Prometheus, started beside the others (the caller waits for it last)."""
+        return start_prometheus(
+            prometheus_config(plan),
+            self.workdir,
+            binary=binary,
+            port=plan.prometheus_port,
+            flags=("--storage.tsdb.retention.time=1h",),
+            env={**env, "MESH_DEMO_RUN": str(self.workdir)},
+            supervisor=self.supervisor,
+            wait=None,
+        )
+
+    def started(self, plan: DemoPlan, pods: dict[str, tuple[Proc, Proc]]) -> None:
+        """Everything runs: tell `tap --demo` where, and start reading the apps' counters."""
+        self.pods = pods
         write_state(
-            DemoState(os.getpid(), NAMESPACE, {p.deployment: (p.pod, p.ports.tap) for p in plan.pods})
+            DemoState(os.getpid(), self.namespace, {p.deployment: (p.pod, p.ports.tap) for p in plan.pods})
         )
         self.sampler = CounterSampler(plan, keep_seconds=self.window_s * 3)
         self.sampler.start()
-        return plan
 
     # --- the tables -----------------------------------------------------------------------
 
@@ -255,13 +278,13 @@ class Demo:
             running = int(app.alive())
             meshed = int(running and proxy.alive())
             name = deployment if request.kind == KIND else self._pod_name(deployment)
-            listed.append(Workload(NAMESPACE, request.kind, name, meshed, running))
+            listed.append(Workload(self.namespace, request.kind, name, meshed, running))
         if request.kind == "namespace":
             return [
                 Workload(
-                    NAMESPACE,
+                    self.namespace,
                     "namespace",
-                    NAMESPACE,
+                    self.namespace,
                     sum(w.meshed for w in listed),
                     sum(w.running for w in listed),
                 )
@@ -296,18 +319,18 @@ class Demo:
         return snap
 
     def diagnose(self, query: Callable[[str], list[tuple[dict[str, str], float]]]) -> Diagnosis:
-        """What `kubectl mesh diagnose` says about the walkthrough's entry point, `web`."""
-        target = StatRequest(kind=KIND, names=(DIAGNOSE_TARGET,), namespace=NAMESPACE, window=self.window)
+        """What `kubectl mesh diagnose` says about the entry point (the walkthrough's: `web`)."""
+        target = StatRequest(kind=KIND, names=(self.target,), namespace=self.namespace, window=self.window)
         rows = compute_stat(target, query, self.workloads)
         edges = compute_edges(EdgesRequest(kind=KIND, all_namespaces=True, window=self.window), query)
-        return diagnose(KIND, (NAMESPACE, DIAGNOSE_TARGET), rows[0] if rows else None, edges)
+        return diagnose(KIND, (self.namespace, self.target), rows[0] if rows else None, edges)
 
     def render(self, snapshot: Snapshot) -> str:
         parts = []
         for w, rows in snapshot.tables:
             parts.append(f"$ {w.command}\n{render(rows, w.request) or 'No traffic found.'}")
         if snapshot.diagnosis is not None:
-            command = " ".join(("kubectl mesh diagnose", *WALKTHROUGH_DIAGNOSE, "-t", self.window))
+            command = " ".join(("kubectl mesh diagnose", *self.diagnose_argv, "-t", self.window))
             parts.append(f"$ {command}\n{render_diagnosis(snapshot.diagnosis, self.window)}")
         return "\n\n".join(parts) + "\n"
 
@@ -356,7 +379,7 @@ class Demo:
             loops = self._bot_loops()
             self.progress(
                 f"waiting for traffic to fill the {self.window} window: {min(elapsed, needed):.0f}s of "
-                f"{needed:.0f}s, vote-bot: {loops} loops",
+                f"{needed:.0f}s, {self.client}: {loops} loops",
                 fraction=min(1.0, elapsed / needed),
             )
             time.sleep(0.5 if self.err.isatty() else 1.0)
@@ -366,18 +389,24 @@ class Demo:
             return 0
         with self.sampler.lock:
             last = self.sampler.history[-1][1] if self.sampler.history else {}
-        return int(last.get("vote-bot", {}).get("loops", 0))
+        return int(last.get(self.client, {}).get("loops", 0))
+
+    def links(self, plan: DemoPlan) -> str:
+        """Where to look from a browser."""
+        web = plan.pod("web").ports.inbound
+        return f"web page: http://127.0.0.1:{web}/  Prometheus: {plan.prometheus_url}/"
+
+    def intro(self, plan: DemoPlan) -> str:
+        return (
+            f"emojivoto runs on 127.0.0.1, each service with a mesh-proxy; Prometheus scrapes them every "
+            f"{SCRAPE_INTERVAL_S}s (stat window {self.window}; in a cluster: 10s and -t 1m).\n"
+            f"{self.links(plan)}\n"
+            "live requests, in another terminal: kubectl mesh tap deploy/web --demo (or top)\n"
+        )
 
     def print_once(self, snapshot: Snapshot) -> None:
         assert self.plan is not None
-        print(
-            f"emojivoto runs on 127.0.0.1, each service with a mesh-proxy; Prometheus scrapes them every "
-            f"{SCRAPE_INTERVAL_S}s (stat window {self.window}; in a cluster: 10s and -t 1m).\n"
-            f"web page: http://127.0.0.1:{self.plan.pod('web').ports.inbound}/  "
-            f"Prometheus: {self.plan.prometheus_url}/\n"
-            "live requests, in another terminal: kubectl mesh tap deploy/web --demo (or top)\n",
-            file=self.err,
-        )
+        print(self.intro(self.plan), file=self.err)
         self.out.write(self.render(snapshot))
         self.out.flush()
 
@@ -394,8 +423,7 @@ class Demo:
             if tty:
                 self.out.write(
                     f"\x1b[H\x1b[2Jkubectl mesh demo, {stamp} (window {self.window}; Ctrl-C to stop)\n"
-                    f"web page: http://127.0.0.1:{plan.pod('web').ports.inbound}/  "
-                    f"Prometheus: {plan.prometheus_url}/\n\n{text}"
+                    f"{self.links(plan)}\n\n{text}"
                 )
             else:
                 self.out.write(f"--- {stamp}\n{text}\n")

@@ -1,10 +1,11 @@
 """`kubectl mesh edges` and `diagnose`: the pure walk on hand-made graphs, then the real thing on
-loopback (real proxies, a real Prometheus, the real CLI) over the four topologies of issue #14,
-checked against what each app counted itself."""
+loopback (real proxies, a real Prometheus, the real CLI) over the topologies of issue #14 (the
+demo's, kubectl_mesh.demo.topology), checked against what each app counted itself."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from kubectl_mesh.graph.diagnose import diagnose
+from kubectl_mesh.demo.topology import ENTRY, TOPOLOGIES
+from kubectl_mesh.graph.diagnose import Diagnosis, diagnose
 from kubectl_mesh.graph.edges import (
     UNMESHED,
     Edge,
@@ -27,9 +29,11 @@ from kubectl_mesh.graph.render import render_diagnosis, render_dot, render_edges
 from kubectl_mesh.prom import PrometheusClient
 from kubectl_mesh.stat import StatRequest, StatRow, Workload, compute_stat
 from lab.runtime import runtime_env
-from tests.cli.graph_mesh import NAMESPACE, GraphMesh
+from tests.cli.graph_mesh import GraphMesh
+from tests.support.topology import assert_diagnosis_matches_apps
 
 NS = "shop"
+EDGES_HEADER = ["SRC", "DST", "SRC_NS", "DST_NS", "SUCCESS", "RPS", "LATENCY_P99"]
 
 
 def edge(src: str, dst: str, success: float, rps: float = 1.0, dst_ns: str = NS) -> Edge:
@@ -161,15 +165,7 @@ def test_edges_from_results_name_unmeshed_ends_and_keep_the_namespace_asked_for(
     ]  # c's edge is outside namespace a; an increase rounding to 0 requests is no edge
     assert edges[1].success == 0.95 and edges[1].rps == 1.0 and edges[1].latency_ms_p99 == 7.5
     table = render_edges(edges, request)
-    assert table.splitlines()[0].split() == [
-        "SRC",
-        "DST",
-        "SRC_NS",
-        "DST_NS",
-        "SUCCESS",
-        "RPS",
-        "LATENCY_P99",
-    ]
+    assert table.splitlines()[0].split() == EDGES_HEADER
     assert f"api.example.com {UNMESHED}" in table
     dot = render_dot(edges, "deployment")
     assert '"a/deploy/web" -> "b/deploy/db" [color="#ef6c00"' in dot  # 95%: orange
@@ -208,20 +204,8 @@ def test_the_queries_select_each_end_as_the_stat_planner_does() -> None:
 
 # --- the real thing: proxies, Prometheus, the CLI ------------------------------------------
 
-# Four graphs side by side in one mesh (one set of processes): workload -> (callees, fail_every).
-TOPOLOGY: dict[str, tuple[tuple[str, ...], int]] = {
-    # depth 1: d1a fails a quarter of its requests
-    "d1": (("d1a", "d1b"), 0), "d1a": ((), 4), "d1b": ((), 0),
-    # depth 3 through healthy middles
-    "d3": (("d3m1",), 0), "d3m1": (("d3m2",), 0), "d3m2": (("d3leaf",), 0), "d3leaf": ((), 4),
-    # two failing leaves, one of them behind a healthy middle
-    "t": (("ta", "tb"), 0), "ta": ((), 5), "tb": (("tc",), 0), "tc": ((), 4),
-    # a cycle: c -> ca -> cb -> ca ...; cb fails on its own
-    "c": (("ca",), 0), "ca": (("cb",), 0), "cb": (("ca",), 4),
-    # all healthy
-    "h": (("hb",), 0), "hb": ((), 0),
-}  # fmt: skip
-ENTRIES = ("d1", "d3", "t", "c", "h")
+# Issue #14's topologies side by side in one mesh (one set of processes), each in its namespace:
+# the demo's own definitions (kubectl_mesh.demo.topology), all healthy included.
 WINDOW = "30s"
 
 
@@ -229,18 +213,18 @@ WINDOW = "30s"
 def graph_mesh() -> Iterator[GraphMesh]:
     if shutil.which("prometheus") is None:
         pytest.skip("needs the prometheus binary (scripts/install-system-deps.sh)")
-    mesh = GraphMesh(TOPOLOGY)
+    mesh = GraphMesh(TOPOLOGIES.values())
     try:
-        with ThreadPoolExecutor(len(ENTRIES)) as pool:  # 40 requests per entry, over 8 s
-            sent = list(pool.map(lambda e: mesh.drive(e, requests=40, seconds=8), ENTRIES))
-        assert sent == [40] * len(ENTRIES)
+        with ThreadPoolExecutor(len(TOPOLOGIES)) as pool:  # 40 requests per entry, over 8 s
+            sent = list(pool.map(lambda ns: mesh.drive(ns, requests=40, seconds=8), TOPOLOGIES))
+        assert sent == [40] * len(TOPOLOGIES)
         time.sleep(3)  # the last requests scraped (1 s interval)
         yield mesh
     finally:
         mesh.close()
 
 
-def _diagnose(mesh: GraphMesh, entry: str) -> object:
+def _diagnose(mesh: GraphMesh, ns: str) -> Diagnosis:
     client = PrometheusClient(url=mesh.prometheus_url, timeout=10.0)
     at = time.time()
 
@@ -248,72 +232,55 @@ def _diagnose(mesh: GraphMesh, entry: str) -> object:
         return client.query(promql, at=at)
 
     def workloads(request: StatRequest) -> list[Workload]:
-        return [Workload(NAMESPACE, "deployment", name, 1, 1) for name in TOPOLOGY]
+        return [Workload(ns, "deployment", name, 1, 1) for name in TOPOLOGIES[ns].names]
 
     rows = compute_stat(
-        StatRequest(kind="deployment", names=(entry,), namespace=NAMESPACE, window=WINDOW), query, workloads
+        StatRequest(kind="deployment", names=(ENTRY,), namespace=ns, window=WINDOW), query, workloads
     )
     edges = compute_edges(EdgesRequest(kind="deployment", all_namespaces=True, window=WINDOW), query)
-    return diagnose("deployment", (NAMESPACE, entry), rows[0] if rows else None, edges)
+    return diagnose("deployment", (ns, ENTRY), rows[0] if rows else None, edges)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("entry", "expected"),
-    [
-        ("d1", [("d1a", ["d1a"])]),
-        ("d3", [("d3leaf", ["d3m1", "d3m2", "d3leaf"])]),
-        ("t", [("ta", ["ta"]), ("tc", ["tb", "tc"])]),
-        ("c", [("cb", ["ca", "cb"])]),
-        ("h", []),
-    ],
-)
-def test_diagnose_finds_where_failures_start_on_a_real_mesh(
-    graph_mesh: GraphMesh, entry: str, expected: list[tuple[str, list[str]]]
-) -> None:
-    d = _diagnose(graph_mesh, entry)
-    assert culprits(d) == expected, render_diagnosis(d, WINDOW)  # type: ignore[arg-type]
-    for culprit in d.culprits:  # type: ignore[attr-defined]
-        last = culprit.path[-1]
-        app = graph_mesh.workloads[culprit.node[1]]
-        truth = 1 - app.failed / app.served  # the culprit's own count of what it answered
-        assert abs(last.success - truth) < 0.08, (last, app.served, app.failed)
-    if entry == "c":
-        assert d.culprits[0].cycle_to == ((NAMESPACE, "ca"),)  # type: ignore[attr-defined]
+@pytest.mark.parametrize("ns", list(TOPOLOGIES))
+def test_diagnose_finds_where_failures_start_on_a_real_mesh(graph_mesh: GraphMesh, ns: str) -> None:
+    d = _diagnose(graph_mesh, ns)
+    # Every request of the window is counted from the apps' start (the window holds all of them).
+    found = assert_diagnosis_matches_apps(
+        d.to_dict(), TOPOLOGIES[ns], {}, graph_mesh.counters(ns), lambda requests: 0.08
+    )
+    assert bool(found) == (ns != "healthy"), render_diagnosis(d, WINDOW)
+    if ns == "cycle":
+        assert d.culprits[0].cycle_to == ((ns, "gateway"),)
 
 
 @pytest.mark.slow
 def test_edges_cli_lists_every_pair_with_the_apps_own_numbers(graph_mesh: GraphMesh) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "kubectl_mesh", "edges", "deploy", "-n", NAMESPACE, "-t", WINDOW,
+        [sys.executable, "-m", "kubectl_mesh", "edges", "deploy", "-A", "-t", WINDOW,
          "--prometheus-url", graph_mesh.prometheus_url, "-o", "json"],
         capture_output=True, text=True, env=runtime_env(KUBECONFIG="/nonexistent"), timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    got = {(e["src"], e["dst"]): e for e in json.loads(done.stdout)}
-    calls = {(src, dst) for src, (callees, _) in TOPOLOGY.items() for dst in callees}
-    calls |= {(None, entry) for entry in ENTRIES}  # the driver: an unmeshed caller
+    got = {(e["dst_namespace"], e["src"], e["dst"]): e for e in json.loads(done.stdout)}
+    calls = {(t.name, w.name, c) for t in TOPOLOGIES.values() for w in t.workloads for c in w.calls}
+    calls |= {(ns, None, ENTRY) for ns in TOPOLOGIES}  # the driver: an unmeshed caller
     assert set(got) == calls
-    for (src, dst), e in got.items():
+    for (ns, src, dst), e in got.items():
         assert (e["src_meshed"], e["dst_meshed"]) == (src is not None, True)
-        app = graph_mesh.workloads[dst]
-        if src is None or sum(dst in callees for callees, _ in TOPOLOGY.values()) == 1:
-            assert abs(e["success"] - (1 - app.failed / app.served)) < 0.08, (src, dst, e, app)
+        assert e["src_namespace"] == (ns if src is not None else None)
+        app = graph_mesh.counters(ns)[dst]
+        if src is None or sum(dst in w.calls for w in TOPOLOGIES[ns].workloads) == 1:
+            truth = 1 - int(app["failed"]) / int(app["served"])
+            assert abs(e["success"] - truth) < 0.08, (src, dst, e, app)
     table = subprocess.run(
-        [sys.executable, "-m", "kubectl_mesh", "edges", "deploy", "-n", NAMESPACE, "-t", WINDOW,
+        [sys.executable, "-m", "kubectl_mesh", "edges", "deploy", "-n", "depth3", "-t", WINDOW,
          "--prometheus-url", graph_mesh.prometheus_url],
         capture_output=True, text=True, env=runtime_env(KUBECONFIG="/nonexistent"), timeout=60,
     ).stdout  # fmt: skip
-    assert table.splitlines()[0].split() == [
-        "SRC",
-        "DST",
-        "SRC_NS",
-        "DST_NS",
-        "SUCCESS",
-        "RPS",
-        "LATENCY_P99",
-    ]
-    assert f"{UNMESHED}  d1 " in table
+    assert table.splitlines()[0].split() == EDGES_HEADER
+    assert re.search(rf"^{re.escape(UNMESHED)}\s+{ENTRY}\s", table, re.M), table
+    assert {line.split()[-4] for line in table.splitlines()[1:]} == {"depth3"}  # -n keeps its edges
 
 
 def test_edges_svg_needs_graphviz_and_says_so() -> None:

@@ -14,17 +14,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from kubectl_mesh.procs import spawn
-from lab.runtime import is_root, runtime_env
+from lab.runtime import runtime_env
 from tests.e2e.tables import (
     RPS_TOLERANCE,
     assert_matches_truth,
@@ -33,10 +29,9 @@ from tests.e2e.tables import (
     success_tolerance,
     truth,
 )
+from tests.support.demo import KUBECTL_MESH, as_user, assert_nothing_left, demo_argv, processes_of_run
+from tests.support.streaming import run_until_ctrl_c
 
-VENV_BIN = Path(sys.executable).parent
-KUBECTL_MESH = str(VENV_BIN / "kubectl-mesh")
-NOBODY = 65534
 RATE = 4  # vote-bot loops per second: 80 votes in the 20 s window, so one vote moves the rate little
 
 # The seed's commands, over the demo's 20 s window (a cluster's default is -t 1m)
@@ -51,57 +46,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _as_user() -> list[str]:
-    """Drop root, to show that the demo needs none (as the user of a fresh machine would run it)."""
-    if not is_root():
-        return []
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-
-
-def _demo(*args: str, record: Path | None = None) -> list[str]:
-    argv = [*_as_user(), KUBECTL_MESH, "demo", *args]
-    if record is not None:
-        argv += ["--record", str(record)]
-    return argv
-
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="mesh-demo-test-") as d:
-        os.chmod(d, 0o777)  # the demo runs as nobody and writes its record here
-        yield Path(d)
-
-
-def processes_of_run(workdir: str) -> list[str]:
-    """Every live process started by the demo run whose work directory was `workdir`."""
-    marker = f"MESH_DEMO_RUN={workdir}".encode()
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0") or workdir.encode() in cmdline:
-            args = cmdline.replace(b"\0", b" ").decode(errors="replace")
-            found.append(f"{pid}: {args}")
-    return found
-
-
-def assert_nothing_left(workdir: str) -> None:
-    deadline = time.monotonic() + 5  # children SIGKILLed by the demo may take a moment to vanish
-    while processes_of_run(workdir) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert processes_of_run(workdir) == [], "the demo left processes behind"
-    assert not Path(workdir).exists(), "the demo left its work directory behind"
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_demo_once_tells_the_walkthrough_story_with_true_numbers(scratch: Path) -> None:
     record = scratch / "record.json"
     done = subprocess.run(
-        _demo("--once", "--rate", str(RATE), record=record),
+        demo_argv("--once", "--rate", str(RATE), record=record),
         env=runtime_env(),
         capture_output=True,
         text=True,
@@ -157,33 +107,7 @@ def test_demo_once_tells_the_walkthrough_story_with_true_numbers(scratch: Path) 
     assert_nothing_left(recorded["workdir"])
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-def _run_until(argv: list[str], env: dict[str, str], enough: Any, seconds: float) -> tuple[int, str, str]:
-    """Run a streaming command until `enough(lines)` or `seconds` pass, then Ctrl-C it (SIGINT)."""
-    import threading
-
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    lines: list[str] = []
-    assert proc.stdout is not None
-    stdout = proc.stdout
-    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not enough(list(lines)) and proc.poll() is None:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError(f"{argv} did not stop on Ctrl-C within 10 s") from None
-    reader.join(5)
-    assert proc.stderr is not None
-    return proc.returncode, "".join(lines), proc.stderr.read()
-
-
-def _check_tap_and_top_on_the_demo(env: dict[str, str]) -> None:
+def _check_tap_and_top_on_thedemo_argv(env: dict[str, str]) -> None:
     """`tap --demo` and `top --demo` against the running demo, as the same user, like a second terminal."""
 
     def grpc_status(events: list[dict[str, Any]], id_: int) -> int | None:
@@ -198,8 +122,8 @@ def _check_tap_and_top_on_the_demo(env: dict[str, str]) -> None:
         to_voting = {e["id"] for e in events if e["type"] == "rsp" and "voting" in e.get("dst", "")}
         return len(ends) >= 30 and any(grpc_status(events, i) == 2 for i in to_voting)
 
-    rc, out, err = _run_until(
-        [*_as_user(), KUBECTL_MESH, "tap", "deploy/web", "--demo", "-o", "json"], env, enough, seconds=60
+    rc, out, err = run_until_ctrl_c(
+        [*as_user(), KUBECTL_MESH, "tap", "deploy/web", "--demo", "-o", "json"], env, enough, seconds=60
     )
     assert rc == 0 and "Traceback" not in err, err
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -222,8 +146,8 @@ def _check_tap_and_top_on_the_demo(env: dict[str, str]) -> None:
     assert failed == {"/emojivoto.v1.VotingService/VoteDoughnut"}, statuses  # the failing vote, live
     assert all(status == 0 for path, status in statuses if path not in failed and status is not None)
 
-    rc, out, err = _run_until(
-        [*_as_user(), KUBECTL_MESH, "top", "deploy/web", "--demo", "--interval", "1"], env,
+    rc, out, err = run_until_ctrl_c(
+        [*as_user(), KUBECTL_MESH, "top", "deploy/web", "--demo", "--interval", "1"], env,
         lambda lines: sum(line.startswith("SRC") for line in lines) >= 3, seconds=30,
     )  # fmt: skip
     assert rc == 0 and "Traceback" not in err, err
@@ -233,13 +157,15 @@ def _check_tap_and_top_on_the_demo(env: dict[str, str]) -> None:
     assert ("vote-bot", "web", "GET") in routes and ("web", "voting", "POST") in routes, out
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_demo_live_stops_everything_on_ctrl_c(scratch: Path) -> None:
     record = scratch / "record.json"
     env = runtime_env(XDG_RUNTIME_DIR=str(scratch))  # the demo's state file, for tap --demo
     # Its own process group: SIGINT to the group, as a terminal's Ctrl-C does.
     demo = spawn(
         "the demo",
-        _demo("--refresh", "1", record=record),
+        demo_argv("--refresh", "1", record=record),
         scratch / "demo.log",
         env=env,
         cwd=scratch,
@@ -252,7 +178,7 @@ def test_demo_live_stops_everything_on_ctrl_c(scratch: Path) -> None:
         assert "kubectl mesh tap deploy/web --demo" in out
         workdir = json.loads(record.read_text())["workdir"]
         assert processes_of_run(workdir), "the demo's processes should be running now"
-        _check_tap_and_top_on_the_demo(env)
+        _check_tap_and_top_on_thedemo_argv(env)
         demo.signal(signal.SIGINT)
         rc = demo.popen.wait(timeout=20)
         assert rc == 0, demo.log()
@@ -270,7 +196,7 @@ def test_ports_in_use_are_named(scratch: Path) -> None:
         port = taken.getsockname()[1]
         base = min(port - 3, 65535 - 20)  # the taken port inside the 21 the demo would use
         done = subprocess.run(
-            _demo("--once", "--base-port", str(base)),
+            demo_argv("--once", "--base-port", str(base)),
             env=runtime_env(),
             capture_output=True,
             text=True,
@@ -284,7 +210,7 @@ def test_ports_in_use_are_named(scratch: Path) -> None:
 
 def test_missing_prometheus_says_how_to_install(scratch: Path) -> None:
     done = subprocess.run(
-        _demo("--once", "--prometheus", str(scratch / "no-such-prometheus")),
+        demo_argv("--once", "--prometheus", str(scratch / "no-such-prometheus")),
         env=runtime_env(),
         capture_output=True,
         text=True,
@@ -312,7 +238,7 @@ def _children_workdir(pid: int) -> str | None:
 
 @pytest.mark.timeout(120)
 def test_children_die_with_the_demo_even_on_kill_9(scratch: Path) -> None:
-    demo = spawn("the demo", _demo("--once"), scratch / "demo.log", env=runtime_env(), cwd=scratch)
+    demo = spawn("the demo", demo_argv("--once"), scratch / "demo.log", env=runtime_env(), cwd=scratch)
     workdir = None
     try:
         deadline = time.monotonic() + 60

@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from lab.kube import data
 from tests.lab.test_lab import MARKER, web_manifest
+from tests.support.rbac import READ_DEPLOYMENTS, READ_PODS, account, accounts_yaml, kubeconfig_for
+from tests.support.streaming import run_until_ctrl_c
 
 pytestmark = [pytest.mark.lab, pytest.mark.root, pytest.mark.slow]
 
@@ -69,50 +66,9 @@ def _inject(manifest: str) -> str:
     ).stdout
 
 
-def _stream(
-    lab: Any, args: list[str], enough: Any, seconds: float, env: dict[str, str]
-) -> tuple[int, str, str]:
-    """`kubectl <args>` until `enough(lines)` or `seconds`, then Ctrl-C (SIGINT): (rc, stdout, stderr)."""
-    proc = subprocess.Popen(
-        ["kubectl", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    lines: list[str] = []
-    assert proc.stdout is not None and proc.stderr is not None
-    stdout = proc.stdout
-    reader = threading.Thread(target=lambda: lines.extend(iter(stdout.readline, "")), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and proc.poll() is None and not enough(list(lines)):
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError(f"kubectl {' '.join(args)} did not stop on Ctrl-C") from None
-    reader.join(5)
-    return proc.returncode, "".join(lines), proc.stderr.read()
-
-
 def _events(lines: list[str] | str) -> list[dict[str, Any]]:
     text = lines if isinstance(lines, str) else "".join(line for line in lines if line.endswith("\n"))
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-def _kubeconfig_for(lab: Any, namespace: str, account: str, path: Path) -> Path:
-    token = data(lab.kube.core.create_namespaced_service_account_token, account, namespace,
-                 {"spec": {"expirationSeconds": 600}})["status"]["token"]  # fmt: skip
-    admin = yaml.safe_load(lab.kubeconfig.read_text())
-    cluster = admin["clusters"][0]
-    context = {"cluster": cluster["name"], "user": account, "namespace": namespace}
-    config = {
-        "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": account, "context": context}],
-        "current-context": account,
-    }  # fmt: skip
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def test_tap_and_top_through_the_api_server_and_only_for_whom_rbac_allows(
@@ -128,7 +84,8 @@ def test_tap_and_top_through_the_api_server_and_only_for_whom_rbac_allows(
     def enough(lines: list[str]) -> bool:
         return sum(e["type"] == "end" for e in _events(lines)) >= 12
 
-    rc, out, err = _stream(lab, ["mesh", "tap", "deploy/web", "-n", ns, "-o", "json"], enough, 90, env)
+    tap = ["kubectl", "mesh", "tap", "deploy/web", "-n", ns, "-o", "json"]
+    rc, out, err = run_until_ctrl_c(tap, env, enough, 90)
     assert rc == 0 and "Traceback" not in err, err
     events = _events(out)
     reqs = {e["id"]: e for e in events if e["type"] == "req"}
@@ -158,8 +115,8 @@ def test_tap_and_top_through_the_api_server_and_only_for_whom_rbac_allows(
     def top_enough(lines: list[str]) -> bool:
         return sum(line.startswith("SRC") for line in lines) >= 2
 
-    rc, out, err = _stream(
-        lab, ["mesh", "top", "deploy/web", "-n", ns, "--interval", "2"], top_enough, 60, env
+    rc, out, err = run_until_ctrl_c(
+        ["kubectl", "mesh", "top", "deploy/web", "-n", ns, "--interval", "2"], env, top_enough, 60
     )
     assert rc == 0 and "Traceback" not in err, err
     table = out.strip().split("\n\n")[-1].splitlines()
@@ -170,30 +127,8 @@ def test_tap_and_top_through_the_api_server_and_only_for_whom_rbac_allows(
     assert rows[("caller", "web", "GET", f"/{MARKER}")][-1] == "100.00%"  # a 404 is a success too
 
     # A ServiceAccount that may read pods and deployments, but not port-forward: refused, one line each.
-    lab.apply(
-        textwrap.dedent(
-            f"""\
-            apiVersion: v1
-            kind: ServiceAccount
-            metadata: {{name: viewer, namespace: {ns}}}
-            ---
-            apiVersion: rbac.authorization.k8s.io/v1
-            kind: Role
-            metadata: {{name: viewer, namespace: {ns}}}
-            rules:
-            - {{apiGroups: [""], resources: [pods], verbs: [get, list]}}
-            - {{apiGroups: [apps], resources: [deployments], verbs: [get, list]}}
-            ---
-            apiVersion: rbac.authorization.k8s.io/v1
-            kind: RoleBinding
-            metadata: {{name: viewer, namespace: {ns}}}
-            roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: viewer}}
-            subjects: [{{kind: ServiceAccount, name: viewer, namespace: {ns}}}]
-            """
-        ),
-        ns,
-    )
-    viewer = _kubeconfig_for(lab, ns, "viewer", tmp_path / "viewer.kubeconfig")
+    lab.apply(accounts_yaml(account(ns, "viewer", READ_PODS, READ_DEPLOYMENTS)), ns)
+    viewer = kubeconfig_for(lab, ns, "viewer", tmp_path / "viewer.kubeconfig")
     refused = subprocess.run(
         ["kubectl", "mesh", "tap", "deploy/web"], capture_output=True, text=True, timeout=60,
         env={**env, "KUBECONFIG": str(viewer)},

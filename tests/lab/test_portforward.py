@@ -25,7 +25,7 @@ from kubernetes.stream.ws_client import PortForward
 from kubectl_mesh.kube import KubeClient, KubeConfig, KubeError
 from kubectl_mesh.portforward import PortForward as MeshPortForward
 from lab import cluster, portforward
-from lab.kube import data
+from tests.support import rbac
 
 
 def _echo_server() -> tuple[socket.socket, threading.Thread]:
@@ -233,19 +233,8 @@ def _get_through(api: client.CoreV1Api, namespace: str, pod: str) -> bytes:
     return answer
 
 
-def _token(lab: Any, namespace: str, service_account: str) -> str:
-    return str(
-        data(
-            lab.kube.core.create_namespaced_service_account_token,
-            service_account,
-            namespace,
-            {"spec": {"expirationSeconds": 600}},
-        )["status"]["token"]
-    )
-
-
 def _client_as(lab: Any, namespace: str, service_account: str) -> client.CoreV1Api:
-    token = _token(lab, namespace, service_account)
+    token = rbac.token(lab, namespace, service_account)
     config = client.Configuration(host=lab.api_url)
     config.ssl_ca_cert = str(cluster.PKI_DIR / "ca.crt")
     config.api_key = {"authorization": f"Bearer {token}"}
@@ -266,33 +255,9 @@ def test_portforward_through_the_api_server_reaches_the_pods_loopback_for_whom_r
     with pytest.raises(OSError):
         socket.create_connection((pod_ip, 4190), timeout=3)
 
-    lab.apply(
-        textwrap.dedent(
-            f"""\
-            apiVersion: v1
-            kind: ServiceAccount
-            metadata: {{name: viewer, namespace: {lab_namespace}}}
-            ---
-            apiVersion: v1
-            kind: ServiceAccount
-            metadata: {{name: tapper, namespace: {lab_namespace}}}
-            ---
-            apiVersion: rbac.authorization.k8s.io/v1
-            kind: Role
-            metadata: {{name: portforward, namespace: {lab_namespace}}}
-            rules:
-            - {{apiGroups: [""], resources: [pods], verbs: [get, list]}}
-            - {{apiGroups: [""], resources: [pods/portforward], verbs: [create, get]}}
-            ---
-            apiVersion: rbac.authorization.k8s.io/v1
-            kind: RoleBinding
-            metadata: {{name: tapper, namespace: {lab_namespace}}}
-            roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: portforward}}
-            subjects: [{{kind: ServiceAccount, name: tapper, namespace: {lab_namespace}}}]
-            """
-        ),
-        lab_namespace,
-    )
+    # viewer: no permission at all; tapper: may read pods and port-forward to them.
+    tapper = rbac.account(lab_namespace, "tapper", rbac.READ_PODS, rbac.PORT_FORWARD)
+    lab.apply(rbac.accounts_yaml(rbac.account(lab_namespace, "viewer"), tapper), lab_namespace)
     viewer = _client_as(lab, lab_namespace, "viewer")
     with pytest.raises(ApiException) as refused:
         _get_through(viewer, lab_namespace, "loopback")
@@ -307,7 +272,7 @@ def test_portforward_through_the_api_server_reaches_the_pods_loopback_for_whom_r
             server=lab.api_url,
             context=account,
             ca_data=(cluster.PKI_DIR / "ca.crt").read_bytes(),
-            token=_token(lab, lab_namespace, account),
+            token=rbac.token(lab, lab_namespace, account),
         )
         if not allowed:
             with pytest.raises(KubeError) as info:
