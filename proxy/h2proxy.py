@@ -450,10 +450,16 @@ def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int, st
     """Pass a direction's queued items into `dst` as its windows allow (WAITING, ENDED or GONE).
 
     DATA is acknowledged to `src` only when it was passed on: the sender's window is what bounds
-    the bytes the proxy holds for a stream. Whatever is passed on is the stream's progress."""
+    the bytes the proxy holds for a stream. Whatever is passed on is the stream's progress. The
+    last DATA carries the end with it (one frame, not an empty DATA after it), and what `src`
+    and `dst` queued goes to their writers once, at the end."""
     conn = dst.conn
-    if queue:
-        stream.active = dst.proxy.now
+    if not queue:
+        dst.pull()  # (a stream just opened upstream: its HEADERS go now)
+        return WAITING
+    stream.active = dst.proxy.now
+    acked = False
+    left = WAITING
     try:
         while queue:
             kind, payload, flow = queue[0]
@@ -468,26 +474,33 @@ def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int, st
                     conn.send_data(dst_id, payload[:room])
                     queue[0] = (DATA, payload[room:], flow)
                     continue
-                conn.send_data(dst_id, payload)
+                ends = len(queue) > 1 and queue[1][0] == END
+                conn.send_data(dst_id, payload, end_stream=ends)
                 queue.popleft()
                 if flow and not src.dead:
                     src.conn.acknowledge_received_data(flow, src_id)
-                    src.pull()
+                    acked = True
+                if ends:
+                    queue.clear()  # the END went with the DATA
+                    left = ENDED
+                    break
             else:
                 _release(queue, src, src_id)
                 if kind == TRAILERS:
                     conn.send_headers(dst_id, payload, end_stream=True)
                 else:
                     conn.end_stream(dst_id)
-                dst.pull()
-                return ENDED
+                left = ENDED
+                break
     except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
         # The next hop reset the stream in the frames just read; its event comes next, but the
         # stream is over now: never counted as a response that ended well.
         _release(queue, src, src_id)
-        return GONE
+        left = GONE
+    if acked:
+        src.pull()
     dst.pull()
-    return WAITING
+    return left
 
 
 class Session(Side):
