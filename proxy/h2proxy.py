@@ -95,11 +95,17 @@ class Side:
         self.direction = direction
         # What this side sends was validated when it arrived on the other (or is the proxy's
         # own): checking it again would cost as much as the check on receipt, for nothing.
+        # What arrives is validated (h2's rules: names, characters, pseudo-headers, connection
+        # fields), always: an upstream connection is shared by many clients' streams, and a
+        # malformed header list passed on would end the whole connection at a peer that checks
+        # (h2 treats it as a connection error). Inbound normalisation only joins `cookie` crumbs,
+        # which HTTP/2 lets a proxy pass on as they are (RFC 9113 §8.2.3).
         config = h2.config.H2Configuration(
             client_side=client_side,
             header_encoding=None,
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
+            normalize_inbound_headers=False,
         )
         conn = h2.connection.H2Connection(config)
         conn.local_settings = h2.settings.Settings(client=client_side, initial_values=_settings(client_side))
