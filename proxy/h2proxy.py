@@ -27,6 +27,8 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack.hpack
+import hyperframe.frame
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
@@ -48,6 +50,32 @@ from .identity import NO_LABELS, Labels
 if TYPE_CHECKING:
     from .server import Proxy
     from .tap import TapRequest
+
+
+def _no_eager_formatting() -> None:
+    """Spare every frame and header the formatting h2 and hpack do for logs nobody reads.
+
+    h2 formats each frame it receives (`repr(frame)`, hex of its payload included) as the
+    argument of a trace call on its no-op logger, and hpack calls `logging`'s debug (off) about
+    each header it codes: together about a tenth of a stream's CPU in the proxy (bench
+    `compare_proxy`). In the proxy's process a frame's repr becomes its class name and hpack's
+    logger a no-op; nothing else reads them (tests/proxy/test_proxy_h2_units.py checks both hooks
+    still exist, should a new h2 or hpack move them)."""
+    hyperframe.frame.Frame.__repr__ = _frame_name  # type: ignore[method-assign]
+    hpack.hpack.log = _SILENT  # type: ignore[assignment]
+
+
+def _frame_name(frame: hyperframe.frame.Frame) -> str:
+    return type(frame).__name__
+
+
+class _Silent:
+    def debug(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+_SILENT = _Silent()
+_no_eager_formatting()
 
 INBOUND, OUTBOUND = "inbound", "outbound"
 DATA, TRAILERS, END = 0, 1, 2

@@ -201,3 +201,20 @@ def test_a_header_block_under_way_is_seen_in_h2s_frame_buffer() -> None:
     assert not header_block_pending(conn)
     conn.receive_data(DataFrame(1, data=b"x" * 100).serialize()[:20])  # a DATA frame partly read
     assert not header_block_pending(conn)
+
+
+def test_the_hooks_that_spare_eager_formatting_still_exist_in_h2_and_hpack() -> None:
+    """h2proxy replaces `Frame.__repr__` and hpack's module logger (see `_no_eager_formatting`):
+    if a new h2 stops calling repr(frame) on receipt, or hpack renames `log`, this says so."""
+    import inspect
+
+    import h2.connection
+    import hpack.hpack
+    from hyperframe.frame import DataFrame
+
+    import proxy.h2proxy  # noqa: F401  (applies the change)
+
+    assert "repr(frame)" in inspect.getsource(h2.connection.H2Connection._receive_frame)
+    assert "log.debug(" in inspect.getsource(hpack.hpack.Decoder.decode)
+    assert repr(DataFrame(1, data=b"x" * 1000)) == "DataFrame"
+    assert hpack.hpack.log.debug("anything %s", "at all") is None
