@@ -42,9 +42,14 @@ def export(rev: str, tmp: Path) -> Path:
 
 def compare(args: argparse.Namespace, load: str, ports: tuple[int, int], proxies: dict[str, ProxyProcess]) -> dict[str, Any]:
     def run(proxy: ProxyProcess) -> tuple[float, int]:
-        if load == "h2":
-            return h2load(proxy.inbound, args.duration)
-        return wrk(proxy.inbound, args.duration)
+        try:
+            if load == "h2":
+                return h2load(proxy.inbound, args.duration)
+            return wrk(proxy.inbound, args.duration)
+        except SystemExit:  # a failed request: what the proxy counted, and its log
+            print([(s.labels, s.value) for s in proxy.samples("response_total")], file=sys.stderr)
+            print(proxy.log()[-3000:], file=sys.stderr)
+            raise
 
     rates: dict[str, list[float]] = {name: [] for name in proxies}
     cpu = dict.fromkeys(proxies, 0.0)
