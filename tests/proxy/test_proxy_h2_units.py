@@ -218,3 +218,42 @@ def test_the_hooks_that_spare_eager_formatting_still_exist_in_h2_and_hpack() -> 
     assert "log.debug(" in inspect.getsource(hpack.hpack.Decoder.decode)
     assert repr(DataFrame(1, data=b"x" * 1000)) == "DataFrame"
     assert hpack.hpack.log.debug("anything %s", "at all") is None
+
+
+def test_an_upstream_connection_still_forgets_its_closed_streams() -> None:
+    """`_UpstreamConnection` takes the proxy's count of its streams instead of h2's walk: 1000
+    streams opened and closed one after another leave at most a walk's worth in h2's table, and
+    the peer's limit still holds."""
+    import h2.config
+    import h2.connection
+    import h2.exceptions
+
+    from proxy.h2proxy import _UpstreamConnection
+
+    counted: dict[int, object] = {}
+    client = _UpstreamConnection(h2.config.H2Configuration(client_side=True, header_encoding=None), counted)  # type: ignore[arg-type]
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    request = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"a")]
+    for _ in range(1000):
+        sid = client.get_next_available_stream_id()
+        counted[sid] = object()
+        client.send_headers(sid, request, end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.send_headers(sid, [(b":status", b"200")], end_stream=True)
+        client.receive_data(server.data_to_send())
+        del counted[sid]  # the proxy forgets a stream once it is over
+        assert len(client.streams) <= _UpstreamConnection.WALK_EVERY + 1
+    # The peer's limit (100 here, h2's default) still stops a 101st stream.
+    for _ in range(100):
+        sid = client.get_next_available_stream_id()
+        counted[sid] = object()
+        client.send_headers(sid, request)
+    sid = client.get_next_available_stream_id()
+    counted[sid] = object()
+    with pytest.raises(h2.exceptions.TooManyStreamsError):
+        client.send_headers(sid, request)
