@@ -536,16 +536,21 @@ def grpc_rate(target: str, seconds: float, in_flight: int = 32) -> float:
     return done / elapsed
 
 
-def measure_grpc(args: argparse.Namespace, tmp: Path, started: list[ProxyProcess],
-                 helpers: list[Proc]) -> dict[str, Any]:  # fmt: skip
-    """A grpcio unary echo, direct and through one proxy, taking turns in the same run."""
+def start_grpc_app(tmp: Path, helpers: list[Proc]) -> int:
+    """The grpcio echo server (tests/support/grpc_app.py) in its own process; its port."""
     port_file = tmp / "grpc-port"
     argv = [sys.executable, "-m", "tests.support.grpc_app", str(port_file)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "GRPC_ENABLE_FORK_SUPPORT": "0"}
     app = spawn("grpc-app", argv, tmp / "grpc-app.log", env=env)
     helpers.append(app)
     app.wait_ready(lambda: port_file.exists() and port_file.read_text() != "", timeout=20)
-    grpc_port = int(port_file.read_text())
+    return int(port_file.read_text())
+
+
+def measure_grpc(args: argparse.Namespace, tmp: Path, started: list[ProxyProcess],
+                 helpers: list[Proc]) -> dict[str, Any]:  # fmt: skip
+    """A grpcio unary echo, direct and through one proxy, taking turns in the same run."""
+    grpc_port = start_grpc_app(tmp, helpers)
     server = server_proxy(tmp, grpc_port)
     started.append(server)
     paths = {"direct": f"127.0.0.1:{grpc_port}", "one_hop": f"127.0.0.1:{server.inbound}"}

@@ -3,10 +3,11 @@
 On a noisy machine only runs taken in turns compare: each round runs the saturated load through
 `base` then `head` (then the other order next round), and the report gives every round and the
 medians, with each proxy's CPU per request over all its rounds (the figure other load moves
-least). Loads: `h2` (`h2load -c 32 -m 10` to nginx over h2c), `h1` (`wrk -t1 -c32` to nginx).
+least). Loads: `h2` (`h2load -c 32 -m 10` to nginx over h2c), `h1` (`wrk -t1 -c32` to nginx),
+`grpc` (a grpcio unary echo, 32 calls in flight from this process).
 Prints one JSON object on its last line.
 
-Usage (from the repository's root): python -m bench.compare_proxy --base REV [--load h2|h1|both]
+Usage (from the repository's root): python -m bench.compare_proxy --base REV [--load h2,h1,grpc]
         [--rounds 5] [--duration 4]
 """
 
@@ -22,12 +23,24 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.bench_proxy import REPO, cpu_seconds, h2load, server_proxy, start_nginx, wrk
+from bench.bench_proxy import (
+    REPO,
+    cpu_seconds,
+    grpc_rate,
+    h2load,
+    server_proxy,
+    start_grpc_app,
+    start_nginx,
+    wrk,
+)
 from kubectl_mesh.procs import Proc
 from tests.support.proxy_process import ProxyProcess
 
 # Runs `python -m proxy` from another tree: the base revision's proxy and kubectl_mesh first on sys.path.
-FROM_TREE = "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); runpy.run_module('proxy', run_name='__main__', alter_sys=True)"
+FROM_TREE = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "runpy.run_module('proxy', run_name='__main__', alter_sys=True)"
+)
 
 
 def export(rev: str, tmp: Path) -> Path:
@@ -40,11 +53,14 @@ def export(rev: str, tmp: Path) -> Path:
     return target
 
 
-def compare(args: argparse.Namespace, load: str, ports: tuple[int, int], proxies: dict[str, ProxyProcess]) -> dict[str, Any]:
+def compare(args: argparse.Namespace, load: str, proxies: dict[str, ProxyProcess]) -> dict[str, Any]:
     def run(proxy: ProxyProcess) -> tuple[float, int]:
         try:
             if load == "h2":
                 return h2load(proxy.inbound, args.duration)
+            if load == "grpc":
+                rate = grpc_rate(f"127.0.0.1:{proxy.inbound}", args.duration)
+                return rate, round(rate * args.duration)
             return wrk(proxy.inbound, args.duration)
         except SystemExit:  # a failed request: what the proxy counted, and its log
             print([(s.labels, s.value) for s in proxy.samples("response_total")], file=sys.stderr)
@@ -71,14 +87,16 @@ def compare(args: argparse.Namespace, load: str, ports: tuple[int, int], proxies
         result[f"{load}_rps_{name}"] = round(statistics.median(rates[name]))
         result[f"{load}_rps_{name}_rounds"] = [round(r) for r in rates[name]]
         result[f"{load}_cpu_us_per_request_{name}"] = round(cpu[name] / max(1, served[name]) * 1e6, 1)
-    result[f"{load}_rps_ratio_head_vs_base"] = round(result[f"{load}_rps_head"] / result[f"{load}_rps_base"], 3)
+    result[f"{load}_rps_ratio_head_vs_base"] = round(
+        result[f"{load}_rps_head"] / result[f"{load}_rps_base"], 3
+    )
     return result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", required=True, help="git revision of the proxy to compare against")
-    parser.add_argument("--load", choices=("h2", "h1", "both"), default="h2")
+    parser.add_argument("--load", default="h2", help="comma-separated: h2, h1, grpc")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=4.0)
     args = parser.parse_args()
@@ -89,17 +107,19 @@ def main() -> int:
     try:
         base_tree = export(args.base, tmp)
         nginx_port, h2_port = start_nginx(tmp, helpers)
-        for load in ("h2", "h1") if args.load == "both" else (args.load,):
-            port = h2_port if load == "h2" else nginx_port
+        loads = args.load.split(",")
+        grpc_port = start_grpc_app(tmp, helpers) if "grpc" in loads else 0
+        for load in loads:
+            port = {"h2": h2_port, "h1": nginx_port, "grpc": grpc_port}[load]
             base = server_proxy(tmp, port, ["-c", FROM_TREE, str(base_tree)], name=f"base-{load}")
             started.append(base)
             head = server_proxy(tmp, port, name=f"head-{load}")
             started.append(head)
-            result.update(compare(args, load, (nginx_port, h2_port), {"base": base, "head": head}))
+            result.update(compare(args, load, {"base": base, "head": head}))
     finally:
         for proxy in started:
             proxy.stop()
-        for helper in helpers:
+        for helper in reversed(helpers):
             helper.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
