@@ -291,6 +291,7 @@ class Side:
         raise NotImplementedError
 
     def pump_all(self) -> None:
+        """A window opened or the writer caught up: the streams with something queued go on."""
         for stream in list(self.streams.values()):
             self.pump(stream)
 
@@ -509,16 +510,14 @@ WAITING, ENDED, GONE = 0, 1, 2  # what `_pump` left: more to send, the end went,
 
 
 def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int, stream: Stream) -> int:
-    """Pass a direction's queued items into `dst` as its windows allow (WAITING, ENDED or GONE).
+    """Pass a direction's queued items (never none) into `dst` as its windows allow (WAITING,
+    ENDED or GONE).
 
     DATA is acknowledged to `src` only when it was passed on: the sender's window is what bounds
     the bytes the proxy holds for a stream. Whatever is passed on is the stream's progress. The
     last DATA carries the end with it (one frame, not an empty DATA after it), and what `src`
     and `dst` queued goes to their writers once, at the end."""
     conn = dst.conn
-    if not queue:
-        dst.pull()  # (a stream just opened upstream: its HEADERS go now)
-        return WAITING
     stream.active = dst.proxy.now
     acked = False
     left = WAITING
@@ -654,7 +653,7 @@ class Session(Side):
 
     def pump(self, stream: Stream) -> None:
         upstream = stream.up
-        if upstream is None or stream.down_done:
+        if upstream is None or stream.down_done or not stream.to_down:
             return
         left = _pump(stream.to_down, self, stream.sid, upstream, stream.uid, stream)
         if left == ENDED:
@@ -773,6 +772,7 @@ class H2Upstream(Side):
             stream.up_done = True
             stream.request_end = self.proxy.now
         self.pump(stream)
+        self.pull()  # the HEADERS, with what DATA the windows let through
 
     def run(self) -> None:
         proxy = self.proxy
@@ -826,7 +826,7 @@ class H2Upstream(Side):
             shutdown(self.sock, 0)
 
     def pump(self, stream: Stream) -> None:
-        if stream.up_done:
+        if stream.up_done or not stream.to_up:
             return
         left = _pump(stream.to_up, self, stream.uid, stream.session, stream.sid, stream)
         if left == ENDED:
