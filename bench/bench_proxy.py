@@ -696,6 +696,15 @@ http {{
     return nginx_port, h2_port
 
 
+def stop_all(started: list[ProxyProcess], helpers: list[Proc], tmp: Path) -> None:
+    """Stop the proxies, then the helpers (last started first), and remove the scratch directory."""
+    for proxy in started:
+        proxy.stop()
+    for helper in reversed(helpers):
+        helper.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per saturated wrk run")
@@ -733,11 +742,7 @@ def main() -> int:
                 result.update(measure_h2(args, tmp, h2_port, started, helpers))
                 result.update(measure_grpc(args, tmp, started, helpers))
     finally:
-        for proxy in started:
-            proxy.stop()
-        for helper in reversed(helpers):
-            helper.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(started, helpers, tmp)
     print(json.dumps(result))
     return 0
 

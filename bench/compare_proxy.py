@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from bench.bench_proxy import (
     server_proxy,
     start_grpc_app,
     start_nginx,
+    stop_all,
     wrk,
 )
 from kubectl_mesh.procs import Proc
@@ -117,11 +117,7 @@ def main() -> int:
             started.append(head)
             result.update(compare(args, load, {"base": base, "head": head}))
     finally:
-        for proxy in started:
-            proxy.stop()
-        for helper in reversed(helpers):
-            helper.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(started, helpers, tmp)
     print(json.dumps(result))
     return 0
 

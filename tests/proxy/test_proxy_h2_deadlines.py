@@ -21,10 +21,11 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import pytest
-from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, SettingsFrame
+from hyperframe.frame import GoAwayFrame, HeadersFrame, SettingsFrame
 
 from tests.proxy.h2_backend import TICK, TICKS, H2Backend
 from tests.support.grpc_app import GrpcApp, methods
+from tests.support.h2wire import bytes_until_closed, parse_frames
 from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
 
 CANCEL, INTERNAL_ERROR, ENHANCE_YOUR_CALM = 0x8, 0x2, 0xB
@@ -211,38 +212,16 @@ def test_a_header_block_left_unfinished_ends_its_connection_after_the_header_tim
         started = time.monotonic()
         ok = bystander.request("/ok")
         bystander.run(3, until=lambda: bystander.got[ok].ended_at)
-        raw = b""
-        slow.settimeout(4)
-        while True:
-            try:
-                data = slow.recv(65536)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not data:
-                break
-            raw += data
+        raw = bytes_until_closed(slow, 4)
         closed_after = time.monotonic() - started
     finally:
         slow.close()
         bystander.close()
     assert bystander.got[ok].status == 200 and bystander.got[ok].body == b"ok"
-    goaways = [f for f in _frames(raw) if isinstance(f, GoAwayFrame)]
+    goaways = [f for f in parse_frames(raw) if isinstance(f, GoAwayFrame)]
     assert [g.error_code for g in goaways] == [ENHANCE_YOUR_CALM]
     assert 0.9 <= closed_after < 3.5
     assert proxy.value("h2_connection_errors_total", error="header_timeout") == 1
-
-
-def _frames(raw: bytes) -> list[Any]:
-    frames = []
-    view = memoryview(raw)
-    while len(view) >= 9:
-        frame, length = Frame.parse_frame_header(view[:9])
-        if len(view) < 9 + length:
-            break
-        frame.parse_body(view[9 : 9 + length])
-        frames.append(frame)
-        view = view[9 + length :]
-    return frames
 
 
 def test_1xx_heads_reach_the_client_as_informational_and_the_final_response_is_counted(
@@ -333,7 +312,7 @@ def test_a_client_that_stops_reading_is_cut_after_the_idle_timeout(
             if not data:
                 break
             raw += data  # read, but never acknowledged: no WINDOW_UPDATE goes back
-            resets = [(time.monotonic() - started, f.error_code) for f in _frames(raw) if f.type == 0x3]
+            resets = [(time.monotonic() - started, f.error_code) for f in parse_frames(raw) if f.type == 0x3]
     finally:
         client.close()
     assert sid == 1
