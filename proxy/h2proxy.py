@@ -115,30 +115,6 @@ def header_block_pending(conn: h2.connection.H2Connection) -> bool:
     return len(data) >= 4 and data[3] in (0x1, 0x9)  # a frame's type is its fourth byte
 
 
-class _UpstreamConnection(h2.connection.H2Connection):
-    """An upstream's h2 connection, told how many streams it carries instead of counting them.
-
-    h2 counts a connection's open streams before each new one by walking them all (forgetting the
-    closed ones as it goes): on an upstream connection shared by a hundred streams, about 4% of a
-    stream's CPU. `H2Upstream.has_room` already keeps the proxy's own count (a stream leaves it
-    only once closed or reset) under the peer's limit; h2's walk runs every WALK_EVERY new
-    streams, so that the closed ones are still forgotten."""
-
-    WALK_EVERY = 64
-
-    def __init__(self, config: h2.config.H2Configuration, streams: dict[int, Stream]) -> None:
-        super().__init__(config)
-        self.counted = streams
-        self.opened = 0
-
-    @property
-    def open_outbound_streams(self) -> int:
-        self.opened += 1
-        if self.opened % self.WALK_EVERY == 0:
-            return super().open_outbound_streams
-        return len(self.counted) - 1  # the stream being opened is counted already (`_open`)
-
-
 class Side:
     """One h2 connection over one socket: events in from a reader, bytes out from a writer."""
 
@@ -159,17 +135,13 @@ class Side:
             normalize_outbound_headers=False,
             normalize_inbound_headers=False,
         )
-        self.streams: dict[int, Stream] = {}
-        conn = (
-            h2.connection.H2Connection(config)
-            if not client_side
-            else _UpstreamConnection(config, self.streams)
-        )
+        conn = h2.connection.H2Connection(config)
         conn.local_settings = h2.settings.Settings(client=client_side, initial_values=_settings(client_side))
         conn.decoder.max_header_list_size = h2rules.MAX_HEADER_LIST_SIZE
         self.conn = conn
         self.sock: Any = None
         self.holder: Client | Upstream | None = None  # its TCP series
+        self.streams: dict[int, Stream] = {}
         self.outq: list[bytes] = []
         self.backlog = 0  # bytes queued or being sent
         self.blocked = False  # DATA waits for the backlog to fall under HIGH_WATER
