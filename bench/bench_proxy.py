@@ -536,16 +536,21 @@ def grpc_rate(target: str, seconds: float, in_flight: int = 32) -> float:
     return done / elapsed
 
 
-def measure_grpc(args: argparse.Namespace, tmp: Path, started: list[ProxyProcess],
-                 helpers: list[Proc]) -> dict[str, Any]:  # fmt: skip
-    """A grpcio unary echo, direct and through one proxy, taking turns in the same run."""
+def start_grpc_app(tmp: Path, helpers: list[Proc]) -> int:
+    """The grpcio echo server (tests/support/grpc_app.py) in its own process; its port."""
     port_file = tmp / "grpc-port"
     argv = [sys.executable, "-m", "tests.support.grpc_app", str(port_file)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "GRPC_ENABLE_FORK_SUPPORT": "0"}
     app = spawn("grpc-app", argv, tmp / "grpc-app.log", env=env)
     helpers.append(app)
     app.wait_ready(lambda: port_file.exists() and port_file.read_text() != "", timeout=20)
-    grpc_port = int(port_file.read_text())
+    return int(port_file.read_text())
+
+
+def measure_grpc(args: argparse.Namespace, tmp: Path, started: list[ProxyProcess],
+                 helpers: list[Proc]) -> dict[str, Any]:  # fmt: skip
+    """A grpcio unary echo, direct and through one proxy, taking turns in the same run."""
+    grpc_port = start_grpc_app(tmp, helpers)
     server = server_proxy(tmp, grpc_port)
     started.append(server)
     paths = {"direct": f"127.0.0.1:{grpc_port}", "one_hop": f"127.0.0.1:{server.inbound}"}
@@ -595,19 +600,26 @@ def _area(filename: str, name: str) -> str:
 def profile(
     args: argparse.Namespace, tmp: Path, nginx_port: int, started: list[ProxyProcess]
 ) -> dict[str, Any]:
-    """One saturated one-hop round unprofiled, then one under cProfile; own time per request."""
+    """One saturated one-hop round unprofiled, then one under cProfile; own time per request
+    (per stream with `--profile-h2`: h2load against nginx over h2c)."""
     stats_path = tmp / "one_hop.pstats"
     server = server_proxy(tmp, nginx_port, ["-c", PROFILED_PROXY, str(stats_path)])
     started.append(server)
     pid = server.process.pid
-    wrk(server.inbound, 2, None, args.connections)  # warm-up
+
+    def load(seconds: float) -> tuple[float, int]:
+        if args.profile_h2:
+            return h2load(server.inbound, seconds)
+        return wrk(server.inbound, seconds, None, args.connections)
+
+    load(2)  # warm-up
     user0, system0 = cpu_times(pid)
-    rate, completed = wrk(server.inbound, args.duration, None, args.connections)
+    rate, completed = load(args.duration)
     user1, system1 = cpu_times(pid)
     server.process.send_signal(signal.SIGUSR1)
     time.sleep(0.5)  # the handler runs at the proxy's next signal check (idle: within 0.3 s)
     cpu_before = cpu_seconds(pid)
-    rate_profiled, completed_profiled = wrk(server.inbound, args.duration, None, args.connections)
+    rate_profiled, completed_profiled = load(args.duration)
     cpu_profiled = cpu_seconds(pid) - cpu_before
     server.process.send_signal(signal.SIGUSR2)
     for _ in range(200):
@@ -646,7 +658,7 @@ def profile(
     for area, us in sorted(areas.items(), key=lambda item: -item[1]):
         print(f"{us:8.2f}  {area}", file=sys.stderr)
     return {
-        "profile": "one_hop",
+        "profile": "h2_one_hop" if args.profile_h2 else "one_hop",
         "rps_one_hop": round(rate),
         "cpu_us_per_request": round(user + system, 1),
         "cpu_us_per_request_user": round(user, 1),
@@ -656,35 +668,15 @@ def profile(
         "profiled_us_per_request_counted": round(counted, 1),
         "profiled_us_per_request_by_area": {area: round(us, 1) for area, us in areas.items()},
         "top_by_own_time": top,
-        "wrk": f"-t1 -c{args.connections} -d{round(args.duration)}s",
+        "load": f"h2load -c 32 -m 10 -D {round(args.duration)}"
+        if args.profile_h2
+        else f"wrk -t1 -c{args.connections} -d{round(args.duration)}s",
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per saturated wrk run")
-    parser.add_argument("--rounds", type=int, default=3, help="saturated runs per path (median reported)")
-    parser.add_argument("--rate", type=float, default=1000.0, help="requests per second for latency")
-    parser.add_argument("--latency-rounds", type=int, default=5, help="latency rounds (median of per-round)")
-    parser.add_argument("--latency-seconds", type=float, default=3.0, help="seconds per path per round")
-    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
-    parser.add_argument("--no-h2", action="store_true", help="HTTP/1.1 only (skip h2load and gRPC)")
-    parser.add_argument("--profile", action="store_true", help="only profile the one-hop proxy (cProfile)")
-    parser.add_argument("--profile-top", type=int, default=25, help="functions listed by --profile")
-    args = parser.parse_args()
-    for tool, package in (
-        (NGINX, "nginx-light"),
-        (WRK, "wrk"),
-        (HAPROXY, "haproxy"),
-        (H2LOAD, "nghttp2-client"),
-    ):
-        if not Path(tool).exists() and not (args.profile and package == "haproxy"):
-            print(f"bench_proxy: {tool} is missing: apt-get install -y {package} "
-                  "(or scripts/install-system-deps.sh)", file=sys.stderr)  # fmt: skip
-            return 1
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
+def start_nginx(tmp: Path, helpers: list[Proc]) -> tuple[int, int]:
+    """nginx-light with one worker answering `return 200` over HTTP/1.1 and h2c; its two ports."""
     nginx_port, h2_port = free_ports(2)
     (tmp / "nginx.conf").write_text(
         f"""worker_processes 1;
@@ -700,24 +692,57 @@ http {{
 }}
 """
     )
+    helpers.append(start(tmp, "nginx", [NGINX, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], nginx_port))
+    return nginx_port, h2_port
+
+
+def stop_all(started: list[ProxyProcess], helpers: list[Proc], tmp: Path) -> None:
+    """Stop the proxies, then the helpers (last started first), and remove the scratch directory."""
+    for proxy in started:
+        proxy.stop()
+    for helper in reversed(helpers):
+        helper.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per saturated wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="saturated runs per path (median reported)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="requests per second for latency")
+    parser.add_argument("--latency-rounds", type=int, default=5, help="latency rounds (median of per-round)")
+    parser.add_argument("--latency-seconds", type=float, default=3.0, help="seconds per path per round")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--no-h2", action="store_true", help="HTTP/1.1 only (skip h2load and gRPC)")
+    parser.add_argument("--profile", action="store_true", help="only profile the one-hop proxy (cProfile)")
+    parser.add_argument("--profile-h2", action="store_true", help="--profile over HTTP/2 (h2load, nginx h2c)")
+    parser.add_argument("--profile-top", type=int, default=25, help="functions listed by --profile")
+    args = parser.parse_args()
+    for tool, package in (
+        (NGINX, "nginx-light"),
+        (WRK, "wrk"),
+        (HAPROXY, "haproxy"),
+        (H2LOAD, "nghttp2-client"),
+    ):
+        if not Path(tool).exists() and not ((args.profile or args.profile_h2) and package == "haproxy"):
+            print(f"bench_proxy: {tool} is missing: apt-get install -y {package} "
+                  "(or scripts/install-system-deps.sh)", file=sys.stderr)  # fmt: skip
+            return 1
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     started: list[ProxyProcess] = []
     helpers: list[Proc] = []
     try:
-        nginx = start(tmp, "nginx", [NGINX, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)], nginx_port)
-        helpers.append(nginx)
-        if args.profile:
-            result = profile(args, tmp, nginx_port, started)
+        nginx_port, h2_port = start_nginx(tmp, helpers)
+        if args.profile or args.profile_h2:
+            result = profile(args, tmp, h2_port if args.profile_h2 else nginx_port, started)
         else:
             result = measure(args, tmp, nginx_port, started, helpers)
             if not args.no_h2:
                 result.update(measure_h2(args, tmp, h2_port, started, helpers))
                 result.update(measure_grpc(args, tmp, started, helpers))
     finally:
-        for proxy in started:
-            proxy.stop()
-        for helper in reversed(helpers):
-            helper.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(started, helpers, tmp)
     print(json.dumps(result))
     return 0
 

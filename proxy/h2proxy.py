@@ -27,6 +27,8 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack.hpack
+import hyperframe.frame
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
@@ -48,6 +50,32 @@ from .identity import NO_LABELS, Labels
 if TYPE_CHECKING:
     from .server import Proxy
     from .tap import TapRequest
+
+
+def _no_eager_formatting() -> None:
+    """Spare every frame and header the formatting h2 and hpack do for logs nobody reads.
+
+    h2 formats each frame it receives (`repr(frame)`, hex of its payload included) as the
+    argument of a trace call on its no-op logger, and hpack calls `logging`'s debug (off) about
+    each header it codes: together about a tenth of a stream's CPU in the proxy (bench
+    `compare_proxy`). In the proxy's process a frame's repr becomes its class name and hpack's
+    logger a no-op; nothing else reads them (tests/proxy/test_proxy_h2_units.py checks both hooks
+    still exist, should a new h2 or hpack move them)."""
+    hyperframe.frame.Frame.__repr__ = _frame_name  # type: ignore[method-assign]
+    hpack.hpack.log = _SILENT  # type: ignore[assignment]
+
+
+def _frame_name(frame: hyperframe.frame.Frame) -> str:
+    return type(frame).__name__
+
+
+class _Silent:
+    def debug(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+_SILENT = _Silent()
+_no_eager_formatting()
 
 INBOUND, OUTBOUND = "inbound", "outbound"
 DATA, TRAILERS, END = 0, 1, 2
@@ -76,6 +104,17 @@ def _connection_error_label(error: Exception) -> str:
     return "protocol_error"
 
 
+def header_block_pending(conn: h2.connection.H2Connection) -> bool:
+    """True while a header block is arriving: HEADERS or CONTINUATION frames without
+    END_HEADERS buffered, or a HEADERS/CONTINUATION frame still partly read. h2 keeps both in
+    its frame buffer and reports the stream only once the block is whole."""
+    buffer = conn.incoming_buffer
+    if getattr(buffer, "_headers_buffer", None):
+        return True
+    data = getattr(buffer, "_data", b"")
+    return len(data) >= 4 and data[3] in (0x1, 0x9)  # a frame's type is its fourth byte
+
+
 class Side:
     """One h2 connection over one socket: events in from a reader, bytes out from a writer."""
 
@@ -84,11 +123,17 @@ class Side:
         self.direction = direction
         # What this side sends was validated when it arrived on the other (or is the proxy's
         # own): checking it again would cost as much as the check on receipt, for nothing.
+        # What arrives is validated (h2's rules: names, characters, pseudo-headers, connection
+        # fields), always: an upstream connection is shared by many clients' streams, and a
+        # malformed header list passed on would end the whole connection at a peer that checks
+        # (h2 treats it as a connection error). Inbound normalisation only joins `cookie` crumbs,
+        # which HTTP/2 lets a proxy pass on as they are (RFC 9113 §8.2.3).
         config = h2.config.H2Configuration(
             client_side=client_side,
             header_encoding=None,
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
+            normalize_inbound_headers=False,
         )
         conn = h2.connection.H2Connection(config)
         conn.local_settings = h2.settings.Settings(client=client_side, initial_values=_settings(client_side))
@@ -218,6 +263,7 @@ class Side:
         raise NotImplementedError
 
     def pump_all(self) -> None:
+        """A window opened or the writer caught up: the streams with something queued go on."""
         for stream in list(self.streams.values()):
             self.pump(stream)
 
@@ -229,13 +275,16 @@ class Stream:
     """One request and its response, between a client's stream and an upstream's."""
 
     __slots__ = (
+        "active",
         "authority",
         "counted",
         "down_done",
         "grpc_status",
         "head",
+        "head_limit",
         "latency_ms",
         "peer",
+        "request_end",
         "session",
         "sid",
         "start",
@@ -268,6 +317,17 @@ class Stream:
         self.counted = False
         self.tap: TapRequest | None = None  # set only while someone taps this proxy (tap.py)
         self.tap_bytes = 0  # response DATA bytes, counted only while tapped
+        # Deadlines (h2rules.stream_timeout), on the proxy's coarse clock: the last time a frame
+        # of the stream moved, when the request's end went upstream, and the wait for the head.
+        proxy = session.proxy
+        self.active = proxy.now
+        self.request_end = 0.0
+        config = proxy.config
+        self.head_limit = (
+            config.response_timeout
+            if head.grpc_timeout is None
+            else h2rules.head_timeout(config.response_timeout, config.idle_timeout, head.grpc_timeout)
+        )
 
     def count(self, error: str = "") -> None:
         if self.counted:
@@ -313,6 +373,41 @@ class Stream:
         session.pull()
         if ended:
             self.response_ended()
+
+    def inform(self, headers: Fields) -> None:
+        """A 1xx from the upstream (100-continue, 103 early hints): passed on as informational
+        HEADERS; the stream still waits for its final response (and its latency runs on)."""
+        session = self.session
+        fields = h2rules.informational_fields(headers)
+        if fields is None or self.latency_ms >= 0 or self.down_done or session.dead:
+            return
+        try:
+            session.conn.send_headers(self.sid, fields)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            return
+        session.pull()
+
+    def expire(self, error: str) -> None:
+        """A deadline passed (h2rules.stream_timeout): free the stream's slots on both sides.
+
+        The upstream's stream is reset with CANCEL (RFC 9113: no longer needed; a gRPC server
+        sees the call cancelled). An upstream that never sent its head is answered for, as in
+        HTTP/1 and Envoy: 504 (gRPC: status 14); otherwise the client's stream is reset with
+        INTERNAL_ERROR, as for an upstream lost mid-stream. Counted under `error`."""
+        session = self.session
+        session.proxy.log_limited("h2_stream_timeout", direction=session.direction, error=error)
+        upstream = self.up
+        if upstream is not None and self.uid:  # (a stream already closed there is left alone)
+            upstream.reset(self.uid, ErrorCodes.CANCEL)
+        if error == "timeout" and self.latency_ms < 0 and not self.down_done:
+            self.fail(error, 504)
+            return
+        # A response that went whole to a client still sending: NO_ERROR asks it to stop
+        # (RFC 9113 §8.1) without making its response a failure.
+        session.reset(self.sid, ErrorCodes.NO_ERROR if self.down_done else ErrorCodes.INTERNAL_ERROR)
+        self.up_done = self.down_done = True
+        self.count(error)
+        self.settle()
 
     def _tap_response(self, claimed: bytes | None) -> None:
         """The tap's `rsp`, with the gRPC status when the head carries it."""
@@ -386,12 +481,18 @@ def _release(queue: deque[Item], src: Side, src_id: int) -> None:
 WAITING, ENDED, GONE = 0, 1, 2  # what `_pump` left: more to send, the end went, `dst`'s stream is gone
 
 
-def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int) -> int:
-    """Pass a direction's queued items into `dst` as its windows allow (WAITING, ENDED or GONE).
+def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int, stream: Stream) -> int:
+    """Pass a direction's queued items (never none) into `dst` as its windows allow (WAITING,
+    ENDED or GONE).
 
     DATA is acknowledged to `src` only when it was passed on: the sender's window is what bounds
-    the bytes the proxy holds for a stream."""
+    the bytes the proxy holds for a stream. Whatever is passed on is the stream's progress. The
+    last DATA carries the end with it (one frame, not an empty DATA after it), and what `src`
+    and `dst` queued goes to their writers once, at the end."""
     conn = dst.conn
+    stream.active = dst.proxy.now
+    acked = False
+    left = WAITING
     try:
         while queue:
             kind, payload, flow = queue[0]
@@ -406,26 +507,33 @@ def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int) ->
                     conn.send_data(dst_id, payload[:room])
                     queue[0] = (DATA, payload[room:], flow)
                     continue
-                conn.send_data(dst_id, payload)
+                ends = len(queue) > 1 and queue[1][0] == END
+                conn.send_data(dst_id, payload, end_stream=ends)
                 queue.popleft()
                 if flow and not src.dead:
                     src.conn.acknowledge_received_data(flow, src_id)
-                    src.pull()
+                    acked = True
+                if ends:
+                    queue.clear()  # the END went with the DATA
+                    left = ENDED
+                    break
             else:
                 _release(queue, src, src_id)
                 if kind == TRAILERS:
                     conn.send_headers(dst_id, payload, end_stream=True)
                 else:
                     conn.end_stream(dst_id)
-                dst.pull()
-                return ENDED
+                left = ENDED
+                break
     except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
         # The next hop reset the stream in the frames just read; its event comes next, but the
         # stream is over now: never counted as a response that ended well.
         _release(queue, src, src_id)
-        return GONE
+        left = GONE
+    if acked:
+        src.pull()
     dst.pull()
-    return WAITING
+    return left
 
 
 class Session(Side):
@@ -440,6 +548,7 @@ class Session(Side):
         self.goaway_last = -1  # after a drain's GOAWAY: streams above it are refused
         self.remote_goaway = False
         self.resets = h2rules.Budget(h2rules.RESET_BUDGET)
+        self.head_since = 0.0  # when the header block now arriving began (0: none under way)
 
     def run(self, first: bytes) -> None:
         proxy, client = self.proxy, self.client
@@ -459,12 +568,23 @@ class Session(Side):
                         break
                     client.deadline = proxy.now + proxy.config.idle_timeout
                 else:
-                    client.deadline = 0.0
+                    client.deadline = 0.0  # each stream has its own (`expire_streams`)
+                if header_block_pending(self.conn):
+                    # A header block (HEADERS and its CONTINUATIONs) has header_timeout from its
+                    # first frame, as an HTTP/1 head from its first byte; it holds the whole
+                    # connection (no other frame may come between), so the connection ends.
+                    if not self.head_since:
+                        self.head_since = proxy.now
+                    client.deadline = self.head_since + proxy.config.header_timeout
+                else:
+                    self.head_since = 0.0
                 try:
                     data = self.sock.recv(RECV)
                 except OSError:
                     data = b""
                 if not data:
+                    if client.expired and self.head_since:
+                        self.fail_connection("header_timeout", ErrorCodes.ENHANCE_YOUR_CALM)
                     break
         finally:
             proxy.h2_sessions.discard(self)
@@ -485,14 +605,29 @@ class Session(Side):
             shutdown(self.sock, 0)  # SHUT_RD: the reader ends, the writer sends the GOAWAY
 
     def after_stream(self) -> None:
-        if not self.streams and (self.goaway_last >= 0 or self.remote_goaway):
+        if self.streams:
+            return
+        if self.goaway_last >= 0 or self.remote_goaway:
             shutdown(self.sock, 0)
+        elif not self.head_since:  # the reader may be parked in recv: the idle clock starts now
+            self.client.deadline = self.proxy.now + self.proxy.config.idle_timeout
+
+    def expire_streams(self, now: float) -> None:
+        """Reset the streams past a deadline (the watchdog calls this on every tick)."""
+        idle = self.proxy.config.idle_timeout
+        for stream in list(self.streams.values()):
+            error = h2rules.stream_timeout(
+                now, stream.active, stream.request_end, stream.head_limit, idle,
+                stream.latency_ms >= 0, bool(stream.to_down), bool(stream.to_up),
+            )  # fmt: skip
+            if error:
+                stream.expire(error)
 
     def pump(self, stream: Stream) -> None:
         upstream = stream.up
-        if upstream is None or stream.down_done:
+        if upstream is None or stream.down_done or not stream.to_down:
             return
-        left = _pump(stream.to_down, self, stream.sid, upstream, stream.uid)
+        left = _pump(stream.to_down, self, stream.sid, upstream, stream.uid, stream)
         if left == ENDED:
             stream.response_ended()
         elif left == GONE:
@@ -530,6 +665,7 @@ class Session(Side):
             stream.to_up.append((END, b"", 0))
         else:
             return
+        stream.active = self.proxy.now
         if stream.up is not None and stream.up.ready:
             stream.up.pump(stream)
 
@@ -606,7 +742,9 @@ class H2Upstream(Side):
         if ended:
             stream.to_up.clear()
             stream.up_done = True
+            stream.request_end = self.proxy.now
         self.pump(stream)
+        self.pull()  # the HEADERS, with what DATA the windows let through
 
     def run(self) -> None:
         proxy = self.proxy
@@ -660,11 +798,12 @@ class H2Upstream(Side):
             shutdown(self.sock, 0)
 
     def pump(self, stream: Stream) -> None:
-        if stream.up_done:
+        if stream.up_done or not stream.to_up:
             return
-        left = _pump(stream.to_up, self, stream.uid, stream.session, stream.sid)
+        left = _pump(stream.to_up, self, stream.uid, stream.session, stream.sid, stream)
         if left == ENDED:
             stream.up_done = True
+            stream.request_end = self.proxy.now
             stream.settle()
         elif left == GONE:
             stream.fail("reset")
@@ -683,11 +822,13 @@ class H2Upstream(Side):
             if isinstance(event, h2.events.DataReceived) and event.flow_controlled_length:
                 self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
             return
+        stream.active = self.proxy.now
         if isinstance(event, h2.events.ResponseReceived):
             stream.respond(event.headers, event.stream_ended is not None)
             return
         if isinstance(event, h2.events.InformationalResponseReceived):
-            return  # 1xx (100-continue) is not passed on: h2 clients do not need it to proceed
+            stream.inform(event.headers)
+            return
         if isinstance(event, h2.events.StreamReset):
             stream.fail("reset")
             return

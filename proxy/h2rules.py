@@ -64,14 +64,16 @@ class RequestHead:
     authority: bytes
     grpc: bool
     method: bytes = b""
+    grpc_timeout: float | None = None  # seconds, from a well-formed `grpc-timeout`
 
 
 def split_request(headers: Fields) -> RequestHead:
-    """Strip the mesh fields and note the authority (`:authority`, else `host`) and gRPC."""
+    """Strip the mesh fields; note the authority (`:authority`, else `host`), gRPC and its deadline."""
     kept, mesh = http1.strip_mesh(headers)
     authority = host = b""
     method = b""
     grpc = False
+    deadline = None
     for name, value in kept:
         if name == b":authority":
             authority = value
@@ -81,7 +83,62 @@ def split_request(headers: Fields) -> RequestHead:
             method = value
         elif name == b"content-type":
             grpc = value[: len(_GRPC)].lower() == _GRPC
-    return RequestHead(kept, mesh, authority or host, grpc, method)
+        elif name == b"grpc-timeout":
+            deadline = grpc_timeout(value)
+    return RequestHead(kept, mesh, authority or host, grpc, method, deadline)
+
+
+_GRPC_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def grpc_timeout(value: bytes) -> float | None:
+    """Seconds of a `grpc-timeout` value (1–8 digits and a unit: gRPC over HTTP/2); None if malformed."""
+    digits, unit = value[:-1], value[-1:]
+    scale = _GRPC_TIMEOUT_UNITS.get(unit)
+    if scale is None or not 1 <= len(digits) <= 8 or not digits.isdigit():
+        return None
+    return int(digits) * scale
+
+
+def head_timeout(response_timeout: float, idle_timeout: float, grpc_deadline: float | None) -> float:
+    """How long a stream waits for its response head once its request ended.
+
+    `--response-timeout`, as for HTTP/1; a gRPC client that set a longer deadline (`grpc-timeout`:
+    a server-streaming RPC whose first message comes late) is given it, up to the idle timeout."""
+    if grpc_deadline is None or grpc_deadline <= response_timeout:
+        return response_timeout
+    return min(grpc_deadline, idle_timeout)
+
+
+def stream_timeout(
+    now: float,
+    active: float,
+    request_end: float,
+    head_limit: float,
+    idle_timeout: float,
+    head_seen: bool,
+    queued_for_client: bool,
+    queued_for_upstream: bool,
+) -> str:
+    """The error label of a stream past one of its deadlines, else "" (the watchdog asks each tick).
+
+    `active` is the last time a frame of the stream moved either way, `request_end` when the
+    request's end went upstream (0: not yet). The response head is due `head_limit` after the
+    request's end (Linkerd's and Envoy's response-header timeout); after that, a stream is
+    only cut when nothing moved either way for `idle_timeout` (Envoy's stream idle timeout), so a
+    streaming RPC that makes progress, however long, is never cut. The label names who stalled,
+    as HTTP/1's do: `timeout` when the proxy waits on the upstream (the response is due, or bytes
+    for it wait unread), `client_timeout` when it waits on the client (bytes for it wait unread,
+    or its request is still open)."""
+    if not head_seen and request_end and now - request_end > head_limit:
+        return "timeout"
+    if now - active <= idle_timeout:
+        return ""
+    if queued_for_client:
+        return "client_timeout"
+    if queued_for_upstream or request_end:
+        return "timeout"
+    return "client_timeout"
 
 
 def request_fields(head: RequestHead, outbound: bool, identity: bytes | None, hop_id: bytes) -> Fields:
@@ -113,6 +170,15 @@ def split_response(headers: Fields) -> ResponseHead:
         elif name == b"grpc-status":
             grpc = value
     return ResponseHead(kept, mesh, status, grpc_status_label(grpc))
+
+
+def informational_fields(headers: Fields) -> Fields | None:
+    """A 1xx head to pass on to the client (100-continue, 103 early hints), mesh fields stripped;
+    None for a 101, which HTTP/2 forbids (RFC 9113 §8.6)."""
+    kept, _ = http1.strip_mesh(headers)
+    if any(name == b":status" and value == b"101" for name, value in kept):
+        return None
+    return kept
 
 
 def split_trailers(headers: Fields) -> tuple[Fields, str]:

@@ -133,6 +133,9 @@ class Proxy:
                     upstream.expired = True
                     if upstream.sock is not None:
                         shutdown(upstream.sock)
+            for session in list(self.h2_sessions):
+                if session.streams:
+                    session.expire_streams(now)
             if now > next_sweep:
                 next_sweep = now + 1.0
                 self.pool.expire_idle(now)

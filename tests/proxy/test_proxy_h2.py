@@ -19,9 +19,10 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
-from hyperframe.frame import DataFrame, Frame, HeadersFrame
+from hyperframe.frame import DataFrame, HeadersFrame
 
 from tests.support.grpc_app import GrpcApp, methods
+from tests.support.h2wire import bytes_until_closed, parse_frames
 from tests.support.proxy_process import CLIENT_ID, SERVER_ID, ProxyProcess, start_proxy
 
 CLIENT_LABELS = {"src_namespace": CLIENT_ID[0], "src_deployment": CLIENT_ID[2], "src_pod": CLIENT_ID[3]}
@@ -185,35 +186,6 @@ def _events_until_closed(sock: socket.socket, conn: h2.connection.H2Connection, 
     return events
 
 
-def _bytes_until_closed(sock: socket.socket, seconds: float) -> bytes:
-    chunks = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        sock.settimeout(max(0.05, deadline - time.monotonic()))
-        try:
-            data = sock.recv(65536)
-        except (TimeoutError, ConnectionResetError):
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
-
-
-def _frames(raw: bytes) -> list[Frame]:
-    """The frames in bytes a server sent (its SETTINGS first: no preface on this side)."""
-    frames = []
-    view = memoryview(raw)
-    while len(view) >= 9:
-        frame, length = Frame.parse_frame_header(view[:9])
-        if len(view) < 9 + length:
-            break
-        frame.parse_body(view[9 : 9 + length])
-        frames.append(frame)
-        view = view[9 + length :]
-    return frames
-
-
 def _grpc_request(sid: int, port: int) -> list[tuple[bytes, bytes]]:
     return [
         (b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/mesh.test.Echo/Unary"),
@@ -239,12 +211,12 @@ def test_drain_sends_goaway_and_lets_streams_in_flight_finish(grpc_app: GrpcApp,
         time.sleep(0.3)  # the stream is in flight at the app
         started = time.monotonic()
         proxy.process.terminate()
-        raw = _bytes_until_closed(sock, 6)
+        raw = bytes_until_closed(sock, 6)
         closed_after = time.monotonic() - started
         exit_code = proxy.process.wait(timeout=10)
     finally:
         proxy.stop()
-    frames = _frames(raw)
+    frames = parse_frames(raw)
     kinds = [type(f).__name__ for f in frames]
     goaway = kinds.index("GoAwayFrame")
     assert frames[goaway].error_code == 0 and frames[goaway].last_stream_id == 1

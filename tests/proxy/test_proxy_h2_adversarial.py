@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.grpc_app import GrpcApp, methods
+from tests.support.h2wire import bytes_until_closed, parse_frames
 from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -102,27 +103,7 @@ def _attack(port: int, frames: list[Frame | bytes], seconds: float = 5) -> list[
 
 
 def _read_frames(sock: socket.socket, seconds: float) -> list[Frame]:
-    raw = b""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        sock.settimeout(max(0.05, deadline - time.monotonic()))
-        try:
-            data = sock.recv(65536)
-        except (TimeoutError, ConnectionResetError):
-            break
-        if not data:
-            break
-        raw += data
-    frames = []
-    view = memoryview(raw)
-    while len(view) >= 9:
-        frame, length = Frame.parse_frame_header(view[:9])
-        if len(view) < 9 + length:
-            break
-        frame.parse_body(view[9 : 9 + length])
-        frames.append(frame)
-        view = view[9 + length :]
-    return frames
+    return parse_frames(bytes_until_closed(sock, seconds))
 
 
 def _goaway(frames: list[Frame]) -> GoAwayFrame:

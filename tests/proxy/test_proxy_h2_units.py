@@ -104,3 +104,117 @@ def test_the_flood_budget_restarts_each_second() -> None:
     budget = h2rules.Budget(3)
     assert [budget.spend(10.0) for _ in range(4)] == [True, True, True, False]
     assert budget.spend(11.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (b"10S", 10.0),
+        (b"2M", 120.0),
+        (b"1H", 3600.0),
+        (b"1500m", 1.5),
+        (b"99999999u", 99.999999),
+        (b"5n", 5e-9),
+    ],
+)
+def test_grpc_timeout_values_are_read_as_grpc_writes_them(value: bytes, seconds: float) -> None:
+    assert h2rules.grpc_timeout(value) == pytest.approx(seconds)
+    head = h2rules.split_request([*APP, (b"grpc-timeout", value)])
+    assert head.grpc_timeout == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("value", [b"", b"S", b"10", b"10s", b"123456789S", b"-1S", b"1.5S", b"10 S"])
+def test_malformed_grpc_timeouts_are_ignored(value: bytes) -> None:
+    assert h2rules.grpc_timeout(value) is None
+
+
+def test_the_head_waits_the_response_timeout_or_a_longer_grpc_deadline_up_to_the_idle_timeout() -> None:
+    assert h2rules.head_timeout(10, 300, None) == 10
+    assert h2rules.head_timeout(10, 300, 2) == 10  # a shorter deadline is the client's own affair
+    assert h2rules.head_timeout(10, 300, 60) == 60
+    assert h2rules.head_timeout(10, 300, 3600) == 300
+
+
+def _expired(now: float, **kw: object) -> str:
+    state: dict[str, object] = {
+        "active": 0.0, "request_end": 0.0, "head_limit": 10.0, "idle_timeout": 300.0, "head_seen": False,
+        "queued_for_client": False, "queued_for_upstream": False,
+    }  # fmt: skip
+    state.update(kw)
+    return h2rules.stream_timeout(now, **state)  # type: ignore[arg-type]
+
+
+def test_a_stream_waits_for_its_head_from_the_end_of_its_request() -> None:
+    # The request is still open (a client streaming): no head deadline, only the idle one.
+    assert _expired(200.0, active=150.0) == ""
+    # Ended at t=100: the head is due by 110, whatever moved since.
+    assert _expired(109.9, active=109.0, request_end=100.0) == ""
+    assert _expired(110.1, active=110.0, request_end=100.0) == "timeout"
+    # Once the head came, only silence ends it: a stream that makes progress lives on.
+    assert _expired(1000.0, active=990.0, request_end=100.0, head_seen=True) == ""
+
+
+def test_an_idle_stream_is_blamed_on_whoever_the_proxy_waits_for() -> None:
+    idle = {"active": 0.0, "head_seen": True}
+    assert _expired(299.0, **idle) == ""
+    assert _expired(301.0, **idle, queued_for_client=True) == "client_timeout"  # the client reads nothing
+    assert _expired(301.0, **idle, queued_for_upstream=True) == "timeout"  # the upstream reads nothing
+    assert _expired(301.0, **idle, request_end=1.0) == "timeout"  # the rest of the response is due
+    assert _expired(301.0, **idle) == "client_timeout"  # the client's request is still open
+    assert _expired(301.0, active=0.0) == "client_timeout"  # the same before any head
+
+
+def test_1xx_heads_are_passed_on_without_mesh_fields_and_101_never() -> None:
+    fields = h2rules.informational_fields([(b":status", b"103"), (b"link", b"</a.css>"), *FORGED])
+    assert fields == [(b":status", b"103"), (b"link", b"</a.css>")]
+    assert h2rules.informational_fields([(b":status", b"101"), (b"upgrade", b"h2c")]) is None
+
+
+def test_a_header_block_under_way_is_seen_in_h2s_frame_buffer() -> None:
+    """`header_block_pending` reads h2's buffer: this fails if a new h2 keeps it elsewhere."""
+    import h2.config
+    import h2.connection
+    from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame
+
+    from proxy.h2proxy import header_block_pending
+
+    def server() -> h2.connection.H2Connection:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        conn.receive_data(H2_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # an empty SETTINGS
+        return conn
+
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    block = client.encoder.encode(
+        [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a")]
+    )
+    first = HeadersFrame(1, data=block[:3])
+    rest = ContinuationFrame(1, data=block[3:])
+    rest.flags.add("END_HEADERS")
+    conn = server()
+    assert not header_block_pending(conn)
+    conn.receive_data(first.serialize()[:5])  # part of a HEADERS frame
+    assert header_block_pending(conn)
+    conn.receive_data(first.serialize()[5:])  # the whole frame, no END_HEADERS yet
+    assert header_block_pending(conn)
+    conn.receive_data(rest.serialize())
+    assert not header_block_pending(conn)
+    conn.receive_data(DataFrame(1, data=b"x" * 100).serialize()[:20])  # a DATA frame partly read
+    assert not header_block_pending(conn)
+
+
+def test_the_hooks_that_spare_eager_formatting_still_exist_in_h2_and_hpack() -> None:
+    """h2proxy replaces `Frame.__repr__` and hpack's module logger (see `_no_eager_formatting`):
+    if a new h2 stops calling repr(frame) on receipt, or hpack renames `log`, this says so."""
+    import inspect
+
+    import h2.connection
+    import hpack.hpack
+    from hyperframe.frame import DataFrame
+
+    import proxy.h2proxy  # noqa: F401  (applies the change)
+
+    assert "repr(frame)" in inspect.getsource(h2.connection.H2Connection._receive_frame)
+    assert "log.debug(" in inspect.getsource(hpack.hpack.Decoder.decode)
+    assert repr(DataFrame(1, data=b"x" * 1000)) == "DataFrame"
+    assert hpack.hpack.log.debug("anything %s", "at all") is None

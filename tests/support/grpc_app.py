@@ -20,9 +20,9 @@ BIG = 64 * 1024  # one message of the Flood stream
 
 class GrpcApp:
     """`Seen` answers the call's metadata as JSON; `Unary` echoes (b"fail:<code>" aborts with that
-    code, b"sleep:<s>" sleeps); `ServerStream` sends b"<n>" as n messages; `ClientStream` joins what
-    it gets; `Bidi` echoes each message; `Flood` sends up to 1000 messages of 64 KiB (counted in
-    `flood_sent`)."""
+    code, b"sleep:<s>" sleeps); `ServerStream` sends b"<n>" as n messages (b"<n>:<s>": the first
+    after s seconds); `ClientStream` joins what it gets; `Bidi` echoes each message; `Flood` sends
+    up to 1000 messages of 64 KiB (counted in `flood_sent`)."""
 
     def __init__(self, address: str = "127.0.0.1:0") -> None:
         self.metadata: list[dict[str, str]] = []
@@ -60,7 +60,10 @@ class GrpcApp:
 
     def _server_stream(self, request: bytes, context: Any) -> Iterator[bytes]:
         self._seen(context)
-        for i in range(int(request)):
+        count, _, delay = request.partition(b":")
+        if delay:  # its first message (and so its response head) comes late
+            threading.Event().wait(float(delay))
+        for i in range(int(count)):
             yield b"%d" % i
 
     def _client_stream(self, requests: Iterator[bytes], context: Any) -> bytes:

@@ -1,0 +1,38 @@
+"""HTTP/2 bytes as a test reads them off a socket: what a peer sent until it closed, and its frames."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from hyperframe.frame import Frame
+
+
+def bytes_until_closed(sock: socket.socket, seconds: float) -> bytes:
+    """Everything the peer sends until it closes, resets, or `seconds` pass."""
+    chunks = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            data = sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def parse_frames(raw: bytes) -> list[Frame]:
+    """The whole frames in bytes a server sent (no preface on that side); a cut-off tail is left out."""
+    frames = []
+    view = memoryview(raw)
+    while len(view) >= 9:
+        frame, length = Frame.parse_frame_header(view[:9])
+        if len(view) < 9 + length:
+            break
+        frame.parse_body(view[9 : 9 + length])
+        frames.append(frame)
+        view = view[9 + length :]
+    return frames
