@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubectl_mesh.contract import EVENT_INJECTION_SKIPPED, EVENT_POD_SECURITY
+from kubectl_mesh.contract import EVENT_INJECTION_SKIPPED, EVENT_POD_SECURITY, NAMESPACE_NAME_PATTERN
 from kubectl_mesh.log import Logger
 from webhook.admission import RESULT_ERROR, AdmissionRequest, Outcome
 
@@ -122,6 +123,11 @@ class NamespaceCache:
         return known if known is not None else self._fetch(namespace)
 
     def _fetch(self, namespace: str) -> Mapping[str, str] | None:
+        # The name is the caller's word (/mutate is open to the cluster unless the chart is given
+        # the API server's CIDRs): one the API server refuses (400, or 403 for a path such as
+        # `kube-system/secrets`) would pause every GET, and a path would read another object.
+        if not re.fullmatch(NAMESPACE_NAME_PATTERN, namespace):
+            return None
         if time.monotonic() < self._fetch_paused_until or not self._fetches.acquire(blocking=False):
             return None
         try:

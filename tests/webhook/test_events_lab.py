@@ -314,3 +314,22 @@ def test_a_namespace_whose_pod_security_refuses_mesh_init_gets_its_pods_unmeshed
             "-n", lab_namespace, "get", "events", "--field-selector=reason=FailedCreate", "-o", "name"
         )
         assert failed.strip() == ""  # the API server refused no pod
+
+
+def test_a_namespace_no_pod_can_be_in_never_pauses_nor_fills_the_cache(
+    lab: Any, lab_namespace: str, webhook_account: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/mutate is open to the cluster by default (no `apiServerCIDRs`), so `request.namespace` is
+    the caller's word. A name the API server refuses (`%`: 400; `kube-system/secrets`: 403 with
+    the chart's role) once paused every GET for 30 s, so a real namespace the cache did not know
+    yet got mesh-init blind; a path (`..`, `default/pods`) read another object and was cached
+    under that name forever. Names that cannot be a namespace cost no GET and are not cached."""
+    monkeypatch.setenv("KUBECONFIG", str(webhook_account))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    lab.kubectl("label", "namespace", lab_namespace, "pod-security.kubernetes.io/enforce=restricted")
+    cache = webhook_kube.NamespaceCache(webhook_kube.api_client(), Logger("error"))  # never started
+    for name in ("%", "kube-system/secrets", "..", "default/pods", "UPPER", "a" * 64, "x\ny"):
+        assert cache.labels(name) is None, name
+    # The API server's own labels of the real namespace: no pause stood in the way.
+    assert (cache.labels(lab_namespace) or {}).get("pod-security.kubernetes.io/enforce") == "restricted"
+    assert set(cache._labels) == {lab_namespace}
