@@ -430,3 +430,63 @@ def test_plain_http_on_the_tls_port_is_closed_without_a_log_line(server: Webhook
         elapsed, _ = seconds_until_closed(sock, 5)
     assert elapsed is not None
     assert server.log_path.read_text() == before
+
+
+# --- the metrics port (plain HTTP, GET /metrics alone) ------------------------------------------
+
+
+def metrics_exchange(srv: WebhookServer, request: bytes, limit: float = 5.0) -> tuple[float | None, bytes]:
+    """Send raw bytes to the metrics port: how long until the server closed, and all it answered."""
+    with socket.create_connection(("127.0.0.1", srv.metrics_port), timeout=limit) as sock:
+        sock.sendall(request)
+        return seconds_until_closed(sock, limit)
+
+
+def test_the_metrics_port_refuses_a_body_without_waiting_for_it(server: WebhookServer) -> None:
+    """Nothing on the metrics port takes a body, yet a declared one was reserved from the worker's
+    body budget (shared with /mutate) and waited for until the body deadline (10 s), then 408:
+    a client there held admission budget. Now: answered at once, nothing read, closed."""
+    for head, status, error in (
+        (b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 4000000\r\n\r\n", 405, "method not allowed"),
+        (b"PUT /mutate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 404, "not found"),
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", 413, "no body is read here"),
+    ):
+        closed_after, answer = metrics_exchange(server, head)
+        assert closed_after is not None and closed_after < 1.0, (head, closed_after, answer[:200])
+        assert answer.startswith(b"HTTP/1.1 %d " % status) and b"Connection: close" in answer, answer[:300]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"error": error}
+
+
+def test_no_path_or_framing_trick_on_the_metrics_port_reaches_mutate(server: WebhookServer) -> None:
+    """Absolute-form URIs, dot segments, doubled slashes, a Host of the admission port, HTTP/1.0 and
+    a /mutate pipelined behind GET /metrics: the metrics port answers each with its own 404 (or
+    the metrics), and the admission counters do not move."""
+    review = json.dumps(admission_review(uid="uid-trick")).encode()
+    post = b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(review), review)
+    before = metric_samples(server)
+    for target in (
+        b"http://127.0.0.1:%d/mutate" % server.port,
+        b"https://mesh-webhook.mesh-system.svc:443/mutate",
+        b"//mutate",
+        b"/metrics/../mutate",
+        b"/metrics/%2e%2e/mutate",
+        b"/mutate?x=/metrics",
+        b"/metrics#/mutate",
+    ):
+        for version in (b"HTTP/1.1", b"HTTP/1.0"):
+            head = b"POST %s %s\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n" % (target, version, server.port)
+            closed_after, answer = metrics_exchange(server, head + post)
+            assert closed_after is not None, target
+            assert answer.split(b" ", 2)[1] in (b"404", b"400", b"405", b"413"), (target, answer[:200])
+            assert b'"response"' not in answer and b'"patch"' not in answer, (target, answer[:300])
+    # Pipelined: GET /metrics, then a POST /mutate in the same segment.
+    closed_after, answer = metrics_exchange(
+        server, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nPOST /mutate HTTP/1.1\r\nHost: x\r\n" + post
+    )
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"mesh_webhook_admissions_total" in answer
+    assert b'"response"' not in answer and b'"patch"' not in answer, answer[-300:]
+    after = metric_samples(server)
+    for result in ("injected", "skipped", "error"):
+        assert sum(v for (n, lb), v in after.items() if n == "mesh_webhook_admissions_total") == sum(
+            v for (n, lb), v in before.items() if n == "mesh_webhook_admissions_total"
+        ), result
