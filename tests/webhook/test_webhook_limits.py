@@ -121,6 +121,37 @@ def test_admission_within_1s_under_2000_idle_and_500_slow_connections(tmp_path: 
         assert during["sent"]["slow_head"] > 0 and during["sent"]["slow_body"] > 0
 
 
+def test_admission_within_1s_under_2000_idle_and_500_slow_connections_on_the_metrics_port(
+    tmp_path: Path,
+) -> None:
+    """The metrics port shares each worker's connection table with /mutate: a flood there must
+    not starve admissions (the newcomer on 8443 makes the longest waiting go), nor the scrape."""
+    srv = WebhookServer(tmp_path, workers=2)
+    for var in ("TLS", "HEADER", "BODY"):
+        srv.env[f"MESH_WEBHOOK_{var}_TIMEOUT"] = "60"
+    with (
+        srv,
+        LoadClients(
+            tmp_path / "load.log", srv.metrics_port, srv.ca_file, tls="no",
+            idle=2000, slow_head=250, slow_body=250, hold=90,
+        ) as load,
+    ):  # fmt: skip
+        ready = load.start(timeout=60)
+        assert sum(ready["failed"].values()) == 0, ready
+        latencies = [timed_admission(srv, f"uid-metrics-flood-{i}") for i in range(10)]
+        started = time.monotonic()
+        status, _, body = srv.metrics_request()
+        scrape = time.monotonic() - started
+        during = load.last("status") or ready
+        assert max(latencies) < 1.0, latencies
+        assert status == 200 and b"mesh_webhook_admissions_total" in body and scrape < 1.0, scrape
+        held = sum(during["open"].values())
+        assert 1000 <= held <= 2000, during
+        assert held + sum(during["closed_by_server"].values()) == 2500
+        # slow_body's head declares a body: refused at once there, so it sent its head and no more.
+        assert during["sent"]["slow_head"] > 0 and during["closed_by_server"]["slow_body"] == 250, during
+
+
 def test_held_bodies_stay_within_the_workers_body_budget(tmp_path: Path) -> None:
     with WebhookServer(tmp_path, workers=2) as srv:
         for i in range(20):
