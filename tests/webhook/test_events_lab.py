@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -333,3 +334,34 @@ def test_a_namespace_no_pod_can_be_in_never_pauses_nor_fills_the_cache(
     # The API server's own labels of the real namespace: no pause stood in the way.
     assert (cache.labels(lab_namespace) or {}).get("pod-security.kubernetes.io/enforce") == "restricted"
     assert set(cache._labels) == {lab_namespace}
+
+
+def namespace_gets(lab: Any, code: str) -> float:
+    """The API server's own count of GETs of a namespace answered `code` (its /metrics)."""
+    for line in lab.kubectl("get", "--raw", "/metrics").splitlines():
+        if line.startswith("apiserver_request_total{") and all(
+            f'{k}="{v}"' in line for k, v in (("code", code), ("resource", "namespaces"), ("verb", "GET"))
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_caller_naming_random_namespaces_gets_few_gets_from_the_webhook(
+    lab: Any, lab_namespace: str, webhook_account: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every AdmissionReview for a namespace the cache does not know cost one GET: 300 random
+    names in 1 s were 300 GETs (404) from the webhook's account. Now each worker makes at most
+    20 a second (`FETCH_RATE_PER_S`); a real new namespace is still read once the flood has passed."""
+    monkeypatch.setenv("KUBECONFIG", str(webhook_account))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    lab.kubectl("label", "namespace", lab_namespace, "pod-security.kubernetes.io/enforce=restricted")
+    cache = webhook_kube.NamespaceCache(webhook_kube.api_client(), Logger("error"))  # never started
+    before = namespace_gets(lab, "404")
+    started = time.monotonic()
+    for i in range(300):
+        assert cache.labels(f"no-such-{i}-{lab_namespace}"[:63]) is None
+    elapsed = time.monotonic() - started
+    sent = namespace_gets(lab, "404") - before  # other engineers' 404s only add: a bound from above
+    assert elapsed < 2.0 and sent <= 50, (sent, elapsed)  # 20 at once, 20/s after: ~20-40
+    time.sleep(1.0)  # the bucket refills
+    assert (cache.labels(lab_namespace) or {}).get("pod-security.kubernetes.io/enforce") == "restricted"
