@@ -365,3 +365,56 @@ def test_a_caller_naming_random_namespaces_gets_few_gets_from_the_webhook(
     assert elapsed < 2.0 and sent <= 50, (sent, elapsed)  # 20 at once, 20/s after: ~20-40
     time.sleep(1.0)  # the bucket refills
     assert (cache.labels(lab_namespace) or {}).get("pod-security.kubernetes.io/enforce") == "restricted"
+
+
+def test_a_namespace_deleted_and_created_again_has_its_new_labels(
+    lab: Any, lab_namespace: str, webhook_account: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same name, other labels: the cache must not keep the first namespace's Pod Security level."""
+    monkeypatch.setenv("KUBECONFIG", str(webhook_account))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    enforce = "pod-security.kubernetes.io/enforce"
+    name = f"again-{lab_namespace}"[:63].rstrip("-")
+    lab.kubectl("create", "namespace", name)
+    lab.kubectl("label", "namespace", name, f"{enforce}=restricted")
+    cache = webhook_kube.NamespaceCache(webhook_kube.api_client(), Logger("error")).start()
+    try:
+        assert cache.wait_synced(30)
+        lab.wait(lambda: (cache.labels(name) or {}).get(enforce) == "restricted" or None, 30, "the first labels")
+        lab.delete_namespace(name, wait=True, timeout=90)
+        lab.wait(lambda: name not in cache._labels or None, 30, "the watch to drop the namespace")
+        lab.kubectl("create", "namespace", name)
+        lab.kubectl("label", "namespace", name, f"{enforce}=privileged")
+        labels = lab.wait(
+            lambda: cache.labels(name) if (cache.labels(name) or {}).get(enforce) == "privileged" else None,
+            30,
+            "the new namespace's labels",
+        )
+        assert labels[enforce] == "privileged"  # what the API server holds now
+    finally:
+        cache.stop()
+        lab.delete_namespace(name)
+
+
+def test_a_webhook_without_get_namespaces_pauses_and_logs_no_secret(
+    lab: Any, lab_namespace: str, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """RBAC without `get namespaces` (a trimmed role): the API server's 403 pauses the GETs (one
+    request, then none for 30 s) and the log line names the refusal, never the token."""
+    lab.kubectl("-n", lab_namespace, "create", "serviceaccount", "no-rights")
+    path = sa_kubeconfig(lab, lab_namespace, "no-rights", tmp_path / "no-rights.kubeconfig")
+    token = yaml.safe_load(path.read_text())["users"][0]["user"]["token"]
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    cache = webhook_kube.NamespaceCache(webhook_kube.api_client(), Logger("info"))  # never started
+    before = namespace_gets(lab, "403")
+    started = time.monotonic()
+    for _ in range(50):
+        assert cache.labels(lab_namespace) is None
+    assert time.monotonic() - started < 1.0
+    assert namespace_gets(lab, "403") - before <= 2  # one GET (another engineer's at most)
+    err = capfd.readouterr().err
+    (line,) = [x for x in err.splitlines() if "namespace_fetch_failed" in x]
+    assert "HTTP 403" in line and "forbidden" in line and "pause_s=30.0" in line, line
+    assert token not in err and token[:20] not in err
