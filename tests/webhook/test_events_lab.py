@@ -380,7 +380,8 @@ def test_a_namespace_deleted_and_created_again_has_its_new_labels(
     cache = webhook_kube.NamespaceCache(webhook_kube.api_client(), Logger("error")).start()
     try:
         assert cache.wait_synced(30)
-        lab.wait(lambda: (cache.labels(name) or {}).get(enforce) == "restricted" or None, 30, "the first labels")
+        first = lambda: (cache.labels(name) or {}).get(enforce) == "restricted" or None  # noqa: E731
+        lab.wait(first, 30, "the first labels")
         lab.delete_namespace(name, wait=True, timeout=90)
         lab.wait(lambda: name not in cache._labels or None, 30, "the watch to drop the namespace")
         lab.kubectl("create", "namespace", name)
@@ -408,12 +409,12 @@ def test_a_webhook_without_get_namespaces_pauses_and_logs_no_secret(
     monkeypatch.setenv("KUBECONFIG", str(path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     cache = webhook_kube.NamespaceCache(webhook_kube.api_client(), Logger("info"))  # never started
-    before = namespace_gets(lab, "403")
     started = time.monotonic()
     for _ in range(50):
         assert cache.labels(lab_namespace) is None
     assert time.monotonic() - started < 1.0
-    assert namespace_gets(lab, "403") - before <= 2  # one GET (another engineer's at most)
+    # Every failed GET logs a line (the API server does not count RBAC refusals in its metrics):
+    # one line, one GET.
     err = capfd.readouterr().err
     (line,) = [x for x in err.splitlines() if "namespace_fetch_failed" in x]
     assert "HTTP 403" in line and "forbidden" in line and "pause_s=30.0" in line, line
