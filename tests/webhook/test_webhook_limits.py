@@ -522,3 +522,39 @@ def test_no_path_or_framing_trick_on_the_metrics_port_reaches_mutate(server: Web
 
 def admissions_total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
     return sum(v for (name, _labels), v in samples.items() if name == "mesh_webhook_admissions_total")
+
+
+def test_the_metrics_port_has_the_same_deadlines(short_deadlines: WebhookServer) -> None:
+    """Plain HTTP skips the TLS phase, not the deadlines: a silent socket goes after `tls_timeout`
+    (1 s here), a kept-alive one after `keepalive` (2 s), a head sent one byte at a time after
+    `header_timeout` (1 s), each with its JSON 408 or nothing, never held."""
+    srv = short_deadlines
+
+    def connect() -> socket.socket:
+        return socket.create_connection(("127.0.0.1", srv.metrics_port), timeout=10)
+
+    with connect() as sock:
+        silent, _ = seconds_until_closed(sock, 6)
+    with connect() as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        resp = http.client.HTTPResponse(sock)  # type: ignore[arg-type]
+        resp.begin()
+        assert resp.status == 200 and b"mesh_webhook_admissions_total" in resp.read()
+        kept, _ = seconds_until_closed(sock, 8)
+    with connect() as sock:
+        started, slow = time.monotonic(), None
+        sock.settimeout(0.1)
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 60:
+            try:
+                sock.sendall(bytes([byte]))
+                if not sock.recv(65536):
+                    slow = time.monotonic() - started
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                slow = time.monotonic() - started
+                break
+    assert silent is not None and 0.8 < silent < 3.0, silent
+    assert kept is not None and 1.8 < kept < 4.0, kept
+    assert slow is not None and 0.8 < slow < 3.0, slow
