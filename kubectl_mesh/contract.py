@@ -7,6 +7,9 @@ Pure constants: importing this module costs nothing.
 
 from __future__ import annotations
 
+# A namespace's name (an RFC 1123 label), for `re.fullmatch`: what the config and the webhook accept.
+NAMESPACE_NAME_PATTERN = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+
 # --- Proxy ports and identity -------------------------------------------------------------
 PROXY_INBOUND_PORT = 4143  # inbound TCP is redirected here
 PROXY_OUTBOUND_PORT = 4140  # outbound TCP is redirected here (listens on 127.0.0.1)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from kubectl_mesh.ratelimit import TokenBucket
+
 MAX_SUBSCRIBERS = 8
 QUEUE_EVENTS = 2048  # per subscriber
 MAX_RPS_DEFAULT = 100.0
@@ -108,20 +110,15 @@ class Subscriber:
         self.open_requests = 0
         self._wake = wake
         # A request takes one token: below 1 rps the bucket still holds one (else none is shown).
-        self._capacity = max(1.0, tap_filter.max_rps)
-        self._tokens = self._capacity
-        self._stamp = now
+        self._bucket = TokenBucket(tap_filter.max_rps, max(1.0, tap_filter.max_rps), now)
 
     def admit(self, now: float) -> bool:
         """Rate limit and request budget: may one more request be shown?"""
         f = self.filter
         if f.max_requests and self.requests >= f.max_requests:
             return False
-        self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * f.max_rps)
-        self._stamp = now
-        if self._tokens < 1:
+        if not self._bucket.take(now):
             return False
-        self._tokens -= 1
         self.requests += 1
         self.open_requests += 1
         return True
@@ -142,7 +139,7 @@ class Subscriber:
         self.open_requests -= 1
         if not shown:
             self.requests -= 1
-            self._tokens = min(self._capacity, self._tokens + 1)
+            self._bucket.give_back()
         if self.filter.max_requests and self.requests >= self.filter.max_requests and not self.open_requests:
             self.done = True
             self._wake()

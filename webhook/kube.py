@@ -4,7 +4,8 @@ Neither ever stands in an admission's way. `NamespaceCache.labels()` answers fro
 and a watch of namespaces kept by a background thread; a namespace it does not know (not synced
 yet, or too new for the watch) costs one GET of at most FETCH_TIMEOUT_S; when that fails too (API
 server slow or down) it is None, the pod is admitted with what is known, and no GET is tried for
-FETCH_PAUSE_S.
+FETCH_PAUSE_S. The name is the caller's word: one that cannot be a namespace costs no GET, and a
+worker makes at most FETCH_RATE_PER_S GETs a second.
 `EventRecorder.record()` only puts a notice on a bounded queue (full: dropped and counted); a
 background thread turns notices into core/v1 Events on the pod's owner (Pod → ReplicaSet →
 Deployment, through ownerReferences and one `get`), as Linkerd's `InjectionSkipped`, so that the
@@ -25,6 +26,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -32,14 +34,19 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubectl_mesh.contract import EVENT_INJECTION_SKIPPED, EVENT_POD_SECURITY
+from kubectl_mesh.contract import EVENT_INJECTION_SKIPPED, EVENT_POD_SECURITY, NAMESPACE_NAME_PATTERN
 from kubectl_mesh.log import Logger
+from kubectl_mesh.ratelimit import TokenBucket
 from webhook.admission import RESULT_ERROR, AdmissionRequest, Outcome
 
 REQUEST_TIMEOUT_S = 5.0
 FETCH_TIMEOUT_S = 0.5  # a namespace the cache does not know yet: one GET (a healthy server takes ms)
 FETCH_PAUSE_S = 30.0  # after a failed GET, none for this long: a hung API server costs one admission 0.5 s
 MAX_FETCHES = 8  # GETs in flight per worker; beyond, the admission goes on with what is known
+# GETs a second per worker (as many at once): the namespace is the caller's word, and a caller naming
+# random ones made one GET per admission (300/s). Legitimate misses are rare: a worker before its
+# first list, a namespace created a moment before its first pod.
+FETCH_RATE_PER_S = 20.0
 WATCH_SECONDS = 240  # a watch is renewed this often (a relist after an error or a 410 Gone)
 COMPONENT = "kubectl-mesh-webhook"
 MAX_MESSAGE = 1024  # events.k8s.io's limit on a note; kept for core/v1 Events too
@@ -110,6 +117,7 @@ class NamespaceCache:
         self._stop = threading.Event()
         self._fetches = threading.BoundedSemaphore(MAX_FETCHES)
         self._fetch_paused_until = 0.0
+        self._fetch_rate = TokenBucket(FETCH_RATE_PER_S, FETCH_RATE_PER_S, time.monotonic())
 
     def labels(self, namespace: str | None) -> Mapping[str, str] | None:
         """The namespace's labels: from memory, else (not synced yet, or a namespace created a
@@ -122,7 +130,16 @@ class NamespaceCache:
         return known if known is not None else self._fetch(namespace)
 
     def _fetch(self, namespace: str) -> Mapping[str, str] | None:
-        if time.monotonic() < self._fetch_paused_until or not self._fetches.acquire(blocking=False):
+        # The name is the caller's word (/mutate is open to the cluster unless the chart is given
+        # the API server's CIDRs): one the API server refuses (400, or 403 for a path such as
+        # `kube-system/secrets`) would pause every GET, and a path would read another object.
+        if not re.fullmatch(NAMESPACE_NAME_PATTERN, namespace):
+            return None
+        now = time.monotonic()
+        if now < self._fetch_paused_until or not self._fetch_rate.take(now):
+            return None
+        if not self._fetches.acquire(blocking=False):
+            self._fetch_rate.give_back()
             return None
         try:
             from kubernetes import client

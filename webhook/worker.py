@@ -26,7 +26,8 @@ worker keeps gevent's parser and adds, per connection, the phases and rules of
 - Two listeners (`webhook/gunicorn_conf.py`): the admission port (TLS, the Flask app: /mutate and
   the probes) and the metrics port (`MESH_WEBHOOK_METRICS_BIND`, plain HTTP, `GET /metrics`
   alone: `webhook.app.metrics_app`), each with its own app, under the same bounds and one
-  connection table; neither serves the other's paths.
+  connection table; neither serves the other's paths. A body on the metrics port is refused
+  unread (it would hold the body budget of /mutate).
 """
 
 from __future__ import annotations
@@ -281,6 +282,8 @@ class MeshHandler(PyWSGIHandler):
         chunked = body.chunked_input
         if not chunked and not length:
             return self._busy_or_refuse()
+        if self.server.serves_metrics:  # nothing there takes a body: none waited for, no budget held
+            return _metrics_refusal(self.environ)
         if length is not None and length > MAX_BODY_BYTES:
             return (413, f"body larger than {MAX_BODY_BYTES} bytes")
         granted, victims = table.reserve(self.conn, MAX_BODY_BYTES + 1 if chunked else length)
@@ -371,6 +374,15 @@ class MeshServer(PyWSGIServer):
             self.table.close(conn)
             with contextlib.suppress(OSError):
                 client_socket.close()
+
+
+def _metrics_refusal(environ: Mapping[str, Any]) -> tuple[int, str]:
+    """A request with a body on the metrics port: `metrics_app`'s answer, without reading the body."""
+    if environ.get("PATH_INFO") != "/metrics":
+        return (404, "not found")
+    if environ.get("REQUEST_METHOD") != "GET":
+        return (405, "method not allowed")
+    return (413, "no body is read here")
 
 
 def _linger(sock: Any) -> None:

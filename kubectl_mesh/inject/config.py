@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubectl_mesh import __version__
-from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, LOG_FORMATS, LOG_LEVELS
+from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, LOG_FORMATS, LOG_LEVELS, NAMESPACE_NAME_PATTERN
 from kubectl_mesh.errors import MeshError
 from kubectl_mesh.portlist import NO_PORTS, PortList
 
@@ -216,7 +216,7 @@ def _resources(key: str, value: Any) -> dict[str, dict[str, str]]:
 
 
 def _namespace(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+    if not isinstance(value, str) or not re.fullmatch(NAMESPACE_NAME_PATTERN, value):
         raise ConfigError(f"{key} must be a namespace name")
     return value
 

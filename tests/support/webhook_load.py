@@ -2,6 +2,7 @@
 
     python -m tests.support.webhook_load --port P --ca CA [--idle N] [--slow-head N]
         [--slow-body N] [--held-body N --body-size B] [--held-head N --head-size B] [--hold S]
+        [--tls no]
 
 - `idle`: TCP connections that never send a byte (not even a TLS hello);
 - `slow-head`: TLS, then a request head one byte every `--interval` seconds;
@@ -9,6 +10,8 @@
 - `held-body`: TLS, a head with `Content-Length: B`, then B - 1 bytes, and nothing more;
 - `held-head`: TLS, then header fields of `--head-size` bytes in all, in lines of `--head-line`
   bytes, without the blank line that ends them, and nothing more.
+
+`--tls no`: every kind speaks plain HTTP (the metrics port).
 
 Prints `ready {...}` once every connection is open (or failed), then every second
 `status {...}`: how many of each kind are still open and how many the server closed. Exits
@@ -61,7 +64,7 @@ class Stats:
 
 def _connect(args: argparse.Namespace, tls: bool) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", args.port), timeout=30)
-    if not tls:
+    if not tls or args.tls == "no":
         return sock
     ctx = ssl.create_default_context(cafile=args.ca)
     return ctx.wrap_socket(sock, server_hostname="mesh-webhook.mesh-system.svc")
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-line", type=int, default=1000, help="bytes per header line")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between trickled bytes")
     parser.add_argument("--hold", type=float, default=60.0, help="seconds to hold, at most")
+    parser.add_argument("--tls", choices=("yes", "no"), default="yes", help="no: plain HTTP")
     args = parser.parse_args(argv)
     if not Path(args.ca).is_file():
         print(f"error: no CA file {args.ca}", file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -314,3 +315,107 @@ def test_a_namespace_whose_pod_security_refuses_mesh_init_gets_its_pods_unmeshed
             "-n", lab_namespace, "get", "events", "--field-selector=reason=FailedCreate", "-o", "name"
         )
         assert failed.strip() == ""  # the API server refused no pod
+
+
+def test_a_namespace_no_pod_can_be_in_never_pauses_nor_fills_the_cache(
+    lab: Any, lab_namespace: str, webhook_account: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/mutate is open to the cluster by default (no `apiServerCIDRs`), so `request.namespace` is
+    the caller's word. A name the API server refuses (`%`: 400; `kube-system/secrets`: 403 with
+    the chart's role) once paused every GET for 30 s, so a real namespace the cache did not know
+    yet got mesh-init blind; a path (`..`, `default/pods`) read another object and was cached
+    under that name forever. Names that cannot be a namespace cost no GET and are not cached."""
+    monkeypatch.setenv("KUBECONFIG", str(webhook_account))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    lab.kubectl("label", "namespace", lab_namespace, "pod-security.kubernetes.io/enforce=restricted")
+    cache = webhook_kube.NamespaceCache(webhook_kube.api_client(), Logger("error"))  # never started
+    for name in ("%", "kube-system/secrets", "..", "default/pods", "UPPER", "a" * 64, "x\ny"):
+        assert cache.labels(name) is None, name
+    # The API server's own labels of the real namespace: no pause stood in the way.
+    assert (cache.labels(lab_namespace) or {}).get("pod-security.kubernetes.io/enforce") == "restricted"
+    assert set(cache._labels) == {lab_namespace}
+
+
+def namespace_gets(lab: Any, code: str) -> float:
+    """The API server's own count of GETs of a namespace answered `code` (its /metrics)."""
+    for line in lab.kubectl("get", "--raw", "/metrics").splitlines():
+        if line.startswith("apiserver_request_total{") and all(
+            f'{k}="{v}"' in line for k, v in (("code", code), ("resource", "namespaces"), ("verb", "GET"))
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_caller_naming_random_namespaces_gets_few_gets_from_the_webhook(
+    lab: Any, lab_namespace: str, webhook_account: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every AdmissionReview for a namespace the cache does not know cost one GET: 300 random
+    names in 1 s were 300 GETs (404) from the webhook's account. Now each worker makes at most
+    20 a second (`FETCH_RATE_PER_S`); a real new namespace is still read once the flood has passed."""
+    monkeypatch.setenv("KUBECONFIG", str(webhook_account))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    lab.kubectl("label", "namespace", lab_namespace, "pod-security.kubernetes.io/enforce=restricted")
+    cache = webhook_kube.NamespaceCache(webhook_kube.api_client(), Logger("error"))  # never started
+    before = namespace_gets(lab, "404")
+    started = time.monotonic()
+    for i in range(300):
+        assert cache.labels(f"no-such-{i}-{lab_namespace}"[:63]) is None
+    elapsed = time.monotonic() - started
+    sent = namespace_gets(lab, "404") - before  # other engineers' 404s only add: a bound from above
+    assert elapsed < 2.0 and sent <= 50, (sent, elapsed)  # 20 at once, 20/s after: ~20-40
+    time.sleep(1.0)  # the bucket refills
+    assert (cache.labels(lab_namespace) or {}).get("pod-security.kubernetes.io/enforce") == "restricted"
+
+
+def test_a_namespace_deleted_and_created_again_has_its_new_labels(
+    lab: Any, lab_namespace: str, webhook_account: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same name, other labels: the cache must not keep the first namespace's Pod Security level."""
+    monkeypatch.setenv("KUBECONFIG", str(webhook_account))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    enforce = "pod-security.kubernetes.io/enforce"
+    name = f"again-{lab_namespace}"[:63].rstrip("-")
+    lab.kubectl("create", "namespace", name)
+    lab.kubectl("label", "namespace", name, f"{enforce}=restricted")
+    cache = webhook_kube.NamespaceCache(webhook_kube.api_client(), Logger("error")).start()
+    try:
+        assert cache.wait_synced(30)
+        first = lambda: (cache.labels(name) or {}).get(enforce) == "restricted" or None  # noqa: E731
+        lab.wait(first, 30, "the first labels")
+        lab.delete_namespace(name, wait=True, timeout=90)
+        lab.wait(lambda: name not in cache._labels or None, 30, "the watch to drop the namespace")
+        lab.kubectl("create", "namespace", name)
+        lab.kubectl("label", "namespace", name, f"{enforce}=privileged")
+        labels = lab.wait(
+            lambda: cache.labels(name) if (cache.labels(name) or {}).get(enforce) == "privileged" else None,
+            30,
+            "the new namespace's labels",
+        )
+        assert labels[enforce] == "privileged"  # what the API server holds now
+    finally:
+        cache.stop()
+        lab.delete_namespace(name)
+
+
+def test_a_webhook_without_get_namespaces_pauses_and_logs_no_secret(
+    lab: Any, lab_namespace: str, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """RBAC without `get namespaces` (a trimmed role): the API server's 403 pauses the GETs (one
+    request, then none for 30 s) and the log line names the refusal, never the token."""
+    lab.kubectl("-n", lab_namespace, "create", "serviceaccount", "no-rights")
+    path = sa_kubeconfig(lab, lab_namespace, "no-rights", tmp_path / "no-rights.kubeconfig")
+    token = yaml.safe_load(path.read_text())["users"][0]["user"]["token"]
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    cache = webhook_kube.NamespaceCache(webhook_kube.api_client(), Logger("info"))  # never started
+    started = time.monotonic()
+    for _ in range(50):
+        assert cache.labels(lab_namespace) is None
+    assert time.monotonic() - started < 1.0
+    # Every failed GET logs a line (the API server does not count RBAC refusals in its metrics):
+    # one line, one GET.
+    err = capfd.readouterr().err
+    (line,) = [x for x in err.splitlines() if "namespace_fetch_failed" in x]
+    assert "HTTP 403" in line and "forbidden" in line and "pause_s=30.0" in line, line
+    assert token not in err and token[:20] not in err

@@ -121,6 +121,37 @@ def test_admission_within_1s_under_2000_idle_and_500_slow_connections(tmp_path: 
         assert during["sent"]["slow_head"] > 0 and during["sent"]["slow_body"] > 0
 
 
+def test_admission_within_1s_under_2000_idle_and_500_slow_connections_on_the_metrics_port(
+    tmp_path: Path,
+) -> None:
+    """The metrics port shares each worker's connection table with /mutate: a flood there must
+    not starve admissions (the newcomer on 8443 makes the longest waiting go), nor the scrape."""
+    srv = WebhookServer(tmp_path, workers=2)
+    for var in ("TLS", "HEADER", "BODY"):
+        srv.env[f"MESH_WEBHOOK_{var}_TIMEOUT"] = "60"
+    with (
+        srv,
+        LoadClients(
+            tmp_path / "load.log", srv.metrics_port, srv.ca_file, tls="no",
+            idle=2000, slow_head=250, slow_body=250, hold=90,
+        ) as load,
+    ):  # fmt: skip
+        ready = load.start(timeout=60)
+        assert sum(ready["failed"].values()) == 0, ready
+        latencies = [timed_admission(srv, f"uid-metrics-flood-{i}") for i in range(10)]
+        started = time.monotonic()
+        status, _, body = srv.metrics_request()
+        scrape = time.monotonic() - started
+        during = load.last("status") or ready
+        assert max(latencies) < 1.0, latencies
+        assert status == 200 and b"mesh_webhook_admissions_total" in body and scrape < 1.0, scrape
+        held = sum(during["open"].values())
+        assert 1000 <= held <= 2000, during
+        assert held + sum(during["closed_by_server"].values()) == 2500
+        # slow_body's head declares a body: refused at once there, so it sent its head and no more.
+        assert during["sent"]["slow_head"] > 0 and during["closed_by_server"]["slow_body"] == 250, during
+
+
 def test_held_bodies_stay_within_the_workers_body_budget(tmp_path: Path) -> None:
     with WebhookServer(tmp_path, workers=2) as srv:
         for i in range(20):
@@ -430,3 +461,100 @@ def test_plain_http_on_the_tls_port_is_closed_without_a_log_line(server: Webhook
         elapsed, _ = seconds_until_closed(sock, 5)
     assert elapsed is not None
     assert server.log_path.read_text() == before
+
+
+# --- the metrics port (plain HTTP, GET /metrics alone) ------------------------------------------
+
+
+def metrics_exchange(srv: WebhookServer, request: bytes, limit: float = 5.0) -> tuple[float | None, bytes]:
+    """Send raw bytes to the metrics port: how long until the server closed, and all it answered."""
+    with socket.create_connection(("127.0.0.1", srv.metrics_port), timeout=limit) as sock:
+        sock.sendall(request)
+        return seconds_until_closed(sock, limit)
+
+
+def test_the_metrics_port_refuses_a_body_without_waiting_for_it(server: WebhookServer) -> None:
+    """Nothing on the metrics port takes a body, yet a declared one was reserved from the worker's
+    body budget (shared with /mutate) and waited for until the body deadline (10 s), then 408:
+    a client there held admission budget. Now: answered at once, nothing read, closed."""
+    for head, status, error in (
+        (b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 4000000\r\n\r\n", 405, "method not allowed"),
+        (b"PUT /mutate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 404, "not found"),
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", 413, "no body is read here"),
+    ):
+        closed_after, answer = metrics_exchange(server, head)
+        assert closed_after is not None and closed_after < 1.0, (head, closed_after, answer[:200])
+        assert answer.startswith(b"HTTP/1.1 %d " % status) and b"Connection: close" in answer, answer[:300]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"error": error}
+
+
+def test_no_path_or_framing_trick_on_the_metrics_port_reaches_mutate(server: WebhookServer) -> None:
+    """Absolute-form URIs, dot segments, doubled slashes, a Host of the admission port, HTTP/1.0 and
+    a /mutate pipelined behind GET /metrics: the metrics port answers each with its own 404 (or
+    the metrics), and the admission counters do not move."""
+    review = json.dumps(admission_review(uid="uid-trick")).encode()
+    post = b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(review), review)
+    before = metric_samples(server)
+    for target in (
+        b"http://127.0.0.1:%d/mutate" % server.port,
+        b"https://mesh-webhook.mesh-system.svc:443/mutate",
+        b"//mutate",
+        b"/metrics/../mutate",
+        b"/metrics/%2e%2e/mutate",
+        b"/mutate?x=/metrics",
+        b"/metrics#/mutate",
+    ):
+        for version in (b"HTTP/1.1", b"HTTP/1.0"):
+            host = b"Host: 127.0.0.1:%d\r\nConnection: close\r\n" % server.port
+            head = b"POST %s %s\r\n%s" % (target, version, host)
+            closed_after, answer = metrics_exchange(server, head + post)
+            assert closed_after is not None, target
+            assert answer.split(b" ", 2)[1] in (b"404", b"400", b"405", b"413"), (target, answer[:200])
+            assert b'"response"' not in answer and b'"patch"' not in answer, (target, answer[:300])
+    # Pipelined: GET /metrics, then a POST /mutate in the same segment.
+    closed_after, answer = metrics_exchange(
+        server, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nPOST /mutate HTTP/1.1\r\nHost: x\r\n" + post
+    )
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"mesh_webhook_admissions_total" in answer
+    assert b'"response"' not in answer and b'"patch"' not in answer, answer[-300:]
+    assert admissions_total(metric_samples(server)) == admissions_total(before)
+
+
+def admissions_total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
+    return sum(v for (name, _labels), v in samples.items() if name == "mesh_webhook_admissions_total")
+
+
+def test_the_metrics_port_has_the_same_deadlines(short_deadlines: WebhookServer) -> None:
+    """Plain HTTP skips the TLS phase, not the deadlines: a silent socket goes after `tls_timeout`
+    (1 s here), a kept-alive one after `keepalive` (2 s), a head sent one byte at a time after
+    `header_timeout` (1 s), each with its JSON 408 or nothing, never held."""
+    srv = short_deadlines
+
+    def connect() -> socket.socket:
+        return socket.create_connection(("127.0.0.1", srv.metrics_port), timeout=10)
+
+    with connect() as sock:
+        silent, _ = seconds_until_closed(sock, 6)
+    with connect() as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        resp = http.client.HTTPResponse(sock)  # type: ignore[arg-type]
+        resp.begin()
+        assert resp.status == 200 and b"mesh_webhook_admissions_total" in resp.read()
+        kept, _ = seconds_until_closed(sock, 8)
+    with connect() as sock:
+        started, slow = time.monotonic(), None
+        sock.settimeout(0.1)
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 60:
+            try:
+                sock.sendall(bytes([byte]))
+                if not sock.recv(65536):
+                    slow = time.monotonic() - started
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                slow = time.monotonic() - started
+                break
+    assert silent is not None and 0.8 < silent < 3.0, silent
+    assert kept is not None and 1.8 < kept < 4.0, kept
+    assert slow is not None and 0.8 < slow < 3.0, slow
