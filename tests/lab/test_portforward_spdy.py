@@ -267,9 +267,9 @@ def test_kubectl_port_forward_speaks_spdy_to_the_relay(api: Path, tunnel: bool) 
 
 @pytest.mark.timeout(60)
 def test_a_closed_port_is_reported_by_kubectl_from_the_error_stream(api: Path) -> None:
-    closed = socket.create_server(("127.0.0.1", 0))
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # held bound, never listening: refused, and no one else gets it
     port = closed.getsockname()[1]
-    closed.close()  # nothing listens there now
     proc, local = _port_forward(api, port)
     try:
         with socket.create_connection(("127.0.0.1", local), timeout=10) as conn:
@@ -282,6 +282,7 @@ def test_a_closed_port_is_reported_by_kubectl_from_the_error_stream(api: Path) -
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=20)
+        closed.close()
     assert f"error forwarding port {port} to pod" in err and "Connection refused" in err, err
 
 

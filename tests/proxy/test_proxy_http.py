@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from kubectl_mesh.procs import free_ports
 from tests.proxy.proxy_backends import AppServer, TcpServer
 from tests.support.proxy_process import CLIENT_ID, SERVER_ID, ProxyProcess, raw_exchange, start_proxy
 
@@ -221,7 +220,13 @@ def test_hop_by_hop_headers_do_not_cross(server_proxy: ProxyProcess) -> None:
 
 
 def test_upstream_down_is_502_counted_as_failure(tmp_path: Path) -> None:
-    proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{free_ports(1)[0]}", identity=SERVER_ID)
+    # A port held bound and not listening refuses connections for the whole test; a port merely
+    # found free could be handed out again, even to this proxy's own listeners (CI once saw a 400).
+    down = socket.socket()
+    down.bind(("127.0.0.1", 0))
+    proxy = start_proxy(
+        tmp_path, "--inbound-forward", f"127.0.0.1:{down.getsockname()[1]}", identity=SERVER_ID
+    )
     try:
         for _ in range(3):
             status, _, _ = _get(proxy, "/")
@@ -230,6 +235,7 @@ def test_upstream_down_is_502_counted_as_failure(tmp_path: Path) -> None:
         assert proxy.process.poll() is None
     finally:
         proxy.stop()
+        down.close()
 
 
 def test_slow_upstream_is_504_and_proxy_keeps_serving(server_proxy: ProxyProcess) -> None:
