@@ -97,11 +97,16 @@ def seconds_until_closed(sock: socket.socket, limit: float) -> tuple[float | Non
 # --- load: 2,000 idle and 500 slow connections; 40 held bodies ----------------------------------------
 
 
-def test_admission_within_1s_under_2000_idle_and_500_slow_connections(tmp_path: Path) -> None:
+def _held_connections_server(tmp_path: Path) -> WebhookServer:
+    """Two workers whose deadlines outlast the test: the cap alone must keep admissions fast."""
     srv = WebhookServer(tmp_path, workers=2)
-    # Deadlines longer than the test: the cap alone must keep admissions fast while all are held.
     for var in ("TLS", "HEADER", "BODY"):
         srv.env[f"MESH_WEBHOOK_{var}_TIMEOUT"] = "60"
+    return srv
+
+
+def test_admission_within_1s_under_2000_idle_and_500_slow_connections(tmp_path: Path) -> None:
+    srv = _held_connections_server(tmp_path)
     with (
         srv,
         LoadClients(
@@ -126,9 +131,7 @@ def test_admission_within_1s_under_2000_idle_and_500_slow_connections_on_the_met
 ) -> None:
     """The metrics port shares each worker's connection table with /mutate: a flood there must
     not starve admissions (the newcomer on 8443 makes the longest waiting go), nor the scrape."""
-    srv = WebhookServer(tmp_path, workers=2)
-    for var in ("TLS", "HEADER", "BODY"):
-        srv.env[f"MESH_WEBHOOK_{var}_TIMEOUT"] = "60"
+    srv = _held_connections_server(tmp_path)
     with (
         srv,
         LoadClients(
