@@ -27,12 +27,13 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import hpack.hpack
 import hyperframe.frame
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
-from . import h2rules
+from . import h2rules, hpack_nghttp2
 from .connections import (
     RECV,
     Address,
@@ -76,6 +77,43 @@ class _Silent:
 
 _SILENT = _Silent()
 _no_eager_formatting()
+# h2 checks each received header list with a chain of seven generators, one pass per rule and
+# per field; h2rules.check_received_fields applies the same rules in one pass (a hypothesis test
+# compares the two, tests/proxy/test_proxy_h2_units.py). Still on both sides, always: see Side.
+h2.stream.validate_headers = h2rules.check_received_fields
+
+
+class _Connection(h2.connection.H2Connection):
+    """h2's connection, without its walk over every stream each time a stream opens.
+
+    To check a new stream against the concurrency limit, h2 counts the open streams of one
+    parity by walking all it knows (dropping the closed ones as it goes): on an upstream
+    connection carrying ~100 streams, a hundred state checks per stream opened. Here the count
+    is an upper bound instead: the open streams at the last walk plus every stream id issued
+    since. The limit is never laxer (a walk gives h2 the exact count whenever the bound could
+    reach the limit), and a walk still comes every WALK_EVERY new streams, so closed streams
+    leave `self.streams` as before, a bounded number later."""
+
+    WALK_EVERY = 64
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config)
+        self._walked = {0: (0, 0), 1: (0, 0)}  # parity: (open streams at the last walk, highest id then)
+
+    def _open_streams(self, remainder: int) -> int:
+        outbound = remainder == (1 if self.config.client_side else 0)
+        if outbound:
+            highest, limit = self.highest_outbound_stream_id, self.remote_settings.max_concurrent_streams
+        else:
+            highest, limit = self.highest_inbound_stream_id, self.local_settings.max_concurrent_streams
+        counted, then = self._walked[remainder]
+        opened = (highest - then + 1) // 2  # stream ids of one parity go up by two
+        if opened < self.WALK_EVERY and counted + opened + 1 <= limit:
+            return counted + opened
+        count = super()._open_streams(remainder)
+        self._walked[remainder] = (count, highest)
+        return count
+
 
 INBOUND, OUTBOUND = "inbound", "outbound"
 DATA, TRAILERS, END = 0, 1, 2
@@ -135,8 +173,9 @@ class Side:
             normalize_outbound_headers=False,
             normalize_inbound_headers=False,
         )
-        conn = h2.connection.H2Connection(config)
+        conn = _Connection(config)
         conn.local_settings = h2.settings.Settings(client=client_side, initial_values=_settings(client_side))
+        hpack_nghttp2.install(conn)  # HPACK in C when libnghttp2 is there; h2's own otherwise
         conn.decoder.max_header_list_size = h2rules.MAX_HEADER_LIST_SIZE
         self.conn = conn
         self.sock: Any = None

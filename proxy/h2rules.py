@@ -10,7 +10,13 @@ budgets that end a flooding connection. Everything here is unit-tested with plai
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+from h2.exceptions import ProtocolError
+from h2.utilities import CONNECTION_HEADERS, _check_pseudo_header_field_acceptability
 
 from . import http1
 from .metrics import grpc_status_label
@@ -53,6 +59,62 @@ ERROR_LABELS = {
 def error_label(code: int) -> str:
     """The metric label of an HTTP/2 error code (a bounded set: unknown codes are "other")."""
     return ERROR_LABELS.get(int(code), "other")
+
+
+# RFC 9113 §8.2.1 as h2 applies it: a name of bytes 0x21-0x7e but no uppercase, a colon only
+# first; a value without NUL, CR or LF, and not starting or ending with a space or a tab.
+_NAME_OK = re.compile(rb":?[!-9;-@\[-~]+").fullmatch
+_VALUE_OK = re.compile(rb"[^\x00\n\r\t ](?:[^\x00\n\r]*[^\x00\n\r\t ])?").fullmatch
+_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path", b":status", b":protocol"))
+_COLON = 0x3A
+
+
+def check_received_fields(headers: Iterable[Any], flags: Any) -> list[Any]:
+    """h2's `validate_headers` in one pass: the header list as it came, or h2's ProtocolError.
+
+    The same rules, field by field (characters, empty names, `te`, connection-specific fields,
+    pseudo-fields: known, once each, first, the right ones for a request, a response or
+    trailers; one `host` matching `:authority`; a non-empty `:path`), without h2's chain of
+    seven generators. tests/proxy/test_proxy_h2_units.py checks that both accept and refuse the
+    same lists. `flags` is h2's `HeaderValidationFlags`."""
+    fields = headers if isinstance(headers, list) else list(headers)
+    request = not flags.is_response_header and not flags.is_trailer
+    pseudo: set[bytes] = set()
+    regular = False
+    method = authority = host = path = None
+    for field in fields:
+        name, value = field[0], field[1]
+        if _NAME_OK(name) is None or (value and _VALUE_OK(value) is None):
+            raise ProtocolError(f"Received an invalid header field {name!r}")
+        if name[0] == _COLON:
+            if regular or name in pseudo or name not in _PSEUDO:
+                raise ProtocolError(f"Received a misplaced, repeated or unknown pseudo-header {name!r}")
+            pseudo.add(name)
+            if name == b":method":
+                method = value
+            elif name == b":authority":
+                authority = value
+            elif name == b":path":
+                path = value
+            continue
+        regular = True
+        if name in CONNECTION_HEADERS:
+            raise ProtocolError(f"Connection-specific header field present: {name!r}")
+        if name == b"te" and value.lower() != b"trailers":
+            raise ProtocolError(f"Invalid value for TE header: {value!r}")
+        if name == b"host" and request:
+            if host is not None:
+                raise ProtocolError("Request header block has multiple Host headers")
+            host = value
+    _check_pseudo_header_field_acceptability(pseudo, method, flags)
+    if request:
+        if authority is None and host is None:
+            raise ProtocolError("Request header block does not have an :authority or Host header")
+        if authority is not None and host is not None and authority != host:
+            raise ProtocolError("Request header block has mismatched :authority and Host headers")
+        if path is not None and not path:
+            raise ProtocolError("An empty :path header is forbidden")
+    return fields
 
 
 @dataclass

@@ -1,0 +1,233 @@
+"""HPACK in C for h2's connections: nghttp2's encoder and decoder, through cffi in ABI mode.
+
+python-hyper's `h2` keeps the protocol (frames, stream states, flow control); it codes header
+blocks through its connection's `encoder` and `decoder` objects, pure Python from `hpack`. Those
+were about a fifth of a proxied stream's CPU (`make bench-proxy ARGS=--profile-h2`): nginx
+answers with Huffman-coded literals that `hpack` decodes bit by bit. `Encoder` and `Decoder`
+here have the interface h2 uses and do the work in libnghttp2 (Debian's `libnghttp2-14`, which
+`Dockerfile.proxy` installs; cffi's ABI mode opens it at run time, no compiler anywhere).
+
+Without the library (`$MESH_NGHTTP2_LIBRARY` names another file, or empty: none), `install`
+leaves h2's own coders in place: the same bytes on the wire, more CPU. The `ready` log line says
+which (`hpack=`).
+
+h2's contract, kept: a header list larger than `max_header_list_size` decoded (RFC 7541's size:
+name + value + 32 per field, HPACK bombs included) raises `OversizedHeaderListError` as soon as
+it is exceeded, any malformed block `HPACKDecodingError`; a field the sender marked never-indexed
+comes out as `NeverIndexedHeaderTuple` and goes out never-indexed again; a SETTINGS change of the
+peer's table size is signalled at the start of the next block.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+from hpack import HeaderTuple, NeverIndexedHeaderTuple
+from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
+
+LIBRARY_ENV = "MESH_NGHTTP2_LIBRARY"
+DEFAULT_LIBRARY = "libnghttp2.so.14"
+TABLE_SIZE = 4096  # the RFC's default; the encoder's table never grows past it, whatever the peer allows
+
+_CDEF = """
+typedef struct { uint8_t *name; uint8_t *value; size_t namelen; size_t valuelen; uint8_t flags; } nghttp2_nv;
+typedef struct nghttp2_hd_deflater nghttp2_hd_deflater;
+typedef struct nghttp2_hd_inflater nghttp2_hd_inflater;
+typedef struct { int age; int version_num; const char *version_str; const char *proto_str; } nghttp2_info;
+nghttp2_info *nghttp2_version(int least_version);
+int nghttp2_hd_deflate_new(nghttp2_hd_deflater **deflater_ptr, size_t max_deflate_dynamic_table_size);
+void nghttp2_hd_deflate_del(nghttp2_hd_deflater *deflater);
+int nghttp2_hd_deflate_change_table_size(nghttp2_hd_deflater *deflater, size_t settings_max_dynamic_table_size);
+ssize_t nghttp2_hd_deflate_hd(nghttp2_hd_deflater *deflater, uint8_t *buf, size_t buflen,
+                              const nghttp2_nv *nva, size_t nvlen);
+size_t nghttp2_hd_deflate_bound(nghttp2_hd_deflater *deflater, const nghttp2_nv *nva, size_t nvlen);
+int nghttp2_hd_inflate_new(nghttp2_hd_inflater **inflater_ptr);
+void nghttp2_hd_inflate_del(nghttp2_hd_inflater *inflater);
+int nghttp2_hd_inflate_change_table_size(nghttp2_hd_inflater *inflater, size_t settings_max_dynamic_table_size);
+ssize_t nghttp2_hd_inflate_hd2(nghttp2_hd_inflater *inflater, nghttp2_nv *nv_out, int *inflate_flags,
+                               const uint8_t *in, size_t inlen, int in_final);
+int nghttp2_hd_inflate_end_headers(nghttp2_hd_inflater *inflater);
+"""
+NV_FLAG_NO_INDEX = 0x01
+INFLATE_FINAL = 0x01
+INFLATE_EMIT = 0x02
+# One nghttp2_nv as laid out in memory (two pointers, two size_t, a byte, padding to 8): encode
+# packs the whole array with one struct call instead of five cffi attribute writes per field.
+_NV = struct.Struct("PPNNB7x")
+_FIELD_OVERHEAD = 32  # RFC 7541 §4.1
+
+_ffi: Any = None
+_lib: Any = None
+_version = ""
+
+
+def load(path: str | None = None) -> str:
+    """Open libnghttp2 once (`path`, else `$MESH_NGHTTP2_LIBRARY`, else the Debian soname).
+
+    Returns its version ("" when it cannot be used: then h2 keeps its pure-Python coders)."""
+    global _ffi, _lib, _version
+    if _lib is not None:
+        return _version
+    name = os.environ.get(LIBRARY_ENV, DEFAULT_LIBRARY) if path is None else path
+    if not name:
+        return ""
+    try:
+        import cffi
+
+        ffi = cffi.FFI()
+        ffi.cdef(_CDEF)
+        lib = ffi.dlopen(name)
+        version = ffi.string(lib.nghttp2_version(0).version_str).decode()
+    except (ImportError, OSError, AttributeError):
+        return ""
+    if _NV.size != ffi.sizeof("nghttp2_nv"):  # pragma: no cover - a platform with another layout
+        return ""
+    _ffi, _lib, _version = ffi, lib, version
+    return version
+
+
+def install(conn: Any) -> bool:
+    """Give an h2 connection nghttp2's coders, if the library loaded; False: h2's own stay."""
+    if not load():
+        return False
+    conn.encoder = Encoder()
+    conn.decoder = Decoder()
+    return True
+
+
+def _require() -> None:
+    if not load():
+        raise RuntimeError(f"{DEFAULT_LIBRARY} is not available (${LIBRARY_ENV}: {os.environ.get(LIBRARY_ENV)!r})")
+
+
+class Encoder:
+    """h2's `encoder`: `encode(headers)` to a header block, `header_table_size` from the peer's SETTINGS."""
+
+    def __init__(self) -> None:
+        _require()
+        pointer = _ffi.new("nghttp2_hd_deflater **")
+        if _lib.nghttp2_hd_deflate_new(pointer, TABLE_SIZE) != 0:
+            raise MemoryError("nghttp2_hd_deflate_new")
+        self._deflater = _ffi.gc(pointer[0], _lib.nghttp2_hd_deflate_del)
+        self._size = TABLE_SIZE
+        self._out = _ffi.new("uint8_t[]", 16384)
+        self._out_len = 16384
+
+    @property
+    def header_table_size(self) -> int:
+        return self._size
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        # The table in use is min(value, TABLE_SIZE); a change is signalled in the next block.
+        if _lib.nghttp2_hd_deflate_change_table_size(self._deflater, value) != 0:
+            raise MemoryError("nghttp2_hd_deflate_change_table_size")
+        self._size = value
+
+    def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
+        """One header block; each field a (name, value) of bytes, a `HeaderTuple`, or (name, value, sensitive)."""
+        fields = list(headers)
+        if not fields:
+            return self._deflate(b"", b"", 0)
+        parts: list[bytes] = []
+        flags: list[int] = []
+        for field in fields:
+            if isinstance(field, HeaderTuple):
+                flags.append(0 if field.indexable else NV_FLAG_NO_INDEX)
+            else:
+                flags.append(NV_FLAG_NO_INDEX if len(field) > 2 and field[2] else 0)
+            parts.append(_bytes(field[0]))
+            parts.append(_bytes(field[1]))
+        blob = b"".join(parts)
+        keep = _ffi.from_buffer(blob)
+        at = int(_ffi.cast("uintptr_t", keep))
+        values: list[int] = []
+        for i, flag in enumerate(flags):
+            name_len = len(parts[2 * i])
+            value_len = len(parts[2 * i + 1])
+            values += (at, at + name_len, name_len, value_len, flag)
+            at += name_len + value_len
+        array = struct.pack(_NV.format * len(flags), *values)
+        return self._deflate(blob, array, len(flags), keep)
+
+    def _deflate(self, blob: bytes, array: bytes, count: int, keep: Any = None) -> bytes:
+        nva = _ffi.from_buffer("nghttp2_nv[]", array) if count else _ffi.NULL
+        bound = _lib.nghttp2_hd_deflate_bound(self._deflater, nva, count)
+        if bound > self._out_len:
+            self._out = _ffi.new("uint8_t[]", bound)
+            self._out_len = bound
+        written = _lib.nghttp2_hd_deflate_hd(self._deflater, self._out, self._out_len, nva, count)
+        del keep, blob  # the fields' bytes had to live until here
+        if written < 0:
+            raise HPACKDecodingError(f"nghttp2 could not encode a header block ({written})")
+        return _ffi.buffer(self._out, written)[:]
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+class Decoder:
+    """h2's `decoder`: `decode(block)` to a list of fields (bytes), bounded by `max_header_list_size`."""
+
+    def __init__(self) -> None:
+        _require()
+        pointer = _ffi.new("nghttp2_hd_inflater **")
+        if _lib.nghttp2_hd_inflate_new(pointer) != 0:
+            raise MemoryError("nghttp2_hd_inflate_new")
+        self._inflater = _ffi.gc(pointer[0], _lib.nghttp2_hd_inflate_del)
+        self._nv = _ffi.new("nghttp2_nv *")
+        self._nv_bytes = _ffi.buffer(self._nv)
+        self._flags = _ffi.new("int *")
+        self.max_header_list_size = 65536  # h2 sets its own at once
+        self._max_table = TABLE_SIZE
+
+    @property
+    def max_allowed_table_size(self) -> int:
+        return self._max_table
+
+    @max_allowed_table_size.setter
+    def max_allowed_table_size(self, value: int) -> None:
+        if _lib.nghttp2_hd_inflate_change_table_size(self._inflater, value) != 0:
+            raise MemoryError("nghttp2_hd_inflate_change_table_size")
+        self._max_table = value
+
+    def decode(self, data: bytes, raw: bool = True) -> list[HeaderTuple | tuple[bytes, bytes]]:
+        """The fields of one whole header block, as bytes (h2 asks for `raw`; the proxy never decodes text)."""
+        inflate = _lib.nghttp2_hd_inflate_hd2
+        inflater, nv, flags = self._inflater, self._nv, self._flags
+        unpack, nv_bytes, string_at = _NV.unpack_from, self._nv_bytes, ctypes.string_at
+        limit = self.max_header_list_size
+        block = _ffi.from_buffer("uint8_t[]", data)
+        end = len(data)
+        at = 0
+        size = 0
+        fields: list[HeaderTuple | tuple[bytes, bytes]] = []
+        while True:
+            used = inflate(inflater, nv, flags, block + at, end - at, 1)
+            if used < 0:
+                if end - at > limit:  # a literal longer than nghttp2's 64 KiB bound: too large, not malformed
+                    raise OversizedHeaderListError(f"A header list larger than {limit} has been received")
+                raise HPACKDecodingError(f"malformed header block (nghttp2 error {used})")
+            at += used
+            state = flags[0]
+            if state & INFLATE_EMIT:
+                name_at, value_at, name_len, value_len, nv_flags = unpack(nv_bytes)
+                size += name_len + value_len + _FIELD_OVERHEAD
+                if size > limit:
+                    raise OversizedHeaderListError(f"A header list larger than {limit} has been received")
+                name = string_at(name_at, name_len)
+                value = string_at(value_at, value_len)
+                if nv_flags & NV_FLAG_NO_INDEX:
+                    fields.append(NeverIndexedHeaderTuple(name, value))
+                else:
+                    fields.append((name, value))
+            if state & INFLATE_FINAL:
+                _lib.nghttp2_hd_inflate_end_headers(inflater)
+                return fields
+            if used == 0 and not state & INFLATE_EMIT:  # pragma: no cover - nghttp2 made no progress
+                raise HPACKDecodingError("truncated header block")
