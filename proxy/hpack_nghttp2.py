@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
-from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
+from hpack.exceptions import HPACKDecodingError, HPACKError, OversizedHeaderListError
 
 LIBRARY_ENV = "MESH_NGHTTP2_LIBRARY"
 DEFAULT_LIBRARY = "libnghttp2.so.14"
@@ -59,6 +59,10 @@ INFLATE_EMIT = 0x02
 # packs the whole array with one struct call instead of five cffi attribute writes per field.
 _NV = struct.Struct("PPNNB7x")
 _FIELD_OVERHEAD = 32  # RFC 7541 §4.1
+
+class HPACKEncodingError(HPACKError):
+    """nghttp2 refused to encode a header list (it never should: lists are bounded before)."""
+
 
 _ffi: Any = None
 _lib: Any = None
@@ -130,41 +134,54 @@ class Encoder:
 
     def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
         """One header block; each field a (name, value) of bytes, a `HeaderTuple`, or (name, value, sensitive)."""
-        fields = list(headers)
-        if not fields:
-            return self._deflate(b"", b"", 0)
         parts: list[bytes] = []
-        flags: list[int] = []
-        for field in fields:
-            if isinstance(field, HeaderTuple):
-                flags.append(0 if field.indexable else NV_FLAG_NO_INDEX)
+        shape: list[tuple[int, int, int]] = []  # (name length, value length, flags) per field
+        for field in headers:
+            name, value = field[0], field[1]
+            if name.__class__ is not bytes:
+                name = _bytes(name)
+            if value.__class__ is not bytes:
+                value = _bytes(value)
+            if field.__class__ is tuple:
+                flag = NV_FLAG_NO_INDEX if len(field) > 2 and field[2] else 0
             else:
-                flags.append(NV_FLAG_NO_INDEX if len(field) > 2 and field[2] else 0)
-            parts.append(_bytes(field[0]))
-            parts.append(_bytes(field[1]))
-        blob = b"".join(parts)
-        keep = _ffi.from_buffer(blob)
-        at = int(_ffi.cast("uintptr_t", keep))
+                flag = 0 if getattr(field, "indexable", True) else NV_FLAG_NO_INDEX
+            parts.append(name)
+            parts.append(value)
+            shape.append((len(name), len(value), flag))
+        count = len(shape)
+        if not count:
+            return self._deflate(_ffi.NULL, 0)
+        blob = _ffi.from_buffer(b"".join(parts))  # every name and value in one buffer, alive until deflated
+        at = int(_ffi.cast("uintptr_t", blob))
         values: list[int] = []
-        for i, flag in enumerate(flags):
-            name_len = len(parts[2 * i])
-            value_len = len(parts[2 * i + 1])
+        for name_len, value_len, flag in shape:
             values += (at, at + name_len, name_len, value_len, flag)
             at += name_len + value_len
-        array = struct.pack(_NV.format * len(flags), *values)
-        return self._deflate(blob, array, len(flags), keep)
+        return self._deflate(_ffi.from_buffer("nghttp2_nv[]", _pack(count)(*values)), count)
 
-    def _deflate(self, blob: bytes, array: bytes, count: int, keep: Any = None) -> bytes:
-        nva = _ffi.from_buffer("nghttp2_nv[]", array) if count else _ffi.NULL
+    def _deflate(self, nva: Any, count: int) -> bytes:
         bound = _lib.nghttp2_hd_deflate_bound(self._deflater, nva, count)
         if bound > self._out_len:
             self._out = _ffi.new("uint8_t[]", bound)
             self._out_len = bound
         written = _lib.nghttp2_hd_deflate_hd(self._deflater, self._out, self._out_len, nva, count)
-        del keep, blob  # the fields' bytes had to live until here
         if written < 0:
-            raise HPACKDecodingError(f"nghttp2 could not encode a header block ({written})")
+            raise HPACKEncodingError(f"nghttp2 could not encode a header block ({written})")
         return _ffi.buffer(self._out, written)[:]
+
+
+_PACKERS: dict[int, Any] = {}
+
+
+def _pack(count: int) -> Any:
+    """struct's packer of `count` nghttp2_nv (kept per count: header lists have a few sizes)."""
+    packer = _PACKERS.get(count)
+    if packer is None:
+        packer = struct.Struct(_NV.format * count).pack
+        if len(_PACKERS) < 256:
+            _PACKERS[count] = packer
+    return packer
 
 
 def _bytes(value: bytes | str) -> bytes:
