@@ -80,7 +80,7 @@ _no_eager_formatting()
 # h2 checks each received header list with a chain of seven generators, one pass per rule and
 # per field; h2rules.check_received_fields applies the same rules in one pass (a hypothesis test
 # compares the two, tests/proxy/test_proxy_h2_units.py). Still on both sides, always: see Side.
-h2.stream.validate_headers = h2rules.check_received_fields
+h2.stream.validate_headers = h2rules.check_received_fields  # type: ignore[assignment]
 
 
 class _Connection(h2.connection.H2Connection):
@@ -140,6 +140,12 @@ def _connection_error_label(error: Exception) -> str:
     if isinstance(error, h2.exceptions.ProtocolError):
         return h2rules.error_label(error.error_code)
     return "protocol_error"
+
+
+def hpack_in_use() -> str:
+    """What codes header blocks, for the `ready` log line: nghttp2 and its version, or h2's hpack."""
+    version = hpack_nghttp2.load()
+    return f"nghttp2-{version}" if version else "python"
 
 
 def header_block_pending(conn: h2.connection.H2Connection) -> bool:

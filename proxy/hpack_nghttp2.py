@@ -41,13 +41,13 @@ typedef struct { int age; int version_num; const char *version_str; const char *
 nghttp2_info *nghttp2_version(int least_version);
 int nghttp2_hd_deflate_new(nghttp2_hd_deflater **deflater_ptr, size_t max_deflate_dynamic_table_size);
 void nghttp2_hd_deflate_del(nghttp2_hd_deflater *deflater);
-int nghttp2_hd_deflate_change_table_size(nghttp2_hd_deflater *deflater, size_t settings_max_dynamic_table_size);
+int nghttp2_hd_deflate_change_table_size(nghttp2_hd_deflater *deflater, size_t settings_max);
 ssize_t nghttp2_hd_deflate_hd(nghttp2_hd_deflater *deflater, uint8_t *buf, size_t buflen,
                               const nghttp2_nv *nva, size_t nvlen);
 size_t nghttp2_hd_deflate_bound(nghttp2_hd_deflater *deflater, const nghttp2_nv *nva, size_t nvlen);
 int nghttp2_hd_inflate_new(nghttp2_hd_inflater **inflater_ptr);
 void nghttp2_hd_inflate_del(nghttp2_hd_inflater *inflater);
-int nghttp2_hd_inflate_change_table_size(nghttp2_hd_inflater *inflater, size_t settings_max_dynamic_table_size);
+int nghttp2_hd_inflate_change_table_size(nghttp2_hd_inflater *inflater, size_t settings_max);
 ssize_t nghttp2_hd_inflate_hd2(nghttp2_hd_inflater *inflater, nghttp2_nv *nv_out, int *inflate_flags,
                                const uint8_t *in, size_t inlen, int in_final);
 int nghttp2_hd_inflate_end_headers(nghttp2_hd_inflater *inflater);
@@ -59,6 +59,7 @@ INFLATE_EMIT = 0x02
 # packs the whole array with one struct call instead of five cffi attribute writes per field.
 _NV = struct.Struct("PPNNB7x")
 _FIELD_OVERHEAD = 32  # RFC 7541 §4.1
+
 
 class HPACKEncodingError(HPACKError):
     """nghttp2 refused to encode a header list (it never should: lists are bounded before)."""
@@ -105,7 +106,9 @@ def install(conn: Any) -> bool:
 
 def _require() -> None:
     if not load():
-        raise RuntimeError(f"{DEFAULT_LIBRARY} is not available (${LIBRARY_ENV}: {os.environ.get(LIBRARY_ENV)!r})")
+        raise RuntimeError(
+            f"{DEFAULT_LIBRARY} is not available (${LIBRARY_ENV}: {os.environ.get(LIBRARY_ENV)!r})"
+        )
 
 
 class Encoder:
@@ -133,7 +136,7 @@ class Encoder:
         self._size = value
 
     def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
-        """One header block; each field a (name, value) of bytes, a `HeaderTuple`, or (name, value, sensitive)."""
+        """One header block; a field: (name, value), a `HeaderTuple`, or (name, value, sensitive)."""
         parts: list[bytes] = []
         shape: list[tuple[int, int, int]] = []  # (name length, value length, flags) per field
         for field in headers:
@@ -214,7 +217,7 @@ class Decoder:
         self._max_table = value
 
     def decode(self, data: bytes, raw: bool = True) -> list[HeaderTuple | tuple[bytes, bytes]]:
-        """The fields of one whole header block, as bytes (h2 asks for `raw`; the proxy never decodes text)."""
+        """The fields of one whole header block, as bytes (h2 asks for `raw`: the proxy decodes no text)."""
         inflate = _lib.nghttp2_hd_inflate_hd2
         inflater, nv, flags = self._inflater, self._nv, self._flags
         unpack, nv_bytes, string_at = _NV.unpack_from, self._nv_bytes, ctypes.string_at

@@ -451,6 +451,7 @@ def run(config: ProxyConfig, on_ready: Callable[[Proxy], None] | None = None) ->
         inbound_forward=hostport(config.inbound_forward) if config.inbound_forward else "original-dst",
         identity=proxy.identity.decode() if proxy.identity else "none",
         max_connections=proxy.max_connections,
+        hpack=h2proxy.hpack_in_use(),
     )
     if on_ready is not None:
         on_ready(proxy)

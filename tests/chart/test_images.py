@@ -74,7 +74,12 @@ def test_proxy_image_provides_the_commands_the_injector_sets() -> None:
     assert int(last("Dockerfile.proxy", "USER").split(":")[0]) == c.PROXY_UID
     exposed = last("Dockerfile.proxy", "EXPOSE").split()
     assert {str(c.PROXY_INBOUND_PORT), str(c.PROXY_ADMIN_PORT)} <= set(exposed)
-    assert "iptables" in " ".join(args for op, args in instructions("Dockerfile.proxy") if op == "RUN")
+    runs = " ".join(args for op, args in instructions("Dockerfile.proxy") if op == "RUN")
+    assert "iptables" in runs
+    # The library proxy/hpack_nghttp2.py opens, under the name it opens (Debian's package of it).
+    from proxy.hpack_nghttp2 import DEFAULT_LIBRARY
+
+    assert DEFAULT_LIBRARY == "libnghttp2.so.14" and re.search(r"\blibnghttp2-14=\S+", runs)
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.proxy", "Dockerfile.webhook"])

@@ -71,6 +71,46 @@ def _no_mesh_fields(metadata: dict[str, str] | Any) -> bool:
 def test_grpc_unary_and_the_three_streaming_kinds_through_two_proxies(
     channel: grpc.Channel, grpc_app: GrpcApp, h2_server_proxy: ProxyProcess, h2_client_proxy: ProxyProcess
 ) -> None:
+    _four_kinds_through_two_proxies(channel, grpc_app, h2_server_proxy, h2_client_proxy)
+
+
+def test_a_proxy_without_libnghttp2_codes_headers_with_h2s_hpack_and_talks_to_one_with_it(
+    grpc_app: GrpcApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's proxy has no libnghttp2 (`$MESH_NGHTTP2_LIBRARY` empty): h2's pure-Python
+    HPACK; the client's has it. Headers coded by one are read by the other, both ways, with
+    long, many and never-indexed fields. Oracles: the app's replies and the metadata it received,
+    the client's trailing metadata, both proxies' counts, and each ready line naming its coder."""
+    server = start_proxy(
+        tmp_path, "--inbound-forward", f"127.0.0.1:{grpc_app.port}", identity=SERVER_ID,
+        env={"MESH_NGHTTP2_LIBRARY": ""},
+    )  # fmt: skip
+    client = start_proxy(tmp_path, "--inbound-forward", "127.0.0.1:9", identity=CLIENT_ID, name="client")
+    monkeypatch.setenv("grpc_proxy", f"http://127.0.0.1:{client.outbound}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.inbound}")
+    try:
+        assert "hpack=python" in server.log()
+        assert "hpack=nghttp2-" in client.log()
+        _four_kinds_through_two_proxies(channel, grpc_app, server, client)
+        extra = [(f"x-field-{i}", "v" * (40 * i)) for i in range(1, 21)] + [
+            ("authorization", "Bearer s3cret")
+        ]
+        for round_ in range(3):  # the dynamic tables of both coders in use, block after block
+            reply, _call = methods(channel)["unary"].with_call(b"m%d" % round_, metadata=extra, timeout=10)
+            assert reply == b"echo:m%d" % round_
+            received = dict(grpc_app.metadata[-1])
+            assert all(received[k] == v for k, v in extra), "a field changed on the way"
+    finally:
+        channel.close()
+        server.stop()
+        client.stop()
+
+
+def _four_kinds_through_two_proxies(
+    channel: grpc.Channel, grpc_app: GrpcApp, h2_server_proxy: ProxyProcess, h2_client_proxy: ProxyProcess
+) -> None:
     rpc = methods(channel)
     forged = [("x-mesh-src", FORGED), ("x-mesh-dst", FORGED), ("x-mesh-via", "abc")]
     reply, call = rpc["unary"].with_call(b"hi", metadata=forged, timeout=10)

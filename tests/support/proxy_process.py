@@ -12,7 +12,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,12 +104,13 @@ def start_proxy(
     launcher: Sequence[str] = ("-m", "proxy"),
     name: str = "proxy",
     timeout: float = 20,
+    env: Mapping[str, str] | None = None,
 ) -> ProxyProcess:
     """Run `python -m proxy run` on free loopback ports; returns once /ready says 200.
 
     `rlimit_nofile` caps the proxy's descriptors (soft and hard), as a container's limit would.
     `launcher` replaces `-m proxy` (e.g. `-c <script>` that runs the proxy under a profiler).
-    The log is `tmp/<name>-<inbound port>.log`.
+    The log is `tmp/<name>-<inbound port>.log`. `env`: settings added to the proxy's environment.
     """
     inbound, outbound, admin, tap = free_ports(4)
     argv = [
@@ -125,6 +126,7 @@ def start_proxy(
         argv += ["--namespace", ns, "--workload-kind", kind, "--workload-name", workload, "--pod", pod]
     # The code under test on PYTHONPATH, and no MESH_* setting of the caller's leaking in.
     child_env = {k: v for k, v in runtime_env().items() if not k.startswith("MESH_")}
+    child_env.update(env or {})
 
     def limit_fds() -> None:  # runs in the child, before exec
         assert rlimit_nofile is not None
