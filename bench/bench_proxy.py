@@ -20,10 +20,12 @@ reported with its [min, max]. Memory is the server-side proxy's RSS after warm-u
 machine compare the ratios within one run.
 
 `--profile` instead profiles the one-hop proxy during one saturated round (cProfile, made
-greenlet-aware) and prints the functions with the most own time per request.
+greenlet-aware) and prints the functions with the most own time per request; `--profile-h2` and
+`--profile-grpc` do the same under h2load and under the grpcio echo.
 
 Usage (from the repository's root): python -m bench.bench_proxy [--duration 5] [--rounds 3]
-        [--rate 1000] [--latency-rounds 5] [--latency-seconds 3] [--connections 32] [--no-h2] [--profile]
+        [--rate 1000] [--latency-rounds 5] [--latency-seconds 3] [--connections 32] [--no-h2]
+        [--profile | --profile-h2 | --profile-grpc]
 """
 
 from __future__ import annotations
@@ -610,6 +612,9 @@ def profile(
     def load(seconds: float) -> tuple[float, int]:
         if args.profile_h2:
             return h2load(server.inbound, seconds)
+        if args.profile_grpc:
+            rate = grpc_rate(f"127.0.0.1:{server.inbound}", seconds)
+            return rate, round(rate * seconds)
         return wrk(server.inbound, seconds, None, args.connections)
 
     load(2)  # warm-up
@@ -658,7 +663,7 @@ def profile(
     for area, us in sorted(areas.items(), key=lambda item: -item[1]):
         print(f"{us:8.2f}  {area}", file=sys.stderr)
     return {
-        "profile": "h2_one_hop" if args.profile_h2 else "one_hop",
+        "profile": "h2_one_hop" if args.profile_h2 else "grpc_one_hop" if args.profile_grpc else "one_hop",
         "rps_one_hop": round(rate),
         "cpu_us_per_request": round(user + system, 1),
         "cpu_us_per_request_user": round(user, 1),
@@ -670,6 +675,8 @@ def profile(
         "top_by_own_time": top,
         "load": f"h2load -c 32 -m 10 -D {round(args.duration)}"
         if args.profile_h2
+        else f"grpcio unary echo, 32 in flight, {round(args.duration)} s"
+        if args.profile_grpc
         else f"wrk -t1 -c{args.connections} -d{round(args.duration)}s",
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
@@ -716,6 +723,7 @@ def main() -> int:
     parser.add_argument("--no-h2", action="store_true", help="HTTP/1.1 only (skip h2load and gRPC)")
     parser.add_argument("--profile", action="store_true", help="only profile the one-hop proxy (cProfile)")
     parser.add_argument("--profile-h2", action="store_true", help="--profile over HTTP/2 (h2load, nginx h2c)")
+    parser.add_argument("--profile-grpc", action="store_true", help="--profile over gRPC (the grpcio echo)")
     parser.add_argument("--profile-top", type=int, default=25, help="functions listed by --profile")
     args = parser.parse_args()
     for tool, package in (
@@ -724,7 +732,8 @@ def main() -> int:
         (HAPROXY, "haproxy"),
         (H2LOAD, "nghttp2-client"),
     ):
-        if not Path(tool).exists() and not ((args.profile or args.profile_h2) and package == "haproxy"):
+        profiling = args.profile or args.profile_h2 or args.profile_grpc
+        if not Path(tool).exists() and not (profiling and package == "haproxy"):
             print(f"bench_proxy: {tool} is missing: apt-get install -y {package} "
                   "(or scripts/install-system-deps.sh)", file=sys.stderr)  # fmt: skip
             return 1
@@ -734,7 +743,9 @@ def main() -> int:
     helpers: list[Proc] = []
     try:
         nginx_port, h2_port = start_nginx(tmp, helpers)
-        if args.profile or args.profile_h2:
+        if args.profile_grpc:
+            result = profile(args, tmp, start_grpc_app(tmp, helpers), started)
+        elif args.profile or args.profile_h2:
             result = profile(args, tmp, h2_port if args.profile_h2 else nginx_port, started)
         else:
             result = measure(args, tmp, nginx_port, started, helpers)
