@@ -3,8 +3,9 @@
 On a noisy machine only runs taken in turns compare: each round runs the saturated load through
 `base` then `head` (then the other order next round), and the report gives every round and the
 medians, with each proxy's CPU per request over all its rounds (the figure other load moves
-least). Loads: `h2` (`h2load -c 32 -m 10` to nginx over h2c), `h1` (`wrk -t1 -c32` to nginx),
-`grpc` (a grpcio unary echo, 32 calls in flight from this process).
+least) and its RSS after them (`<load>_served_<name>`: the requests it served). Loads: `h2`
+(`h2load -c 32 -m 10` to nginx over h2c), `h1` (`wrk -t1 -c32` to nginx), `grpc` (a grpcio
+unary echo, 32 calls in flight from this process).
 Prints one JSON object on its last line.
 
 Usage (from the repository's root): python -m bench.compare_proxy --base REV [--load h2,h1,grpc]
@@ -25,6 +26,7 @@ from typing import Any
 from bench.bench_proxy import (
     REPO,
     cpu_seconds,
+    rss_mib,
     grpc_rate,
     h2load,
     server_proxy,
@@ -87,6 +89,8 @@ def compare(args: argparse.Namespace, load: str, proxies: dict[str, ProxyProcess
         result[f"{load}_rps_{name}"] = round(statistics.median(rates[name]))
         result[f"{load}_rps_{name}_rounds"] = [round(r) for r in rates[name]]
         result[f"{load}_cpu_us_per_request_{name}"] = round(cpu[name] / max(1, served[name]) * 1e6, 1)
+        result[f"{load}_rss_mib_{name}"] = round(rss_mib(proxies[name]), 1)  # after all its rounds
+        result[f"{load}_served_{name}"] = served[name]
     result[f"{load}_rps_ratio_head_vs_base"] = round(
         result[f"{load}_rps_head"] / result[f"{load}_rps_base"], 3
     )

@@ -94,7 +94,7 @@ class _Connection(h2.connection.H2Connection):
     reach the limit), and a walk still comes every WALK_EVERY new streams, so closed streams
     leave `self.streams` as before, a bounded number later."""
 
-    WALK_EVERY = 64
+    WALK_EVERY = 16
 
     def __init__(self, config: h2.config.H2Configuration) -> None:
         super().__init__(config)
