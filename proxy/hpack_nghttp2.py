@@ -121,8 +121,8 @@ class Encoder:
             raise MemoryError("nghttp2_hd_deflate_new")
         self._deflater = _ffi.gc(pointer[0], _lib.nghttp2_hd_deflate_del)
         self._size = TABLE_SIZE
-        self._out = _ffi.new("uint8_t[]", 16384)
-        self._out_len = 16384
+        self._out = _ffi.new("uint8_t[]", 4096)  # grows to the largest block asked for
+        self._out_len = 4096
 
     @property
     def header_table_size(self) -> int:
