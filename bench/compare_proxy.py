@@ -26,9 +26,9 @@ from typing import Any
 from bench.bench_proxy import (
     REPO,
     cpu_seconds,
-    rss_mib,
     grpc_rate,
     h2load,
+    rss_mib,
     server_proxy,
     start_grpc_app,
     start_nginx,
