@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import struct
 from collections.abc import Iterable
 from typing import Any
@@ -87,6 +88,8 @@ def load(path: str | None = None) -> str:
         ffi.cdef(_CDEF)
         lib = ffi.dlopen(name)
         version = ffi.string(lib.nghttp2_version(0).version_str).decode()
+        for function in re.findall(r"(nghttp2_\w+)\(", _CDEF):  # all there now, not mid-connection
+            getattr(lib, function)
     except (ImportError, OSError, AttributeError):
         return ""
     if _NV.size != ffi.sizeof("nghttp2_nv"):  # pragma: no cover - a platform with another layout
