@@ -28,6 +28,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 import h2.stream
+import h2.utilities
 import hpack.hpack
 import hyperframe.frame
 from h2.errors import ErrorCodes
@@ -83,6 +84,24 @@ _no_eager_formatting()
 h2.stream.validate_headers = h2rules.check_received_fields  # type: ignore[assignment]
 
 
+class _ResetsOnly(h2.utilities.SizeLimitDict):
+    """h2's memory of closed streams, keeping the reset ones only.
+
+    h2 remembers how each of the last 65,536 streams of a connection closed, so that a frame
+    arriving late on a stream that was reset is answered with RST_STREAM instead of ending the
+    connection. Only that case reads the memory: a frame on a stream that ended normally ends
+    the connection whether it is remembered or not. Yet the streams that ended normally are
+    nearly all of them, and a long-lived connection filled the memory with them: about 100
+    bytes each, 6 MiB per connection (RSS grew by 0.15 KiB a stream, past 60 MiB after 200k
+    streams through one hop)."""
+
+    _RESET = frozenset((h2.stream.StreamClosedBy.RECV_RST_STREAM, h2.stream.StreamClosedBy.SEND_RST_STREAM))
+
+    def __setitem__(self, key: int, value: Any) -> None:
+        if value in self._RESET:
+            super().__setitem__(key, value)
+
+
 class _Connection(h2.connection.H2Connection):
     """h2's connection, without its walk over every stream each time a stream opens.
 
@@ -99,6 +118,7 @@ class _Connection(h2.connection.H2Connection):
     def __init__(self, config: h2.config.H2Configuration) -> None:
         super().__init__(config)
         self._walked = {0: (0, 0), 1: (0, 0)}  # parity: (open streams at the last walk, highest id then)
+        self._closed_streams = _ResetsOnly(size_limit=self.MAX_CLOSED_STREAMS)
 
     def _open_streams(self, remainder: int) -> int:
         outbound = remainder == (1 if self.config.client_side else 0)

@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import h2.utilities
 import hpack
 import pytest
 from h2.exceptions import ProtocolError
 from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
+from hyperframe.frame import DataFrame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy import h2proxy, h2rules, hpack_nghttp2
+from tests.support.h2wire import parse_frames
 
 needs_nghttp2 = pytest.mark.skipif(not hpack_nghttp2.load(), reason="libnghttp2.so.14 is not installed")
 
@@ -257,3 +261,32 @@ def test_the_stream_limit_holds_exactly_and_closed_streams_still_leave() -> None
             server.receive_data(client.data_to_send())
     finally:
         h2.connection.H2Connection._open_streams = walk  # type: ignore[method-assign]
+
+
+def test_closed_streams_leave_no_memory_but_a_reset_one_is_remembered() -> None:
+    """h2 kept how each of a connection's last 65,536 streams closed (6 MiB per long-lived
+    connection); the proxy's connection keeps the reset ones only, which is all h2 reads it for:
+    a late frame on a reset stream still gets RST_STREAM, and the connection goes on."""
+    client, server = _pair(limit=100)
+    late = client.get_next_available_stream_id()
+    client.send_headers(late, REQUEST)  # a request with a body under way...
+    server.receive_data(client.data_to_send())
+    server.reset_stream(late, h2.errors.ErrorCodes.CANCEL)  # ...that the proxy cancels
+    client.receive_data(server.data_to_send())
+    for _ in range(3000):  # then streams that end normally
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, REQUEST, end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.send_headers(sid, [(b":status", b"200")], end_stream=True)
+        client.receive_data(server.data_to_send())
+    assert len(server.streams) <= h2proxy._Connection.WALK_EVERY + 1
+    assert dict(server._closed_streams) == {late: h2.stream.StreamClosedBy.SEND_RST_STREAM}
+    # The client's DATA, sent before it saw the reset, arrives now.
+    frame = DataFrame(late, data=b"x" * 100)
+    assert server.receive_data(frame.serialize()) == []  # no error: the connection lives
+    answer = parse_frames(server.data_to_send())
+    assert [(type(f).__name__, f.stream_id) for f in answer if f.stream_id] == [("RstStreamFrame", late)]
+    sid = client.get_next_available_stream_id()
+    client.send_headers(sid, REQUEST, end_stream=True)
+    events = server.receive_data(client.data_to_send())
+    assert any(isinstance(e, h2.events.RequestReceived) and e.stream_id == sid for e in events)
