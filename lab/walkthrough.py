@@ -53,7 +53,7 @@ LAB_VALUES = REPO / "lab" / "chart-values.yaml"
 RELEASE = "kubectl-mesh"
 WINDOW_S = 60  # `kubectl mesh stat`'s default -t 1m
 SCRAPE_S = 10  # the chart's scrape interval
-STAT_S = 4  # what a `kubectl mesh stat` may take on the lab, busy (1-3 s measured)
+STAT_S = 2  # what a `kubectl mesh stat` may take on the lab, busy (0.3-0.5 s measured)
 COUNTERS_PORT = 8801  # emojivoto.yml: each pod's own counters, outside the mesh
 DEPLOYMENTS = ("emoji", "voting", "web", "vote-bot")
 # The bot's loops a second (emojivoto.yml says 1): about 200 votes between the first and last
