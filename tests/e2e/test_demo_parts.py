@@ -158,9 +158,8 @@ def test_counters_forget_beyond_their_history(monkeypatch: pytest.MonkeyPatch) -
     for status in (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN, grpc.StatusCode.OK, grpc.StatusCode.OK):
         marks.append(counters.snapshot()["time"])
         counters.count_received("/v", status)
-    assert counters.snapshot(marks[2])["received"] == {
-        "total": 2, "failures": 1, "paths": {"/v": {"total": 2, "failures": 1, "statuses": {"OK": 1, "UNKNOWN": 1}}}
-    }  # fmt: skip
+    two = {"total": 2, "failures": 1, "statuses": {"OK": 1, "UNKNOWN": 1}}
+    assert counters.snapshot(marks[2])["received"] == {"total": 2, "failures": 1, "paths": {"/v": two}}
     assert counters.snapshot(marks[1])["received"]["total"] == 1  # the oldest instant still known
     with pytest.raises(emojivoto.TooOld):
         counters.snapshot(marks[0])  # the first call is forgotten: its instant cannot be told
