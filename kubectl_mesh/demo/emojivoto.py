@@ -191,15 +191,11 @@ HISTORY_SECONDS = 600.0  # how far back `/counters?at=` can look (a stat window 
 HISTORY_EVENTS = 50_000  # and at most this many calls back, whatever the rate (a few MB)
 
 
-class TooOld(ValueError):
-    """The instant asked for is older than the history the counters keep."""
-
-
 class Counters:
     """Requests and calls a service received and sent, by status, counted by the service itself.
 
     Each call is also kept with the time it was counted (HISTORY_SECONDS, HISTORY_EVENTS), so that
-    `snapshot(at=T)` gives the counters as they were at T: a test reads them at the instants
+    `snapshot_at(T)` gives the counters as they were at T: a test reads them at the instants
     Prometheus scraped the proxies, and compares the same calls the mesh counted, not a window
     shifted by a few calls.
     """
@@ -236,17 +232,21 @@ class Counters:
             self.extra[name] = self.extra.get(name, 0) + by
             self._remember((time.time(), "+", name, by))
 
-    def snapshot(self, at: float | None = None) -> dict[str, Any]:
-        """The counters now, or as they were at the Unix time `at` (TooOld beyond the history)."""
+    def snapshot(self) -> dict[str, Any]:
+        """The counters now."""
+        snap = self.snapshot_at(None)
+        assert snap is not None
+        return snap
+
+    def snapshot_at(self, at: float | None) -> dict[str, Any] | None:
+        """The counters as they were at the Unix time `at` (now: None); None beyond the history."""
         with self._lock:
             now = time.time()
             received, extra = self._received.copy(), dict(self.extra)
             sent = {name: tally.copy() for name, tally in self._sent.items()}
             if at is not None and at < now:
                 if at < self._forgotten:
-                    raise TooOld(
-                        f"the counters keep {HISTORY_SECONDS:g} s and {HISTORY_EVENTS} calls of history"
-                    )
+                    return None
                 for when, upstream, path, status in reversed(self._history):
                     if when <= at:
                         break
@@ -376,10 +376,11 @@ def counters_at(counters: Counters, query: Query) -> Response:
             raise ValueError(raw)
     except ValueError:
         return Response.json(400, {"error": f"at={raw[:40]!r} is not a Unix time"})
-    try:
-        return Response.json(200, counters.snapshot(at))
-    except TooOld as exc:
-        return Response.json(404, {"error": str(exc)})
+    snapshot = counters.snapshot_at(at)
+    if snapshot is None:
+        forgotten = f"the counters keep {HISTORY_SECONDS:g} s and {HISTORY_EVENTS} calls of history"
+        return Response.json(404, {"error": forgotten})
+    return Response.json(200, snapshot)
 
 
 def counters_routes(counters: Counters) -> dict[tuple[str, str], Route]:
