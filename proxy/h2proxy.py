@@ -30,6 +30,7 @@ import h2.settings
 import hpack.hpack
 import hyperframe.frame
 from h2.errors import ErrorCodes
+from h2.stream import StreamClosedBy
 from hyperframe.frame import GoAwayFrame
 
 from . import h2rules
@@ -152,9 +153,9 @@ class Side:
         self.pings = h2rules.Budget(h2rules.PING_BUDGET)
         self.settings = h2rules.Budget(h2rules.SETTINGS_BUDGET)
 
-    def start(self) -> None:
+    def start(self, window: int = h2rules.CONNECTION_WINDOW) -> None:
         self.conn.initiate_connection()
-        self.conn.increment_flow_control_window(h2rules.CONNECTION_WINDOW - 65535)
+        self.conn.increment_flow_control_window(window - 65535)
         self.pull()
         self.writer = gevent.spawn(self._write_loop)
 
@@ -209,6 +210,9 @@ class Side:
                 if not self.settings.spend(now):
                     self.fail_connection("settings_flood", ErrorCodes.ENHANCE_YOUR_CALM)
                     return False
+                encoder = self.conn.encoder  # h2 follows the peer's table size: we keep ours
+                if encoder.header_table_size > h2rules.HEADER_TABLE_SIZE:
+                    encoder.header_table_size = h2rules.HEADER_TABLE_SIZE
                 self.pump_all()
             elif isinstance(event, h2.events.WindowUpdated):
                 if event.stream_id == 0:
@@ -444,6 +448,19 @@ class Stream:
         self.count(error)
         self.settle()
 
+    def refuse(self) -> None:
+        """The upstream never processed the stream (REFUSED_STREAM, or above its GOAWAY's last
+        stream): the client is told so in the same words and may retry it (RFC 9113 §8.7; gRPC
+        does, transparently). The proxy itself never sends a request twice. A stream whose
+        response began cannot have been refused: that is a reset."""
+        if self.latency_ms >= 0 or self.down_done:
+            self.fail("reset")
+            return
+        self.session.reset(self.sid, ErrorCodes.REFUSED_STREAM)
+        self.up_done = self.down_done = True
+        self.count("reset")
+        self.settle()
+
     def client_gone(self) -> None:
         """The client reset the stream or went away: cancel the upstream's side; its doing."""
         if self.up is not None and not (self.up_done and self.down_done):
@@ -476,6 +493,15 @@ def _release(queue: deque[Item], src: Side, src_id: int) -> None:
     if flow and not src.dead:
         src.conn.acknowledge_received_data(flow, src_id)
         src.pull()
+
+
+def _empty_data(src: Side, event: h2.events.DataReceived) -> None:
+    """A DATA frame with no data (its END_STREAM, if any, comes as its own event): nothing to
+    pass on. Queued, such frames cost no window and grew without bound behind a closed one
+    (CVE-2019-9518); passed on, they flooded the connection every client shares. Its padding,
+    if any, is acknowledged at once."""
+    if event.flow_controlled_length:
+        src.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
 
 
 WAITING, ENDED, GONE = 0, 1, 2  # what `_pump` left: more to send, the end went, `dst`'s stream is gone
@@ -658,6 +684,9 @@ class Session(Side):
                 self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
             return
         if isinstance(event, h2.events.DataReceived):
+            if not event.data:
+                _empty_data(self, event)
+                return
             stream.to_up.append((DATA, event.data, event.flow_controlled_length))
         elif isinstance(event, h2.events.TrailersReceived):
             stream.to_up.append((TRAILERS, h2rules.split_trailers(event.headers)[0], 0))
@@ -722,7 +751,13 @@ class H2Upstream(Side):
         if not self.ready:
             return len(self.waiting) < h2rules.MAX_CONCURRENT_STREAMS
         # Our own count: h2's open_outbound_streams walks every stream it knows, on each call.
-        return len(self.streams) < self.conn.remote_settings.max_concurrent_streams
+        conn = self.conn
+        if h2rules.upstream_has_room(len(self.streams), conn.remote_settings.max_concurrent_streams,
+                                     conn.highest_outbound_stream_id):  # fmt: skip
+            return True
+        if conn.highest_outbound_stream_id + 2 > h2rules.MAX_STREAM_ID:
+            self.draining = True  # out of stream IDs: closed once its last stream ends
+        return False
 
     def add(self, stream: Stream, fields: Fields) -> None:
         stream.up = self
@@ -761,7 +796,7 @@ class H2Upstream(Side):
         self.sock = self.upstream.sock
         self.holder = self.upstream
         try:
-            self.start()
+            self.start(h2rules.UPSTREAM_CONNECTION_WINDOW)
             self.ready = True
             for stream, fields in self.waiting:
                 self._open(stream, fields)
@@ -806,15 +841,21 @@ class H2Upstream(Side):
             stream.request_end = self.proxy.now
             stream.settle()
         elif left == GONE:
-            stream.fail("reset")
+            h2stream = self.conn.streams.get(stream.uid)
+            if h2stream is not None and h2stream.closed_by == StreamClosedBy.RECV_RST_STREAM:
+                # The upstream's RST_STREAM, read in this batch: its event, next, says how the
+                # stream ends (a refused stream may be retried, a reset one may not).
+                stream.up_done = True
+            else:
+                stream.fail("reset")
 
     def on_event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ConnectionTerminated):
-            self.draining = True  # streams it took finish; later ones fail
+            self.draining = True  # streams it took finish; later ones were never processed
             last = event.last_stream_id if event.last_stream_id is not None else 0
             for uid, taken in list(self.streams.items()):
                 if uid > last:
-                    taken.fail("reset")
+                    taken.refuse()
             return
         sid = getattr(event, "stream_id", 0)
         stream = self.streams.get(sid)
@@ -830,13 +871,19 @@ class H2Upstream(Side):
             stream.inform(event.headers)
             return
         if isinstance(event, h2.events.StreamReset):
-            stream.fail("reset")
+            if event.error_code == ErrorCodes.REFUSED_STREAM:
+                stream.refuse()
+            else:
+                stream.fail("reset")
             return
         if stream.down_done:
             if isinstance(event, h2.events.DataReceived) and event.flow_controlled_length:
                 self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
             return
         if isinstance(event, h2.events.DataReceived):
+            if not event.data:
+                _empty_data(self, event)
+                return
             stream.to_down.append((DATA, event.data, event.flow_controlled_length))
             if stream.tap is not None:
                 stream.tap_bytes += len(event.data)

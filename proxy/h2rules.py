@@ -27,6 +27,18 @@ STREAM_WINDOW = 65535  # bytes a peer may send on one stream before the proxy pa
 # The connection window lets every stream fill its own window: a stalled stream never holds
 # back the others (the RFC's default of 64 KiB would let one stalled stream block them all).
 CONNECTION_WINDOW = MAX_CONCURRENT_STREAMS * STREAM_WINDOW
+# An upstream connection carries the streams of many clients, so the same rule sets its window
+# from the streams it may carry: a client that reads nothing holds its streams' windows, never
+# the window the other clients' streams share (100 such streams once stalled every client of the
+# backend). The largest window HTTP/2 allows bounds the streams (32,768); bytes held stay bounded
+# by the streams' own windows, as on the client's side.
+UPSTREAM_STREAMS = (2**31 - 1) // STREAM_WINDOW
+UPSTREAM_CONNECTION_WINDOW = UPSTREAM_STREAMS * STREAM_WINDOW
+MAX_STREAM_ID = 2**31 - 1  # stream IDs are never reused: a connection that used them all is done
+# The HPACK table the proxy's encoders keep, whatever a peer's SETTINGS_HEADER_TABLE_SIZE allows
+# (as nghttp2 and Envoy): a table of the peer's size kept every distinct field sent on the
+# connection, for its lifetime (2^31 allowed ~2 GiB per connection).
+HEADER_TABLE_SIZE = 4096
 # Bytes queued for one socket: above HIGH_WATER no more DATA is queued for it (the streams wait,
 # unacknowledged, so their senders' windows close); above MAX_BACKLOG (control frames the peer
 # makes us answer while it reads nothing) the connection is ended.
@@ -48,6 +60,12 @@ ERROR_LABELS = {
     0x9: "compression_error", 0xA: "connect_error", 0xB: "enhance_your_calm",
     0xC: "inadequate_security", 0xD: "http_1_1_required",
 }  # fmt: skip
+
+
+def upstream_has_room(streams: int, peer_limit: int, highest_stream_id: int) -> bool:
+    """Whether an upstream connection takes one more stream: under the peer's limit and ours,
+    with a stream ID left (a client's IDs are odd: the next is the highest + 2)."""
+    return streams < min(peer_limit, UPSTREAM_STREAMS) and highest_stream_id + 2 <= MAX_STREAM_ID
 
 
 def error_label(code: int) -> str:
