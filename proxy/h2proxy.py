@@ -545,9 +545,9 @@ def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int, st
                     break
             else:
                 _release(queue, src, src_id)
-                if kind == TRAILERS:
+                if kind == TRAILERS and payload:
                     conn.send_headers(dst_id, payload, end_stream=True)
-                else:
+                else:  # trailers of nothing but mesh fields are none: h2 raised on an empty list
                     conn.end_stream(dst_id)
                 left = ENDED
                 break

@@ -1,7 +1,7 @@
 """HTTP/2 attacks on the mesh's identity fields: x-mesh-* smuggled past the proxy that strips them.
 
-Oracles: the header lists the backend received (never an x-mesh-* field the client wrote), the
-response each client got, and the labels the proxy counted.
+Oracles: the header lists the backend received (never an x-mesh-* field the client wrote), and
+the response each client got (never an x-mesh-* field the app wrote).
 """
 
 from __future__ import annotations
@@ -12,17 +12,24 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import h2.config
 import h2.connection
 import h2.events
+import hpack
 import pytest
-from hyperframe.frame import SettingsFrame
+from hyperframe.frame import GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
 
 from proxy import http1
-from tests.support.proxy_process import SERVER_ID, start_proxy
+from tests.proxy.h2_backend import TICKS, H2Backend, Seen
+from tests.proxy.test_proxy_h2_deadlines import Client
+from tests.support.h2wire import bytes_until_closed, parse_frames
+from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FORGED = b"evil/deployment/forged/forged-1"
+_SERVER = h2.config.H2Configuration(client_side=False, header_encoding=None)
 
 
 class H2cUpgradeBackend:
@@ -149,3 +156,128 @@ def test_offers_h2c_reads_every_token_of_the_list() -> None:
     assert (
         not http1.offers_h2c(b"websocket") and not http1.offers_h2c(b"h2") and not http1.offers_h2c(b"xh2c")
     )
+
+
+class RecordingBackend(H2Backend):
+    """H2Backend that keeps every request's header list and trailers as they came (duplicates and
+    all), and answers `/forge` with x-mesh-dst in a 103, in its head and as its only trailers."""
+
+    def __init__(self) -> None:
+        self.fields: list[list[tuple[str, str]]] = []  # header lists and trailer lists, in order
+        super().__init__()
+
+    def _on_event(self, conn: Any, event: Any, seen: dict[int, Seen], ticks: list[Any]) -> None:
+        super()._on_event(conn, event, seen, ticks)
+        if isinstance(event, (h2.events.RequestReceived, h2.events.TrailersReceived)):
+            with self.lock:
+                self.fields.append(list(event.headers))
+        if isinstance(event, h2.events.RequestReceived) and dict(event.headers).get(":path") == "/forge":
+            sid, forged = event.stream_id, ("x-mesh-dst", FORGED.decode())
+            conn.send_headers(sid, [(":status", "103"), forged])
+            conn.send_headers(sid, [(":status", "200"), forged, ("x-mesh-src", FORGED.decode())])
+            conn.send_data(sid, b"forged")
+            conn.send_headers(sid, [forged, ("x-mesh-via", "abc")], end_stream=True)  # nothing else
+
+
+@pytest.fixture
+def recorder() -> Iterator[RecordingBackend]:
+    server = RecordingBackend()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def proxy(recorder: RecordingBackend, tmp_path: Path) -> Iterator[ProxyProcess]:
+    p = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{recorder.port}", identity=SERVER_ID)
+    yield p
+    p.stop()
+
+
+def _mesh(fields: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    return [
+        (n, v) for n, v in fields if (n if isinstance(n, str) else n.decode()).lower().startswith("x-mesh-")
+    ]
+
+
+def _ticking(port: int) -> tuple[Client, int]:
+    """A bystander on its own connection whose stream shares the proxy's upstream connection."""
+    bystander = Client(port)
+    return bystander, bystander.request("/tick")
+
+
+def _assert_ticked(bystander: Client, sid: int) -> None:
+    bystander.run(10, until=lambda: bystander.got[sid].ended_at)
+    got = bystander.got[sid]
+    assert (got.status, got.body, got.reset) == (200, b"t" * TICKS, None)
+    bystander.close()
+
+
+def test_mesh_fields_never_reach_the_app_duplicated_in_a_continuation_or_as_the_only_trailers(
+    recorder: RecordingBackend, proxy: ProxyProcess
+) -> None:
+    """Trailers of nothing but mesh fields are nothing once stripped: the stream just ends. (An
+    empty trailer section raised in h2 and ended the upstream connection other clients share.)"""
+    forged = [
+        (b"x-mesh-src", FORGED),
+        (b"x-mesh-src", FORGED + b"2"),
+        (b"x-mesh-via", b"abc"),
+        (b"x-mesh-dst", FORGED),
+    ]
+    bystander, tick = _ticking(proxy.inbound)
+    client = Client(proxy.inbound)
+    try:
+        # Behind 20 KiB of fields, so that the forged ones come in a CONTINUATION frame.
+        sid = client.request("/ok", end=False, extra=[(b"x-pad", b"p" * 20000), *forged])
+        client.conn.send_data(sid, b"body")
+        client.conn.send_headers(sid, forged, end_stream=True)  # and again as the trailers
+        client.sock.sendall(client.conn.data_to_send())
+        client.run(5, until=lambda: client.got[sid].ended_at)
+        assert (client.got[sid].status, client.got[sid].body) == (200, b"ok")
+        _assert_ticked(bystander, tick)
+    finally:
+        client.close()
+    heads = [f for f in recorder.fields if dict(f).get(":path") == "/ok"]
+    assert len(heads) == 1 and dict(heads[0])["x-pad"] == "p" * 20000
+    assert [_mesh(f) for f in recorder.fields] == [[]] * len(recorder.fields)
+    assert len(recorder.fields) == 2  # the two heads: the forged trailers were no trailers
+    ok = recorder.by_path("/ok")[0]
+    assert (ok.body, ok.ended) == (4, True)
+
+
+def test_mesh_fields_from_the_app_never_reach_the_client_in_a_1xx_a_head_or_the_only_trailers(
+    recorder: RecordingBackend, proxy: ProxyProcess
+) -> None:
+    bystander, tick = _ticking(proxy.inbound)
+    client = Client(proxy.inbound)
+    try:
+        sid = client.request("/forge")
+        client.run(5, until=lambda: client.got[sid].ended_at)
+        got = client.got[sid]
+        assert (got.status, got.body, got.reset) == (200, b"forged", None)
+        assert [dict(i)[b":status"] for i in got.informational] == [b"103"]
+        assert [_mesh(list(i.items())) for i in got.informational] == [[]]
+        assert _mesh(list(got.headers.items())) == []  # an unmeshed client learns nothing either
+        _assert_ticked(bystander, tick)
+    finally:
+        client.close()
+
+
+def test_mesh_fields_in_mixed_case_end_the_connection_before_the_app(
+    recorder: RecordingBackend, proxy: ProxyProcess
+) -> None:
+    """HTTP/2 field names are lowercase (RFC 9113 §8.2.1): `X-Mesh-Src` is malformed and refused;
+    it is never taken for another field and passed on."""
+    block = hpack.Encoder().encode(
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/ok"), (b":authority", b"web"),
+         (b"X-Mesh-Src", FORGED)]
+    )  # fmt: skip
+    with socket.create_connection(("127.0.0.1", proxy.inbound), timeout=5) as sock:
+        sock.sendall(
+            PREFACE
+            + SettingsFrame(0).serialize()
+            + HeadersFrame(1, block, flags=["END_HEADERS", "END_STREAM"]).serialize()
+        )
+        frames = parse_frames(bytes_until_closed(sock, 3))
+    assert not [f for f in frames if isinstance(f, HeadersFrame)]  # no response: no request
+    assert [f.error_code for f in frames if isinstance(f, (GoAwayFrame, RstStreamFrame))] == [0x1]
+    assert recorder.fields == []
