@@ -23,7 +23,7 @@ from hyperframe.frame import GoAwayFrame, HeadersFrame, RstStreamFrame, Settings
 
 from proxy import http1
 from tests.proxy.h2_backend import TICKS, H2Backend, Seen
-from tests.proxy.test_proxy_h2_deadlines import Client
+from tests.proxy.test_proxy_h2_deadlines import Client, Got
 from tests.support.h2wire import bytes_until_closed, parse_frames
 from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
 
@@ -160,7 +160,8 @@ def test_offers_h2c_reads_every_token_of_the_list() -> None:
 
 class RecordingBackend(H2Backend):
     """H2Backend that keeps every request's header list and trailers as they came (duplicates and
-    all), and answers `/forge` with x-mesh-dst in a 103, in its head and as its only trailers."""
+    all), and answers `/forge` with x-mesh-dst in a 103, in its head and as its only trailers;
+    `/status` with the request's `x-status` as its trailers' grpc-status."""
 
     def __init__(self) -> None:
         self.fields: list[list[tuple[str, str]]] = []  # header lists and trailer lists, in order
@@ -177,6 +178,11 @@ class RecordingBackend(H2Backend):
             conn.send_headers(sid, [(":status", "200"), forged, ("x-mesh-src", FORGED.decode())])
             conn.send_data(sid, b"forged")
             conn.send_headers(sid, [forged, ("x-mesh-via", "abc")], end_stream=True)  # nothing else
+        elif isinstance(event, h2.events.RequestReceived) and dict(event.headers).get(":path") == "/status":
+            sid = event.stream_id
+            conn.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc")])
+            conn.send_data(sid, b"\x00\x00\x00\x00\x00")
+            conn.send_headers(sid, [("grpc-status", dict(event.headers)["x-status"])], end_stream=True)
 
 
 @pytest.fixture
@@ -281,3 +287,37 @@ def test_mesh_fields_in_mixed_case_end_the_connection_before_the_app(
     assert not [f for f in frames if isinstance(f, HeadersFrame)]  # no response: no request
     assert [f.error_code for f in frames if isinstance(f, (GoAwayFrame, RstStreamFrame))] == [0x1]
     assert recorder.fields == []
+
+
+def test_labels_an_h2_client_and_app_choose_stay_bounded(
+    recorder: RecordingBackend, proxy: ProxyProcess
+) -> None:
+    """60 streams, each with its own 20 KB :authority and a grpc-status no code has (a word, 20
+    digits, a negative): the client gets the status as the app sent it; /metrics counts 18
+    grpc_status values at most and authority labels of at most 253 bytes."""
+    statuses = [b"abc%d" % i for i in range(20)] + [b"9" * 19 + b"%d" % (i % 10) for i in range(20)]
+    statuses += [b"-%d" % i for i in range(20)]
+    client = Client(proxy.inbound)
+    try:
+        sids = {}
+        for i, status in enumerate(statuses):
+            sid = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(sid, [
+                (b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/status"),
+                (b":authority", b"%05d" % i + b"a" * 20000), (b"content-type", b"application/grpc"),
+                (b"x-status", status),
+            ], end_stream=True)  # fmt: skip
+            client.sock.sendall(client.conn.data_to_send())
+            client.got[sid] = Got()
+            sids[sid] = status
+        client.run(10, until=lambda: all(client.got[s].ended_at for s in sids))
+        assert all(client.got[s].status == 200 for s in sids)
+    finally:
+        client.close()
+    samples = proxy.samples("response_total")
+    assert {s.labels.get("grpc_status") for s in samples} == {"other"}
+    assert sum(s.value for s in samples if s.labels.get("grpc_status") == "other") == len(statuses)
+    authorities = {s.labels["authority"] for s in samples}
+    assert len(authorities) == len(statuses)  # folded, distinct values stay distinct
+    assert max(len(a.encode()) for a in authorities) <= 253
+    assert len(proxy.exposition().encode()) < 1_000_000

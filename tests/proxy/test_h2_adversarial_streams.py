@@ -23,14 +23,15 @@ import h2.settings
 import hpack
 import pytest
 from h2.errors import ErrorCodes
-from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame
+from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
 from kubectl_mesh.log import Logger
 from proxy import h2proxy, h2rules
 from proxy.config import ProxyConfig
 from proxy.server import Proxy
 from tests.proxy.h2_backend import H2Backend, Seen
-from tests.proxy.test_proxy_h2_deadlines import Client
+from tests.proxy.test_proxy_adversarial import Relay
+from tests.proxy.test_proxy_h2_deadlines import Client, Got
 from tests.support.grpc_app import GrpcApp
 from tests.support.h2wire import bytes_until_closed, parse_frames
 from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
@@ -375,3 +376,74 @@ def test_a_continuation_flood_ends_the_connection_before_the_backend_sees_a_stre
         assert proxy.rss_kib() - rss_before < 4 * 1024
     finally:
         client.close()
+
+
+# --- drain ------------------------------------------------------------------------------------
+
+
+def test_drain_with_a_stream_that_never_ends_exits_at_the_grace_and_refuses_new_streams(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """SIGTERM while a response never ends: GOAWAY(NO_ERROR) naming it, a stream opened after
+    it refused (REFUSED_STREAM: never sent to the backend), the stalled one left to run until
+    `--shutdown-grace`, then the process exits 0 and the backend sees its connection end."""
+    proxy = start_proxy(
+        tmp_path, "--inbound-forward", f"127.0.0.1:{backend.port}", "--shutdown-grace", "2",
+        identity=SERVER_ID, log_level="info",
+    )  # fmt: skip
+    client = Client(proxy.inbound)
+    try:
+        stalled = client.request("/stall-body")
+        client.run(5, until=lambda: client.got[stalled].body == b"first")
+        assert client.got[stalled].status == 200
+        started = time.monotonic()
+        proxy.process.terminate()
+        time.sleep(0.5)  # the GOAWAY is on its way: a stream opened now crosses it
+        block = hpack.Encoder().encode([(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/ok"),
+                                        (b":authority", b"web")])  # fmt: skip
+        client.sock.sendall(HeadersFrame(stalled + 2, block, flags=["END_HEADERS", "END_STREAM"]).serialize())
+        frames = parse_frames(bytes_until_closed(client.sock, 8))
+        exited_after = time.monotonic() - started
+        exit_code = proxy.process.wait(timeout=10)
+        goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
+        assert [(g.error_code, g.last_stream_id) for g in goaways] == [(0, stalled)]
+        resets = {f.stream_id: f.error_code for f in frames if isinstance(f, RstStreamFrame)}
+        assert resets.get(stalled + 2) == ErrorCodes.REFUSED_STREAM
+        assert not [f for f in frames if f.stream_id == stalled and "END_STREAM" in f.flags]
+        assert backend.by_path("/ok") == []  # the refused stream never reached the backend
+        assert exit_code == 0 and 1.5 < exited_after < 5  # the grace, not the stream, ended it
+    finally:
+        client.close()
+        proxy.stop()
+
+
+# --- loops ------------------------------------------------------------------------------------
+
+
+def test_an_h2_loop_through_another_address_stops_on_its_second_visit(tmp_path: Path) -> None:
+    """x-mesh-via on HTTP/2: a stream whose :authority leads back to the proxy's own outbound
+    listener (through a relay, so the port check cannot see it) is refused on its second visit,
+    once; the descriptors come back."""
+    forward = start_proxy(
+        tmp_path, "--inbound-forward", "127.0.0.1:9", identity=SERVER_ID, rlimit_nofile=1024
+    )
+    relay = Relay(forward.outbound)
+    try:
+        fds = forward.fd_count()
+        client = Client(forward.outbound)
+        sid = client.conn.get_next_available_stream_id()
+        head = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+                (b":authority", b"127.0.0.1:%d" % relay.port)]  # fmt: skip
+        client.conn.send_headers(sid, head, end_stream=True)
+        client.sock.sendall(client.conn.data_to_send())
+        client.got[sid] = Got()
+        client.run(5, until=lambda: client.got[sid].ended_at)
+        assert client.got[sid].status == 400
+        assert relay.connections <= 2, f"the loop went round {relay.connections} times"
+        # Counted once, by the first visit (the 400 it passed on), as HTTP/1 counts a loop.
+        assert forward.value("response_total") == forward.value("response_total", status_code="400") == 1
+        client.close()
+        assert _wait(lambda: forward.fd_count() <= fds + 3, 35)  # the idle upstream h2 connection: 30 s
+    finally:
+        relay.stop()
+        forward.stop()
