@@ -10,6 +10,7 @@ import base64
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -321,3 +322,35 @@ def test_labels_an_h2_client_and_app_choose_stay_bounded(
     assert len(authorities) == len(statuses)  # folded, distinct values stay distinct
     assert max(len(a.encode()) for a in authorities) <= 253
     assert len(proxy.exposition().encode()) < 1_000_000
+
+
+@pytest.mark.parametrize(
+    "field",
+    [(b"connection", b"close"), (b"keep-alive", b"5"), (b"transfer-encoding", b"chunked"),
+     (b"upgrade", b"h2c"), (b"proxy-connection", b"close"), (b"te", b"gzip"), (b"content-length", b"10")],
+    ids=lambda f: f[0].decode(),
+)  # fmt: skip
+def test_connection_specific_fields_and_a_short_body_never_reach_the_app(
+    field: tuple[bytes, bytes], recorder: RecordingBackend, proxy: ProxyProcess
+) -> None:
+    """HTTP/2 forbids connection-specific fields (RFC 9113 §8.2.2); a body shorter than its
+    content-length is malformed (§8.1.1). Neither is passed on as a message the app would act on:
+    the app never sees such a field, and never a request that ended short."""
+    block = hpack.Encoder().encode(
+        [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/sink"), (b":authority", b"web"), field]
+    )
+    short = b"\x00\x00\x05\x00\x01\x00\x00\x00\x01hello"  # DATA "hello" with END_STREAM
+    with socket.create_connection(("127.0.0.1", proxy.inbound), timeout=5) as sock:
+        sock.sendall(
+            PREFACE + SettingsFrame(0).serialize() + HeadersFrame(1, block, flags=["END_HEADERS"]).serialize()
+        )
+        time.sleep(0.3)
+        with contextlib.suppress(OSError):
+            sock.sendall(short)
+        frames = parse_frames(bytes_until_closed(sock, 3))
+    assert [f.error_code for f in frames if isinstance(f, (GoAwayFrame, RstStreamFrame))] == [
+        0x1
+    ]  # PROTOCOL_ERROR
+    seen = recorder.by_path("/sink")
+    assert all(not s.ended for s in seen)  # a request that ended short never reached the app whole
+    assert all(field[0].decode() not in s.headers or field[0] == b"content-length" for s in seen)
