@@ -281,6 +281,7 @@ class Stream:
     __slots__ = (
         "active",
         "authority",
+        "body_left",
         "counted",
         "down_done",
         "grpc_status",
@@ -321,6 +322,7 @@ class Stream:
         self.counted = False
         self.tap: TapRequest | None = None  # set only while someone taps this proxy (tap.py)
         self.tap_bytes = 0  # response DATA bytes, counted only while tapped
+        self.body_left: int | None = None  # response bytes its content-length still promises
         # Deadlines (h2rules.stream_timeout), on the proxy's coarse clock: the last time a frame
         # of the stream moved, when the request's end went upstream, and the wait for the head.
         proxy = session.proxy
@@ -357,6 +359,8 @@ class Stream:
         self.latency_ms = (time.monotonic() - self.start) * 1000.0
         self.status = response.status
         self.grpc_status = response.grpc_status
+        if not ended:
+            self.body_left = h2rules.body_length(response.fields, self.head.method, self.status)
         fields = response.fields
         if session.direction == OUTBOUND:
             self.peer = proxy.dst_labels.get(response.mesh.get(MESH_DST))
@@ -461,6 +465,13 @@ class Stream:
         self.count("reset")
         self.settle()
 
+    def malformed(self) -> None:
+        """The upstream's body disagrees with its content-length (RFC 9113 §8.1.1: a stream
+        error): this stream is reset on both sides, and no other."""
+        if self.up is not None:
+            self.up.reset(self.uid, ErrorCodes.PROTOCOL_ERROR)
+        self.fail("bad_response")
+
     def client_gone(self) -> None:
         """The client reset the stream or went away: cancel the upstream's side; its doing."""
         if self.up is not None and not (self.up_done and self.down_done):
@@ -493,6 +504,20 @@ def _release(queue: deque[Item], src: Side, src_id: int) -> None:
     if flow and not src.dead:
         src.conn.acknowledge_received_data(flow, src_id)
         src.pull()
+
+
+def _no_check(*args: object) -> None:
+    pass
+
+
+def _body_length_per_stream(h2stream: Any) -> None:
+    """h2 takes a body that disagrees with its content-length (or a content-length that is no
+    number) for a connection error. On an upstream connection, which carries many clients'
+    streams, one app's malformed response then reset them all; the proxy checks it per stream
+    instead (`Stream.body_left`, `Stream.malformed`). h2 4 calls these two hooks of its stream
+    (tests/proxy/test_h2_adversarial_streams.py checks they still exist)."""
+    h2stream._initialize_content_length = _no_check
+    h2stream._track_content_length = _no_check
 
 
 def _empty_data(src: Side, event: h2.events.DataReceived) -> None:
@@ -774,6 +799,7 @@ class H2Upstream(Side):
         self.streams[uid] = stream
         ended = bool(stream.to_up) and stream.to_up[0][0] == END
         self.conn.send_headers(uid, fields, end_stream=ended)
+        _body_length_per_stream(self.conn.streams[uid])
         if ended:
             stream.to_up.clear()
             stream.up_done = True
@@ -884,6 +910,12 @@ class H2Upstream(Side):
             if not event.data:
                 _empty_data(self, event)
                 return
+            if stream.body_left is not None:
+                stream.body_left -= len(event.data)
+                if stream.body_left < 0:
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                    stream.malformed()
+                    return
             stream.to_down.append((DATA, event.data, event.flow_controlled_length))
             if stream.tap is not None:
                 stream.tap_bytes += len(event.data)
@@ -892,6 +924,9 @@ class H2Upstream(Side):
             stream.grpc_status = grpc_status or stream.grpc_status
             stream.to_down.append((TRAILERS, fields, 0))
         elif isinstance(event, h2.events.StreamEnded):
+            if stream.body_left:
+                stream.malformed()
+                return
             stream.to_down.append((END, b"", 0))
         else:
             return

@@ -170,6 +170,19 @@ def loops(head: RequestHead, hop_id: bytes) -> bool:
     return http1.via_loops(head.mesh.get(http1.MESH_VIA), hop_id)
 
 
+def body_length(fields: Fields, method: bytes, status: int) -> int | None:
+    """The body a response's content-length promises (None: no promise to check). A response to
+    HEAD, a 204 and a 304 have no body whatever it says; a malformed or conflicting value
+    promises nothing (the body is passed on as it comes, as the client would get it unmeshed)."""
+    if method == b"HEAD" or status in (204, 304):
+        return None
+    values = {value for name, value in fields if name == b"content-length"}
+    if len(values) != 1:
+        return None
+    value = values.pop()
+    return int(value) if value.isdigit() else None
+
+
 @dataclass
 class ResponseHead:
     fields: Fields

@@ -20,6 +20,7 @@ import grpc
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import hpack
 import pytest
 from h2.errors import ErrorCodes
@@ -29,7 +30,7 @@ from kubectl_mesh.log import Logger
 from proxy import h2proxy, h2rules
 from proxy.config import ProxyConfig
 from proxy.server import Proxy
-from tests.proxy.h2_backend import H2Backend, Seen
+from tests.proxy.h2_backend import TICKS, H2Backend, Seen
 from tests.proxy.test_proxy_adversarial import Relay
 from tests.proxy.test_proxy_h2_deadlines import Client, Got
 from tests.support.grpc_app import GrpcApp
@@ -53,6 +54,8 @@ class Backend(H2Backend):
     - `/refuse`: the first `refusals` streams get RST_STREAM(REFUSED_STREAM), as from a server
       at its limit; later ones 200 b"ok".
     - `/goaway`: GOAWAY naming the stream before this one: this one was never processed.
+    - `/badlen`: 200 with content-length 10 and a body of 3 bytes (malformed).
+    - `/longlen`: 200 with content-length 2 and a body of 3 bytes (malformed).
     """
 
     def __init__(self, refusals: int = 0) -> None:
@@ -85,7 +88,16 @@ class Backend(H2Backend):
         sid = getattr(event, "stream_id", 0)
         if isinstance(event, h2.events.RequestReceived):
             path = dict(event.headers).get(":path", "")
-            if path in ("/big", "/echo-header", "/noread", "/sink", "/refuse", "/goaway"):
+            if path in (
+                "/big",
+                "/echo-header",
+                "/noread",
+                "/sink",
+                "/refuse",
+                "/goaway",
+                "/badlen",
+                "/longlen",
+            ):
                 headers = dict(event.headers)
                 stream = Seen(path, headers)
                 with self.lock:
@@ -106,6 +118,11 @@ class Backend(H2Backend):
                     else:
                         conn.send_headers(sid, [(":status", "200")])
                         conn.send_data(sid, b"ok", end_stream=True)
+                elif path in ("/badlen", "/longlen"):
+                    conn.send_headers(
+                        sid, [(":status", "200"), ("content-length", "10" if path == "/badlen" else "2")]
+                    )
+                    conn.send_data(sid, b"abc", end_stream=True)
                 elif path == "/goaway":
                     conn.close_connection(last_stream_id=max(sid - 2, 0))
                 return
@@ -268,6 +285,39 @@ def test_a_stream_a_backend_goaway_did_not_take_is_refused_and_the_next_goes_on_
         assert backend.connections == 2
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("path", ["/badlen", "/longlen"])
+def test_a_response_whose_body_disagrees_with_its_length_resets_that_stream_alone(
+    path: str, backend: Backend, proxy: ProxyProcess
+) -> None:
+    """A malformed response is a stream error (RFC 9113 §8.1.1). h2 makes it a connection error:
+    on the upstream connection every client shares, one app response reset the others' streams
+    (a bystander's download, cut after 3 of its 10 ticks)."""
+    bystander = Client(proxy.inbound)
+    client = Client(proxy.inbound)
+    try:
+        tick = bystander.request("/tick")
+        bystander.run(1, until=lambda: False)
+        sid = client.request(path)
+        client.run(5, until=lambda: client.got[sid].ended_at)
+        assert client.got[sid].ended_at
+        assert client.got[sid].status != 200 or client.got[sid].reset is not None  # never taken as whole
+        bystander.run(10, until=lambda: bystander.got[tick].ended_at)
+        got = bystander.got[tick]
+        assert (got.status, got.body, got.reset) == (200, b"t" * TICKS, None)
+        assert backend.connections == 1
+        assert proxy.value("response_total", error="bad_response") == 1
+    finally:
+        client.close()
+        bystander.close()
+
+
+def test_the_h2_stream_hooks_the_proxy_replaces_still_exist() -> None:
+    """`_body_length_per_stream` replaces two methods of h2's stream: should a new h2 rename
+    them, h2 would check lengths again per connection, and this says so."""
+    assert callable(h2.stream.H2Stream._initialize_content_length)
+    assert callable(h2.stream.H2Stream._track_content_length)
 
 
 # --- per-connection state -------------------------------------------------------------------
