@@ -31,6 +31,7 @@ import hpack.hpack
 import hyperframe.frame
 from h2.errors import ErrorCodes
 from h2.stream import StreamClosedBy
+from h2.utilities import HeaderValidationFlags, validate_headers
 from hyperframe.frame import GoAwayFrame
 
 from . import h2rules
@@ -466,8 +467,9 @@ class Stream:
         self.settle()
 
     def malformed(self) -> None:
-        """The upstream's body disagrees with its content-length (RFC 9113 §8.1.1: a stream
-        error): this stream is reset on both sides, and no other."""
+        """The upstream's response is malformed (a header list against RFC 9113's rules, a body
+        that disagrees with its content-length; §8.1.1: a stream error): this stream is reset
+        on both sides, and no other."""
         if self.up is not None:
             self.up.reset(self.uid, ErrorCodes.PROTOCOL_ERROR)
         self.fail("bad_response")
@@ -504,6 +506,28 @@ def _release(queue: deque[Item], src: Side, src_id: int) -> None:
     if flow and not src.dead:
         src.conn.acknowledge_received_data(flow, src_id)
         src.pull()
+
+
+_HEADER_EVENTS = (
+    h2.events.ResponseReceived, h2.events.InformationalResponseReceived, h2.events.TrailersReceived
+)  # fmt: skip
+_RESPONSE_FLAGS = HeaderValidationFlags(
+    is_client=True, is_trailer=False, is_response_header=True, is_push_promise=False
+)
+_TRAILER_FLAGS = HeaderValidationFlags(
+    is_client=True, is_trailer=True, is_response_header=False, is_push_promise=False
+)
+
+
+def _well_formed(event: Any) -> bool:
+    """h2's own rules for a received header list (RFC 9113 §8.2, §8.3), applied to one stream."""
+    trailer = isinstance(event, h2.events.TrailersReceived)
+    try:
+        for _ in validate_headers(event.headers, _TRAILER_FLAGS if trailer else _RESPONSE_FLAGS):
+            pass
+    except h2.exceptions.ProtocolError:
+        return False
+    return True
 
 
 def _no_check(*args: object) -> None:
@@ -762,6 +786,10 @@ class H2Upstream(Side):
 
     def __init__(self, proxy: Proxy, pool: H2Pool, key: tuple[str, Address]) -> None:
         super().__init__(proxy, client_side=True, direction=key[0])
+        # h2 takes a malformed header list for a connection error; on a connection that carries
+        # many clients' streams, one app response with (say) a `connection` field then reset
+        # them all. The upstream's lists are validated here, per stream (`_well_formed`).
+        self.conn.config.validate_inbound_headers = False
         self.pool = pool
         self.key = key
         self.ready = False
@@ -890,6 +918,9 @@ class H2Upstream(Side):
                 self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
             return
         stream.active = self.proxy.now
+        if isinstance(event, _HEADER_EVENTS) and not _well_formed(event):
+            stream.malformed()
+            return
         if isinstance(event, h2.events.ResponseReceived):
             stream.respond(event.headers, event.stream_ended is not None)
             return

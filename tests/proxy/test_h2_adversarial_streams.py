@@ -44,6 +44,16 @@ def _grpc_message(payload: bytes) -> bytes:
     return b"\x00" + struct.pack(">I", len(payload)) + payload
 
 
+MALFORMED = {
+    "/connection-field": ([(":status", "200"), ("connection", "keep-alive")], [("grpc-status", "0")]),
+    "/uppercase": ([(":status", "200"), ("X-Upper", "1")], [("grpc-status", "0")]),
+    "/bad-trailers": ([(":status", "200")], [(":status", "200")]),
+}
+
+
+PATHS = {"/big", "/echo-header", "/noread", "/sink", "/refuse", "/goaway", "/badlen", "/longlen", *MALFORMED}
+
+
 class Backend(H2Backend):
     """H2Backend with the paths these attacks need (the others are H2Backend's):
 
@@ -56,6 +66,8 @@ class Backend(H2Backend):
     - `/goaway`: GOAWAY naming the stream before this one: this one was never processed.
     - `/badlen`: 200 with content-length 10 and a body of 3 bytes (malformed).
     - `/longlen`: 200 with content-length 2 and a body of 3 bytes (malformed).
+    - `/connection-field`, `/uppercase`, `/bad-trailers`: 200 with a `connection` field, with a
+      field name in capitals, with a pseudo-header in its trailers (malformed).
     """
 
     def __init__(self, refusals: int = 0) -> None:
@@ -88,16 +100,7 @@ class Backend(H2Backend):
         sid = getattr(event, "stream_id", 0)
         if isinstance(event, h2.events.RequestReceived):
             path = dict(event.headers).get(":path", "")
-            if path in (
-                "/big",
-                "/echo-header",
-                "/noread",
-                "/sink",
-                "/refuse",
-                "/goaway",
-                "/badlen",
-                "/longlen",
-            ):
+            if path in PATHS:
                 headers = dict(event.headers)
                 stream = Seen(path, headers)
                 with self.lock:
@@ -123,6 +126,13 @@ class Backend(H2Backend):
                         sid, [(":status", "200"), ("content-length", "10" if path == "/badlen" else "2")]
                     )
                     conn.send_data(sid, b"abc", end_stream=True)
+                elif path in MALFORMED:
+                    conn.config.validate_outbound_headers = conn.config.normalize_outbound_headers = False
+                    head, trailers = MALFORMED[path]
+                    conn.send_headers(sid, head)
+                    conn.send_data(sid, b"abc")
+                    conn.send_headers(sid, trailers, end_stream=True)
+                    conn.config.validate_outbound_headers = conn.config.normalize_outbound_headers = True
                 elif path == "/goaway":
                     conn.close_connection(last_stream_id=max(sid - 2, 0))
                 return
@@ -287,13 +297,14 @@ def test_a_stream_a_backend_goaway_did_not_take_is_refused_and_the_next_goes_on_
         client.close()
 
 
-@pytest.mark.parametrize("path", ["/badlen", "/longlen"])
-def test_a_response_whose_body_disagrees_with_its_length_resets_that_stream_alone(
+@pytest.mark.parametrize("path", ["/badlen", "/longlen", *MALFORMED])
+def test_a_malformed_response_resets_that_stream_alone(
     path: str, backend: Backend, proxy: ProxyProcess
 ) -> None:
-    """A malformed response is a stream error (RFC 9113 §8.1.1). h2 makes it a connection error:
-    on the upstream connection every client shares, one app response reset the others' streams
-    (a bystander's download, cut after 3 of its 10 ticks)."""
+    """A malformed response (a body that disagrees with its content-length, a connection field,
+    a name in capitals, a pseudo-header in trailers) is a stream error (RFC 9113 §8.1.1). h2
+    makes it a connection error: on the upstream connection every client shares, one app
+    response reset the others' streams (a bystander's download, cut after 3 of its 10 ticks)."""
     bystander = Client(proxy.inbound)
     client = Client(proxy.inbound)
     try:
