@@ -295,6 +295,7 @@ class Stream:
         "sid",
         "start",
         "status",
+        "stop_client",
         "tap",
         "tap_bytes",
         "to_down",
@@ -324,6 +325,7 @@ class Stream:
         self.tap: TapRequest | None = None  # set only while someone taps this proxy (tap.py)
         self.tap_bytes = 0  # response DATA bytes, counted only while tapped
         self.body_left: int | None = None  # response bytes its content-length still promises
+        self.stop_client = False  # the upstream answered whole and asked the request to stop
         # Deadlines (h2rules.stream_timeout), on the proxy's coarse clock: the last time a frame
         # of the stream moved, when the request's end went upstream, and the wait for the head.
         proxy = session.proxy
@@ -429,6 +431,18 @@ class Stream:
     def response_ended(self) -> None:
         self.down_done = True
         self.count()
+        if self.stop_client:  # as the upstream asked: stop sending, the answer is whole
+            self.session.reset(self.sid, ErrorCodes.NO_ERROR)
+        self.settle()
+
+    def stop_request(self) -> None:
+        """The upstream sent its whole response, then RST_STREAM(NO_ERROR) to stop the request
+        (RFC 9113 §8.1; gRPC servers and upload limits do). The response goes on to the client
+        whole (it was cut, the part queued here lost), then the client is asked the same."""
+        self.up_done = True
+        self.stop_client = True
+        if self.down_done:
+            self.session.reset(self.sid, ErrorCodes.NO_ERROR)
         self.settle()
 
     def fail(self, error: str, status: int = 502, reason: str = "") -> None:
@@ -930,6 +944,10 @@ class H2Upstream(Side):
         if isinstance(event, h2.events.StreamReset):
             if event.error_code == ErrorCodes.REFUSED_STREAM:
                 stream.refuse()
+            elif event.error_code == ErrorCodes.NO_ERROR and (
+                stream.down_done or (stream.to_down and stream.to_down[-1][0] in (END, TRAILERS))
+            ):
+                stream.stop_request()
             else:
                 stream.fail("reset")
             return

@@ -51,13 +51,26 @@ MALFORMED = {
 }
 
 
-PATHS = {"/big", "/echo-header", "/noread", "/sink", "/refuse", "/goaway", "/badlen", "/longlen", *MALFORMED}
+PATHS = {
+    "/early",
+    "/big",
+    "/echo-header",
+    "/noread",
+    "/sink",
+    "/refuse",
+    "/goaway",
+    "/badlen",
+    "/longlen",
+    *MALFORMED,
+}
 
 
 class Backend(H2Backend):
     """H2Backend with the paths these attacks need (the others are H2Backend's):
 
     - `/big`: 200 and 1 MiB, sent as the windows allow.
+    - `/early`: while the request is still open, 200 and 100 KiB, whole, then RST_STREAM
+      NO_ERROR: "stop sending, I answered" (RFC 9113 §8.1, as gRPC servers and upload limits do).
     - `/echo-header`: 200 carrying the request's `x-pad` back as `x-echo`, body b"ok".
     - `/noread`: never answers and never acknowledges the request's DATA (its window closes).
     - `/sink`: reads the whole request, then answers the number of DATA frames and bytes it got.
@@ -76,25 +89,28 @@ class Backend(H2Backend):
         self.frames: dict[int, int] = {}  # DATA frames per Seen (by id)
         self.big_sent = 0  # bytes of `/big` bodies sent, all streams
         self.pending: dict[tuple[int, int], int] = {}  # (connection, stream) → `/big` bytes left
+        self.early: set[tuple[int, int]] = set()  # (connection, stream) of `/early`: reset once sent
         super().__init__(max_streams=1000)  # as a gRPC server: many clients' streams on one connection
 
     def _send_more(self, conn: Any) -> None:
-        for key, left in list(self.pending.items()):
-            if key[0] != id(conn):
-                continue
+        """Each waiting body as far as the windows allow (the end, and `/early`'s reset, with it)."""
+        for key in [k for k in self.pending if k[0] == id(conn)]:
             sid = key[1]
-            try:
-                size = min(left, conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-                if size > 0:
+            while (left := self.pending.get(key, 0)) > 0:
+                try:
+                    size = min(left, conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                    if size <= 0:
+                        break
                     conn.send_data(sid, b"b" * size, end_stream=size == left)
-            except h2.exceptions.StreamClosedError:
-                size = left  # reset by the proxy
-            if size == left:
-                del self.pending[key]
-            else:
+                except h2.exceptions.StreamClosedError:
+                    size = left  # reset by the proxy
                 self.pending[key] = left - size
-            with self.lock:
-                self.big_sent += max(size, 0)
+                with self.lock:
+                    self.big_sent += size
+            if self.pending.get(key) == 0:
+                del self.pending[key]
+                if key in self.early:
+                    conn.reset_stream(sid, ErrorCodes.NO_ERROR)
 
     def _on_event(self, conn: Any, event: Any, seen: dict[int, Seen], ticks: list[Any]) -> None:
         sid = getattr(event, "stream_id", 0)
@@ -106,9 +122,11 @@ class Backend(H2Backend):
                 with self.lock:
                     self.streams.append(stream)
                 seen[sid] = stream
-                if path == "/big":
+                if path in ("/big", "/early"):
                     conn.send_headers(sid, [(":status", "200")])
-                    self.pending[(id(conn), sid)] = 1 << 20
+                    self.pending[(id(conn), sid)] = 1 << 20 if path == "/big" else 100 * 1024
+                    if path == "/early":
+                        self.early.add((id(conn), sid))
                 elif path == "/echo-header":
                     conn.send_headers(sid, [(":status", "200"), ("x-echo", headers.get("x-pad", ""))])
                     conn.send_data(sid, b"ok", end_stream=True)
@@ -329,6 +347,30 @@ def test_the_h2_stream_hooks_the_proxy_replaces_still_exist() -> None:
     them, h2 would check lengths again per connection, and this says so."""
     assert callable(h2.stream.H2Stream._initialize_content_length)
     assert callable(h2.stream.H2Stream._track_content_length)
+
+
+def test_a_complete_response_then_rst_no_error_reaches_the_client_whole(
+    backend: Backend, proxy: ProxyProcess
+) -> None:
+    """RFC 9113 §8.1: a server may answer before the request ended, then RST_STREAM(NO_ERROR) to
+    stop the upload. The response it sent whole reaches a client that reads slowly whole (it was
+    cut with INTERNAL_ERROR, the part still queued in the proxy lost, and counted a failure), and
+    the client is told to stop sending in the same words."""
+    client = Client(proxy.inbound)
+    try:
+        # A window of 16 KiB: the proxy holds the rest of the stream's 64 KiB when the end and
+        # the reset come.
+        client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 16384})
+        sid = client.request("/early", end=False)
+        client.conn.send_data(sid, b"upload")
+        client.sock.sendall(client.conn.data_to_send())
+        client.run(5, until=lambda: client.got[sid].reset is not None)
+        got = client.got[sid]
+        assert (got.status, len(got.body), bool(got.ended_at)) == (200, 100 * 1024, True)
+        assert got.reset == ErrorCodes.NO_ERROR
+        assert proxy.value("response_total", classification="success", status_code="200") == 1
+    finally:
+        client.close()
 
 
 # --- per-connection state -------------------------------------------------------------------
