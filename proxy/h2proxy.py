@@ -767,6 +767,12 @@ class Session(Side):
             self.reset(sid, ErrorCodes.REFUSED_STREAM)
             return
         head = h2rules.split_request(headers)
+        if h2rules.extended_connect(head):
+            # RFC 8441 §3: `:protocol` only after SETTINGS_ENABLE_CONNECT_PROTOCOL, which the
+            # proxy never sends: malformed, a stream error here, never passed to an upstream
+            # that did not offer it either (and may end the connection other clients share).
+            self.reset(sid, ErrorCodes.PROTOCOL_ERROR)
+            return
         dest = self.dest or split_authority(head.authority, 80)
         authority_bytes = head.authority or (hostport(dest).encode() if dest else b"")
         peer = NO_LABELS

@@ -62,6 +62,11 @@ ERROR_LABELS = {
 }  # fmt: skip
 
 
+def extended_connect(head: RequestHead) -> bool:
+    """A request with `:protocol` (RFC 8441's extended CONNECT, for WebSockets over HTTP/2)."""
+    return any(name == b":protocol" for name, _ in head.fields)
+
+
 def upstream_has_room(streams: int, peer_limit: int, highest_stream_id: int) -> bool:
     """Whether an upstream connection takes one more stream: under the peer's limit and ours,
     with a stream ID left (a client's IDs are odd: the next is the highest + 2)."""

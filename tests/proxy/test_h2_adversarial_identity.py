@@ -354,3 +354,30 @@ def test_connection_specific_fields_and_a_short_body_never_reach_the_app(
     seen = recorder.by_path("/sink")
     assert all(not s.ended for s in seen)  # a request that ended short never reached the app whole
     assert all(field[0].decode() not in s.headers or field[0] == b"content-length" for s in seen)
+
+
+def test_an_extended_connect_the_proxy_never_offered_is_refused_and_the_connection_goes_on(
+    recorder: RecordingBackend, proxy: ProxyProcess
+) -> None:
+    """`:protocol` (RFC 8441) only after SETTINGS_ENABLE_CONNECT_PROTOCOL, which the proxy never
+    sends: the stream is refused (PROTOCOL_ERROR) and never reaches the app, whose connection
+    other clients share; the client's next stream on the same connection is served."""
+    block = hpack.Encoder().encode(
+        [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"http"), (b":path", b"/chat"),
+         (b":authority", b"web")]
+    )  # fmt: skip
+    client = Client(proxy.inbound)
+    try:
+        client.sock.sendall(HeadersFrame(1, block, flags=["END_HEADERS"]).serialize())
+        client.conn.get_next_available_stream_id()  # our h2 would refuse to send it: 1 is taken
+        client.conn.highest_outbound_stream_id = 1
+        time.sleep(0.5)
+        sid = client.request("/ok")
+        raw = bytes_until_closed(client.sock, 1)
+        frames = parse_frames(raw)
+    finally:
+        client.close()
+    assert {f.stream_id: f.error_code for f in frames if isinstance(f, RstStreamFrame)} == {1: 0x1}
+    assert [f.stream_id for f in frames if isinstance(f, HeadersFrame)] == [sid]  # /ok answered
+    assert not [f for f in frames if isinstance(f, GoAwayFrame)]
+    assert [dict(f).get(":path") for f in recorder.fields] == ["/ok"]
