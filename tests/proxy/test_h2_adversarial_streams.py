@@ -257,6 +257,31 @@ def test_a_client_that_never_reads_does_not_stall_other_clients_of_the_same_back
         bystander.close()
 
 
+def test_a_client_resetting_its_stream_cancels_that_stream_alone_on_the_shared_connection(
+    backend: Backend, proxy: ProxyProcess
+) -> None:
+    """Two clients' downloads share one upstream connection; one client resets its stream: the
+    backend sees CANCEL on that stream only, and the other download ends whole."""
+    one, two = Client(proxy.inbound), Client(proxy.inbound)
+    try:
+        first, second = one.request("/tick"), two.request("/tick")
+        one.run(1, until=lambda: False)
+        one.conn.reset_stream(first, ErrorCodes.CANCEL)
+        one.sock.sendall(one.conn.data_to_send())
+        two.run(10, until=lambda: two.got[second].ended_at)
+        assert (two.got[second].status, two.got[second].body, two.got[second].reset) == (
+            200,
+            b"t" * TICKS,
+            None,
+        )
+        ticks = backend.by_path("/tick")
+        assert backend.connections == 1 and len(ticks) == 2
+        assert sorted(str(t.reset) for t in ticks) == ["8", "None"]  # CANCEL, and the other untouched
+    finally:
+        one.close()
+        two.close()
+
+
 def test_an_upstream_connection_out_of_stream_ids_takes_no_new_stream() -> None:
     """Stream IDs are 31 bits and never reused: a shared upstream connection that lived long
     enough runs out. It must then make way for a new connection (h2 would raise on the next
