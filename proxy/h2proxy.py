@@ -534,7 +534,10 @@ _TRAILER_FLAGS = HeaderValidationFlags(
 
 
 def _well_formed(event: Any) -> bool:
-    """h2's own rules for a received header list (RFC 9113 §8.2, §8.3), applied to one stream."""
+    """h2's own rules for a received header list (RFC 9113 §8.2, §8.3) and our size limit
+    (counted as HPACK counts it), applied to one stream."""
+    if sum(32 + len(name) + len(value) for name, value in event.headers) > h2rules.MAX_HEADER_LIST_SIZE:
+        return False
     trailer = isinstance(event, h2.events.TrailersReceived)
     try:
         for _ in validate_headers(event.headers, _TRAILER_FLAGS if trailer else _RESPONSE_FLAGS):
@@ -810,6 +813,7 @@ class H2Upstream(Side):
         # many clients' streams, one app response with (say) a `connection` field then reset
         # them all. The upstream's lists are validated here, per stream (`_well_formed`).
         self.conn.config.validate_inbound_headers = False
+        self.conn.decoder.max_header_list_size = h2rules.UPSTREAM_HEADER_LIST_DECODED
         self.pool = pool
         self.key = key
         self.ready = False

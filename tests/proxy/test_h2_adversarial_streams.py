@@ -48,6 +48,7 @@ MALFORMED = {
     "/connection-field": ([(":status", "200"), ("connection", "keep-alive")], [("grpc-status", "0")]),
     "/uppercase": ([(":status", "200"), ("X-Upper", "1")], [("grpc-status", "0")]),
     "/bad-trailers": ([(":status", "200")], [(":status", "200")]),
+    "/huge-head": ([(":status", "200"), ("x-big", "h" * 40000)], [("grpc-status", "0")]),
 }
 
 
@@ -79,8 +80,9 @@ class Backend(H2Backend):
     - `/goaway`: GOAWAY naming the stream before this one: this one was never processed.
     - `/badlen`: 200 with content-length 10 and a body of 3 bytes (malformed).
     - `/longlen`: 200 with content-length 2 and a body of 3 bytes (malformed).
-    - `/connection-field`, `/uppercase`, `/bad-trailers`: 200 with a `connection` field, with a
-      field name in capitals, with a pseudo-header in its trailers (malformed).
+    - `/connection-field`, `/uppercase`, `/bad-trailers`, `/huge-head`: 200 with a `connection`
+      field, with a field name in capitals, with a pseudo-header in its trailers (malformed), with
+      a header list over the 32 KiB the proxy announced.
     """
 
     def __init__(self, refusals: int = 0) -> None:
@@ -345,7 +347,8 @@ def test_a_malformed_response_resets_that_stream_alone(
     path: str, backend: Backend, proxy: ProxyProcess
 ) -> None:
     """A malformed response (a body that disagrees with its content-length, a connection field,
-    a name in capitals, a pseudo-header in trailers) is a stream error (RFC 9113 §8.1.1). h2
+    a name in capitals, a pseudo-header in trailers; or a header list over the proxy's limit) is
+    a stream error (RFC 9113 §8.1.1). h2
     makes it a connection error: on the upstream connection every client shares, one app
     response reset the others' streams (a bystander's download, cut after 3 of its 10 ticks)."""
     bystander = Client(proxy.inbound)
