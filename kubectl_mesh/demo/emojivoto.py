@@ -20,7 +20,8 @@ port the mesh leaves alone): per path (an HTTP path, or a gRPC method `/package.
 the total, the failures and each status (HTTP code, or gRPC status name), so tests can compare
 the mesh's numbers with the truth.
 
-Needs `grpcio` and `protobuf` (the package's dependencies; the image installs them).
+Needs `grpcio` and `protobuf` (the package's `demo` extra, `pip install 'kubectl-mesh[demo]'`;
+the image installs them).
 Run: `python3 -m kubectl_mesh.demo.emojivoto web|emoji|voting|vote-bot`. Settings come from the
 environment (names as in the original where it has them):
 
