@@ -24,7 +24,8 @@ from kubectl_mesh.inject.config import MeshConfig
 from kubectl_mesh.inject.injector import inject_pod
 from kubectl_mesh.install.snapshot import REPO
 from tests.chart.helpers import find
-from tests.support.image_env import image_distributions
+from tests.proxy.proxy_backends import AppServer
+from tests.support.image_env import image_distributions, linked_venv
 from tests.support.proxy_process import start_proxy
 from tests.support.webhook_server import WebhookServer
 from tests.webhook.test_admission import admission_review
@@ -142,6 +143,12 @@ DEMO_ONLY = {"grpcio", "protobuf"}
 DEMO_MODULES = ("grpc", "google.protobuf")
 
 
+@pytest.fixture(scope="module")
+def image_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The python of a venv holding just what the images install (`pip install .`)."""
+    return linked_venv(tmp_path_factory.mktemp("image-venv"), image_distributions())
+
+
 def test_the_images_install_no_grpc_the_demo_extra_does() -> None:
     """The images run `pip install .`: its closure has neither grpcio nor protobuf; the demo extra,
     and test and dev (`make test`, `make demo`), bring both."""
@@ -154,6 +161,31 @@ def test_the_images_install_no_grpc_the_demo_extra_does() -> None:
     assert not image & DEMO_ONLY, sorted(image & DEMO_ONLY)
     for extra in ("demo", "test", "dev"):
         assert image_distributions([extra]) >= DEMO_ONLY, extra
+
+
+def test_the_proxy_and_webhook_serve_with_only_what_the_images_install(
+    image_python: Path, tmp_path: Path
+) -> None:
+    """The real proxy relays a request and the real webhook (gunicorn's gevent workers) injects a
+    pod, both run by the image's set of packages: one they import and the image lacks fails here.
+    (gunicorn's gevent worker needs `packaging`, its `gevent` extra: the webhook image lacked it.)"""
+    for module, importable in (("gevent", True), ("gunicorn", True), *((m, False) for m in DEMO_MODULES)):
+        done = subprocess.run([image_python, "-c", f"import {module}"], capture_output=True, timeout=30)
+        assert (done.returncode == 0) is importable, (module, done.stderr)
+    with WebhookServer(tmp_path / "webhook", workers=1, python=image_python) as webhook:
+        status, answer = webhook.mutate(admission_review(uid="u1"))
+    assert status == 200 and answer["response"]["uid"] == "u1", answer
+    assert answer["response"]["patchType"] == "JSONPatch", answer  # the proxy was added
+    app = AppServer()
+    proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{app.port}", python=image_python)
+    try:
+        with urllib.request.urlopen(proxy.url("/status?code=200"), timeout=10) as r:
+            assert (r.status, r.read()) == (200, b"status\n")
+        assert app.requests == 1  # the app received it through the proxy
+        assert proxy.value("response_total", direction="inbound", status_code="200") == 1
+    finally:
+        proxy.stop()
+        app.stop()
 
 
 def imported(log: str) -> set[str]:
