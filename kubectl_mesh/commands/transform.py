@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, Protocol, TextIO
 
 from kubectl_mesh.errors import MeshError
 
@@ -81,16 +83,46 @@ class Outcome:
 PodAction = Callable[[dict[str, Any], Target], Outcome]
 
 
+class Report(Protocol):
+    """Where the per-object lines go: a list, or `_ReportFile`."""
+
+    def append(self, line: str, /) -> None: ...
+
+    def extend(self, lines: Iterable[str], /) -> None: ...
+
+
+class _ReportFile:
+    """The report of a run, one line per object, kept in a temporary file until the YAML is out:
+    a line per document held in memory would grow with the input (12 MB for 50 MB of YAML)."""
+
+    def __init__(self, file: IO[str]) -> None:
+        self.file = file
+        self.empty = True
+
+    def append(self, line: str) -> None:
+        self.file.write(line + "\n")
+        self.empty = False
+
+    def extend(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.append(line)
+
+    def print_to(self, err: TextIO) -> None:
+        if not self.empty:
+            self.file.seek(0)
+            shutil.copyfileobj(self.file, err)
+
+
 def transform_files(paths: list[str], action: PodAction, done: str) -> int:
     """Apply `action` to every pod template of every input, in order (module docstring); the
     YAML to stdout once every input has been read, the report to stderr."""
-    import shutil
-    import tempfile
-
     from kubectl_mesh import manifests
 
-    run = _Run(action, done)
-    with tempfile.TemporaryFile(prefix="kubectl-mesh-") as raw:
+    with (
+        tempfile.TemporaryFile(prefix="kubectl-mesh-") as raw,
+        tempfile.TemporaryFile("w+", encoding="utf-8", prefix="kubectl-mesh-report-") as report,
+    ):
+        run = _Run(action, done, _ReportFile(report))
         run.out = io.TextIOWrapper(raw, encoding="utf-8")
         try:
             for source in manifests.open_sources(paths, sys.stdin):  # a ManifestError is a MeshError
@@ -98,17 +130,37 @@ def transform_files(paths: list[str], action: PodAction, done: str) -> int:
         finally:
             run.close()
         run.out.flush()
-        raw.seek(0)
+        raw.flush()
         if hasattr(sys.stdout, "buffer"):  # bytes to bytes: no decoding and encoding again
             sys.stdout.flush()
-            shutil.copyfileobj(raw, sys.stdout.buffer, 1 << 20)
+            _copy_out(raw, sys.stdout.buffer)
         else:
+            raw.seek(0)
             sys.stdout.write(raw.read().decode())
         run.out.detach()
-    sys.stdout.flush()
-    if run.report:
-        print("\n".join(run.report), file=sys.stderr)
+        sys.stdout.flush()
+        run.report.print_to(sys.stderr)
     return 0
+
+
+def _copy_out(raw: IO[bytes], out: IO[bytes]) -> None:
+    """The temporary file to stdout: by sendfile(2) where it can (no copy through this process:
+    the output of a large input is four times its size), else by reads and writes."""
+    size = raw.tell()
+    sent = 0
+    try:
+        target = out.fileno()
+        while sent < size:
+            done = os.sendfile(target, raw.fileno(), sent, min(size - sent, 1 << 30))
+            if not done:
+                break
+            sent += done
+    except (OSError, ValueError, io.UnsupportedOperation):
+        if sent:  # part of it went out: sendfile is not to blame, the output is
+            raise
+    if sent < size:
+        raw.seek(sent)
+        shutil.copyfileobj(raw, out, 1 << 20)
 
 
 def transform_documents(
@@ -116,7 +168,7 @@ def transform_documents(
     documents: Iterable[tuple[int, Any]],
     action: PodAction,
     done: str,
-    report: list[str],
+    report: Report,
     namespaces: dict[str, dict[str, str]],
     out: IO[str],
 ) -> int:
@@ -161,7 +213,7 @@ def transform_object(
     obj: dict[str, Any],
     action: PodAction,
     done: str,
-    report: list[str],
+    report: Report,
     namespaces: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
     """One object (or List) with `action` applied to its pod template; appends report lines."""
@@ -298,10 +350,10 @@ class _Run:
     """One `transform_files`: the output, the report, the namespaces met so far, and the pool of
     workers, started for the first large input and shared by the others."""
 
-    def __init__(self, action: PodAction, done: str) -> None:
+    def __init__(self, action: PodAction, done: str, report: _ReportFile) -> None:
         self.action, self.done = action, done
         self.out: TextIO = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
-        self.report: list[str] = []
+        self.report = report
         self.namespaces: dict[str, dict[str, str]] = {}
         self.pool: Pool | None = None
         threshold, self.chunk = _pool_sizes()
@@ -312,6 +364,8 @@ class _Run:
 
         head = manifests.peek(source.stream)
         if self.threshold is not None and manifests.chunkable(head):
+            if (_file_size(source.stream) or 0) >= self.threshold:
+                self._pool()  # forked before more is read: the workers need not share it
             while len(head) < self.threshold:
                 block = source.stream.read(self.threshold)
                 if not block:
@@ -401,6 +455,17 @@ class _InFlight:
     line: int
     offset: int
     work: ApplyResult[_Piece]
+
+
+def _file_size(stream: Any) -> int | None:
+    """The size of a regular file (None for a pipe, a terminal, a stream without a descriptor)."""
+    import stat
+
+    try:
+        info = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 def _workers() -> int:
