@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from kubectl_mesh import manifests
-from kubectl_mesh.commands.transform import POOL_ENV, POOL_THRESHOLD
+from kubectl_mesh.commands.transform import CHUNK_BYTES, POOL_ENV, POOL_THRESHOLD, idle_workers
 from tests.support.big_manifests import run_inject, write_manifests
 
 VENV_BIN = Path(sys.executable).parent
@@ -195,10 +195,20 @@ def test_document_chunks_give_back_every_byte_cut_only_at_document_starts() -> N
 @TWO_CPUS
 @pytest.mark.slow
 def test_a_small_input_pays_no_pool_and_a_large_one_uses_every_cpu(tmp_path: Path) -> None:
+    """The threshold, with the load left out (forced: the shared machine is rarely idle)."""
     small, large, out = tmp_path / "small.yaml", tmp_path / "large.yaml", tmp_path / "out.yaml"
     write_manifests(small, POOL_THRESHOLD // 2, "dense")
     write_manifests(large, POOL_THRESHOLD + 1_000_000, "dense")
-    run = run_inject(small, out)
+    forced = {POOL_ENV: f"{POOL_THRESHOLD}:{CHUNK_BYTES}"}
+    run = run_inject(small, out, forced)
     assert run.returncode == 0 and run.processes == 1, run
-    run = run_inject(large, out)
+    run = run_inject(large, out, forced)
     assert run.returncode == 0 and run.processes == 1 + len(os.sched_getaffinity(0)), run
+    assert out.read_bytes().count(b"\n---\n") + 1 == large.read_bytes().count(b"---\n")
+
+
+def test_the_pool_takes_only_the_cpus_the_load_leaves_idle() -> None:
+    """Pure: this process's CPU and the idle ones; at load 5-6 on two CPUs, one process."""
+    assert idle_workers(2, 0.3) == 2 and idle_workers(2, 1.0) == 2
+    assert idle_workers(2, 1.2) == 1 and idle_workers(2, 5.5) == 1
+    assert idle_workers(8, 2.5) == 6 and idle_workers(8, 0.0) == 8 and idle_workers(1, 0.0) == 1
