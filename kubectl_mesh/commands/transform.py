@@ -124,14 +124,14 @@ def transform_files(paths: list[str], action: PodAction, done: str) -> int:
         tempfile.TemporaryFile(prefix="kubectl-mesh-") as raw,
         tempfile.TemporaryFile("w+", encoding="utf-8", prefix="kubectl-mesh-report-") as report,
     ):
-        run = _Run(action, done, _ReportFile(report))
-        run.out = io.TextIOWrapper(raw, encoding="utf-8")
+        out = io.TextIOWrapper(raw, encoding="utf-8")
+        run = _Run(action, done, out, _ReportFile(report))
         try:
             for source in manifests.open_sources(paths, sys.stdin):  # a ManifestError is a MeshError
                 run.source(source)
         finally:
             run.close()
-        run.out.flush()
+        out.flush()
         raw.flush()
         if hasattr(sys.stdout, "buffer"):  # bytes to bytes: no decoding and encoding again
             sys.stdout.flush()
@@ -139,7 +139,7 @@ def transform_files(paths: list[str], action: PodAction, done: str) -> int:
         else:
             raw.seek(0)
             sys.stdout.write(raw.read().decode())
-        run.out.detach()
+        out.detach()  # `raw` is closed by its own `with`
         sys.stdout.flush()
         run.report.print_to(sys.stderr)
     return 0
@@ -352,10 +352,9 @@ class _Run:
     """One `transform_files`: the output, the report, the namespaces met so far, and the pool of
     workers, started for the first large input and shared by the others."""
 
-    def __init__(self, action: PodAction, done: str, report: _ReportFile) -> None:
+    def __init__(self, action: PodAction, done: str, out: TextIO, report: _ReportFile) -> None:
         self.action, self.done = action, done
-        self.out: TextIO = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
-        self.report = report
+        self.out, self.report = out, report
         self.namespaces: dict[str, dict[str, str]] = {}
         self.pool: Pool | None = None
         threshold, self.chunk, forced = _pool_sizes()
@@ -416,9 +415,8 @@ class _Run:
         oldest = in_flight[0]
         piece = oldest.work.get()
         if not piece.failed and any(self.namespaces.get(ns) != seen for ns, seen in piece.looked_up.items()):
-            piece = _do_piece(
-                name, oldest.data, self.namespaces, self.action, self.done
-            )  # with the right ones
+            # done again here, with the namespaces as the input's order has them
+            piece = _do_piece(name, oldest.data, self.namespaces, self.action, self.done)
         if piece.failed:
             raise _Failed  # the piece stays in flight: it is read again
         in_flight.popleft()
@@ -449,8 +447,12 @@ class _Run:
             self.pool = None
 
 
-class _Failed(Exception):
-    """A piece failed in its worker."""
+class _Failed(MeshError):
+    """A piece failed in its worker; caught in `_Run._pooled`, which reads it again (a MeshError
+    like every error class here, so that if one ever escaped it would still be one line)."""
+
+    def __init__(self) -> None:
+        super().__init__("a piece of the input failed in a worker")
 
 
 @dataclass(frozen=True)
