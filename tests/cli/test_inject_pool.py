@@ -29,18 +29,20 @@ CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the pool needs two CPUs")
 
 
-def inject(args: list[str], pool: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def inject(
+    args: list[str], pool: str, stdin: bytes | None = None, command: str = "inject"
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [str(VENV_BIN / "kubectl-mesh"), "inject", *args],
+        [str(VENV_BIN / "kubectl-mesh"), command, *args],
         input=stdin, capture_output=True, timeout=120, env={**os.environ, POOL_ENV: pool},
     )  # fmt: skip
 
 
 def same_as_one_process(
-    args: list[str], chunk: int, stdin: bytes | None = None
+    args: list[str], chunk: int, stdin: bytes | None = None, command: str = "inject"
 ) -> subprocess.CompletedProcess[bytes]:
-    one = inject(args, "off", stdin)
-    pooled = inject(args, f"1:{chunk}", stdin)
+    one = inject(args, "off", stdin, command)
+    pooled = inject(args, f"1:{chunk}", stdin, command)
     assert pooled.returncode == one.returncode, pooled.stderr
     assert pooled.stderr == one.stderr
     assert pooled.stdout == one.stdout
@@ -59,6 +61,8 @@ def test_the_corpus_comes_out_of_the_pool_as_out_of_one_process(tmp_path: Path) 
     for chunk in (1, 3000, 40_000):
         done = same_as_one_process([str(stream)], chunk)
         assert done.returncode == 0
+    back = same_as_one_process(["-"], 3000, stdin=done.stdout, command="uninject")  # uninject too
+    assert back.returncode == 0 and b"mesh-proxy" not in back.stdout
 
 
 DEPLOYMENT = """\
