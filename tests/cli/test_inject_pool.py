@@ -14,8 +14,10 @@ from __future__ import annotations
 import io
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -216,3 +218,49 @@ def test_the_pool_takes_only_the_cpus_the_load_leaves_idle() -> None:
     assert idle_workers(2, 0.3) == 2 and idle_workers(2, 1.0) == 2
     assert idle_workers(2, 1.2) == 1 and idle_workers(2, 5.5) == 1
     assert idle_workers(8, 2.5) == 6 and idle_workers(8, 0.0) == 8 and idle_workers(1, 0.0) == 1
+
+
+def _workers_of(pid: int, deadline: float) -> list[int]:
+    """The pool's workers once forked (polled until `deadline`)."""
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if len(children) >= 2:
+            return [int(c) for c in children]
+        time.sleep(0.05)
+    raise AssertionError("no workers")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@TWO_CPUS
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c", "kill -9"])
+def test_stopping_inject_stops_its_workers(tmp_path: Path, how: str) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group): exit 130, no traceback, stdout empty;
+    kill -9 of the parent alone: the workers go too (PR_SET_PDEATHSIG)."""
+    source = tmp_path / "in.yaml"
+    write_manifests(source, 8_000_000, "dense")
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "kubectl-mesh"), "inject", str(source)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        env={**os.environ, POOL_ENV: "1:65536"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a shell's foreground job
+    )  # fmt: skip
+    workers = _workers_of(proc.pid, time.monotonic() + 20)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.kill()
+    out, err = proc.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers)
+    assert out == b""  # the YAML waits for the end: nothing half-written
+    if how == "ctrl-c":
+        assert proc.returncode == 130 and b"Traceback" not in err, err[-500:]
