@@ -131,6 +131,22 @@ EXPECTED = {
 }
 
 
+@TWO_CPUS
+def test_files_after_a_failed_piece_and_after_a_good_file_are_numbered_on_their_own(tmp_path: Path) -> None:
+    """Several inputs through one pool: a good file, then a file failing in a later piece, named
+    with its own line (the error ends the command, as in one process); and good files with stdin
+    among them."""
+    good, bad, after = tmp_path / "good.yaml", tmp_path / "bad.yaml", tmp_path / "after.yaml"
+    good.write_text(deployments(0, 8))
+    bad.write_text(BAD_LATER["indentation"])
+    after.write_text(deployments(0, 2))
+    done = same_as_one_process([str(good), str(bad), str(after)], 500)
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode().strip() == f"error: {bad}{EXPECTED['indentation']}"
+    done = same_as_one_process([str(good), str(after), "-"], 500, stdin=good.read_bytes())
+    assert done.returncode == 0 and done.stdout.count(b"mesh-proxy") > 18
+
+
 VALID_ODD = {
     "directives": deployments(0, 3) + "...\n%YAML 1.1\n---\n" + deployments(3, 1).removeprefix("---\n")
     + "...\n%TAG !e! tag:yaml.org,2002:\n---\nkind: ConfigMap\ndata: {a: !e!str 12:30}\n" + deployments(4, 2),
