@@ -7,7 +7,7 @@ report to stderr.
 
 **Large inputs use the idle cores.** A YAML input of at least `POOL_THRESHOLD` bytes is cut at
 document starts (`manifests.DocumentChunks`) into pieces of about `CHUNK_BYTES`, which a pool of
-forked worker processes (one per CPU that the load average leaves idle, `idle_workers`) reads,
+forked worker processes (one per CPU while the load average leaves room, `idle_workers`) reads,
 transforms and writes; the results are taken in input
 order, at most `2 × workers + 1` pieces in flight (memory stays bounded however large the input).
 What a piece gives does not depend on where it was cut, so the output is the one a single process
@@ -25,6 +25,7 @@ as before.
 from __future__ import annotations
 
 import io
+import math
 import os
 import shutil
 import sys
@@ -481,11 +482,13 @@ def _cpus() -> int:
 
 
 def idle_workers(cpus: int, load: float) -> int:
-    """How many workers the machine has room for: this process's CPU and those the 1-minute load
-    average leaves idle, as `make -l` judges it. Measured on the shared 2-core machine at load
-    5–6, two workers were slower than one process (20 MB: 8.4 s against 6.0 s, 13.5 against
-    8.6) and cost 25% more CPU: where the other cores are busy, the pool only adds its own work."""
-    return min(cpus, max(1, int(cpus - load) + 1))
+    """How many workers the machine has room for: all its CPUs when the 1-minute load average
+    (which does not count this process yet) is at most their number, fewer above it, one at
+    `cpus + 1` and beyond (`make -l` judges the load alike). Measured on the shared 2-core machine
+    (bench/README.md): with other work at a load of about 1.5-3, two workers beat one process
+    (10 MB dense, 5 of 6 turns, best 1.99 s against 2.77); at 4.5-5.5 they were slower (20 MB:
+    8.4 s against 6.0, 13.5 against 8.6) and cost 20-25% more CPU."""
+    return min(cpus, max(1, math.floor(cpus - load) + 2))
 
 
 def _pool_sizes() -> tuple[int | None, int, bool]:
