@@ -27,9 +27,7 @@ from __future__ import annotations
 import io
 import math
 import os
-import shutil
 import sys
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -111,6 +109,8 @@ class _ReportFile:
             self.append(line)
 
     def print_to(self, err: TextIO) -> None:
+        import shutil
+
         if not self.empty:
             self.file.seek(0)
             shutil.copyfileobj(self.file, err)
@@ -119,6 +119,8 @@ class _ReportFile:
 def transform_files(paths: list[str], action: PodAction, done: str) -> int:
     """Apply `action` to every pod template of every input, in order (module docstring); the
     YAML to stdout once every input has been read, the report to stderr."""
+    import tempfile  # here, not at the top: `kubectl mesh --help` imports every command
+
     from kubectl_mesh import manifests
 
     with (
@@ -149,6 +151,8 @@ def transform_files(paths: list[str], action: PodAction, done: str) -> int:
 def _copy_out(raw: IO[bytes], out: IO[bytes]) -> None:
     """The temporary file to stdout: by sendfile(2) where it can (no copy through this process:
     the output of a large input is four times its size), else by reads and writes."""
+    import shutil
+
     size = raw.tell()
     sent = 0
     try:
