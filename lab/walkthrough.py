@@ -43,7 +43,7 @@ from kubectl_mesh.demo.plan import (
     WALKTHROUGH_STAT,
 )
 from kubectl_mesh.demo.truth import counters_at_scrapes, scrape_span
-from kubectl_mesh.prom import PrometheusClient
+from kubectl_mesh.prom import SERVICE_PROXY_PATH, PrometheusClient, PrometheusError, Vector, parse_vector
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "examples" / "emojivoto" / "emojivoto.yml"
@@ -432,18 +432,16 @@ def dashboard_variables(pods: dict[str, dict[str, Any]]) -> list[tuple[str, str,
     return found
 
 
-def prometheus_query(tools: Tools, promql: str) -> list[Any]:
-    """An instant query to the chart's Prometheus, through the API server's service proxy."""
+def prometheus_query(tools: Tools, promql: str) -> Vector:
+    """An instant query to the chart's Prometheus, through the API server's service proxy (by the
+    real kubectl), read by the mesh's one parser of Prometheus answers."""
     from urllib.parse import quote
 
-    path = (
-        f"/api/v1/namespaces/{CONTROL_PLANE_NAMESPACE}/services/prometheus:9090/proxy/api/v1/query"
-        f"?query={quote(promql)}"
-    )
-    payload = json.loads(tools.kubectl("get", "--raw", path))
-    if payload.get("status") != "success":
-        raise WalkthroughError(f"Prometheus: {payload}")
-    return list(payload["data"]["result"])
+    path = f"{SERVICE_PROXY_PATH}/api/v1/query?query={quote(promql)}"
+    try:
+        return parse_vector(tools.kubectl("get", "--raw", path).encode(), "the chart's Prometheus")
+    except PrometheusError as exc:
+        raise WalkthroughError(f"Prometheus: {exc.message}") from None
 
 
 @dataclass
@@ -488,11 +486,10 @@ def run_variant(tools: Tools, variant: str) -> Result:
     finally:
         history.stopped.set()
     boards = [
-        (b, p, q, [series["metric"] for series in prometheus_query(tools, q)])
-        for b, p, q in dashboard_queries(pods)
+        (b, p, q, [labels for labels, _ in prometheus_query(tools, q)]) for b, p, q in dashboard_queries(pods)
     ]
     variables = [
-        (b, name, value in {series["metric"].get(label) for series in prometheus_query(tools, expr)})
+        (b, name, value in {labels.get(label) for labels, _ in prometheus_query(tools, expr)})
         for b, name, expr, label, value in dashboard_variables(pods)
     ]
     return Result(

@@ -22,7 +22,8 @@ the mesh's numbers with the truth. `GET /counters?at=<Unix time>` answers them a
 that instant (the last 10 minutes): a test reads them at the instants Prometheus scraped the
 proxies, so both sides count the same calls.
 
-Needs `grpcio` and `protobuf` (the package's dependencies; the image installs them).
+Needs `grpcio` and `protobuf` (the package's `demo` extra, `pip install 'kubectl-mesh[demo]'`;
+the image installs them).
 Run: `python3 -m kubectl_mesh.demo.emojivoto web|emoji|voting|vote-bot`. Settings come from the
 environment (names as in the original where it has them):
 
@@ -51,7 +52,6 @@ import json
 import math
 import os
 import random
-import signal
 import socket
 import sys
 import threading
@@ -69,6 +69,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import grpc
 
 from kubectl_mesh.demo.emojivoto_proto import Emoji_pb2, Voting_pb2
+from kubectl_mesh.demo.lifecycle import stop_on_signals, wait_then_shutdown
 
 SERVICES = ("web", "emoji", "voting", "vote-bot")
 DEFAULT_FAILING_EMOJI = ":doughnut:"
@@ -787,13 +788,10 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     timeout = _env_float(env, "UPSTREAM_TIMEOUT", 5.0)
     failing = env.get("FAILING_EMOJI", DEFAULT_FAILING_EMOJI)
     counters = Counters(service)
-    stop = threading.Event()
+    stop = stop_on_signals()
     servers: list[_Server] = []
     grpc_servers: list[grpc.Server] = []
     addresses: list[str] = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
 
     def start_grpc(service_desc: Any, messages: ModuleType, impl: Mapping[str, Handler]) -> None:
         server, bound = serve_grpc(bind, port, grpc_handler(service_desc, messages, impl, counters))
@@ -804,8 +802,6 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         servers.append(serve(bind, listen, routes, count))
         addresses.append(f"{bind}:{servers[-1].server_address[1]}")
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         if counters_port:
             start_http(counters_port, counters_routes(counters), None)
@@ -839,13 +835,12 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         return 1
     if service != "vote-bot":
         _announce(service, addresses)
-    stop.wait()
-    for grpc_server in grpc_servers:
-        grpc_server.stop(grace=1).wait(2)
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-    return 0
+
+    def stop_grpc() -> None:
+        for grpc_server in grpc_servers:
+            grpc_server.stop(grace=1).wait(2)
+
+    return wait_then_shutdown(stop, servers, before=stop_grpc)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,9 @@ class Demo:
     needed_modules: tuple[str, ...] = (
         "proxy", "gevent", "httptools", "prometheus_client", "h2", "grpc", "google.protobuf",
     )  # fmt: skip
+    # What installs them: grpcio and protobuf are the `demo` extra, not the package's own
+    # dependencies (the proxy and webhook images leave them out); the rest come with the package.
+    install_command = "pip install 'kubectl-mesh[demo]'"
     counters_history = True  # the apps answer /counters?at= (emojivoto does; a topology's app not)
 
     def __init__(self, options: DemoOptions, out: TextIO, err: TextIO) -> None:
@@ -232,9 +235,9 @@ class Demo:
         """The Prometheus binary and the ports, or a DemoError saying what is missing."""
         missing = [m for m in self.needed_modules if not _importable(m)]
         if missing:
-            raise DemoError(
-                f"the demo runs {self.needs_what}, which need {', '.join(missing)} (not in "
-                "the Krew zipapp: C extensions); install the full package: pip install kubectl-mesh"
+            raise DemoError(  # one line: what is missing and the command that installs it
+                f"the demo runs {self.needs_what}, which need the Python modules {', '.join(missing)}, "
+                f"not installed here; install them: {self.install_command}"
             )
         prometheus = find_prometheus(self.options.prometheus)
         if prometheus is None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from kubectl_mesh.demo.plan import WALKTHROUGH_DIAGNOSE, WALKTHROUGH_STAT, WINDOW
 from kubectl_mesh.procs import spawn
 from lab.runtime import runtime_env
 from tests.e2e.tables import assert_matches_truth, assert_seeds_findings, parse_sections, truth
@@ -31,11 +32,10 @@ from tests.support.streaming import run_until_ctrl_c
 # (0.85 / 144) stay under issue 13's 1 point together (tests/e2e/tables.py)
 RATE = 8
 
-# The seed's commands, over the demo's 20 s window (a cluster's default is -t 1m)
-WEB = "kubectl mesh stat -n emojivoto deployment web -t 20s"
-FROM_WEB = "kubectl mesh stat deploy --all-namespaces --from web --from-namespace emojivoto -t 20s"
-TO_VOTING = "kubectl mesh stat deploy --to voting --to-namespace emojivoto --all-namespaces -t 20s"
-DIAGNOSE = "kubectl mesh diagnose deploy/web -n emojivoto -t 20s"
+# The seed's commands, defined once (demo/plan.py; test_demo_parts checks what they ask), over the
+# demo's 20 s window (a cluster's default is -t 1m): the headings the demo prints.
+WEB, FROM_WEB, TO_VOTING = (" ".join(("kubectl mesh stat", *a, "-t", WINDOW)) for a in WALKTHROUGH_STAT)
+DIAGNOSE = " ".join(("kubectl mesh diagnose", *WALKTHROUGH_DIAGNOSE, "-t", WINDOW))
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None,
