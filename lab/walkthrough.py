@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -35,13 +34,12 @@ from typing import Any
 from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, INJECT_ENABLED, INJECT_LABEL, PROXY_CONTAINER_NAME
 from kubectl_mesh.demo.plan import NAMESPACE, WALKTHROUGH_DIAGNOSE, WALKTHROUGH_EDGES, WALKTHROUGH_STAT
 from kubectl_mesh.prom import SERVICE_PROXY_PATH, PrometheusError, Vector, parse_vector
+from lab.config import CHART, RELEASE, find_helm
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "examples" / "emojivoto" / "emojivoto.yml"
-CHART = REPO / "charts" / "kubectl-mesh"
 DASHBOARDS = CHART / "files" / "dashboards"
 LAB_VALUES = REPO / "lab" / "chart-values.yaml"
-RELEASE = "kubectl-mesh"
 WINDOW_S = 60  # `kubectl mesh stat`'s default -t 1m
 SCRAPE_S = 10  # the chart's scrape interval
 COUNTERS_PORT = 8801  # emojivoto.yml: each pod's own counters, outside the mesh
@@ -132,8 +130,7 @@ def lab_session(keep: bool = False) -> Iterator[Tools]:
 
 
 def tools_for(kubeconfig: Path, lab_bin: Path) -> Tools:
-    helm = lab_bin / "helm"
-    return Tools(kubeconfig, str(helm) if os.access(helm, os.X_OK) else (shutil.which("helm") or "helm"))
+    return Tools(kubeconfig, find_helm(lab_bin=lab_bin) or "helm")
 
 
 # --- the steps --------------------------------------------------------------------------------
