@@ -23,19 +23,24 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from kubectl_mesh.contract import ENV_LOG_FORMAT, LOG_FORMATS, LOG_LEVELS
+from kubectl_mesh.errors import MeshError
 
 LEVELS = dict(zip(LOG_LEVELS, (10, 20, 30, 40), strict=True))
 
 
+class LogFormatError(MeshError, ValueError):
+    """A log format that is not one of LOG_FORMATS: the proxy and the webhook print it in one line."""
+
+
 def check_format(log_format: str, source: str = "log format") -> str:
-    """`log_format` if it is one of LOG_FORMATS; else ValueError naming `source` and the choices."""
+    """`log_format` if it is one of LOG_FORMATS; else LogFormatError naming `source` and the choices."""
     if log_format not in LOG_FORMATS:
-        raise ValueError(f"{source} must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+        raise LogFormatError(f"{source} must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
     return log_format
 
 
 def format_from_env(environ: Mapping[str, str] | None = None) -> str:
-    """The format `$MESH_LOG_FORMAT` names (logfmt when unset or empty); ValueError on another."""
+    """The format `$MESH_LOG_FORMAT` names (logfmt when unset or empty); LogFormatError on another."""
     env = os.environ if environ is None else environ
     return check_format(env.get(ENV_LOG_FORMAT, "").strip().lower() or "logfmt", ENV_LOG_FORMAT)
 

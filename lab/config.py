@@ -10,6 +10,7 @@ import functools
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +41,9 @@ CLUSTER_DOMAIN = "cluster.local"
 HAIRPIN_MARK = "0x4000/0x4000"
 
 VERSIONS_ENV = Path(__file__).resolve().parent / "versions.env"
-SCRAPE_CONFIG = REPO / "charts" / "kubectl-mesh" / "files" / "scrape-config.yaml"
+CHART = REPO / "charts" / "kubectl-mesh"
+SCRAPE_CONFIG = CHART / "files" / "scrape-config.yaml"
+RELEASE = "kubectl-mesh"  # the release name the lab's tests, the walkthrough and the snapshot use
 
 
 @functools.cache
@@ -65,6 +68,18 @@ def bin_dir() -> Path:
         f"kube-{v['KUBE_VERSION']}_etcd-{v['ETCD_VERSION']}_helm-{v['HELM_VERSION']}_krew-{v['KREW_VERSION']}"
     )
     return cache / "bin" / name
+
+
+def find_helm(explicit: str | None = None, lab_bin: Path | None = None) -> str | None:
+    """The helm to run, by one rule for the chart snapshot (scripts/chart_snapshot.py), the chart
+    tests, the walkthrough and the lab fixture: `explicit`, else $MESH_HELM, else the lab's build
+    (`lab_bin`, default `bin_dir()`: the version versions.env pins), else helm on PATH."""
+    if explicit:
+        return explicit
+    if os.environ.get("MESH_HELM"):
+        return os.environ["MESH_HELM"]
+    built = (lab_bin or bin_dir()) / "helm"
+    return str(built) if os.access(built, os.X_OK) else shutil.which("helm")
 
 
 # Binaries pods may run (by PATH), where any UID can reach them: ~/.cache is under /root (0700).

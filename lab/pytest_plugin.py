@@ -23,7 +23,7 @@ from kubernetes.client import ApiClient
 
 from kubectl_mesh.prom import PrometheusClient, Vector
 from lab import cluster, network
-from lab.config import KUBECONFIG, LAB_DIR, NETNS_PREFIX, bin_dir, missing_binaries
+from lab.config import KUBECONFIG, LAB_DIR, NETNS_PREFIX, bin_dir, find_helm, missing_binaries
 from lab.kube import ERRORS, ApiException, Kube, data
 from lab.runtime import helm_post_renderer
 
@@ -41,7 +41,7 @@ class Lab:
         self.api_url: str = state.api_url
         self.prometheus_url: str = state.prometheus_url
         self.bin_dir: Path = Path(state.bin_dir or bin_dir())
-        self.helm: Path = self.bin_dir / "helm"
+        self.helm: Path = Path(find_helm(lab_bin=self.bin_dir) or self.bin_dir / "helm")
         # The typed API groups as the lab's admin; `lab.kube.data(call, ...)` answers as plain JSON.
         self.kube = Kube.as_user(self.api_url, cluster.PKI_DIR, "admin")
 

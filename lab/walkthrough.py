@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -44,13 +43,12 @@ from kubectl_mesh.demo.plan import (
 )
 from kubectl_mesh.demo.truth import counters_at_scrapes, scrape_span
 from kubectl_mesh.prom import SERVICE_PROXY_PATH, PrometheusClient, PrometheusError, Vector, parse_vector
+from lab.config import CHART, RELEASE, find_helm
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "examples" / "emojivoto" / "emojivoto.yml"
-CHART = REPO / "charts" / "kubectl-mesh"
 DASHBOARDS = CHART / "files" / "dashboards"
 LAB_VALUES = REPO / "lab" / "chart-values.yaml"
-RELEASE = "kubectl-mesh"
 WINDOW_S = 60  # `kubectl mesh stat`'s default -t 1m
 SCRAPE_S = 10  # the chart's scrape interval
 STAT_S = 2  # what a `kubectl mesh stat` may take on the lab, busy (0.3-0.5 s measured)
@@ -146,8 +144,7 @@ def lab_session(keep: bool = False) -> Iterator[Tools]:
 
 
 def tools_for(kubeconfig: Path, lab_bin: Path) -> Tools:
-    helm = lab_bin / "helm"
-    return Tools(kubeconfig, str(helm) if os.access(helm, os.X_OK) else (shutil.which("helm") or "helm"))
+    return Tools(kubeconfig, find_helm(lab_bin=lab_bin) or "helm")
 
 
 # --- the steps --------------------------------------------------------------------------------

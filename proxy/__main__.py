@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     from kubectl_mesh.errors import MeshError
 
-    from .config import ConfigError
+    from .config import ProxyConfigError
 
     try:
         if command == "init":
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mesh-proxy {command}: {error.message}", file=sys.stderr)
         if error.hint:
             print(f"hint: {error.hint}", file=sys.stderr)
-        return 2 if isinstance(error, ConfigError) else 1
+        return 2 if isinstance(error, ProxyConfigError) else 1
     from .server import run
 
     return run(config)

@@ -29,7 +29,7 @@ from kubectl_mesh.portlist import NO_PORTS, PortList
 from .identity import Identity, identity_from_parts
 
 
-class ConfigError(MeshError, ValueError):
+class ProxyConfigError(MeshError, ValueError):
     """A setting that cannot work; `mesh-proxy` shows the message as one line and exits 2."""
 
 
@@ -59,18 +59,18 @@ class ProxyConfig:
 
 
 def parse_ports(text: str, source: str = "opaque ports") -> PortList:
-    """`"3306,5432"` or `"8000-8002"` → ports; ConfigError naming `source` on anything else."""
+    """`"3306,5432"` or `"8000-8002"` → ports; ProxyConfigError naming `source` on anything else."""
     try:
         return PortList.parse(text)
     except ValueError as error:
-        raise ConfigError(f"{source}: {error}") from None
+        raise ProxyConfigError(f"{source}: {error}") from None
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"expected HOST:PORT, got {text!r}")
+        raise ProxyConfigError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
 
 
@@ -118,27 +118,27 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] = os.envir
     if any(parts):
         identity = identity_from_parts(*parts)
         if identity is None:
-            raise ConfigError(
+            raise ProxyConfigError(
                 "identity needs a valid namespace, workload kind, workload name and pod "
                 f"(got {'/'.join(parts)!r})"
             )
     log_level = (args.log_level or env.get(ENV_LOG_LEVEL) or "info").lower()
     if log_level not in LOG_LEVELS:
-        raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+        raise ProxyConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     try:
         log_format = (
             check_format(args.log_format, "--log-format") if args.log_format else format_from_env(env)
         )
     except ValueError as error:
-        raise ConfigError(str(error)) from None
+        raise ProxyConfigError(str(error)) from None
     for name in ("inbound_port", "outbound_port", "admin_port", "tap_port"):
         if not 0 <= getattr(args, name) < 65536:
-            raise ConfigError(f"--{name.replace('_', '-')} out of range")
+            raise ProxyConfigError(f"--{name.replace('_', '-')} out of range")
     if args.max_connections < 0:
-        raise ConfigError("--max-connections must not be negative")
+        raise ProxyConfigError("--max-connections must not be negative")
     for name in ("connect_timeout", "response_timeout", "detect_timeout", "idle_timeout", "header_timeout"):
         if getattr(args, name) <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+            raise ProxyConfigError(f"--{name.replace('_', '-')} must be positive")
     if args.opaque_ports is not None:
         opaque = parse_ports(args.opaque_ports, "--opaque-ports")
     else:

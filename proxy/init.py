@@ -17,15 +17,15 @@ from kubectl_mesh.contract import (
 )
 from kubectl_mesh.errors import MeshError
 from kubectl_mesh.portlist import PortList
+from kubectl_mesh.subnetlist import parse_subnets
 
-from .config import ConfigError
+from .config import ProxyConfigError
 from .iptables import (
     DEFAULT_INBOUND_IGNORE,
     InitConfig,
     clean_rules,
     has_any,
     is_applied,
-    parse_subnets,
     plan_rules,
     render,
 )
@@ -53,9 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> InitConfig:
     for name in ("inbound_port", "outbound_port"):
         if not 0 < getattr(args, name) < 65536:
-            raise ConfigError(f"--{name.replace('_', '-')} out of range")
+            raise ProxyConfigError(f"--{name.replace('_', '-')} out of range")
     if args.proxy_uid < 0:
-        raise ConfigError("--proxy-uid must be a UID")
+        raise ProxyConfigError("--proxy-uid must be a UID")
     inbound = _ports("--inbound-ports-to-ignore", args.inbound_ports_to_ignore)
     return InitConfig(
         proxy_uid=args.proxy_uid,
@@ -71,14 +71,14 @@ def _ports(flag: str, text: str) -> PortList:
     try:
         return PortList.parse(text)
     except ValueError as error:
-        raise ConfigError(f"{flag}: {error}") from None
+        raise ProxyConfigError(f"{flag}: {error}") from None
 
 
 def _subnets(text: str) -> tuple[str, ...]:
     try:
         return parse_subnets(text)
     except ValueError as error:
-        raise ConfigError(f"--subnets-to-ignore: {error}") from None
+        raise ProxyConfigError(f"--subnets-to-ignore: {error}") from None
 
 
 def _iptables_save() -> str:
@@ -90,7 +90,7 @@ def _iptables(rule: list[str]) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Plan and apply the rules; a bad flag raises ConfigError, an iptables failure InitError."""
+    """Plan and apply the rules; a bad flag raises ProxyConfigError, an iptables failure InitError."""
     args = _parser().parse_args(list(argv))
     config = config_from_args(args)
     rules = plan_rules(config)

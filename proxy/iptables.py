@@ -9,7 +9,6 @@ OUTPUT by one jump each, so applying twice or cleaning up touches only our chain
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import shlex
 from dataclasses import dataclass, field
 
@@ -115,17 +114,6 @@ def has_any(save_output: str, besides: str = "") -> bool:
         if line.startswith("-A") and COMMENT + ":" in line and not (besides and besides in line):
             return True
     return False
-
-
-def parse_subnets(text: str) -> tuple[str, ...]:
-    subnets = []
-    for item in (t.strip() for t in text.split(",")):
-        if item:
-            try:
-                subnets.append(str(ipaddress.ip_network(item, strict=False)))
-            except ValueError:
-                raise ValueError(f"not an IPv4 subnet: {item!r}") from None
-    return tuple(subnets)
 
 
 def render(rules: list[list[str]]) -> str:

@@ -39,11 +39,12 @@ from typing import Any
 
 from gunicorn.glogging import Logger as GunicornLogger
 
-from kubectl_mesh.inject import ConfigError, load_config
+from kubectl_mesh.errors import MeshError
+from kubectl_mesh.inject import MeshConfigError, load_config
 from kubectl_mesh.log import Formatter, format_from_env
 from webhook.logs import ENV_WEBHOOK_LOG_LEVEL
 from webhook.tls import ReloadingTLS
-from webhook.worker import limits_from_env, metrics_bind_from_env
+from webhook.worker import limits_from_env, metrics_bind_from_env, workers_from_env
 
 _cert = os.environ.get("MESH_TLS_CERT", "")
 _key = os.environ.get("MESH_TLS_KEY", "")
@@ -53,7 +54,8 @@ try:
     _log_format = format_from_env()
     _limits = limits_from_env()
     _metrics_bind, _metrics_port = metrics_bind_from_env()
-except ValueError as _exc:
+    _workers = workers_from_env()
+except MeshError as _exc:  # LogFormatError, WebhookConfigError: one line, no traceback
     sys.exit(f"error: {_exc}")
 
 
@@ -81,7 +83,7 @@ if bind[0].rpartition(":")[2] == str(_metrics_port):
     sys.exit(f"error: MESH_WEBHOOK_BIND and MESH_WEBHOOK_METRICS_BIND share port {_metrics_port}")
 if worker_class == MESH_WORKER:
     bind.append(_metrics_bind)  # the worker serves metrics_app there, without TLS
-workers = int(os.environ.get("MESH_WEBHOOK_WORKERS", "2"))
+workers = _workers
 worker_connections = _limits.max_connections
 keepalive = int(_limits.keepalive)  # the API server keeps its connections to webhooks open
 timeout = 30
@@ -109,7 +111,7 @@ def on_starting(server: Any) -> None:
     """In the master, before workers: fail fast on a bad config or unusable TLS files."""
     try:
         load_config()
-    except ConfigError as exc:
+    except MeshConfigError as exc:
         sys.exit(f"error: {exc}")
     try:
         ReloadingTLS(_cert, _key)

@@ -52,6 +52,7 @@ from gevent.pywsgi import MAX_REQUEST_LINE, _InvalidClientInput, headers_factory
 from gevent.socket import wait_read
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler, PyWSGIServer
 
+from kubectl_mesh.errors import MeshError
 from webhook.admission import MAX_BODY_BYTES
 from webhook.connections import BODY, BUSY, HEAD, IDLE, Conn, ConnectionTable, Limits
 from webhook.logs import logger
@@ -67,6 +68,8 @@ LINGER_SECONDS = 1.0
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_THRESHOLD = 256 * 1024
 
+ENV_WORKERS = "MESH_WEBHOOK_WORKERS"
+DEFAULT_WORKERS = 2
 ENV_METRICS_BIND = "MESH_WEBHOOK_METRICS_BIND"
 DEFAULT_METRICS_BIND = "0.0.0.0:9995"
 
@@ -80,8 +83,12 @@ ENV_LIMITS = {
 }
 
 
+class WebhookConfigError(MeshError, ValueError):
+    """A `MESH_WEBHOOK_*` variable that cannot work: gunicorn_conf prints it in one line and stops."""
+
+
 def limits_from_env(environ: Mapping[str, str] | None = None) -> Limits:
-    """`Limits` with the `MESH_WEBHOOK_*` overrides; ValueError names a bad variable."""
+    """`Limits` with the `MESH_WEBHOOK_*` overrides; WebhookConfigError names a bad variable."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for var, (name, kind) in ENV_LIMITS.items():
@@ -93,22 +100,37 @@ def limits_from_env(environ: Mapping[str, str] | None = None) -> Limits:
         except ValueError:
             value = 0
         if not value > 0:
-            raise ValueError(f"{var}={raw!r}: expected a positive {'integer' if kind is int else 'number'}")
+            expected = "integer" if kind is int else "number"
+            raise WebhookConfigError(f"{var}={raw!r}: expected a positive {expected}")
         values[name] = value
     limits = Limits(**values)
     if limits.body_budget < MAX_BODY_BYTES + 1:
-        raise ValueError(f"MESH_WEBHOOK_BODY_BUDGET must hold one body of {MAX_BODY_BYTES} bytes at least")
+        raise WebhookConfigError(
+            f"MESH_WEBHOOK_BODY_BUDGET must hold one body of {MAX_BODY_BYTES} bytes at least"
+        )
     return limits
 
 
 def metrics_bind_from_env(environ: Mapping[str, str] | None = None) -> tuple[str, int]:
-    """`MESH_WEBHOOK_METRICS_BIND` as (its text, its port); ValueError names a bad value."""
+    """`MESH_WEBHOOK_METRICS_BIND` as (its text, its port); WebhookConfigError names a bad value."""
     env = os.environ if environ is None else environ
     raw = env.get(ENV_METRICS_BIND, "").strip() or DEFAULT_METRICS_BIND
     _host, sep, port = raw.rpartition(":")
     if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{ENV_METRICS_BIND}={raw!r}: expected HOST:PORT with a port of 1-65535")
+        raise WebhookConfigError(f"{ENV_METRICS_BIND}={raw!r}: expected HOST:PORT with a port of 1-65535")
     return raw, int(port)
+
+
+def workers_from_env(environ: Mapping[str, str] | None = None) -> int:
+    """`MESH_WEBHOOK_WORKERS`: a positive number of worker processes (gunicorn would start none on
+    0, listening but never answering); WebhookConfigError names a bad value."""
+    env = os.environ if environ is None else environ
+    raw = env.get(ENV_WORKERS, "").strip()
+    if not raw:
+        return DEFAULT_WORKERS
+    if not (raw.isascii() and raw.isdigit() and int(raw) > 0):
+        raise WebhookConfigError(f"{ENV_WORKERS}={raw!r}: expected a positive integer")
+    return int(raw)
 
 
 class HeadTooLarge(ValueError):

@@ -85,7 +85,7 @@ def build_config(args: argparse.Namespace) -> MeshConfig:
 
     mapping: dict[str, Any] = {}
     if args.config:
-        loaded = read_config_file(args.config, "--config")  # a ConfigError is a MeshError
+        loaded = read_config_file(args.config, "--config")  # a MeshConfigError is a MeshError
         if not isinstance(loaded, dict):
             raise MeshError(f"--config {args.config} must hold a JSON object")
         mapping.update(loaded)
@@ -100,4 +100,4 @@ def build_config(args: argparse.Namespace) -> MeshConfig:
     mapping.update({k: v for k, v in flags.items() if v is not None})
     if args.no_native_sidecar:
         mapping["nativeSidecar"] = False
-    return MeshConfig.from_mapping(mapping)  # ConfigError is a MeshError: cli.main prints it
+    return MeshConfig.from_mapping(mapping)  # MeshConfigError is a MeshError: cli.main prints it

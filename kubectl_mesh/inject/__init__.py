@@ -3,10 +3,10 @@
 `inject_pod(pod, namespace, namespace labels, MeshConfig) -> Decision`, its inverse
 `uninject_pod`, and `make_patch` (the RFC 6902 diff the admission answer carries). I/O-free apart
 from `load_config`/`read_config_file`. Served by the admission webhook (`webhook/`) and by
-`kubectl mesh inject`/`uninject`; it imports only the floor (contract, portlist, errors).
+`kubectl mesh inject`/`uninject`; it imports only the floor (contract, portlist, subnetlist, errors).
 """
 
-from kubectl_mesh.inject.config import ConfigError, MeshConfig, load_config, read_config_file
+from kubectl_mesh.inject.config import MeshConfig, MeshConfigError, load_config, read_config_file
 from kubectl_mesh.inject.injector import (
     SKIP_REASONS,
     Decision,
@@ -20,9 +20,9 @@ from kubectl_mesh.inject.injector import (
 
 __all__ = [
     "SKIP_REASONS",
-    "ConfigError",
     "Decision",
     "MeshConfig",
+    "MeshConfigError",
     "Workload",
     "inject_pod",
     "is_injected",

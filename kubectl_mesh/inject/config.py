@@ -9,7 +9,6 @@ Pure apart from `load_config` and `read_config_file`.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from kubectl_mesh import __version__
 from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, LOG_FORMATS, LOG_LEVELS, NAMESPACE_NAME_PATTERN
 from kubectl_mesh.errors import MeshError
 from kubectl_mesh.portlist import NO_PORTS, PortList
+from kubectl_mesh.subnetlist import parse_subnets
 
 ENV_MESH_CONFIG = "MESH_CONFIG"
 
@@ -34,7 +34,7 @@ _QUANTITY = re.compile(r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numk
 _RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
 
 
-class ConfigError(MeshError):
+class MeshConfigError(MeshError):
     """The configuration is unusable; the message names the key (and the file, when read from one)."""
 
 
@@ -76,12 +76,12 @@ class MeshConfig:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> MeshConfig:
-        """Build from camelCase keys (the ConfigMap's JSON); raises ConfigError on a bad key/value."""
+        """Build from camelCase keys (the ConfigMap's JSON); raises MeshConfigError on a bad key/value."""
         if not isinstance(data, Mapping):
-            raise ConfigError("mesh config must be a JSON object")
+            raise MeshConfigError("mesh config must be a JSON object")
         unknown = sorted(set(data) - set(_KEYS))
         if unknown:
-            raise ConfigError(f"unknown mesh config key(s): {', '.join(map(str, unknown))}")
+            raise MeshConfigError(f"unknown mesh config key(s): {', '.join(map(str, unknown))}")
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             attr, check = _KEYS[key]
@@ -102,33 +102,23 @@ def load_config(environ: Mapping[str, str] | None = None) -> MeshConfig:
     data = read_config_file(path, "mesh config")
     try:
         return MeshConfig.from_mapping(data)
-    except ConfigError as exc:
-        raise ConfigError(f"mesh config {path}: {exc}") from None
+    except MeshConfigError as exc:
+        raise MeshConfigError(f"mesh config {path}: {exc}") from None
 
 
 def read_config_file(path: str, what: str) -> Any:
-    """The JSON in `path`; ConfigError says `cannot read <what> <path>` or `<what> <path> is not
+    """The JSON in `path`; MeshConfigError says `cannot read <what> <path>` or `<what> <path> is not
     valid JSON`, so `load_config` and `kubectl mesh inject --config` report the same way."""
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        raise MeshConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
-        raise ConfigError(f"{what} {path} is not valid JSON: {exc}") from None
+        raise MeshConfigError(f"{what} {path} is not valid JSON: {exc}") from None
 
 
 # --- validation helpers -------------------------------------------------------------------------
-
-
-def parse_subnet_list(text: str) -> list[str]:
-    """'10.0.0.0/8, 192.168.1.1' -> canonical CIDRs; raises ValueError on junk."""
-    out: list[str] = []
-    for raw in text.split(","):
-        item = raw.strip()
-        if item:
-            out.append(str(ipaddress.ip_network(item, strict=False)))
-    return out
 
 
 def _with_tag(image: str, tag: str) -> str:
@@ -152,26 +142,26 @@ def _plain(value: Any) -> Any:
 
 def _string(key: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{key} must be a string")
+        raise MeshConfigError(f"{key} must be a string")
     return value
 
 
 def _nonempty(key: str, value: Any) -> str:
     if not _string(key, value).strip():
-        raise ConfigError(f"{key} must not be empty")
+        raise MeshConfigError(f"{key} must not be empty")
     return value
 
 
 def _bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false")
+        raise MeshConfigError(f"{key} must be true or false")
     return value
 
 
 def _choice(options: tuple[str, ...]) -> Any:
     def check(key: str, value: Any) -> str:
         if value not in options:
-            raise ConfigError(f"{key} must be one of {', '.join(options)}")
+            raise MeshConfigError(f"{key} must be one of {', '.join(options)}")
         return str(value)
 
     return check
@@ -183,32 +173,32 @@ def _ports(key: str, value: Any) -> PortList:
     try:
         return PortList.parse(_string(key, value))
     except ValueError as exc:
-        raise ConfigError(f"{key}: {exc}") from None
+        raise MeshConfigError(f"{key}: {exc}") from None
 
 
 def _subnets(key: str, value: Any) -> str:
     if isinstance(value, list):
         value = ",".join(str(v) for v in value)
     try:
-        return ",".join(parse_subnet_list(_string(key, value)))
+        return ",".join(parse_subnets(_string(key, value)))
     except ValueError as exc:
-        raise ConfigError(f"{key}: {exc}") from None
+        raise MeshConfigError(f"{key}: {exc}") from None
 
 
 def _resources(key: str, value: Any) -> dict[str, dict[str, str]]:
     if not isinstance(value, Mapping) or set(value) - {"requests", "limits"}:
-        raise ConfigError(f"{key} must be an object with 'requests' and/or 'limits'")
+        raise MeshConfigError(f"{key} must be an object with 'requests' and/or 'limits'")
     out: dict[str, dict[str, str]] = {}
     for section, amounts in value.items():
         if not isinstance(amounts, Mapping):
-            raise ConfigError(f"{key}.{section} must be an object")
+            raise MeshConfigError(f"{key}.{section} must be an object")
         checked: dict[str, str] = {}
         for name, amount in amounts.items():
             if name not in _RESOURCE_NAMES:
-                raise ConfigError(f"{key}.{section}: unknown resource {name!r}")
+                raise MeshConfigError(f"{key}.{section}: unknown resource {name!r}")
             text = str(amount) if isinstance(amount, int | float) and not isinstance(amount, bool) else amount
             if not isinstance(text, str) or not _QUANTITY.match(text):
-                raise ConfigError(f"{key}.{section}.{name}: {amount!r} is not a Kubernetes quantity")
+                raise MeshConfigError(f"{key}.{section}.{name}: {amount!r} is not a Kubernetes quantity")
             checked[name] = text
         if checked:
             out[section] = checked
@@ -217,7 +207,7 @@ def _resources(key: str, value: Any) -> dict[str, dict[str, str]]:
 
 def _namespace(key: str, value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(NAMESPACE_NAME_PATTERN, value):
-        raise ConfigError(f"{key} must be a namespace name")
+        raise MeshConfigError(f"{key} must be a namespace name")
     return value
 
 

@@ -1,10 +1,11 @@
 """The control plane's objects from the chart snapshot: pure, no I/O but reading package data.
 
-The snapshot (kubectl_mesh/data/chart-snapshot.json, made by `snapshot.py` with real helm) is
-`helm template` of the chart with every value a flag can set replaced by a token such as
-`__MESH_PROXY_IMAGE__`, and the generated certificates replaced by tokens too. Rendering is
-then string substitution inside the objects' strings, plus two things helm did that depend on
-those strings: dropping disabled components and the `checksum/<configmap>` pod annotations.
+The snapshot (kubectl_mesh/data/chart-snapshot.json, made by the build step
+`scripts/chart_snapshot.py` with real helm) is `helm template` of the chart with every value a
+flag can set replaced by a token such as `__MESH_PROXY_IMAGE__`, and the generated certificates
+replaced by tokens too. Rendering is then string substitution inside the objects' strings, plus
+two things helm did that depend on those strings: dropping disabled components and the
+`checksum/<configmap>` pod annotations.
 Where a value goes is decided by the chart alone; tests/chart checks the result against helm.
 """
 
@@ -122,7 +123,7 @@ def load_snapshot() -> Snapshot:
     except FileNotFoundError:
         raise InstallError(
             "the chart snapshot is missing from this kubectl-mesh: rebuild it with "
-            "`python -m kubectl_mesh.install.snapshot`"
+            "`python -m scripts.chart_snapshot` (from the checkout)"
         ) from None
     return Snapshot.from_json(text)
 

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kubectl_mesh.install.snapshot import CHART, KUBE_VERSION, RELEASE, find_helm
+from lab.config import CHART, RELEASE, find_helm
+from scripts.chart_snapshot import KUBE_VERSION
 from tests.chart.helpers import Render, run_helm
 
 

@@ -33,7 +33,8 @@ def chart_objects(*args: str) -> list[dict[str, Any]]:
     import pytest
     import yaml
 
-    from kubectl_mesh.install.snapshot import CHART, KUBE_VERSION, RELEASE, find_helm
+    from lab.config import CHART, RELEASE, find_helm
+    from scripts.chart_snapshot import KUBE_VERSION
 
     helm = find_helm()
     if not helm or not Path(helm).exists():

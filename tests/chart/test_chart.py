@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from kubectl_mesh import __version__
 from kubectl_mesh import contract as c
 from kubectl_mesh.inject.config import MeshConfig
-from kubectl_mesh.install.snapshot import CHART, KUBE_VERSION
+from lab.config import CHART
+from scripts.chart_snapshot import KUBE_VERSION
 from tests.chart.helpers import Render, containers, find, run_helm
 
 COMPONENT = "app.kubernetes.io/component"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from kubectl_mesh import contract as c
-from kubectl_mesh.install.snapshot import CHART
+from lab.config import CHART
 
 DASHBOARDS = CHART / "files" / "dashboards"
 # Grafana's variables, replaced by values of the same kind before promtool parses the query.

@@ -22,7 +22,7 @@ import yaml
 from kubectl_mesh import contract as c
 from kubectl_mesh.inject.config import MeshConfig
 from kubectl_mesh.inject.injector import inject_pod
-from kubectl_mesh.install.snapshot import REPO
+from lab.config import REPO
 from tests.chart.helpers import find
 from tests.proxy.proxy_backends import AppServer
 from tests.support.image_env import image_distributions, linked_venv
@@ -133,7 +133,7 @@ def test_release_workflow_builds_both_images_the_chart_and_the_krew_archive() ->
     assert build["with"]["file"] == "Dockerfile.${{ matrix.image }}"
     runs = "\n".join(s.get("run", "") for job in jobs.values() for s in job["steps"])
     assert "make krew" in runs
-    assert "kubectl_mesh.install.snapshot" in runs and "--check" in runs
+    assert "-m scripts.chart_snapshot" in runs and "--check" in runs
     assert "helm lint --strict" in runs
     for job in jobs.values():
         for step in job["steps"]:

@@ -16,8 +16,9 @@ import yaml
 from kubectl_mesh.install import manifest
 from kubectl_mesh.install.certs import generate_webhook_certs
 from kubectl_mesh.install.manifest import InstallError, Settings, WebhookTLS, go_json, load_snapshot, render
-from kubectl_mesh.install.snapshot import OUTPUT
-from kubectl_mesh.install.snapshot import main as snapshot_main
+from lab.config import REPO
+from scripts.chart_snapshot import OUTPUT
+from scripts.chart_snapshot import main as snapshot_main
 from tests.chart.helpers import Render, find
 from tests.chart.test_chart import _verify_serving_cert
 
@@ -62,7 +63,39 @@ def assert_same_objects(helm_objects: list[dict[str, Any]], cli_objects: list[di
 
 def test_packaged_snapshot_is_the_chart_rendered_now(helm: str) -> None:
     assert snapshot_main(["--helm", helm, "--check"]) == 0, (
-        "kubectl_mesh/data/chart-snapshot.json is stale: run `python -m kubectl_mesh.install.snapshot`"
+        "kubectl_mesh/data/chart-snapshot.json is stale: run `python -m scripts.chart_snapshot`"
+    )
+
+
+def snapshot_step(*args: str) -> subprocess.CompletedProcess[str]:
+    """The build step as the release workflow runs it: `python -m scripts.chart_snapshot`, from
+    the checkout (scripts/ is not in the package)."""
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.chart_snapshot", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_the_build_step_runs_as_the_release_workflow_runs_it(helm: str, tmp_path: Path) -> None:
+    """`--check` passes on the checkout; a fresh rendering written elsewhere is byte for byte the
+    packaged snapshot; a stale one fails `--check` in one line naming the command to run."""
+    assert snapshot_step("--helm", helm, "--check").returncode == 0
+    fresh = tmp_path / "snapshot.json"
+    done = snapshot_step("--helm", helm, "--output", str(fresh))
+    assert done.returncode == 0, done.stderr
+    assert fresh.read_bytes() == OUTPUT.read_bytes()
+    fresh.write_text(fresh.read_text().replace("mesh-webhook", "mesh-webhoook", 1))
+    done = snapshot_step("--helm", helm, "--output", str(fresh), "--check")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "is stale: run `python -m scripts.chart_snapshot`" in done.stderr
+
+
+def test_the_build_step_without_a_working_helm_says_so_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "no-helm"
+    done = snapshot_step("--helm", str(missing), "--check")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.startswith(f"error: cannot run {missing}") and done.stderr.count("\n") == 1, (
+        done.stderr
     )
 
 

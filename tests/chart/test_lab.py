@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from kubectl_mesh import contract as c
-from kubectl_mesh.install.snapshot import CHART, RELEASE
+from lab.config import CHART, RELEASE
 from lab.kube import data
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]

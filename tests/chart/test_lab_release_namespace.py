@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from kubectl_mesh import contract as c
-from kubectl_mesh.install.snapshot import CHART, RELEASE
+from lab.config import CHART, RELEASE
 from tests.chart.test_lab import LAB_VALUES, NS, WEBHOOK_PODS, create_pod, helm, injected
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]

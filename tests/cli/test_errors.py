@@ -69,10 +69,38 @@ def test_the_proxy_and_webhook_raise_mesh_errors_but_for_answers_to_peers() -> N
     """mesh-proxy's flags and init, the webhook's config: MeshErrors, printed in one line; the
     rest is a protocol error, each named here with the answer it becomes."""
     classes = {**_exception_classes(proxy), **_exception_classes(webhook)}
-    assert "proxy.config.ConfigError" in classes and "proxy.init.InitError" in classes
-    for name in ("proxy.config.ConfigError", "proxy.init.InitError"):
+    assert "proxy.config.ProxyConfigError" in classes and "proxy.init.InitError" in classes
+    for name in ("proxy.config.ProxyConfigError", "proxy.init.InitError"):
         assert issubclass(classes[name], MeshError), name
     assert sorted(n for n, c in classes.items() if not issubclass(c, MeshError)) == sorted(PROTOCOL_ERRORS)
+
+
+def test_every_error_class_has_a_name_of_its_own() -> None:
+    """A traceback, a log line or an `except` names a class by its name alone: no two alike."""
+    classes = {**_exception_classes(kubectl_mesh), **_exception_classes(proxy), **_exception_classes(webhook)}
+    by_name: dict[str, list[str]] = {}
+    for qualified in classes:
+        by_name.setdefault(qualified.rsplit(".", 1)[1], []).append(qualified)
+    assert {n: q for n, q in by_name.items() if len(q) > 1} == {}
+    assert {"MeshConfigError", "ProxyConfigError", "WebhookConfigError", "LogFormatError"} <= set(by_name)
+
+
+@pytest.mark.parametrize(
+    ("reader", "env"),
+    [
+        ("webhook.worker.limits_from_env", {"MESH_WEBHOOK_HEADER_TIMEOUT": "0"}),
+        ("webhook.worker.limits_from_env", {"MESH_WEBHOOK_BODY_BUDGET": "1024"}),
+        ("webhook.worker.metrics_bind_from_env", {"MESH_WEBHOOK_METRICS_BIND": "0.0.0.0:http"}),
+        ("webhook.worker.workers_from_env", {"MESH_WEBHOOK_WORKERS": "0"}),
+        ("kubectl_mesh.log.format_from_env", {"MESH_LOG_FORMAT": "xml"}),
+    ],
+)
+def test_the_webhooks_environment_errors_are_mesh_errors(reader: str, env: dict[str, str]) -> None:
+    """gunicorn_conf catches MeshError (one line); each reader's bad value is one, naming its variable."""
+    module, name = reader.rsplit(".", 1)
+    with pytest.raises(MeshError) as info:
+        getattr(importlib.import_module(module), name)(env)
+    assert next(iter(env)) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_the_entry_modules_define_no_error_class() -> None:

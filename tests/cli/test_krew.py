@@ -125,6 +125,9 @@ def test_archive_holds_the_zipapp_and_license_and_no_c_extension(served_dist: tu
         names = app.namelist()
     assert "__main__.py" in names and "kubectl_mesh/inject/injector.py" in names
     assert not any(name.startswith(("webhook/", "proxy/")) for name in names), "kubectl_mesh, not webhook"
+    # The chart snapshot's build step (it runs helm on the checkout's charts/) stays out of it.
+    build_steps = [n for n in names if n.startswith("scripts/") or n.startswith("kubectl_mesh/install/snap")]
+    assert build_steps == [] and "kubectl_mesh/install/manifest.py" in names, build_steps
     package = {str(p.relative_to(REPO)) for p in (REPO / "kubectl_mesh").rglob("*.py")}
     assert package <= set(names), sorted(package - set(names))
     assert not [n for n in names if n.endswith((".so", ".pyd", ".dylib"))]

@@ -3,6 +3,7 @@ docs/architecture.md's layers are the import-linter contract `make lint` enforce
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import tomllib
@@ -71,3 +72,29 @@ def test_the_architecture_layers_are_the_contract() -> None:
         )
         documented.append((names, r"\|" in modules))
     assert documented == contract_layers()
+
+
+def test_the_runtime_package_holds_no_build_step() -> None:
+    """kubectl_mesh is what users install (the wheel, the Krew archive): none of its modules runs
+    helm or reads the checkout's charts/ (the chart reaches it as the packaged snapshot, made by
+    scripts/chart_snapshot.py). A string "helm" or "charts" in code (not in a docstring) would
+    be such a step."""
+    found = []
+    for path in sorted((REPO / "kubectl_mesh").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Constant)
+                and node.value in ("helm", "charts")
+                and id(node) not in docstrings
+            ):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
+    assert found == []

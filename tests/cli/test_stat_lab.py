@@ -33,14 +33,13 @@ import pytest
 
 from kubectl_mesh.contract import CONTROL_PLANE_NAMESPACE, INJECT_ENABLED, INJECT_LABEL
 from kubectl_mesh.health import CHECKS
+from lab.config import CHART, RELEASE
 from lab.pytest_plugin import Lab  # the `lab` fixture: tests/conftest.py loads the plugin
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "kubectl-mesh"
 LAB_VALUES = REPO / "lab" / "chart-values.yaml"  # the chart in the lab: no Grafana (no command)
-RELEASE = "kubectl-mesh"
 VENV_BIN = Path(sys.executable).parent
 KUBECTL = "/usr/bin/kubectl"
 RATE = 10.0

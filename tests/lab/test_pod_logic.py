@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lab.agent import IpAllocator
-from lab.config import BRIDGE_IP, POD_CIDR
+from lab.config import BRIDGE_IP, POD_CIDR, find_helm
 from lab.pods import expand
 from lab.probes import resolve_port
 from lab.volumes import VolumeError, field_value
@@ -50,3 +52,26 @@ def test_pod_addresses_are_unique_and_never_the_bridge() -> None:
     assert all(__import__("ipaddress").ip_address(ip) in POD_CIDR for ip in got)
     ips.release(got[0])
     assert ips.allocate() not in got[1:]
+
+
+def test_find_helm_is_one_rule_flag_then_env_then_the_lab_build_then_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot step, the chart tests, the walkthrough and the lab fixture all run this helm."""
+    lab_bin, on_path = tmp_path / "lab-bin", tmp_path / "path"
+    for d in (lab_bin, on_path):
+        d.mkdir()
+        (d / "helm").write_text("#!/bin/sh\n")
+    (on_path / "helm").chmod(0o755)
+    monkeypatch.setenv("PATH", str(on_path))
+    monkeypatch.delenv("MESH_HELM", raising=False)
+    # the lab's build is not executable yet: PATH's helm
+    assert find_helm(lab_bin=lab_bin) == str(on_path / "helm")
+    (lab_bin / "helm").chmod(0o755)
+    assert find_helm(lab_bin=lab_bin) == str(lab_bin / "helm")
+    monkeypatch.setenv("MESH_HELM", "/from/env/helm")
+    assert find_helm(lab_bin=lab_bin) == "/from/env/helm"
+    assert find_helm("/from/flag/helm", lab_bin=lab_bin) == "/from/flag/helm"
+    monkeypatch.delenv("MESH_HELM")
+    monkeypatch.setenv("MESH_LAB_BIN", str(lab_bin))  # bin_dir(): the lab's pinned build
+    assert find_helm() == str(lab_bin / "helm")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from kubectl_mesh.contract import DEFAULT_INBOUND_PORTS_TO_IGNORE, PROXY_UID
 from kubectl_mesh.portlist import PortList
 from proxy import http1
-from proxy.config import ConfigError, parse_run_args
+from proxy.config import ProxyConfigError, parse_run_args
 from proxy.detect import Protocol, detect
 from proxy.http1 import BODY, CHUNKED, END, HEAD, LENGTH, NO_BODY, UNTIL_CLOSE, UPGRADE, Head, ProtocolError
 from proxy.identity import PeerLabelCache, identity_from_parts, parse_identity, peer_labels
@@ -536,7 +536,7 @@ def test_config_env_fallback_and_flags_win() -> None:
     ],
 )
 def test_config_errors(argv: list[str]) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ProxyConfigError):
         parse_run_args(argv, {})
 
 
@@ -544,14 +544,14 @@ def test_log_format_flag_and_environment() -> None:
     assert parse_run_args([], {}).log_format == "logfmt"
     assert parse_run_args([], {"MESH_LOG_FORMAT": "json"}).log_format == "json"
     assert parse_run_args(["--log-format", "logfmt"], {"MESH_LOG_FORMAT": "json"}).log_format == "logfmt"
-    with pytest.raises(ConfigError, match="MESH_LOG_FORMAT must be one of logfmt, json"):
+    with pytest.raises(ProxyConfigError, match="MESH_LOG_FORMAT must be one of logfmt, json"):
         parse_run_args([], {"MESH_LOG_FORMAT": "xml"})
 
 
 def test_opaque_port_errors_name_their_source() -> None:
-    with pytest.raises(ConfigError, match=r"^--opaque-ports: '0' is not within 1-65535"):
+    with pytest.raises(ProxyConfigError, match=r"^--opaque-ports: '0' is not within 1-65535"):
         parse_run_args(["--opaque-ports", "0"], {})
-    with pytest.raises(ConfigError, match=r"^MESH_OPAQUE_PORTS: 'x' is not a port or a port range"):
+    with pytest.raises(ProxyConfigError, match=r"^MESH_OPAQUE_PORTS: 'x' is not a port or a port range"):
         parse_run_args([], {"MESH_OPAQUE_PORTS": "x"})
 
 

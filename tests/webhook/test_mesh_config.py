@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kubectl_mesh.inject.config import ConfigError, MeshConfig, load_config
+from kubectl_mesh.inject.config import MeshConfig, MeshConfigError, load_config
 
 
 def test_defaults_round_trip_through_the_mapping() -> None:
@@ -48,7 +48,7 @@ def test_port_lists_are_canonical_and_accept_arrays() -> None:
     ],
 )
 def test_bad_values_name_the_key(mapping: dict[str, object], needle: str) -> None:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(MeshConfigError) as info:
         MeshConfig.from_mapping(mapping)
     assert needle in str(info.value)
 
@@ -65,10 +65,10 @@ def test_load_config_reads_the_file_named_by_the_environment(tmp_path: Path) -> 
 def test_load_config_errors_are_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{nope")
-    with pytest.raises(ConfigError, match="not valid JSON"):
+    with pytest.raises(MeshConfigError, match="not valid JSON"):
         load_config({"MESH_CONFIG": str(bad)})
-    with pytest.raises(ConfigError, match="cannot read mesh config"):
+    with pytest.raises(MeshConfigError, match="cannot read mesh config"):
         load_config({"MESH_CONFIG": str(tmp_path / "missing.json")})
     bad.write_text('{"proxyVersion": 3}')
-    with pytest.raises(ConfigError, match=r"bad.json: proxyVersion must be a string"):
+    with pytest.raises(MeshConfigError, match=r"bad.json: proxyVersion must be a string"):
         load_config({"MESH_CONFIG": str(bad)})

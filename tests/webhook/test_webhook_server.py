@@ -361,6 +361,24 @@ def test_missing_tls_files_stop_the_server(tmp_path: Path) -> None:
     assert result.returncode != 0 and "MESH_TLS_CERT and MESH_TLS_KEY" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [("MESH_WEBHOOK_WORKERS", "x"), ("MESH_WEBHOOK_WORKERS", "0"), ("MESH_WEBHOOK_KEEPALIVE", "-1"),
+     ("MESH_LOG_FORMAT", "xml")],
+)  # fmt: skip
+def test_a_bad_variable_stops_the_server_with_one_line_naming_it(
+    tmp_path: Path, var: str, value: str
+) -> None:
+    """Before any worker: `error: <the variable>...`, exit non-zero; never a traceback, never a
+    master with no worker (0 workers listened and answered nothing)."""
+    srv = WebhookServer(tmp_path, workers=1)
+    srv.env[var] = value
+    result = start_and_fail(srv.env)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {var}"), line
+
+
 @pytest.mark.parametrize("bind", ["9995", "0.0.0.0:http", "0.0.0.0:70000", "same"])
 def test_a_bad_metrics_bind_stops_the_server_with_one_line(tmp_path: Path, bind: str) -> None:
     srv = WebhookServer(tmp_path, workers=1)
