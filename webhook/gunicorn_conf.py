@@ -42,7 +42,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 from kubectl_mesh.errors import MeshError
 from kubectl_mesh.inject import MeshConfigError, load_config
 from kubectl_mesh.log import Formatter, format_from_env
-from webhook.logs import ENV_WEBHOOK_LOG_LEVEL
+from webhook.logs import level_from_env
 from webhook.tls import ReloadingTLS
 from webhook.worker import limits_from_env, metrics_bind_from_env, workers_from_env
 
@@ -55,7 +55,8 @@ try:
     _limits = limits_from_env()
     _metrics_bind, _metrics_port = metrics_bind_from_env()
     _workers = workers_from_env()
-except MeshError as _exc:  # LogFormatError, WebhookConfigError: one line, no traceback
+    _log_level = level_from_env()
+except MeshError as _exc:  # LogFormatError, LogLevelError, WebhookConfigError: one line, no traceback
     sys.exit(f"error: {_exc}")
 
 
@@ -90,7 +91,7 @@ timeout = 30
 graceful_timeout = 5  # for requests under way; idle keep-alive connections are closed at once (worker.py)
 certfile = _cert
 keyfile = _key
-loglevel = os.environ.get(ENV_WEBHOOK_LOG_LEVEL, "info")
+loglevel = _log_level
 errorlog = "-"
 accesslog = None
 logger_class = MeshLogger

@@ -15,15 +15,28 @@ import os
 import sys
 from collections.abc import Mapping
 
+from kubectl_mesh.contract import LOG_LEVELS
+from kubectl_mesh.errors import MeshError
 from kubectl_mesh.log import Formatter, Logger, format_from_env
 
 ENV_WEBHOOK_LOG_LEVEL = "MESH_WEBHOOK_LOG_LEVEL"
 
 
+class LogLevelError(MeshError, ValueError):
+    """A `$MESH_WEBHOOK_LOG_LEVEL` that neither gunicorn nor the webhook knows: one line at start."""
+
+
 def level_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """The webhook's level (`critical`, gunicorn's name, counts as error); LogLevelError on another."""
     env = os.environ if environ is None else environ
     level = env.get(ENV_WEBHOOK_LOG_LEVEL, "").strip().lower() or "info"
-    return "error" if level == "critical" else level
+    level = "error" if level == "critical" else level
+    if level not in LOG_LEVELS:
+        raise LogLevelError(
+            f"{ENV_WEBHOOK_LOG_LEVEL}={env.get(ENV_WEBHOOK_LOG_LEVEL)!r} is not a log level: "
+            f"one of {', '.join((*LOG_LEVELS, 'critical'))}"
+        )
+    return level
 
 
 @functools.cache

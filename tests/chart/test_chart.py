@@ -61,6 +61,8 @@ def test_schema_is_self_contained() -> None:
         ("webhook.certs.mode=manual", "mode"),
         ("webhook.networkPolicy.apiServerCIDRs[0]=10.0.0.1", "apiServerCIDRs"),
         ("webhook.typo=1", "typo"),
+        # The init step writes IPv4 iptables rules only: an IPv6 subnet would fail every pod's init.
+        ("proxy.skipSubnets[0]=fd00::/8", "skipSubnets"),
     ],
 )
 def test_schema_rejects_bad_values(render_error: Any, setting: str, mentions: str) -> None:

@@ -364,7 +364,7 @@ def test_missing_tls_files_stop_the_server(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("var", "value"),
     [("MESH_WEBHOOK_WORKERS", "x"), ("MESH_WEBHOOK_WORKERS", "0"), ("MESH_WEBHOOK_KEEPALIVE", "-1"),
-     ("MESH_LOG_FORMAT", "xml")],
+     ("MESH_LOG_FORMAT", "xml"), ("MESH_WEBHOOK_LOG_LEVEL", "loud")],
 )  # fmt: skip
 def test_a_bad_variable_stops_the_server_with_one_line_naming_it(
     tmp_path: Path, var: str, value: str
