@@ -328,7 +328,7 @@ def iter_documents(source: Source) -> Iterator[tuple[int, Any]]:
     """(number, object) of every non-empty document, in order, numbered from 1 as they stand in
     the stream. YAML is read document by document; a JSON stream (input starting with `{` or
     `[`) is read whole. ManifestError names the file and line, or the document."""
-    head = _peek(source.stream)
+    head = peek(source.stream)
     if head.lstrip(_BLANK)[:1] in (b"{", b"["):
         text = _decode(source.name, head + source.stream.read())
         try:
@@ -339,14 +339,24 @@ def iter_documents(source: Source) -> Iterator[tuple[int, Any]]:
             if source.name.endswith(".json"):
                 raise ManifestError(f"{source.name}:{exc.lineno}:{exc.colno}: {exc.msg}") from None
             # Flow-style YAML also starts with '{': let the YAML parser judge (and report).
-        yield from _yaml_documents(source.name, text)
+        yield from _non_empty(yaml_documents(source.name, text))
         return
-    yield from _yaml_documents(source.name, _Prefixed(head, source.stream))
+    yield from _non_empty(yaml_documents(source.name, Prefixed(head, source.stream)))
 
 
-def _yaml_documents(name: str, stream: Any) -> Iterator[tuple[int, Any]]:
+def _non_empty(documents: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+    return ((number, doc) for number, doc in documents if doc is not None)
+
+
+def yaml_documents(
+    name: str, stream: Any, first_line: int = 0, first_number: int = 0, first_byte: int = 0
+) -> Iterator[tuple[int, Any]]:
+    """(number, object) of every YAML document of `stream`, empty ones (None) included, so that
+    a caller reading a stream in pieces (`DocumentChunks`) can count them. `first_line`,
+    `first_number` and `first_byte` are the lines, documents and bytes before `stream` in the
+    file: errors then name the line, document or byte of the whole file."""
     loader = Loader(stream)
-    number = 0
+    number = first_number
     try:
         while loader.check_node():
             number += 1
@@ -358,19 +368,92 @@ def _yaml_documents(name: str, stream: Any) -> Iterator[tuple[int, Any]]:
                     doc = loader.construct_document(node)
             except RecursionError:
                 raise ManifestError(too_deep(name, number)) from None
-            if doc is not None:
-                yield number, doc
+            yield number, doc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
+        where = f"{name}:{first_line + mark.line + 1}:{mark.column + 1}" if mark else name
         problem = exc.problem or exc.context or "invalid YAML"
         if "maximum nesting depth" in problem:  # libyaml's own limit (1000 levels)
-            raise ManifestError(too_deep(where, max(number, 1))) from None
+            raise ManifestError(too_deep(where, max(number, first_number + 1))) from None
         raise ManifestError(f"{where}: {problem}") from None
     except yaml.YAMLError as exc:  # e.g. a ReaderError: not UTF-8
+        if isinstance(exc, yaml.reader.ReaderError):
+            exc.position += first_byte
         raise ManifestError(f"{name}: {' '.join(str(exc).split())}") from None
     finally:
         loader.dispose()
+
+
+# A line that starts a document: `---` at column 0, then a blank or the line's end. libyaml takes
+# it as a document start wherever it stands (a block scalar ends at column 0, a plain scalar at a
+# document marker, a quoted scalar or a flow collection cut there is an error).
+_DOCUMENT_START = re.compile(rb"^---(?=[ \t\r\n]|\Z)", re.MULTILINE)
+_DIRECTIVE = re.compile(rb"^%", re.MULTILINE)
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+class DocumentChunks:
+    """The bytes of a YAML stream in pieces of about `size` bytes, each cut just before a line
+    that starts a document (`---`), so that each piece read alone gives the documents the whole
+    stream gives there (what `kubectl mesh inject` hands to its worker processes). Never cut
+    between directives (`%YAML`, `%TAG`) and the document they belong to. A stream libyaml reads
+    as UTF-16 (a BOM) or that is not YAML at all is the caller's to exclude (`chunkable`).
+
+    `pending` holds the bytes read but not yet given out: with `stream`, the rest of the input."""
+
+    def __init__(self, stream: ByteReader, size: int) -> None:
+        self.stream, self.size = stream, size
+        self._buffer, self._start = b"", 0  # read, and given out up to _start
+
+    @property
+    def pending(self) -> bytes:
+        return self._buffer[self._start :]
+
+    def __iter__(self) -> Iterator[bytes]:
+        ended = False
+        while True:
+            cut = safe_cut(self._buffer, self._start + self.size, self._start)
+            if cut:
+                yield self._buffer[self._start : cut]
+                self._start = cut
+            elif ended:
+                if self._start < len(self._buffer):
+                    yield self.pending
+                    self._buffer, self._start = b"", 0
+                return
+            else:  # no cut yet: read as much again (a long document costs linear time, not square)
+                block = self.stream.read(max(self.size, len(self._buffer) - self._start))
+                ended = not block
+                self._buffer, self._start = self.pending + block, 0
+
+
+def safe_cut(data: bytes, at_least: int, start: int = 0) -> int:
+    """The first offset at or after `at_least` where `data` (read from `start`, the end of the
+    last piece or the stream's start) can be cut: the start of a `---` line with no directive
+    since the previous `---` line (a directive belongs to the document after it). 0: none."""
+    previous = start
+    for match in _DOCUMENT_START.finditer(data, start + 1):
+        cut = match.start()
+        if cut >= at_least and not _DIRECTIVE.search(data, previous, cut):
+            return cut
+        previous = cut
+    return 0
+
+
+def chunkable(head: bytes) -> bool:
+    """Whether a stream starting with `head` may be cut by `DocumentChunks`: YAML (not a JSON
+    stream), read as UTF-8 (no UTF-16 BOM), by libyaml."""
+    return WITH_LIBYAML and not head.startswith(_UTF16_BOMS) and head.lstrip(_BLANK)[:1] not in (b"{", b"[")
+
+
+def line_breaks(data: bytes) -> int:
+    """The lines libyaml counts in `data`: LF, CR LF, a lone CR, and NEL, LS and PS (UTF-8)."""
+    lines = data.count(b"\n")
+    if b"\r" in data:
+        lines += data.count(b"\r") - data.count(b"\r\n")
+    if b"\xc2\x85" in data or b"\xe2\x80" in data:
+        lines += data.count(b"\xc2\x85") + data.count(b"\xe2\x80\xa8") + data.count(b"\xe2\x80\xa9")
+    return lines
 
 
 _RESOLVED = frozenset((INT, FLOAT, BOOL, NULL))
@@ -605,7 +688,7 @@ class _Encoded:
         return self.text.read(size).encode()
 
 
-class _Prefixed:
+class Prefixed:
     """A byte stream with some bytes already read put back in front (stdin cannot seek)."""
 
     def __init__(self, head: bytes, rest: ByteReader) -> None:
@@ -622,7 +705,7 @@ class _Prefixed:
 _BLANK = b" \t\r\n\xef\xbb\xbf"  # whitespace and the bytes of a UTF-8 BOM
 
 
-def _peek(stream: ByteReader) -> bytes:
+def peek(stream: ByteReader) -> bytes:
     """The input's first bytes, through leading whitespace and a BOM, to tell JSON from YAML."""
     head = b""
     while True:

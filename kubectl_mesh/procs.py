@@ -77,7 +77,9 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies (a child forked without exec
+    calls it itself; `spawn` runs it between fork and exec)."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -179,7 +181,7 @@ def spawn(
     """
 
     def prepare() -> None:
-        _die_with_parent()
+        die_with_parent()
         if before_exec is not None:
             before_exec()
 

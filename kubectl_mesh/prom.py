@@ -10,7 +10,9 @@ over one of two transports:
   names the port-forward alternative).
 
 `PrometheusClient.query(promql, at=None) -> [(labels, value)]` is what `compute_stat` takes
-(`at`, a Unix time, lets the demo ask its three tables about one instant). `connect(url, kube)`
+(`at`, a Unix time, lets the demo ask its three tables about one instant); `samples(selector,
+at=None)` gives a range selector's raw samples with their scrape instants (the demo's record and
+the lab walkthrough read the apps' own counters at those instants). `connect(url, kube)`
 picks the transport from typed values (the commands turn flags into them). Errors are
 `PrometheusError` (a MeshError): a one-line message and, where there is one, a hint.
 
@@ -54,6 +56,7 @@ URL_HINT = (
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 DEFAULT_TIMEOUT_S = 15.0
 Vector = list[tuple[dict[str, str], float]]
+Matrix = list[tuple[dict[str, str], list[tuple[float, float]]]]
 
 
 class PrometheusError(MeshError):
@@ -72,8 +75,8 @@ def _sample(value: Any, where: str) -> float:
         ) from None
 
 
-def parse_vector(payload: bytes, where: str) -> Vector:
-    """The `data.result` of an instant query, as (labels, value); a scalar becomes one row."""
+def _result(payload: bytes, where: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(resultType, result, the whole answer) of a successful query, else PrometheusError."""
     try:
         doc = json.loads(payload)
     except ValueError:
@@ -82,8 +85,14 @@ def parse_vector(payload: bytes, where: str) -> Vector:
         error = doc.get("error", "unknown error") if isinstance(doc, dict) else "unknown error"
         raise PrometheusError(f"Prometheus at {where} refused the query: {error}")
     data = doc.get("data")
-    kind: Any = data.get("resultType") if isinstance(data, dict) else None
-    result: Any = data.get("result") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None, None, doc
+    return data.get("resultType"), data.get("result"), doc
+
+
+def parse_vector(payload: bytes, where: str) -> Vector:
+    """The `data.result` of an instant query, as (labels, value); a scalar becomes one row."""
+    kind, result, doc = _result(payload, where)
     try:
         if kind == "scalar":
             return [({}, _sample(result[1], where))]
@@ -92,6 +101,21 @@ def parse_vector(payload: bytes, where: str) -> Vector:
     except (KeyError, IndexError, TypeError, AttributeError):
         pass
     raise PrometheusError(f"{where} did not answer an instant vector: {str(doc)[:160]}")
+
+
+def parse_matrix(payload: bytes, where: str) -> Matrix:
+    """The `data.result` of an instant query of a range selector (`up{…}[20s]`): each series'
+    labels and its raw samples, (Unix time, value), oldest first."""
+    kind, result, doc = _result(payload, where)
+    try:
+        if kind == "matrix" and isinstance(result, list):
+            return [
+                ({**(item.get("metric") or {})}, [(float(t), _sample(v, where)) for t, v in item["values"]])
+                for item in result
+            ]
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        pass
+    raise PrometheusError(f"{where} did not answer a range vector: {str(doc)[:160]}")
 
 
 def _is_loopback(url: str) -> bool:
@@ -133,12 +157,20 @@ class PrometheusClient:
 
     def query(self, promql: str, at: float | None = None) -> Vector:
         """An instant query, evaluated now or at the Unix time `at`."""
+        return parse_vector(self._instant(promql, at), self.where)
+
+    def samples(self, selector: str, at: float | None = None) -> Matrix:
+        """The raw samples a range selector (`up{…}[20s]`) holds now or at `at`: the very samples
+        `increase()` over that window uses, with the instants they were scraped."""
+        return parse_matrix(self._instant(selector, at), self.where)
+
+    def _instant(self, promql: str, at: float | None) -> bytes:
         params = {"query": promql}
         if at is not None:
             params["time"] = f"{at:.3f}"
         status, payload = self.get("/api/v1/query", params)
         if status in (200, 400, 422):  # Prometheus answers errors with JSON too
-            return parse_vector(payload, self.where)
+            return payload
         raise self._http_failure(status, payload)
 
     def get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, bytes]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from kubectl_mesh.procs import free_ports
+from kubectl_mesh.procs import free_ports, http_ok, prometheus_argv
 from lab import network
 from lab.config import (
     API_PORT,
@@ -140,11 +140,6 @@ def _https_ok(url: str, ctx: ssl.SSLContext) -> bool:
         return bool(resp.status == 200)
 
 
-def _http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as resp:
-        return bool(resp.status == 200)
-
-
 def prometheus_config(kubeconfig_file: Path) -> dict[str, object]:
     """The chart's scrape job (loaded, not copied) with pod discovery through the lab's API server."""
     job = yaml.safe_load(SCRAPE_CONFIG.read_text())
@@ -187,7 +182,7 @@ def up(owner: str = "cli", timeout: float = 90.0, prometheus: bool = True, user:
             publish_pod_binaries()
             proc = _start_prometheus(state, Path(state.bin_dir))
             url = state.prometheus_url
-            _wait("prometheus /-/ready", lambda: _http_ok(f"{url}/-/ready"), {"prometheus": proc}, timeout)
+            _wait("prometheus /-/ready", lambda: http_ok(f"{url}/-/ready"), {"prometheus": proc}, timeout)
         if user is not None:
             USERS_DIR.mkdir(parents=True, exist_ok=True)
             (USERS_DIR / str(user)).touch()
@@ -339,22 +334,18 @@ def _up_locked(owner: str, bins: Path, timeout: float, with_prometheus: bool) ->
     _wait("the node to register", node_ready, watched, timeout, (*ERRORS, ValueError))
     _wait("the default service account", default_sa, watched, timeout, (*ERRORS, ValueError))
     if with_prometheus:
-        _wait("prometheus /-/ready", lambda: _http_ok(f"{state.prometheus_url}/-/ready"), watched, timeout)
+        _wait("prometheus /-/ready", lambda: http_ok(f"{state.prometheus_url}/-/ready"), watched, timeout)
     (LAB_DIR / "up-seconds").write_text(f"{time.monotonic() - t0:.2f}\n")
     return state
 
 
 def _start_prometheus(state: State, bins: Path) -> subprocess.Popen[bytes]:
-    prom_dir = RUN_DIR / "prometheus"
-    prom_dir.mkdir(exist_ok=True)
     (prom_port,) = free_ports(1)
-    prom_config = RUN_DIR / "prometheus.yml"
-    prom_kubeconfig = RUN_DIR / "prometheus.kubeconfig"
-    prom_config.write_text(yaml.safe_dump(prometheus_config(prom_kubeconfig), sort_keys=False))
-    proc = _start(state, "prometheus", [
-        str(bins / "prometheus"), f"--config.file={prom_config}", f"--storage.tsdb.path={prom_dir}",
-        f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn",
-    ])  # fmt: skip
+    # The command line of kubectl_mesh.procs' one launcher (config RUN_DIR/prometheus.yml, data in
+    # RUN_DIR/prometheus-data); the lab starts it itself because it outlives this command.
+    config = yaml.safe_dump(prometheus_config(RUN_DIR / "prometheus.kubeconfig"), sort_keys=False)
+    (RUN_DIR / "prometheus.yml").write_text(config)
+    proc = _start(state, "prometheus", prometheus_argv(str(bins / "prometheus"), RUN_DIR, prom_port))
     state.prometheus_url = f"http://127.0.0.1:{prom_port}"
     state.save()
     return proc

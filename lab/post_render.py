@@ -14,15 +14,21 @@ import sys
 import yaml
 
 
-def with_pythonpath(text: str, path: str) -> str:
-    """The YAML stream `text` with PYTHONPATH=`path` on every Deployment's containers."""
+def with_env(text: str, name: str, value: str, deployment: str | None = None) -> str:
+    """The YAML stream `text` with `name`=`value` on the containers of every Deployment (or of
+    the one named `deployment`), replacing any value they had."""
     docs = [d for d in yaml.safe_load_all(text) if d]
     for doc in docs:
-        if doc.get("kind") == "Deployment":
+        if doc.get("kind") == "Deployment" and deployment in (None, doc["metadata"]["name"]):
             for container in doc["spec"]["template"]["spec"].get("containers") or []:
-                env = [e for e in container.get("env") or [] if e.get("name") != "PYTHONPATH"]
-                container["env"] = [*env, {"name": "PYTHONPATH", "value": path}]
+                env = [e for e in container.get("env") or [] if e.get("name") != name]
+                container["env"] = [*env, {"name": name, "value": value}]
     return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def with_pythonpath(text: str, path: str) -> str:
+    """The YAML stream `text` with PYTHONPATH=`path` on every Deployment's containers."""
+    return with_env(text, "PYTHONPATH", path)
 
 
 def main() -> None:

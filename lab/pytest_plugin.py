@@ -9,13 +9,10 @@ Tests isolate themselves with their own Kubernetes namespace (`lab_namespace`).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import subprocess
 import time
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes.client import ApiClient
 
+from kubectl_mesh.prom import PrometheusClient, Vector
 from lab import cluster, network
 from lab.config import KUBECONFIG, LAB_DIR, NETNS_PREFIX, bin_dir, missing_binaries
 from lab.kube import ERRORS, ApiException, Kube, data
@@ -174,15 +172,11 @@ class Lab:
         return [pid for pid in pids if network.running(pid)]
 
     # --- Prometheus -------------------------------------------------------------------------
-    def prometheus_query(self, promql: str) -> list[JSON]:
-        """An instant query against the lab's Prometheus; returns data.result."""
+    def prometheus_query(self, promql: str) -> Vector:
+        """An instant query against the lab's Prometheus, by the mesh's one client: (labels, value)."""
         if not self.prometheus_url:
             raise AssertionError("the lab runs without Prometheus")
-        url = f"{self.prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            body = json.loads(resp.read())
-        assert body["status"] == "success", body
-        return list(body["data"]["result"])
+        return PrometheusClient(url=self.prometheus_url, timeout=10).query(promql)
 
     # --- waiting ----------------------------------------------------------------------------
     @staticmethod

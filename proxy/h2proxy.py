@@ -32,6 +32,8 @@ import h2.utilities
 import hpack.hpack
 import hyperframe.frame
 from h2.errors import ErrorCodes
+from h2.stream import StreamClosedBy
+from h2.utilities import HeaderValidationFlags, validate_headers
 from hyperframe.frame import GoAwayFrame
 
 from . import h2rules, hpack_nghttp2
@@ -217,9 +219,9 @@ class Side:
         self.pings = h2rules.Budget(h2rules.PING_BUDGET)
         self.settings = h2rules.Budget(h2rules.SETTINGS_BUDGET)
 
-    def start(self) -> None:
+    def start(self, window: int = h2rules.CONNECTION_WINDOW) -> None:
         self.conn.initiate_connection()
-        self.conn.increment_flow_control_window(h2rules.CONNECTION_WINDOW - 65535)
+        self.conn.increment_flow_control_window(window - 65535)
         self.pull()
         self.writer = gevent.spawn(self._write_loop)
 
@@ -274,6 +276,9 @@ class Side:
                 if not self.settings.spend(now):
                     self.fail_connection("settings_flood", ErrorCodes.ENHANCE_YOUR_CALM)
                     return False
+                encoder = self.conn.encoder  # h2 follows the peer's table size: we keep ours
+                if encoder.header_table_size > h2rules.HEADER_TABLE_SIZE:
+                    encoder.header_table_size = h2rules.HEADER_TABLE_SIZE
                 self.pump_all()
             elif isinstance(event, h2.events.WindowUpdated):
                 if event.stream_id == 0:
@@ -342,6 +347,7 @@ class Stream:
     __slots__ = (
         "active",
         "authority",
+        "body_left",
         "counted",
         "down_done",
         "grpc_status",
@@ -354,6 +360,7 @@ class Stream:
         "sid",
         "start",
         "status",
+        "stop_client",
         "tap",
         "tap_bytes",
         "to_down",
@@ -382,6 +389,8 @@ class Stream:
         self.counted = False
         self.tap: TapRequest | None = None  # set only while someone taps this proxy (tap.py)
         self.tap_bytes = 0  # response DATA bytes, counted only while tapped
+        self.body_left: int | None = None  # response bytes its content-length still promises
+        self.stop_client = False  # the upstream answered whole and asked the request to stop
         # Deadlines (h2rules.stream_timeout), on the proxy's coarse clock: the last time a frame
         # of the stream moved, when the request's end went upstream, and the wait for the head.
         proxy = session.proxy
@@ -418,6 +427,8 @@ class Stream:
         self.latency_ms = (time.monotonic() - self.start) * 1000.0
         self.status = response.status
         self.grpc_status = response.grpc_status
+        if not ended:
+            self.body_left = h2rules.body_length(response.fields, self.head.method, self.status)
         fields = response.fields
         if session.direction == OUTBOUND:
             self.peer = proxy.dst_labels.get(response.mesh.get(MESH_DST))
@@ -485,6 +496,18 @@ class Stream:
     def response_ended(self) -> None:
         self.down_done = True
         self.count()
+        if self.stop_client:  # as the upstream asked: stop sending, the answer is whole
+            self.session.reset(self.sid, ErrorCodes.NO_ERROR)
+        self.settle()
+
+    def stop_request(self) -> None:
+        """The upstream sent its whole response, then RST_STREAM(NO_ERROR) to stop the request
+        (RFC 9113 §8.1; gRPC servers and upload limits do). The response goes on to the client
+        whole (it was cut, the part queued here lost), then the client is asked the same."""
+        self.up_done = True
+        self.stop_client = True
+        if self.down_done:
+            self.session.reset(self.sid, ErrorCodes.NO_ERROR)
         self.settle()
 
     def fail(self, error: str, status: int = 502, reason: str = "") -> None:
@@ -508,6 +531,27 @@ class Stream:
         self.down_done = self.up_done = True
         self.count(error)
         self.settle()
+
+    def refuse(self) -> None:
+        """The upstream never processed the stream (REFUSED_STREAM, or above its GOAWAY's last
+        stream): the client is told so in the same words and may retry it (RFC 9113 §8.7; gRPC
+        does, transparently). The proxy itself never sends a request twice. A stream whose
+        response began cannot have been refused: that is a reset."""
+        if self.latency_ms >= 0 or self.down_done:
+            self.fail("reset")
+            return
+        self.session.reset(self.sid, ErrorCodes.REFUSED_STREAM)
+        self.up_done = self.down_done = True
+        self.count("reset")
+        self.settle()
+
+    def malformed(self) -> None:
+        """The upstream's response is malformed (a header list against RFC 9113's rules, a body
+        that disagrees with its content-length; §8.1.1: a stream error): this stream is reset
+        on both sides, and no other."""
+        if self.up is not None:
+            self.up.reset(self.uid, ErrorCodes.PROTOCOL_ERROR)
+        self.fail("bad_response")
 
     def client_gone(self) -> None:
         """The client reset the stream or went away: cancel the upstream's side; its doing."""
@@ -541,6 +585,54 @@ def _release(queue: deque[Item], src: Side, src_id: int) -> None:
     if flow and not src.dead:
         src.conn.acknowledge_received_data(flow, src_id)
         src.pull()
+
+
+_HEADER_EVENTS = (
+    h2.events.ResponseReceived, h2.events.InformationalResponseReceived, h2.events.TrailersReceived
+)  # fmt: skip
+_RESPONSE_FLAGS = HeaderValidationFlags(
+    is_client=True, is_trailer=False, is_response_header=True, is_push_promise=False
+)
+_TRAILER_FLAGS = HeaderValidationFlags(
+    is_client=True, is_trailer=True, is_response_header=False, is_push_promise=False
+)
+
+
+def _well_formed(event: Any) -> bool:
+    """h2's own rules for a received header list (RFC 9113 §8.2, §8.3) and our size limit
+    (counted as HPACK counts it), applied to one stream."""
+    if sum(32 + len(name) + len(value) for name, value in event.headers) > h2rules.MAX_HEADER_LIST_SIZE:
+        return False
+    trailer = isinstance(event, h2.events.TrailersReceived)
+    try:
+        for _ in validate_headers(event.headers, _TRAILER_FLAGS if trailer else _RESPONSE_FLAGS):
+            pass
+    except h2.exceptions.ProtocolError:
+        return False
+    return True
+
+
+def _no_check(*args: object) -> None:
+    pass
+
+
+def _body_length_per_stream(h2stream: Any) -> None:
+    """h2 takes a body that disagrees with its content-length (or a content-length that is no
+    number) for a connection error. On an upstream connection, which carries many clients'
+    streams, one app's malformed response then reset them all; the proxy checks it per stream
+    instead (`Stream.body_left`, `Stream.malformed`). h2 4 calls these two hooks of its stream
+    (tests/proxy/test_h2_adversarial_streams.py checks they still exist)."""
+    h2stream._initialize_content_length = _no_check
+    h2stream._track_content_length = _no_check
+
+
+def _empty_data(src: Side, event: h2.events.DataReceived) -> None:
+    """A DATA frame with no data (its END_STREAM, if any, comes as its own event): nothing to
+    pass on. Queued, such frames cost no window and grew without bound behind a closed one
+    (CVE-2019-9518); passed on, they flooded the connection every client shares. Its padding,
+    if any, is acknowledged at once."""
+    if event.flow_controlled_length:
+        src.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
 
 
 WAITING, ENDED, GONE = 0, 1, 2  # what `_pump` left: more to send, the end went, `dst`'s stream is gone
@@ -584,9 +676,9 @@ def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int, st
                     break
             else:
                 _release(queue, src, src_id)
-                if kind == TRAILERS:
+                if kind == TRAILERS and payload:
                     conn.send_headers(dst_id, payload, end_stream=True)
-                else:
+                else:  # trailers of nothing but mesh fields are none: h2 raised on an empty list
                     conn.end_stream(dst_id)
                 left = ENDED
                 break
@@ -723,6 +815,9 @@ class Session(Side):
                 self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
             return
         if isinstance(event, h2.events.DataReceived):
+            if not event.data:
+                _empty_data(self, event)
+                return
             stream.to_up.append((DATA, event.data, event.flow_controlled_length))
         elif isinstance(event, h2.events.TrailersReceived):
             stream.to_up.append((TRAILERS, h2rules.split_trailers(event.headers)[0], 0))
@@ -740,6 +835,12 @@ class Session(Side):
             self.reset(sid, ErrorCodes.REFUSED_STREAM)
             return
         head = h2rules.split_request(headers)
+        if h2rules.extended_connect(head):
+            # RFC 8441 §3: `:protocol` only after SETTINGS_ENABLE_CONNECT_PROTOCOL, which the
+            # proxy never sends: malformed, a stream error here, never passed to an upstream
+            # that did not offer it either (and may end the connection other clients share).
+            self.reset(sid, ErrorCodes.PROTOCOL_ERROR)
+            return
         dest = self.dest or split_authority(head.authority, 80)
         authority_bytes = head.authority or (hostport(dest).encode() if dest else b"")
         peer = NO_LABELS
@@ -773,6 +874,11 @@ class H2Upstream(Side):
 
     def __init__(self, proxy: Proxy, pool: H2Pool, key: tuple[str, Address]) -> None:
         super().__init__(proxy, client_side=True, direction=key[0])
+        # h2 takes a malformed header list for a connection error; on a connection that carries
+        # many clients' streams, one app response with (say) a `connection` field then reset
+        # them all. The upstream's lists are validated here, per stream (`_well_formed`).
+        self.conn.config.validate_inbound_headers = False
+        self.conn.decoder.max_header_list_size = h2rules.UPSTREAM_HEADER_LIST_DECODED
         self.pool = pool
         self.key = key
         self.ready = False
@@ -787,7 +893,13 @@ class H2Upstream(Side):
         if not self.ready:
             return len(self.waiting) < h2rules.MAX_CONCURRENT_STREAMS
         # Our own count: h2's open_outbound_streams walks every stream it knows, on each call.
-        return len(self.streams) < self.conn.remote_settings.max_concurrent_streams
+        conn = self.conn
+        if h2rules.upstream_has_room(len(self.streams), conn.remote_settings.max_concurrent_streams,
+                                     conn.highest_outbound_stream_id):  # fmt: skip
+            return True
+        if conn.highest_outbound_stream_id + 2 > h2rules.MAX_STREAM_ID:
+            self.draining = True  # out of stream IDs: closed once its last stream ends
+        return False
 
     def add(self, stream: Stream, fields: Fields) -> None:
         stream.up = self
@@ -804,6 +916,7 @@ class H2Upstream(Side):
         self.streams[uid] = stream
         ended = bool(stream.to_up) and stream.to_up[0][0] == END
         self.conn.send_headers(uid, fields, end_stream=ended)
+        _body_length_per_stream(self.conn.streams[uid])
         if ended:
             stream.to_up.clear()
             stream.up_done = True
@@ -826,7 +939,7 @@ class H2Upstream(Side):
         self.sock = self.upstream.sock
         self.holder = self.upstream
         try:
-            self.start()
+            self.start(h2rules.UPSTREAM_CONNECTION_WINDOW)
             self.ready = True
             for stream, fields in self.waiting:
                 self._open(stream, fields)
@@ -871,15 +984,21 @@ class H2Upstream(Side):
             stream.request_end = self.proxy.now
             stream.settle()
         elif left == GONE:
-            stream.fail("reset")
+            h2stream = self.conn.streams.get(stream.uid)
+            if h2stream is not None and h2stream.closed_by == StreamClosedBy.RECV_RST_STREAM:
+                # The upstream's RST_STREAM, read in this batch: its event, next, says how the
+                # stream ends (a refused stream may be retried, a reset one may not).
+                stream.up_done = True
+            else:
+                stream.fail("reset")
 
     def on_event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ConnectionTerminated):
-            self.draining = True  # streams it took finish; later ones fail
+            self.draining = True  # streams it took finish; later ones were never processed
             last = event.last_stream_id if event.last_stream_id is not None else 0
             for uid, taken in list(self.streams.items()):
                 if uid > last:
-                    taken.fail("reset")
+                    taken.refuse()
             return
         sid = getattr(event, "stream_id", 0)
         stream = self.streams.get(sid)
@@ -888,6 +1007,9 @@ class H2Upstream(Side):
                 self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
             return
         stream.active = self.proxy.now
+        if isinstance(event, _HEADER_EVENTS) and not _well_formed(event):
+            stream.malformed()
+            return
         if isinstance(event, h2.events.ResponseReceived):
             stream.respond(event.headers, event.stream_ended is not None)
             return
@@ -895,13 +1017,29 @@ class H2Upstream(Side):
             stream.inform(event.headers)
             return
         if isinstance(event, h2.events.StreamReset):
-            stream.fail("reset")
+            if event.error_code == ErrorCodes.REFUSED_STREAM:
+                stream.refuse()
+            elif event.error_code == ErrorCodes.NO_ERROR and (
+                stream.down_done or (stream.to_down and stream.to_down[-1][0] in (END, TRAILERS))
+            ):
+                stream.stop_request()
+            else:
+                stream.fail("reset")
             return
         if stream.down_done:
             if isinstance(event, h2.events.DataReceived) and event.flow_controlled_length:
                 self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
             return
         if isinstance(event, h2.events.DataReceived):
+            if not event.data:
+                _empty_data(self, event)
+                return
+            if stream.body_left is not None:
+                stream.body_left -= len(event.data)
+                if stream.body_left < 0:
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                    stream.malformed()
+                    return
             stream.to_down.append((DATA, event.data, event.flow_controlled_length))
             if stream.tap is not None:
                 stream.tap_bytes += len(event.data)
@@ -910,6 +1048,9 @@ class H2Upstream(Side):
             stream.grpc_status = grpc_status or stream.grpc_status
             stream.to_down.append((TRAILERS, fields, 0))
         elif isinstance(event, h2.events.StreamEnded):
+            if stream.body_left:
+                stream.malformed()
+                return
             stream.to_down.append((END, b"", 0))
         else:
             return

@@ -29,10 +29,26 @@ Fields = list[tuple[bytes, bytes]]
 # connection with ENHANCE_YOUR_CALM; the header table stays at the default 4 KiB.
 MAX_CONCURRENT_STREAMS = 100
 MAX_HEADER_LIST_SIZE = http1.MAX_HEADER_BYTES  # 32 KiB, as an HTTP/1 head
+# An upstream's header list is decoded up to 1 MiB (an HPACK bomb stays bounded), then judged per
+# stream against MAX_HEADER_LIST_SIZE: hpack gives up mid-block on a list over its limit, which
+# can only end the connection, and an upstream connection carries many clients' streams.
+UPSTREAM_HEADER_LIST_DECODED = 1024 * 1024
 STREAM_WINDOW = 65535  # bytes a peer may send on one stream before the proxy passed them on
 # The connection window lets every stream fill its own window: a stalled stream never holds
 # back the others (the RFC's default of 64 KiB would let one stalled stream block them all).
 CONNECTION_WINDOW = MAX_CONCURRENT_STREAMS * STREAM_WINDOW
+# An upstream connection carries the streams of many clients, so the same rule sets its window
+# from the streams it may carry: a client that reads nothing holds its streams' windows, never
+# the window the other clients' streams share (100 such streams once stalled every client of the
+# backend). The largest window HTTP/2 allows bounds the streams (32,768); bytes held stay bounded
+# by the streams' own windows, as on the client's side.
+UPSTREAM_STREAMS = (2**31 - 1) // STREAM_WINDOW
+UPSTREAM_CONNECTION_WINDOW = UPSTREAM_STREAMS * STREAM_WINDOW
+MAX_STREAM_ID = 2**31 - 1  # stream IDs are never reused: a connection that used them all is done
+# The HPACK table the proxy's encoders keep, whatever a peer's SETTINGS_HEADER_TABLE_SIZE allows
+# (as nghttp2 and Envoy): a table of the peer's size kept every distinct field sent on the
+# connection, for its lifetime (2^31 allowed ~2 GiB per connection).
+HEADER_TABLE_SIZE = 4096
 # Bytes queued for one socket: above HIGH_WATER no more DATA is queued for it (the streams wait,
 # unacknowledged, so their senders' windows close); above MAX_BACKLOG (control frames the peer
 # makes us answer while it reads nothing) the connection is ended.
@@ -54,6 +70,17 @@ ERROR_LABELS = {
     0x9: "compression_error", 0xA: "connect_error", 0xB: "enhance_your_calm",
     0xC: "inadequate_security", 0xD: "http_1_1_required",
 }  # fmt: skip
+
+
+def extended_connect(head: RequestHead) -> bool:
+    """A request with `:protocol` (RFC 8441's extended CONNECT, for WebSockets over HTTP/2)."""
+    return any(name == b":protocol" for name, _ in head.fields)
+
+
+def upstream_has_room(streams: int, peer_limit: int, highest_stream_id: int) -> bool:
+    """Whether an upstream connection takes one more stream: under the peer's limit and ours,
+    with a stream ID left (a client's IDs are odd: the next is the highest + 2)."""
+    return streams < min(peer_limit, UPSTREAM_STREAMS) and highest_stream_id + 2 <= MAX_STREAM_ID
 
 
 def error_label(code: int) -> str:
@@ -212,6 +239,19 @@ def request_fields(head: RequestHead, outbound: bool, identity: bytes | None, ho
 
 def loops(head: RequestHead, hop_id: bytes) -> bool:
     return http1.via_loops(head.mesh.get(http1.MESH_VIA), hop_id)
+
+
+def body_length(fields: Fields, method: bytes, status: int) -> int | None:
+    """The body a response's content-length promises (None: no promise to check). A response to
+    HEAD, a 204 and a 304 have no body whatever it says; a malformed or conflicting value
+    promises nothing (the body is passed on as it comes, as the client would get it unmeshed)."""
+    if method == b"HEAD" or status in (204, 304):
+        return None
+    values = {value for name, value in fields if name == b"content-length"}
+    if len(values) != 1:
+        return None
+    value = values.pop()
+    return int(value) if value.isdigit() else None
 
 
 @dataclass

@@ -306,8 +306,9 @@ class RequestReader(_Reader):
 
     def _upgraded(self, rest: bytes | memoryview) -> None:
         """llhttp stopped at a request that asks to switch protocols; the bytes after its head
-        are the new protocol's. Unless the switch is declined: a request with a body, or `h2c`
-        (the proxy keeps HTTP/1.1 on the next hop, as Linkerd does), goes on as a plain request,
+        are the new protocol's. Unless the switch is declined: a request with a body, or one that
+        offers `h2c` anywhere in its list (the proxy keeps HTTP/1.1 on the next hop, as Linkerd
+        does), goes on as a plain request,
         its body read by its own framing, and parsing resumes behind it on a fresh parser."""
         _, left = self.events.pop()
         left = bytes(left) + bytes(rest)
@@ -315,7 +316,7 @@ class RequestReader(_Reader):
         if head.method == b"CONNECT" or head.upgrade is None:
             self.events.append((UPGRADE, left))
             return
-        if head.body_mode == NO_BODY and head.upgrade.lower() != b"h2c":
+        if head.body_mode == NO_BODY and not offers_h2c(head.upgrade):
             self.events.append((UPGRADE, left))
             return
         head.upgrade = None
@@ -610,6 +611,13 @@ def last_chunk(trailers: list[tuple[bytes, bytes]] | None) -> bytes:
 # RFC 9110 §9.2.2: a request with one of these methods may be sent again after a failure.
 IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 MAX_HOPS = 16  # proxies one request may pass through before it is taken for a loop
+
+
+def offers_h2c(upgrade: bytes) -> bool:
+    """Whether an Upgrade field offers h2c anywhere in its list: a server may switch to any
+    protocol offered (Go's h2c does), and after a switch the bytes are relayed unparsed, so an
+    HTTP/2 stream would reach the app with whatever mesh fields its client wrote."""
+    return any(token.strip().split(b"/")[0].lower() == b"h2c" for token in upgrade.split(b","))
 
 
 def via_loops(via: bytes | None, own_id: bytes) -> bool:

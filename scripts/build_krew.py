@@ -17,8 +17,8 @@ installed environment (the versions the tests ran against): tabulate, PyYAML (it
 dropped: PyYAML falls back to pure Python), jsonpatch, jsonpointer. No C extension goes in; the
 build fails if one would. The `kubernetes` package is not vendored: no command imports it (the CLI
 speaks to the API server through kubectl_mesh.kube), and its current releases need pydantic-core,
-a C extension. Commands that need a C extension (e.g. `install`'s cryptography, `demo`'s gevent)
-say so in one line when run from the zipapp.
+a C extension. Commands that need a C extension (e.g. `install`'s cryptography, `demo`'s gevent
+and, for emojivoto, grpcio of the `demo` extra) say so in one line when run from the zipapp.
 
 Usage: scripts/build_krew.py [--out dist] [--uri URL]
 """

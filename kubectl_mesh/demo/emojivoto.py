@@ -18,9 +18,12 @@ success rate and tests need no luck.
 Every service counts what it received and sent, by itself (`GET /counters` on COUNTERS_PORT, a
 port the mesh leaves alone): per path (an HTTP path, or a gRPC method `/package.Service/Method`),
 the total, the failures and each status (HTTP code, or gRPC status name), so tests can compare
-the mesh's numbers with the truth.
+the mesh's numbers with the truth. `GET /counters?at=<Unix time>` answers them as they were at
+that instant (the last 10 minutes): a test reads them at the instants Prometheus scraped the
+proxies, so both sides count the same calls.
 
-Needs `grpcio` and `protobuf` (the package's dependencies; the image installs them).
+Needs `grpcio` and `protobuf` (the package's `demo` extra, `pip install 'kubectl-mesh[demo]'`;
+the image installs them).
 Run: `python3 -m kubectl_mesh.demo.emojivoto web|emoji|voting|vote-bot`. Settings come from the
 environment (names as in the original where it has them):
 
@@ -49,12 +52,12 @@ import json
 import math
 import os
 import random
-import signal
 import socket
 import sys
 import threading
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -66,6 +69,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import grpc
 
 from kubectl_mesh.demo.emojivoto_proto import Emoji_pb2, Voting_pb2
+from kubectl_mesh.demo.lifecycle import stop_on_signals, wait_then_shutdown
 
 SERVICES = ("web", "emoji", "voting", "vote-bot")
 DEFAULT_FAILING_EMOJI = ":doughnut:"
@@ -154,15 +158,24 @@ class _Tally:
     failures: int = 0
     paths: dict[str, _Path] = field(default_factory=dict)  # HTTP path or gRPC method -> counts
 
-    def add(self, path: str, status: Status) -> None:
+    def add(self, path: str, status: Status, by: int = 1) -> None:
+        """Count one call (`by` -1 takes one back: the counters as they were before it)."""
         failed = is_failure(status)
-        self.total += 1
-        self.failures += failed
+        self.total += by
+        self.failures += by * failed
         entry = self.paths.setdefault(path, _Path())
-        entry.total += 1
-        entry.failures += failed
+        entry.total += by
+        entry.failures += by * failed
         name = status_name(status)
-        entry.statuses[name] = entry.statuses.get(name, 0) + 1
+        entry.statuses[name] = entry.statuses.get(name, 0) + by
+        if not entry.statuses[name]:
+            del entry.statuses[name]
+        if not entry.total:
+            del self.paths[path]
+
+    def copy(self) -> _Tally:
+        paths = {p: _Path(e.total, e.failures, dict(e.statuses)) for p, e in self.paths.items()}
+        return _Tally(self.total, self.failures, paths)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -175,8 +188,18 @@ class _Tally:
         }
 
 
+HISTORY_SECONDS = 600.0  # how far back `/counters?at=` can look (a stat window is a minute)
+HISTORY_EVENTS = 50_000  # and at most this many calls back, whatever the rate (a few MB)
+
+
 class Counters:
-    """Requests and calls a service received and sent, by status, counted by the service itself."""
+    """Requests and calls a service received and sent, by status, counted by the service itself.
+
+    Each call is also kept with the time it was counted (HISTORY_SECONDS, HISTORY_EVENTS), so that
+    `snapshot_at(T)` gives the counters as they were at T: a test reads them at the instants
+    Prometheus scraped the proxies, and compares the same calls the mesh counted, not a window
+    shifted by a few calls.
+    """
 
     def __init__(self, service: str) -> None:
         self.service = service
@@ -185,30 +208,65 @@ class Counters:
         self._received = _Tally()
         self._sent: dict[str, _Tally] = {}
         self.extra: dict[str, int] = {}
+        # (time, upstream or None for received, path, status), or (time, "+", extra name, by)
+        self._history: deque[tuple[float, str | None, str, Any]] = deque()
+        self._forgotten = 0.0  # the time of the latest call no longer in the history
+
+    def _remember(self, event: tuple[float, str | None, str, Any]) -> None:
+        history = self._history
+        history.append(event)
+        while history and (len(history) > HISTORY_EVENTS or history[0][0] < event[0] - HISTORY_SECONDS):
+            self._forgotten = history.popleft()[0]
 
     def count_received(self, path: str, status: Status) -> None:
         with self._lock:
             self._received.add(path, status)
+            self._remember((time.time(), None, path, status))
 
     def count_sent(self, upstream: str, path: str, status: Status) -> None:
         with self._lock:
             self._sent.setdefault(upstream, _Tally()).add(path, status)
+            self._remember((time.time(), upstream, path, status))
 
     def bump(self, name: str, by: int = 1) -> None:
         with self._lock:
             self.extra[name] = self.extra.get(name, 0) + by
+            self._remember((time.time(), "+", name, by))
 
     def snapshot(self) -> dict[str, Any]:
+        """The counters now."""
+        snap = self.snapshot_at(None)
+        assert snap is not None
+        return snap
+
+    def snapshot_at(self, at: float | None) -> dict[str, Any] | None:
+        """The counters as they were at the Unix time `at` (now: None); None beyond the history."""
         with self._lock:
-            return {
-                "service": self.service,
-                "pid": os.getpid(),
-                "started": self.started,
-                "time": time.time(),
-                "received": self._received.as_json(),
-                "sent": {name: tally.as_json() for name, tally in sorted(self._sent.items())},
-                **dict(sorted(self.extra.items())),
-            }
+            now = time.time()
+            received, extra = self._received.copy(), dict(self.extra)
+            sent = {name: tally.copy() for name, tally in self._sent.items()}
+            if at is not None and at < now:
+                if at < self._forgotten:
+                    return None
+                for when, upstream, path, status in reversed(self._history):
+                    if when <= at:
+                        break
+                    if upstream == "+":
+                        extra[path] -= status
+                    elif upstream is None:
+                        received.add(path, status, by=-1)
+                    else:
+                        sent[upstream].add(path, status, by=-1)
+                now = at
+        return {
+            "service": self.service,
+            "pid": os.getpid(),
+            "started": self.started,
+            "time": now,
+            "received": received.as_json(),
+            "sent": {name: tally.as_json() for name, tally in sorted(sent.items()) if tally.total},
+            **{name: n for name, n in sorted(extra.items()) if n},
+        }
 
 
 # --- HTTP server side -----------------------------------------------------------------------
@@ -310,9 +368,25 @@ def serve(bind: str, port: int, routes: dict[tuple[str, str], Route], counters: 
     return server
 
 
+def counters_at(counters: Counters, query: Query) -> Response:
+    """`/counters`, or `/counters?at=<Unix time>`: the counters as they were then."""
+    raw = query.get("at", [""])[0]
+    try:
+        at = float(raw) if raw else None
+        if at is not None and not math.isfinite(at):
+            raise ValueError(raw)
+    except ValueError:
+        return Response.json(400, {"error": f"at={raw[:40]!r} is not a Unix time"})
+    snapshot = counters.snapshot_at(at)
+    if snapshot is None:
+        forgotten = f"the counters keep {HISTORY_SECONDS:g} s and {HISTORY_EVENTS} calls of history"
+        return Response.json(404, {"error": forgotten})
+    return Response.json(200, snapshot)
+
+
 def counters_routes(counters: Counters) -> dict[tuple[str, str], Route]:
     return {
-        ("GET", "/counters"): lambda _q: Response.json(200, counters.snapshot()),
+        ("GET", "/counters"): lambda q: counters_at(counters, q),
         ("GET", "/healthz"): lambda _q: Response(200, b"ok\n", "text/plain"),
     }
 
@@ -714,13 +788,10 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     timeout = _env_float(env, "UPSTREAM_TIMEOUT", 5.0)
     failing = env.get("FAILING_EMOJI", DEFAULT_FAILING_EMOJI)
     counters = Counters(service)
-    stop = threading.Event()
+    stop = stop_on_signals()
     servers: list[_Server] = []
     grpc_servers: list[grpc.Server] = []
     addresses: list[str] = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop.set()
 
     def start_grpc(service_desc: Any, messages: ModuleType, impl: Mapping[str, Handler]) -> None:
         server, bound = serve_grpc(bind, port, grpc_handler(service_desc, messages, impl, counters))
@@ -731,8 +802,6 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         servers.append(serve(bind, listen, routes, count))
         addresses.append(f"{bind}:{servers[-1].server_address[1]}")
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
         if counters_port:
             start_http(counters_port, counters_routes(counters), None)
@@ -766,13 +835,12 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         return 1
     if service != "vote-bot":
         _announce(service, addresses)
-    stop.wait()
-    for grpc_server in grpc_servers:
-        grpc_server.stop(grace=1).wait(2)
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-    return 0
+
+    def stop_grpc() -> None:
+        for grpc_server in grpc_servers:
+            grpc_server.stop(grace=1).wait(2)
+
+    return wait_then_shutdown(stop, servers, before=stop_grpc)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import shutil
 
-INSTALL_HINT = "sudo apt-get install prometheus"
+from kubectl_mesh.procs import PROMETHEUS_INSTALL_HINT as INSTALL_HINT
+
+__all__ = ["INSTALL_HINT", "find_prometheus"]
 
 
 def find_prometheus(explicit: str | None) -> str | None:

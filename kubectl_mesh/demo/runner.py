@@ -42,6 +42,7 @@ from kubectl_mesh.demo.plan import (
 from kubectl_mesh.demo.ports import PortsInUse, ports_from
 from kubectl_mesh.demo.prometheus import INSTALL_HINT, find_prometheus
 from kubectl_mesh.demo.state import DemoState, remove_state, write_state
+from kubectl_mesh.demo.truth import counters_at_scrapes
 from kubectl_mesh.errors import MeshError
 from kubectl_mesh.graph.diagnose import Diagnosis, diagnose
 from kubectl_mesh.graph.edges import EdgesRequest, compute_edges
@@ -78,6 +79,9 @@ class Snapshot:
     counters_start: dict[str, Any] | None
     counters_end: dict[str, Any]
     diagnosis: Diagnosis | None = None  # `kubectl mesh diagnose deploy/web` at the same instant
+    # With --record: the apps' counters at the first and last scrape of the target's proxy in the
+    # window (kubectl_mesh.demo.truth), the calls the tables counted
+    at_scrapes: dict[str, Any] | None = None
 
     def complete(self) -> bool:
         """Every table shows traffic: the moment the walkthrough's story can be told."""
@@ -125,6 +129,10 @@ class Demo:
     needed_modules: tuple[str, ...] = (
         "proxy", "gevent", "httptools", "prometheus_client", "h2", "grpc", "google.protobuf",
     )  # fmt: skip
+    # What installs them: grpcio and protobuf are the `demo` extra, not the package's own
+    # dependencies (the proxy and webhook images leave them out); the rest come with the package.
+    install_command = "pip install 'kubectl-mesh[demo]'"
+    counters_history = True  # the apps answer /counters?at= (emojivoto does; a topology's app not)
 
     def __init__(self, options: DemoOptions, out: TextIO, err: TextIO) -> None:
         self.options = options
@@ -227,9 +235,9 @@ class Demo:
         """The Prometheus binary and the ports, or a DemoError saying what is missing."""
         missing = [m for m in self.needed_modules if not _importable(m)]
         if missing:
-            raise DemoError(
-                f"the demo runs {self.needs_what}, which need {', '.join(missing)} (not in "
-                "the Krew zipapp: C extensions); install the full package: pip install kubectl-mesh"
+            raise DemoError(  # one line: what is missing and the command that installs it
+                f"the demo runs {self.needs_what}, which need the Python modules {', '.join(missing)}, "
+                f"not installed here; install them: {self.install_command}"
             )
         prometheus = find_prometheus(self.options.prometheus)
         if prometheus is None:
@@ -314,6 +322,11 @@ class Demo:
         snap = Snapshot(
             at, tables, self.sampler.nearest(at - self.window_s), {"time": at, "services": end}, diagnosis
         )
+        if self.options.record and self.counters_history:
+            pod = self._pod_name(self.target)  # every table's row is counted by its proxy
+            with contextlib.suppress(OSError, ValueError, PrometheusError):  # the record goes without
+                snap.at_scrapes = counters_at_scrapes(client, self.sampler.urls, self.namespace, pod,
+                                                      self.window, at)  # fmt: skip
         if self.options.record:
             self.record(plan, snap)
         return snap
@@ -347,7 +360,11 @@ class Demo:
                 {"command": w.command, "rows": [r.to_dict() for r in rows]} for w, rows in snap.tables
             ],
             "diagnosis": snap.diagnosis.to_dict() if snap.diagnosis is not None else None,
-            "counters": {"start": snap.counters_start, "end": snap.counters_end},
+            "counters": {
+                "start": snap.counters_start,
+                "end": snap.counters_end,
+                "at_scrapes": snap.at_scrapes,
+            },
         }
         Path(self.options.record).write_text(json.dumps(payload, indent=2) + "\n")
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -28,6 +27,8 @@ import urllib.request
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from kubectl_mesh.demo.lifecycle import stop_on_signals, wait_then_shutdown
 
 HOPS_HEADER = "x-topology-hops"
 MAX_HOPS = 4
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     if args not in (["serve"], ["client"]):
         print("usage: python3 -m kubectl_mesh.demo.topoapp serve|client", file=sys.stderr)
         return 2
+    stop = stop_on_signals()
     try:
         bind = env.get("BIND", "0.0.0.0")
         port, counters_port = int(env.get("PORT", "8080")), int(env.get("COUNTERS_PORT", "8801"))
@@ -188,17 +190,10 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     except (OSError, ValueError) as exc:
         print(f"topoapp: {exc}", file=sys.stderr)
         return 1
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     print(f"topoapp {args[0]}: calls {', '.join(app.calls) or 'nothing'}", file=sys.stderr, flush=True)
     if args == ["client"]:
         app.drive(rate, stop)
-    stop.wait()
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-    return 0
+    return wait_then_shutdown(stop, servers)
 
 
 if __name__ == "__main__":

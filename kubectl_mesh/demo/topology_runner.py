@@ -21,6 +21,8 @@ from kubectl_mesh.procs import Proc, StartError
 class TopologyDemo(Demo):
     needs_what = "mesh-proxy and the topology's apps (HTTP/1.1)"
     needed_modules = ("proxy", "gevent", "httptools", "prometheus_client")
+    install_command = "pip install kubectl-mesh"  # no gRPC: the package's own dependencies suffice
+    counters_history = False  # topoapp's /counters are now only
 
     def __init__(self, topology: Topology, options: DemoOptions, out: TextIO, err: TextIO) -> None:
         super().__init__(options, out, err)

@@ -3,8 +3,8 @@
     compute_stat(request, query, workloads) -> list[StatRow]
 
 - `query(promql) -> [(labels, value), …]`: a Prometheus instant query returning a vector. The
-  CLI passes `kubectl_mesh.prom.PrometheusClient.query`; the demo passes a client of its own
-  Prometheus. Values may be NaN or ±Inf (histogram_quantile does that): they become None.
+  CLI and the demo pass `kubectl_mesh.prom.PrometheusClient.query` (the demo's on its own
+  Prometheus). Values may be NaN or ±Inf (histogram_quantile does that): they become None.
 - `workloads(request) -> [Workload, …]`: the objects of `request.kind` (one concrete kind) in
   `request.namespace` (or all namespaces), with meshed/running pod counts. The CLI lists them
   from the Kubernetes API (kubectl_mesh.stat.sources); the demo from its process table.

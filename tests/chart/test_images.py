@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,11 @@ from kubectl_mesh.inject.config import MeshConfig
 from kubectl_mesh.inject.injector import inject_pod
 from kubectl_mesh.install.snapshot import REPO
 from tests.chart.helpers import find
+from tests.proxy.proxy_backends import AppServer
+from tests.support.image_env import image_distributions, linked_venv
+from tests.support.proxy_process import start_proxy
+from tests.support.webhook_server import WebhookServer
+from tests.webhook.test_admission import admission_review
 
 WORKFLOW = REPO / ".github" / "workflows" / "release.yml"
 
@@ -135,3 +141,81 @@ def test_release_workflow_builds_both_images_the_chart_and_the_krew_archive() ->
                 assert re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+", step["uses"]), step["uses"]
     assert workflow["permissions"] == {"contents": "read"}  # write access only where a job needs it
     assert os.path.exists(REPO / "Makefile") and "krew:" in (REPO / "Makefile").read_text()
+
+
+# What the demo alone needs (the `demo` extra); the proxy and webhook images must hold none of it.
+DEMO_ONLY = {"grpcio", "protobuf"}
+DEMO_MODULES = ("grpc", "google.protobuf")
+
+
+@pytest.fixture(scope="module")
+def image_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The python of a venv holding just what the images install (`pip install .`)."""
+    return linked_venv(tmp_path_factory.mktemp("image-venv"), image_distributions())
+
+
+def test_the_images_install_no_grpc_the_demo_extra_does() -> None:
+    """The images run `pip install .`: its closure has neither grpcio nor protobuf; the demo extra,
+    and test and dev (`make test`, `make demo`), bring both."""
+    for dockerfile in ("Dockerfile.proxy", "Dockerfile.webhook"):
+        text = (REPO / dockerfile).read_text().replace("\\\n", " ")
+        installs = re.findall(r"pip install ([^&\n]*)", text)
+        assert [args.split()[-1] for args in installs] == ["."], installs  # the package, no extra
+    image = image_distributions()
+    assert {"gevent", "flask", "gunicorn", "h2", "kubectl-mesh"} <= image  # the walk reads the metadata
+    assert not image & DEMO_ONLY, sorted(image & DEMO_ONLY)
+    for extra in ("demo", "test", "dev"):
+        assert image_distributions([extra]) >= DEMO_ONLY, extra
+
+
+def test_the_proxy_and_webhook_serve_with_only_what_the_images_install(
+    image_python: Path, tmp_path: Path
+) -> None:
+    """The real proxy relays a request and the real webhook (gunicorn's gevent workers) injects a
+    pod, both run by the image's set of packages: one they import and the image lacks fails here.
+    (gunicorn's gevent worker needs `packaging`, its `gevent` extra: the webhook image lacked it.)"""
+    for module, importable in (("gevent", True), ("gunicorn", True), *((m, False) for m in DEMO_MODULES)):
+        done = subprocess.run([image_python, "-c", f"import {module}"], capture_output=True, timeout=30)
+        assert (done.returncode == 0) is importable, (module, done.stderr)
+    with WebhookServer(tmp_path / "webhook", workers=1, python=image_python) as webhook:
+        status, answer = webhook.mutate(admission_review(uid="u1"))
+    assert status == 200 and answer["response"]["uid"] == "u1", answer
+    assert answer["response"]["patchType"] == "JSONPatch", answer  # the proxy was added
+    app = AppServer()
+    proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{app.port}", python=image_python)
+    try:
+        with urllib.request.urlopen(proxy.url("/status?code=200"), timeout=10) as r:
+            assert (r.status, r.read()) == (200, b"status\n")
+        assert app.requests == 1  # the app received it through the proxy
+        assert proxy.value("response_total", direction="inbound", status_code="200") == 1
+    finally:
+        proxy.stop()
+        app.stop()
+
+
+def imported(log: str) -> set[str]:
+    """The modules a process imported, read from its `PYTHONPROFILEIMPORTTIME` lines."""
+    lines = [line for line in log.splitlines() if line.startswith("import time:")]
+    return {line.rsplit("|", 1)[1].strip() for line in lines[1:]}  # the first is the header
+
+
+def test_the_running_proxy_and_webhook_never_import_grpc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Here, where grpc and protobuf are installed (even an optional import would find them), a
+    real proxy and a real webhook that admitted a pod import neither: their `-X importtime` lines."""
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+    proxy = start_proxy(tmp_path)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proxy.admin}/metrics", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        proxy.stop()
+    with WebhookServer(tmp_path / "webhook", workers=1) as webhook:
+        status, answer = webhook.mutate(admission_review(uid="u2"))
+        assert status == 200 and answer["response"]["uid"] == "u2", answer
+    for name, log, ran in (("proxy", proxy.log(), "proxy.server"), ("webhook", webhook.log_path.read_text(),
+                           "webhook.app")):  # fmt: skip
+        modules = imported(log)
+        assert ran in modules, f"{name}: no import-time lines in its log"
+        assert not [m for m in modules if m.startswith(DEMO_MODULES)], name

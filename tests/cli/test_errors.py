@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import inspect
 import pkgutil
+import re
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 import kubectl_mesh
+import proxy
+import webhook
 from kubectl_mesh import cli
 from kubectl_mesh.errors import MeshError
 
@@ -25,10 +32,24 @@ def test_message_and_hint() -> None:
     assert MeshError("only a message").hint == ""
 
 
-def _exception_classes() -> dict[str, type[BaseException]]:
+# Modules that run on import (gunicorn's config, the WSGI app, the entry points): read, not imported.
+ENTRY_MODULES = ("webhook.gunicorn_conf", "webhook.wsgi", "kubectl_mesh.__main__", "proxy.__main__")
+
+# The proxy's and the webhook's errors that no person reads: each becomes an answer to a peer.
+PROTOCOL_ERRORS = {
+    "proxy.connections.UpstreamError": "the upstream failed: a 502 (or a reset) to the client",
+    "proxy.http1.ProtocolError": "a peer's malformed HTTP: a 400, or the connection closed",
+    "proxy.tap.TapFilterError": "a bad /tap query: a 400 to the tap client (the CLI checks its flags)",
+    "webhook.admission.BadRequest": "a malformed AdmissionReview: a 400 to the API server",
+    "webhook.worker.HeadTooLarge": "an oversized request head: a 431 to the client",
+    "webhook.worker.Expired": "a connection past its deadline (a GreenletExit): closed",
+}
+
+
+def _exception_classes(package: ModuleType) -> dict[str, type[BaseException]]:
     found: dict[str, type[BaseException]] = {}
-    for info in pkgutil.walk_packages(kubectl_mesh.__path__, "kubectl_mesh."):
-        if info.name.endswith("__main__"):
+    for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+        if info.name in ENTRY_MODULES:
             continue
         module = importlib.import_module(info.name)
         for name, value in vars(module).items():
@@ -38,10 +59,30 @@ def _exception_classes() -> dict[str, type[BaseException]]:
 
 
 def test_every_error_class_of_kubectl_mesh_is_a_mesh_error() -> None:
-    classes = _exception_classes()
+    classes = _exception_classes(kubectl_mesh)
     assert "kubectl_mesh.kube.KubeError" in classes and "kubectl_mesh.prom.PrometheusError" in classes
     strays = sorted(n for n, c in classes.items() if not issubclass(c, MeshError))
     assert strays == []
+
+
+def test_the_proxy_and_webhook_raise_mesh_errors_but_for_answers_to_peers() -> None:
+    """mesh-proxy's flags and init, the webhook's config: MeshErrors, printed in one line; the
+    rest is a protocol error, each named here with the answer it becomes."""
+    classes = {**_exception_classes(proxy), **_exception_classes(webhook)}
+    assert "proxy.config.ConfigError" in classes and "proxy.init.InitError" in classes
+    for name in ("proxy.config.ConfigError", "proxy.init.InitError"):
+        assert issubclass(classes[name], MeshError), name
+    assert sorted(n for n, c in classes.items() if not issubclass(c, MeshError)) == sorted(PROTOCOL_ERRORS)
+
+
+def test_the_entry_modules_define_no_error_class() -> None:
+    """They are not imported above (they run): read them, so that no error class hides there."""
+    for name in ENTRY_MODULES:
+        tree = ast.parse(Path(importlib.util.find_spec(name).origin or "").read_text())
+        bases = [
+            ast.unparse(b) for node in ast.walk(tree) if isinstance(node, ast.ClassDef) for b in node.bases
+        ]
+        assert not [b for b in bases if re.search(r"Error|Exception|Exit", b)], (name, bases)
 
 
 def _main_raising(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> int:

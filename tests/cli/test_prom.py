@@ -21,6 +21,7 @@ from kubectl_mesh.prom import (
     PrometheusClient,
     PrometheusError,
     connect,
+    parse_matrix,
     parse_vector,
 )
 
@@ -61,6 +62,28 @@ def test_prometheus_nan_and_infinities_stay_what_they_are() -> None:
 def test_bad_answers_raise(payload: bytes, message: str) -> None:
     with pytest.raises(PrometheusError, match=message):
         parse_vector(payload, "here")
+
+
+def test_matrix_gives_each_series_samples_with_their_instants() -> None:
+    series = [{"metric": {"pod": "a"}, "values": [[1700000000.123, "1"], [1700000002.123, "NaN"]]}]
+    assert parse_matrix(answer(series, "matrix"), "here")[0][0] == {"pod": "a"}
+    ((_, samples),) = parse_matrix(answer(series, "matrix"), "here")
+    assert samples[0] == (1700000000.123, 1.0) and samples[1][0] == 1700000002.123
+    assert math.isnan(samples[1][1])
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (answer([sample("1")]), "did not answer a range vector"),  # an instant vector is no window
+        (answer([{"metric": {}, "values": [["soon", "1"]]}], "matrix"), "did not answer a range vector"),
+        (answer([{"metric": {}, "values": [[1, "lots"]]}], "matrix"), "not a number: 'lots'"),
+        (json.dumps({"status": "error", "error": "bad range"}).encode(), "bad range"),
+    ],
+)
+def test_bad_matrix_answers_raise(payload: bytes, message: str) -> None:
+    with pytest.raises(PrometheusError, match=message):
+        parse_matrix(payload, "here")
 
 
 class FakePrometheus(http.server.BaseHTTPRequestHandler):

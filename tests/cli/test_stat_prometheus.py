@@ -154,3 +154,26 @@ def test_from_an_object_that_calls_nothing_finds_no_rows(
 ) -> None:
     mesh, _ = running_mesh
     assert stat(mesh, resources=["deploy"], all_namespaces=True, from_="voting", from_namespace="back") == []
+
+
+def test_samples_are_the_scrapes_increase_uses(running_mesh: tuple[LoopbackMesh, ClientCount]) -> None:
+    """`PrometheusClient.samples` gives the raw samples and scrape instants of a window, and they
+    are the ones Prometheus' increase() uses: the e2e tests read the apps' counters at exactly those
+    instants (kubectl_mesh.demo.truth). Oracle: Prometheus' own increase() at the same instant."""
+    mesh, _ = running_mesh
+    client = PrometheusClient(url=mesh.prometheus_url)
+    at = time.time() - 0.5  # a moment every scrape before has been stored
+    selector = 'request_total{job="mesh-proxy", namespace="back", direction="inbound"}'
+    (labels, samples), *others = client.samples(f"{selector}[{WINDOW_S}s]", at)
+    assert others == [], "one inbound route"
+    times = [t for t, _ in samples]
+    assert at - WINDOW_S <= times[0] and times[-1] <= at and times == sorted(times)
+    assert len(times) >= WINDOW_S - 2, "the 1 s scrapes of the window"  # a busy machine may skip one
+    # The whole span scaled to the window: what increase() does when the samples reach within an
+    # interval of both edges (and the counter is far from zero), as they do at steady 1 s scrapes.
+    (first_t, first), (last_t, last) = samples[0], samples[-1]
+    scaled = (last - first) * WINDOW_S / (last_t - first_t)
+    matcher = ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items()) if k != "__name__")
+    ((_, increase),) = client.query(f"increase(request_total{{{matcher}}}[{WINDOW_S}s])", at)
+    assert increase == pytest.approx(scaled, rel=1e-9)
+    assert {"job", "namespace", "pod", "direction"} <= set(labels)

@@ -87,7 +87,9 @@ def truth(start: dict[str, Any], end: dict[str, Any], service: str, upstream: st
 
 
 def success_tolerance(requests: int, window_s: float, scrape_s: float) -> float:
-    """How far a success rate from the mesh may be from the services' own count of one window.
+    """How far a success rate from the mesh may be from the services' own count of one window,
+    when that count is read at the window's ends rather than at the proxy's scrapes (the topology
+    tests: their apps keep no history).
 
     Prometheus sees the counters only at scrapes: `increase()` takes the samples inside the
     window (which may start and end up to one scrape interval inside it) and scales them to the
@@ -99,6 +101,18 @@ def success_tolerance(requests: int, window_s: float, scrape_s: float) -> float:
     sampled = max(1.0, n * (window_s - 2 * scrape_s) / window_s)
     return 1 / sampled + 1 / n + 0.005
 
+
+# Issue 13's bound on SUCCESS, held honestly because the truth is read at the instants Prometheus
+# scraped the proxy (kubectl_mesh.demo.truth): both sides count the same calls, and what is left
+# is stat's rounding of the counts `increase()` scaled to the window, at most 0.5 / requests
+# (ok' = ok*f + e1, bad' = bad*f + e2, |e| <= 0.5: ok'/T' - ok/T = (bad*e1 - ok*e2) / (T*T')),
+# plus 0.00005 of the table's two decimals. MIN_REQUESTS keeps that under half the bound, so a
+# call counted on the other side of a scrape by one side only (the app and its proxy count a call
+# a millisecond apart) still fits: the demo and the walkthrough run the bot fast enough for it.
+# Measured in the demo at 8 loops/s (2026-11-29): at 2 of 73 scrapes of web's proxy, a series'
+# count and the app's at that instant differed by one call; never by more.
+SUCCESS_TOLERANCE = 0.01
+MIN_REQUESTS = 100
 
 # Relative: issue 13's bound. The rate is constant, and the extrapolation of increase() scales the
 # sampled part to the window, so what remains is the count's rounding in the table (one decimal:
@@ -126,14 +140,16 @@ def assert_seeds_findings(
     return web, callees
 
 
-def assert_matches_truth(
-    checks: Iterable[tuple[str, Row, Truth]], window_s: float, scrape_s: float, prefix: str = ""
-) -> None:
-    """Each (what, the mesh's row, the services' own count) agrees within the tolerances above."""
+def assert_matches_truth(checks: Iterable[tuple[str, Row, Truth]], prefix: str = "") -> None:
+    """Each (what, the mesh's row, the services' own count at the proxy's scrapes) agrees within
+    issue 13's bounds: SUCCESS within SUCCESS_TOLERANCE, RPS within RPS_TOLERANCE."""
     for what, row, true in checks:
+        assert row.success is not None and row.rps is not None, (what, row.cells)
+        points = 100 * (row.success - true.success)
         print(
-            f"{prefix}{what}: mesh {row.success} {row.rps}rps, counted {true.success:.4f} {true.rps:.2f}rps"
+            f"{prefix}{what}: mesh {row.success:.4f} {row.rps}rps, counted {true.success:.4f} "
+            f"{true.rps:.2f}rps ({true.failures}/{true.requests} failed): {points:+.2f} points"
         )
-        tolerance = success_tolerance(true.requests, window_s, scrape_s)
-        assert row.success == pytest.approx(true.success, abs=tolerance), what
+        assert true.requests >= MIN_REQUESTS, f"{what}: {true.requests} calls, too few for a 1-point bound"
+        assert row.success == pytest.approx(true.success, abs=SUCCESS_TOLERANCE), what
         assert row.rps == pytest.approx(true.rps, rel=RPS_TOLERANCE), what

@@ -122,6 +122,49 @@ def test_voting_fails_the_doughnut_with_unknown_and_web_answers_500(grpc_service
     }  # fmt: skip
 
 
+def test_counters_answer_as_they_were_at_an_instant(grpc_services: dict[str, Any]) -> None:
+    """`/counters?at=T` (how the e2e tests read the truth at the proxies' scrape instants) gives
+    what `/counters` answered at T, through real calls; a bad or too old T is one JSON line."""
+    web = grpc_services["counters"]["web"]
+    server = emojivoto.serve("127.0.0.1", 0, emojivoto.counters_routes(web), None)
+    counters_port = server.server_address[1]
+    try:
+        then = []
+        for choice in (":pizza:", ":doughnut:", ":joy:", ":doughnut:"):
+            then.append(_get(counters_port, "/counters")[1])
+            _get(grpc_services["web_port"], f"/api/vote?choice={choice}")
+        now = _get(counters_port, "/counters")[1]
+        assert now["received"]["total"] == 4 and now["sent"]["voting"]["failures"] == 2
+        for before in then:  # the answer then, everything but the instant it was read
+            status, at = _get(counters_port, f"/counters?at={before['time']}")
+            assert status == 200 and {**at, "time": 0} == {**before, "time": 0}, before["time"]
+        assert then[0]["received"] == {"total": 0, "failures": 0, "paths": {}} and then[0]["sent"] == {}
+        status, later = _get(counters_port, f"/counters?at={now['time'] + 60}")  # the future: now
+        assert status == 200 and later["received"] == now["received"] and later["sent"] == now["sent"]
+        for bad in ("soon", "nan", "inf", "1e999"):
+            status, answer = _get(counters_port, f"/counters?at={bad}")
+            assert status == 400 and list(answer) == ["error"] and "\n" not in answer["error"], answer
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_counters_forget_beyond_their_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bounded: at most HISTORY_EVENTS calls are kept; an instant before them is refused, not
+    answered with counters that would be wrong."""
+    monkeypatch.setattr(emojivoto, "HISTORY_EVENTS", 3)
+    counters = emojivoto.Counters("voting")
+    marks = []
+    for status in (grpc.StatusCode.OK, grpc.StatusCode.UNKNOWN, grpc.StatusCode.OK, grpc.StatusCode.OK):
+        marks.append(counters.snapshot()["time"])
+        counters.count_received("/v", status)
+    two = {"total": 2, "failures": 1, "statuses": {"OK": 1, "UNKNOWN": 1}}
+    at_2, at_1 = counters.snapshot_at(marks[2]), counters.snapshot_at(marks[1])
+    assert at_2 is not None and at_2["received"] == {"total": 2, "failures": 1, "paths": {"/v": two}}
+    assert at_1 is not None and at_1["received"]["total"] == 1  # the oldest instant still known
+    assert counters.snapshot_at(marks[0]) is None  # the first call is forgotten: its instant cannot be told
+
+
 def test_a_failing_emoji_outside_the_list_is_refused() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "kubectl_mesh.demo.emojivoto", "voting"],
@@ -317,7 +360,7 @@ def test_manifest_runs_each_service_by_explicit_command_outside_the_mesh_for_cou
 def test_the_image_holds_everything_the_services_import(tmp_path: Path) -> None:
     """The files the Dockerfile copies, plus the packages it pip-installs, run the services: they
     are imported from the copies (python -I: no PYTHONPATH, no user site), and the pinned
-    versions are within the package's own requirements."""
+    versions are within the package's `demo` extra."""
     from packaging.requirements import Requirement
 
     dockerfile = (REPO / "examples/emojivoto/Dockerfile").read_text()
@@ -334,7 +377,7 @@ def test_the_image_holds_everything_the_services_import(tmp_path: Path) -> None:
     import tomllib
 
     wanted = {Requirement(r).name: Requirement(r) for r in tomllib.loads(
-        (REPO / "pyproject.toml").read_text())["project"]["dependencies"]}  # fmt: skip
+        (REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["demo"]}  # fmt: skip
     for name, version in pinned.items():
         assert version in wanted[name].specifier, (name, version, str(wanted[name]))
     done = subprocess.run(

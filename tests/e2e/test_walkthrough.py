@@ -47,9 +47,9 @@ def test_the_seeds_findings(results: dict[str, Any], variant: str) -> None:
     assert result.diagnosis.output.endswith("its own callees are healthy → look at voting"), result.render()
     (culprit,) = result.diagnosis_json["culprits"]
     assert (culprit["name"], [hop["dst"] for hop in culprit["path"]]) == ("voting", ["voting"])
-    # diagnose and edges run seconds after stat: one vote more or less in the 1-minute window
-    # (~30 votes at the bot's rate) moves voting's rate by ~3.3 points.
-    one_vote = 0.05
+    # diagnose and edges run seconds after stat, over another window: at the bot's rate (about
+    # 200 votes in the sampled part of the minute) a vote is half a point; a few may differ.
+    one_vote = 0.03
     assert culprit["path"][0]["success"] == pytest.approx(callees["voting"].success, abs=one_vote)
     # And the graph: every caller -> callee pair of the app, with the same numbers as stat's.
     edges = {(e["src"], e["dst"]): e for e in result.edges_json}
@@ -74,23 +74,38 @@ def test_every_injected_pod_is_meshed(results: dict[str, Any], variant: str) -> 
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_numbers_match_what_the_services_counted(results: dict[str, Any], variant: str) -> None:
+    """Each table against what the apps counted at the first and last scrape of web's proxy in
+    that command's window (the calls its rows counted), to issue 13's bounds."""
     from lab.walkthrough import SCRAPE_S, WINDOW_S
 
     result = results[variant]
-    tables = parse_sections(result.render_tables())
-    start, end = result.counters_start, result.counters_end
-    assert end["time"] - start["time"] == pytest.approx(WINDOW_S, abs=5)
-    (web,) = tables[WEB]
-    callees = {r.name: r for r in tables[FROM_WEB]}
-    checks = [
-        ("web inbound", web, truth(start, end, "web")),
-        ("vote-bot -> web", web, truth(start, end, "vote-bot", "web")),
-        ("web -> emoji", callees["emoji"], truth(start, end, "web", "emoji")),
-        ("web -> voting", callees["voting"], truth(start, end, "web", "voting")),
-        ("web -> voting, from --to", tables[TO_VOTING][0], truth(start, end, "web", "voting")),
-        ("voting inbound", callees["voting"], truth(start, end, "voting")),
-    ]
-    assert_matches_truth(checks, WINDOW_S, SCRAPE_S, prefix=f"{variant} ")
+    web_pod = result.pods["web"]["metadata"]["name"]
+    checks = []
+    for section in result.sections:
+        aligned = section.at_scrapes
+        assert aligned is not None and aligned["pod"] == web_pod, section.command
+        first, last = aligned["scrapes"]
+        assert section.at - WINDOW_S <= first < last <= section.at + SCRAPE_S, (
+            section.at,
+            aligned["scrapes"],
+        )
+        assert last - first >= WINDOW_S - 2 * SCRAPE_S, aligned["scrapes"]  # all but the edge scrapes
+        start, end = aligned["start"], aligned["end"]
+        rows = parse_sections(f"$ {section.command}\n{section.output}")[section.command]
+        if section.command == WEB:
+            (web,) = rows
+            checks += [("web inbound", web, truth(start, end, "web")),
+                       ("vote-bot -> web", web, truth(start, end, "vote-bot", "web"))]  # fmt: skip
+        elif section.command == FROM_WEB:
+            callees = {r.name: r for r in rows}
+            checks += [("web -> emoji", callees["emoji"], truth(start, end, "web", "emoji")),
+                       ("web -> voting", callees["voting"], truth(start, end, "web", "voting")),
+                       ("voting inbound", callees["voting"], truth(start, end, "voting"))]  # fmt: skip
+        else:
+            assert section.command == TO_VOTING
+            checks.append(("web -> voting, from --to", rows[0], truth(start, end, "web", "voting")))
+    assert len(checks) == 6
+    assert_matches_truth(checks, prefix=f"{variant} ")
 
 
 @pytest.mark.timeout(1200)

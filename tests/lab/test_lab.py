@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from kubectl_mesh.contract import PROXY_UID
+from kubectl_mesh.prom import Vector
 from lab.config import POD_CIDR, SERVICE_CIDR, bin_dir
 from lab.pytest_plugin import Lab
 
@@ -285,14 +286,13 @@ def test_an_injected_pod_runs_its_init_rules_and_proxy_and_is_scraped(lab: Lab, 
     # The server's proxy counted the client's requests as coming from the client's proxy (which
     # set the identity header): the client's traffic went through its proxy, as UID 2102, to the
     # ClusterIP. Prometheus discovered the proxy through the API server and labelled it.
-    def scraped() -> list[dict[str, object]]:
+    def scraped() -> Vector:
         query = f'request_total{{namespace="{ns}", direction="inbound", src_pod="client"}}'
         return lab.prometheus_query(query)
 
-    series = lab.wait(scraped, 60, "Prometheus to scrape the proxy", interval=1.0)
-    labels = series[0]["metric"]
+    ((labels, value), *_) = lab.wait(scraped, 60, "Prometheus to scrape the proxy", interval=1.0)
     assert labels["namespace"] == ns and labels["deployment"] == "web" and labels["pod"] == name, labels
-    assert float(series[0]["value"][1]) >= 1
+    assert value is not None and value >= 1
 
 
 def test_init_containers_then_sidecar_by_startup_probe_then_app(lab: Lab, lab_namespace: str) -> None:

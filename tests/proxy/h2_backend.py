@@ -24,6 +24,7 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 
 TICK = 0.3
 TICKS = 10
@@ -52,6 +53,7 @@ class H2Backend:
     port: int = 0
     streams: list[Seen] = field(default_factory=list)
     connections: int = 0  # accepted: the proxy's upstream h2 connections
+    max_streams: int = 100  # SETTINGS_MAX_CONCURRENT_STREAMS (h2's default; gRPC servers set none)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -81,6 +83,9 @@ class H2Backend:
         conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         )
+        conn.local_settings = h2.settings.Settings(
+            client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams}
+        )
         conn.initiate_connection()
         sock.sendall(conn.data_to_send())
         seen: dict[int, Seen] = {}
@@ -99,6 +104,7 @@ class H2Backend:
                     return
                 for event in events:
                     self._on_event(conn, event, seen, ticks)
+                self._send_more(conn)
                 now = time.monotonic()
                 for tick in list(ticks):
                     if tick.due <= now and seen[tick.stream_id].reset is None:
@@ -115,6 +121,9 @@ class H2Backend:
                         sock.sendall(out)
                     except OSError:
                         return
+
+    def _send_more(self, conn: Any) -> None:
+        """Each turn of a connection's loop (events read or not): a subclass sends what waits."""
 
     def _on_event(self, conn: Any, event: Any, seen: dict[int, Seen], ticks: list[_Tick]) -> None:
         if isinstance(event, h2.events.RequestReceived):

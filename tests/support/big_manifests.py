@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,29 +298,89 @@ def write_manifests(path: Path, size: int, shape: str = "export") -> int:
 @dataclass(frozen=True)
 class InjectRun:
     seconds: float
-    cpu_seconds: float  # user + system: what the run costs, whatever else the machine does
-    max_rss_bytes: int
+    cpu_seconds: float  # user + system of the process and its workers: what the run costs
+    max_rss_bytes: int  # the largest single process (the kernel's peak, wait4)
+    tree_rss_bytes: int  # peak of the summed RSS of the process and its workers (sampled)
+    tree_pss_bytes: int  # the same in PSS: pages shared after fork counted once
+    processes: int  # most processes seen at once (1: no worker pool)
     output_bytes: int
     returncode: int
     stderr_tail: str
 
 
-def run_inject(source: Path, output: Path) -> InjectRun:
-    """`kubectl-mesh inject SOURCE > OUTPUT` in its own process: wall time and peak RSS."""
+def run_inject(source: Path, output: Path, env: dict[str, str] | None = None) -> InjectRun:
+    """`kubectl-mesh inject SOURCE > OUTPUT` in its own process: wall and CPU time, peak RSS of
+    the process and of its whole tree (sampled every 10 ms from /proc)."""
     exe = Path(sys.executable).parent / "kubectl-mesh"
     with output.open("wb") as out:
         start = time.monotonic()
-        proc = subprocess.Popen([str(exe), "inject", str(source)], stdout=out, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [str(exe), "inject", str(source)],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+        )
+        sampler = _TreeSampler(proc.pid)
+        sampler.start()
         assert proc.stderr is not None
         err = proc.stderr.read()  # the per-object report: read while it runs
+        sampler.stop.set()
+        sampler.join()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.monotonic() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
     return InjectRun(
         seconds=seconds,
-        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        cpu_seconds=usage.ru_utime + usage.ru_stime,  # with its reaped workers' (RUSAGE_BOTH)
         max_rss_bytes=usage.ru_maxrss * 1024,  # kilobytes on Linux
+        tree_rss_bytes=sampler.peak_rss,
+        tree_pss_bytes=sampler.peak_pss,
+        processes=sampler.most,
         output_bytes=output.stat().st_size,
         returncode=proc.returncode,
         stderr_tail=err[-500:].decode(errors="replace"),
     )
+
+
+class _TreeSampler(threading.Thread):
+    """Peaks of the summed RSS and PSS of a process and its descendants, polled from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.stop = pid, threading.Event()
+        self.peak_rss = self.peak_pss = self.most = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            pids = _tree(self.pid)
+            rss = pss = 0
+            for pid in pids:
+                rss += _kib(f"/proc/{pid}/status", "VmRSS:")
+                pss += _kib(f"/proc/{pid}/smaps_rollup", "Pss:")
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss * 1024), max(self.peak_pss, pss * 1024)
+            self.most = max(self.most, len(pids))
+            self.stop.wait(0.01)
+
+
+def _tree(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        todo.extend(int(c) for c in children)
+    return found
+
+
+def _kib(path: str, field: str) -> int:
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0  # gone, or a zombie

@@ -105,16 +105,18 @@ def start_proxy(
     name: str = "proxy",
     timeout: float = 20,
     env: Mapping[str, str] | None = None,
+    python: str | Path = sys.executable,
 ) -> ProxyProcess:
     """Run `python -m proxy run` on free loopback ports; returns once /ready says 200.
 
     `rlimit_nofile` caps the proxy's descriptors (soft and hard), as a container's limit would.
-    `launcher` replaces `-m proxy` (e.g. `-c <script>` that runs the proxy under a profiler).
+    `launcher` replaces `-m proxy` (e.g. `-c <script>` that runs the proxy under a profiler);
+    `python` is the interpreter (e.g. one of tests/support/image_env.py's venvs).
     The log is `tmp/<name>-<inbound port>.log`. `env`: settings added to the proxy's environment.
     """
     inbound, outbound, admin, tap = free_ports(4)
     argv = [
-        sys.executable, *launcher, "run",
+        str(python), *launcher, "run",
         "--inbound-addr", "127.0.0.1", "--inbound-port", str(inbound),
         "--outbound-addr", "127.0.0.1", "--outbound-port", str(outbound),
         "--admin-addr", "127.0.0.1", "--admin-port", str(admin), "--tap-port", str(tap),

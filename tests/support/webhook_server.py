@@ -44,7 +44,8 @@ class WebhookServer:
 
     `workers` and `worker_class` set MESH_WEBHOOK_WORKERS / MESH_WEBHOOK_WORKER_CLASS (None: the
     shipped defaults); `config` is written as the MESH_CONFIG file; `pythonpath` is put before the
-    inherited PYTHONPATH (for another `app` module).
+    inherited PYTHONPATH (for another `app` module); `python` runs gunicorn (`python -m gunicorn`)
+    from another environment than this one (e.g. one of tests/support/image_env.py's venvs).
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class WebhookServer:
         log_level: str | None = None,
         app: str = "webhook.wsgi:app",
         pythonpath: Sequence[Path] = (),
+        python: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.tls_dir = workdir / "tls"
@@ -64,6 +66,7 @@ class WebhookServer:
         self.port, self.metrics_port = free_ports(2)
         self.log_path = workdir / "gunicorn.log"
         self.app = app
+        self.gunicorn = [str(python), "-m", "gunicorn"] if python is not None else [GUNICORN]
         metrics_dir = workdir / "metrics"
         metrics_dir.mkdir(exist_ok=True)
         self.env = dict(os.environ)
@@ -97,7 +100,7 @@ class WebhookServer:
     def start(self, timeout: float = 30.0) -> WebhookServer:
         self.server = spawn(
             "the webhook (gunicorn)",
-            [GUNICORN, "-c", "python:webhook.gunicorn_conf", self.app],
+            [*self.gunicorn, "-c", "python:webhook.gunicorn_conf", self.app],
             self.log_path,
             env=self.env,
             cwd=REPO,
