@@ -104,8 +104,8 @@ def start_proxy(
     launcher: Sequence[str] = ("-m", "proxy"),
     name: str = "proxy",
     timeout: float = 20,
-    env: Mapping[str, str] | None = None,
     python: str | Path = sys.executable,
+    env: Mapping[str, str] | None = None,
 ) -> ProxyProcess:
     """Run `python -m proxy run` on free loopback ports; returns once /ready says 200.
 
