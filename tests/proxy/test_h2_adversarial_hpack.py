@@ -22,7 +22,7 @@ import hpack
 import pytest
 from h2.errors import ErrorCodes
 from hpack.exceptions import HPACKError, OversizedHeaderListError
-from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, RstStreamFrame
+from hyperframe.frame import ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame, RstStreamFrame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -416,5 +416,34 @@ def test_a_late_frame_on_a_reset_stream_gets_rst_stream_closed_and_the_connectio
         after = client.request("/echo-header")
         client.run(10, until=lambda: client.got[after].ended_at)
         assert (client.goaway, client.got[after].status, client.got[after].body) == (None, 200, b"ok")
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("cuts", [(1, 2), (5, 37), (40, 41)])
+def test_a_block_split_across_headers_and_continuations_anywhere_reaches_the_backend_whole(
+    cuts: tuple[int, int], backend: HugeHeadBackend, proxy: ProxyProcess
+) -> None:
+    """A request's block cut into HEADERS + 2 CONTINUATION frames at any byte (mid-integer,
+    mid-Huffman string): nghttp2 gets it whole from h2, the backend receives the field as sent
+    and the client gets it echoed back."""
+    client = Peer(proxy.inbound)
+    try:
+        client.run(1, until=lambda: False)  # the SETTINGS exchange
+        pad = b"split-" + bytes(range(0x21, 0x7F)) * 3
+        head = [
+            (b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/echo-header"),
+            (b":authority", b"127.0.0.1:%d" % proxy.inbound), (b"x-pad", pad),
+        ]  # fmt: skip
+        block = hpack.Encoder().encode(head)  # the client's own encoder has sent nothing yet
+        first, second = cuts
+        client.raw(HeadersFrame(1, data=block[:first], flags=["END_STREAM"]))
+        client.raw(ContinuationFrame(1, data=block[first:second]))
+        client.raw(ContinuationFrame(1, data=block[second:], flags=["END_HEADERS"]))
+        frames = _frames_after(client, 2)
+        decoder = hpack.Decoder()
+        heads = [dict(decoder.decode(f.data, raw=True)) for f in frames if isinstance(f, HeadersFrame)]
+        assert heads and heads[0][b":status"] == b"200" and heads[0][b"x-echo"] == pad
+        assert [(s.path, s.headers.get("x-pad")) for s in backend.streams] == [("/echo-header", pad.decode())]
     finally:
         client.close()
