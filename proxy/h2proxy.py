@@ -86,22 +86,77 @@ _no_eager_formatting()
 h2.stream.validate_headers = h2rules.check_received_fields  # type: ignore[assignment]
 
 
+class _CompressionError(h2.exceptions.ProtocolError):
+    error_code = ErrorCodes.COMPRESSION_ERROR
+
+
+_h2_decode_headers = h2.connection._decode_headers
+
+
+def _decode_headers(decoder: Any, block: bytes) -> Any:
+    """h2's, with RFC 9113 §4.3's error code: a header block that does not decode (a bad index,
+    Huffman garbage, a table-size update over the limit) is a connection error of type
+    COMPRESSION_ERROR; h2 said PROTOCOL_ERROR. A list over its limit stays h2's
+    DenialOfServiceError (ENHANCE_YOUR_CALM)."""
+    try:
+        return _h2_decode_headers(decoder, block)
+    except h2.exceptions.DenialOfServiceError:
+        raise
+    except h2.exceptions.ProtocolError as error:
+        raise _CompressionError(str(error)) from error.__cause__
+
+
+h2.connection._decode_headers = _decode_headers  # type: ignore[assignment]
+
+
 class _ResetsOnly(h2.utilities.SizeLimitDict):
     """h2's memory of closed streams, keeping the reset ones only.
 
     h2 remembers how each of the last 65,536 streams of a connection closed, so that a frame
     arriving late on a stream that was reset is answered with RST_STREAM instead of ending the
-    connection. Only that case reads the memory: a frame on a stream that ended normally ends
-    the connection whether it is remembered or not. Yet the streams that ended normally are
-    nearly all of them, and a long-lived connection filled the memory with them: about 100
-    bytes each, 6 MiB per connection (RSS grew by 0.15 KiB a stream, past 60 MiB after 200k
-    streams through one hop)."""
+    connection. Yet the streams that ended normally are nearly all of them, and a long-lived
+    connection filled the memory with them: about 100 bytes each, 6 MiB per connection (RSS grew
+    by 0.15 KiB a stream, past 60 MiB after 200k streams through one hop).
+
+    Late HEADERS on a stream that ended normally must still be a connection error of type
+    STREAM_CLOSED (RFC 9113 §5.1), as h2 makes it when it remembers the stream, not the
+    PROTOCOL_ERROR of a stream it never saw: one bit per stream says "ended" (8 KiB for the
+    same 65,536 streams; a slot is reused by the stream 131,072 ids later)."""
 
     _RESET = frozenset((h2.stream.StreamClosedBy.RECV_RST_STREAM, h2.stream.StreamClosedBy.SEND_RST_STREAM))
+    _END = frozenset((h2.stream.StreamClosedBy.RECV_END_STREAM, h2.stream.StreamClosedBy.SEND_END_STREAM))
+
+    def __init__(self, size_limit: int) -> None:
+        super().__init__(size_limit=size_limit)
+        self._ended = bytearray(size_limit // 8)
+
+    def _slot(self, key: int) -> tuple[int, int]:
+        bit = (key >> 1) % (len(self._ended) * 8)
+        return bit >> 3, 1 << (bit & 7)
 
     def __setitem__(self, key: int, value: Any) -> None:
+        at, bit = self._slot(key)
+        if value in self._END:
+            self._ended[at] |= bit
+            return
+        self._ended[at] &= ~bit & 0xFF
         if value in self._RESET:
             super().__setitem__(key, value)
+
+    def __contains__(self, key: object) -> bool:
+        if super().__contains__(key):
+            return True
+        if not isinstance(key, int):
+            return False
+        at, bit = self._slot(key)
+        return bool(self._ended[at] & bit)
+
+    def __getitem__(self, key: int) -> Any:
+        if super().__contains__(key):
+            return super().__getitem__(key)
+        if key in self:
+            return h2.stream.StreamClosedBy.RECV_END_STREAM  # which end, h2 never asks
+        raise KeyError(key)
 
 
 class _Connection(h2.connection.H2Connection):

@@ -27,6 +27,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
+import hpack
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
 from hpack.exceptions import HPACKDecodingError, HPACKError, OversizedHeaderListError
 
@@ -52,6 +53,9 @@ int nghttp2_hd_inflate_change_table_size(nghttp2_hd_inflater *inflater, size_t s
 ssize_t nghttp2_hd_inflate_hd2(nghttp2_hd_inflater *inflater, nghttp2_nv *nv_out, int *inflate_flags,
                                const uint8_t *in, size_t inlen, int in_final);
 int nghttp2_hd_inflate_end_headers(nghttp2_hd_inflater *inflater);
+size_t nghttp2_hd_inflate_get_num_table_entries(nghttp2_hd_inflater *inflater);
+const nghttp2_nv *nghttp2_hd_inflate_get_table_entry(nghttp2_hd_inflater *inflater, size_t idx);
+size_t nghttp2_hd_inflate_get_max_dynamic_table_size(nghttp2_hd_inflater *inflater);
 """
 NV_FLAG_NO_INDEX = 0x01
 INFLATE_FINAL = 0x01
@@ -60,6 +64,10 @@ INFLATE_EMIT = 0x02
 # packs the whole array with one struct call instead of five cffi attribute writes per field.
 _NV = struct.Struct("PPNNB7x")
 _FIELD_OVERHEAD = 32  # RFC 7541 §4.1
+# nghttp2 refuses a string longer than this (NGHTTP2_HD_MAX_NV) as a malformed block; a block
+# no longer than it cannot hold one, a longer one is decoded by `hpack` (Decoder._decode_long).
+NGHTTP2_MAX_STRING = 65536
+_STATIC_ENTRIES = 61
 
 
 class HPACKEncodingError(HPACKError):
@@ -199,10 +207,7 @@ class Decoder:
 
     def __init__(self) -> None:
         _require()
-        pointer = _ffi.new("nghttp2_hd_inflater **")
-        if _lib.nghttp2_hd_inflate_new(pointer) != 0:
-            raise MemoryError("nghttp2_hd_inflate_new")
-        self._inflater = _ffi.gc(pointer[0], _lib.nghttp2_hd_inflate_del)
+        self._inflater = _new_inflater()
         self._nv = _ffi.new("nghttp2_nv *")
         self._nv_bytes = _ffi.buffer(self._nv)
         self._flags = _ffi.new("int *")
@@ -225,16 +230,16 @@ class Decoder:
         inflater, nv, flags = self._inflater, self._nv, self._flags
         unpack, nv_bytes, string_at = _NV.unpack_from, self._nv_bytes, ctypes.string_at
         limit = self.max_header_list_size
-        block = _ffi.from_buffer("uint8_t[]", data)
         end = len(data)
+        if end > NGHTTP2_MAX_STRING:
+            return self._decode_long(data)
+        block = _ffi.from_buffer("uint8_t[]", data)
         at = 0
         size = 0
         fields: list[HeaderTuple | tuple[bytes, bytes]] = []
         while True:
             used = inflate(inflater, nv, flags, block + at, end - at, 1)
             if used < 0:
-                if end - at > limit:  # a literal longer than nghttp2's 64 KiB bound: too large, not malformed
-                    raise OversizedHeaderListError(f"A header list larger than {limit} has been received")
                 raise HPACKDecodingError(f"malformed header block (nghttp2 error {used})")
             at += used
             state = flags[0]
@@ -254,3 +259,52 @@ class Decoder:
                 return fields
             if used == 0 and not state & INFLATE_EMIT:  # pragma: no cover - nghttp2 made no progress
                 raise HPACKDecodingError("truncated header block")
+
+    def _decode_long(self, data: bytes) -> list[HeaderTuple | tuple[bytes, bytes]]:
+        """A block over 64 KiB, decoded by `hpack` from nghttp2's table, which then takes hpack's.
+
+        Such a block may hold a string nghttp2 refuses (over NGHTTP2_HD_MAX_NV) that hpack, and
+        so h2, decodes: an upstream's list is decoded up to 1 MiB, and one app's 70 KiB field
+        must reset its own stream (h2proxy._well_formed), not end the connection every client
+        shares with COMPRESSION_ERROR. Rare (a block that large is over the clients' limit), so
+        slow is fine: the copy of the tables both ways is a few dozen fields at most."""
+        theirs = hpack.Decoder(max_header_list_size=self.max_header_list_size)
+        theirs.max_allowed_table_size = self._max_table
+        table = theirs.header_table
+        table.maxsize = _lib.nghttp2_hd_inflate_get_max_dynamic_table_size(self._inflater)
+        count = _lib.nghttp2_hd_inflate_get_num_table_entries(self._inflater)
+        for index in range(count, _STATIC_ENTRIES, -1):  # oldest first: the newest ends first
+            entry = _lib.nghttp2_hd_inflate_get_table_entry(self._inflater, index)
+            table.add(_ffi.buffer(entry.name, entry.namelen)[:], _ffi.buffer(entry.value, entry.valuelen)[:])
+        fields: list[HeaderTuple | tuple[bytes, bytes]] = list(
+            theirs.decode(data, raw=True)
+        )  # HPACKError as h2 had it; the connection ends then
+        # A fresh inflater holding hpack's table: a size update, then each entry, oldest first.
+        refill = bytearray(_integer(table.maxsize, 5, 0x20))
+        for name, value in reversed(table.dynamic_entries):
+            refill += b"\x40" + _integer(len(name), 7, 0) + name + _integer(len(value), 7, 0) + value
+        inflater = _new_inflater()
+        if _lib.nghttp2_hd_inflate_change_table_size(inflater, self._max_table) != 0:
+            raise MemoryError("nghttp2_hd_inflate_change_table_size")
+        self._inflater = inflater
+        keep = self.max_header_list_size
+        self.max_header_list_size = 1 << 30  # the refill is the table (≤ its size), not a list
+        try:
+            self.decode(bytes(refill))
+        finally:
+            self.max_header_list_size = keep
+        return fields
+
+
+def _new_inflater() -> Any:
+    pointer = _ffi.new("nghttp2_hd_inflater **")
+    if _lib.nghttp2_hd_inflate_new(pointer) != 0:
+        raise MemoryError("nghttp2_hd_inflate_new")
+    return _ffi.gc(pointer[0], _lib.nghttp2_hd_inflate_del)
+
+
+def _integer(value: int, prefix: int, first: int) -> bytes:
+    """RFC 7541 §5.1: `value` on a `prefix`-bit prefix, `first` the representation's high bits."""
+    encoded = bytearray(hpack.hpack.encode_integer(value, prefix))
+    encoded[0] |= first
+    return bytes(encoded)
