@@ -384,14 +384,14 @@ def _mutate(
     volumes = _list(spec, "volumes")
     lock = _free_volume_name({_name(v) for v in volumes})
     proxy = _proxy_container(owner, ports, config)
-    init = shared.part(("init", ports.inbound_ignore, ports.outbound_ignore, lock), config,
+    init = shared.part(("init", config.identity, ports.inbound_ignore, ports.outbound_ignore, lock),
                        lambda: _init_container(ports, config, lock))  # fmt: skip
     if config.native_sidecar:
         spec["initContainers"] = [init, proxy, *user_inits]
     else:
         spec["initContainers"] = [init, *user_inits]
         spec["containers"] = [proxy, *_list(spec, "containers")]
-    spec["volumes"] = [*volumes, shared.part(("volume", lock), config, lambda: {"name": lock, "emptyDir": {}})]
+    spec["volumes"] = [*volumes, shared.part(("volume", lock), lambda: {"name": lock, "emptyDir": {}})]
     pod_resources = spec.get("resources")
     if isinstance(pod_resources, Mapping) and pod_resources:
         grown = with_mesh_share(pod_resources, config.proxy_resources, config.init_resources)
@@ -475,17 +475,17 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
 def _proxy_container(owner: Workload, ports: _Ports, config: MeshConfig) -> dict[str, Any]:
     """The proxy container: a new dict per pod, holding the parts every pod shares (`shared`)
     and the environment entries that name this pod's workload."""
-    parts = shared.part("proxy", config, lambda: _proxy_parts(config))
+    parts = shared.part(("proxy", config.identity), lambda: _proxy_parts(config))
     env = parts["env"]
     container = dict(parts["container"])
     container["env"] = [
         *env,
-        shared.part(("env", c.ENV_WORKLOAD_KIND, owner.kind), config,
+        shared.part(("env", c.ENV_WORKLOAD_KIND, owner.kind),
                     lambda: {"name": c.ENV_WORKLOAD_KIND, "value": owner.kind}),
         {"name": c.ENV_WORKLOAD_NAME, "value": owner.name},
         parts["log_level"],
         parts["log_format"],
-        shared.part(("env", c.ENV_OPAQUE_PORTS, ports.opaque), config,
+        shared.part(("env", c.ENV_OPAQUE_PORTS, ports.opaque),
                     lambda: {"name": c.ENV_OPAQUE_PORTS, "value": ports.opaque}),
     ]  # fmt: skip
     return container

@@ -24,21 +24,19 @@ T = TypeVar("T")
 
 LIMIT = 512  # parts kept; a config gives about 20 (the webhook may see a few configs in its life)
 
-_parts: dict[Hashable, tuple[object, Any]] = {}  # key -> (the object the key's ids name, part)
+_parts: dict[Hashable, Any] = {}
 IDS: set[int] = set()  # ids of the parts and of every dict and list inside them; read-only
 
 
-def part(key: Hashable, owner: object, build: Callable[[], T]) -> T:
-    """The part for (`owner`, `key`), built by `build()` the first time. `owner` is the object the
-    part is made from (a MeshConfig, unhashable): it is kept alive with the part, so its id,
-    which the key holds, is never another object's."""
-    full = (id(owner), key)
-    found = _parts.get(full)
+def part(key: Hashable, build: Callable[[], T]) -> T:
+    """The part named `key`, built by `build()` the first time. The key holds everything the part
+    is made from (a MeshConfig by its `identity`), so equal keys may share one part."""
+    found = _parts.get(key)
     if found is not None:
-        return found[1]  # type: ignore[no-any-return]
+        return found  # type: ignore[no-any-return]
     value = build()
     if len(_parts) < LIMIT:
-        _parts[full] = (owner, value)
+        _parts[key] = value
         _mark(value)
     return value
 
