@@ -634,7 +634,7 @@ class _Block:
         text = cls._shared.get((id(value), col))
         if text is None:
             writer = cls()
-            if type(value) is dict:
+            if isinstance(value, dict):
                 writer._mapping(value, col, "")
             else:
                 writer._sequence(value, col, "")

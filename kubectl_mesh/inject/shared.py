@@ -33,7 +33,7 @@ def part(key: Hashable, build: Callable[[], T]) -> T:
     is made from (a MeshConfig by its `identity`), so equal keys may share one part."""
     found = _parts.get(key)
     if found is not None:
-        return found  # type: ignore[no-any-return]
+        return found
     value = build()
     if len(_parts) < LIMIT:
         _parts[key] = value
