@@ -36,8 +36,10 @@ def part(key: Hashable, build: Callable[[], T]) -> T:
         return found
     value = build()
     if len(_parts) < LIMIT:
-        _parts[key] = value
-        _mark(value)
+        kept = _parts.setdefault(key, value)  # one part per key, even if two threads built one
+        if kept is value:
+            _mark(value)
+        return kept
     return value
 
 
