@@ -281,3 +281,25 @@ def test_two_pods_whose_injected_parts_differ_keep_their_own() -> None:
             assert command[command.index("--inbound-ports-to-ignore") + 1] == inbound
             assert init["volumeMounts"] == [{"name": lock, "mountPath": "/run"}]
             assert spec["volumes"][-1] == {"name": lock, "emptyDir": {}}
+
+
+def test_beyond_the_limit_parts_are_built_per_pod_and_written_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the registry full, `part` builds a fresh object for each pod (none is marked shared,
+    so none is cached by identity), and the YAML is still what nothing shared gives."""
+    monkeypatch.setattr(shared, "_parts", {})
+    monkeypatch.setattr(shared, "LIMIT", 2)  # the proxy's parts and its kind's env entry
+    config = MeshConfig(log_level="debug")
+    pods = [injected({"spec": {"containers": [{"name": "app", "image": n}]}}, config, name=n) for n in "abc"]
+    inits = [p["spec"]["initContainers"][0] for p in pods]
+    assert inits[0] == inits[1] == inits[2] and inits[0] is not inits[1] and not is_shared(inits[0])
+    assert pods[0]["spec"]["volumes"][0] is not pods[1]["spec"]["volumes"][0]
+    assert (
+        pods[0]["spec"]["initContainers"][1]["securityContext"]
+        is pods[1]["spec"]["initContainers"][1]["securityContext"]
+    )
+    text = assert_written_as_unshared(
+        {"kind": "List", "items": [{"kind": "Pod", "spec": p["spec"]} for p in pods]}
+    )
+    assert text.count("name: mesh-init\n") == 3 and "&id" not in text
