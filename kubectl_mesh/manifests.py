@@ -35,6 +35,8 @@ import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from kubectl_mesh.errors import MeshError
+from kubectl_mesh.inject.shared import IDS as _SHARED_IDS
+from kubectl_mesh.inject.shared import is_shared
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 STDIN_NAME = "<stdin>"
@@ -225,6 +227,10 @@ class _Representer(yaml.representer.SafeRepresenter):
 
     def represent_int(self, data: int) -> Any:
         return self.represent_scalar(INT, _int_text(data))
+
+    def ignore_aliases(self, data: Any) -> bool:
+        # A part the injector shares between pods is written out in each, as a copy would be.
+        return is_shared(data) or bool(super().ignore_aliases(data))
 
 
 def _int_text(value: int) -> str:
@@ -541,6 +547,9 @@ class _Block:
     PyYAML, which writes an anchor instead of copying it out again and again."""
 
     _texts: ClassVar[dict[str, str]] = {}  # short one-line strings (keys, names) -> their YAML; bounded
+    # (id, column) of a part the injector shares between pods (`inject.shared`: kept alive, never
+    # changed) -> its YAML at that column, first line indented: written once, copied after.
+    _shared: ClassVar[dict[tuple[int, int], str]] = {}
 
     def __init__(self) -> None:
         self.seen: set[int] = set()
@@ -565,7 +574,7 @@ class _Block:
 
     def _mapping(self, mapping: dict[Any, Any], col: int, lead: str) -> None:
         self._enter(mapping)
-        out, texts = self.out, self._texts
+        out, texts, shared_ids = self.out, self._texts, _SHARED_IDS
         pad = " " * col
         for key, value in mapping.items():
             key_text = texts.get(key) if type(key) is str else None
@@ -578,13 +587,17 @@ class _Block:
                 text = texts.get(value)
                 out.append(f"{head} {text if text is not None else self._string(value, col + 2)}\n")
             elif kind is dict:
-                if value:
+                if not value:
+                    out.append(head + " {}\n")
+                elif id(value) in shared_ids:
+                    out.append(head + "\n" + self._shared_text(value, col + 2))
+                else:
                     out.append(head + "\n")
                     self._mapping(value, col + 2, "")
-                else:
-                    out.append(head + " {}\n")
             elif kind is list:
-                if value:
+                if value and id(value) in shared_ids:
+                    out.append(head + "\n" + self._shared_text(value, col))
+                elif value:
                     out.append(head + "\n")
                     self._sequence(value, col, "")  # not indented under its key
                 else:
@@ -594,13 +607,15 @@ class _Block:
 
     def _sequence(self, items: list[Any], col: int, lead: str) -> None:
         self._enter(items)
-        out = self.out
+        out, shared_ids = self.out, _SHARED_IDS
         pad = " " * col
         for value in items:
             head = f"{lead or pad}- "
             lead = ""
             kind = type(value)
-            if kind is dict and value:
+            if (kind is dict or kind is list) and value and id(value) in shared_ids:
+                out.append(head + self._shared_text(value, col + 2)[col + 2 :])
+            elif kind is dict and value:
                 self._mapping(value, col + 2, head)
             elif kind is list and value:
                 self._sequence(value, col + 2, head)
@@ -610,6 +625,23 @@ class _Block:
                 out.append(head + "[]\n")
             else:
                 out.append(f"{head}{self._scalar(value, col + 2)}\n")
+
+    @classmethod
+    def _shared_text(cls, value: dict[Any, Any] | list[Any], col: int) -> str:
+        """A shared part's YAML at `col` (its first line indented too: a caller putting it after
+        `- ` replaces the indentation), from the cache or written by a writer of its own (whose
+        `seen` is its own: the part may stand in this document more than once)."""
+        text = cls._shared.get((id(value), col))
+        if text is None:
+            writer = cls()
+            if isinstance(value, dict):
+                writer._mapping(value, col, "")
+            else:
+                writer._sequence(value, col, "")
+            text = "".join(writer.out)
+            if len(cls._shared) < 4096:
+                cls._shared[id(value), col] = text
+        return text
 
     @staticmethod
     def _key(key: Any) -> str:

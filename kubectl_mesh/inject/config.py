@@ -9,6 +9,7 @@ Pure apart from `load_config` and `read_config_file`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -64,6 +65,13 @@ class MeshConfig:
     skip_subnets: str = ""  # CIDRs whose outbound traffic is never redirected
     opaque_ports: PortList = DEFAULT_OPAQUE_PORTS  # the pod's annotation replaces this default
     control_plane_namespace: str = CONTROL_PLANE_NAMESPACE
+
+    @functools.cached_property
+    def identity(self) -> str:
+        """The config's content as one string: equal configs (their maps' key order included,
+        which the pod's YAML shows) give equal ones. What the injector's shared parts are
+        keyed by (`shared.part`); computed once per config object."""
+        return repr(self)
 
     @property
     def proxy_image_ref(self) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import jsonpatch
 
 from kubectl_mesh import contract as c
-from kubectl_mesh.inject import guards
+from kubectl_mesh.inject import guards, shared
 from kubectl_mesh.inject.config import MeshConfig, _plain
 from kubectl_mesh.inject.podresources import with_mesh_share
 from kubectl_mesh.portlist import NO_PORTS, PortList
@@ -384,12 +384,14 @@ def _mutate(
     volumes = _list(spec, "volumes")
     lock = _free_volume_name({_name(v) for v in volumes})
     proxy = _proxy_container(owner, ports, config)
+    init = shared.part(("init", config.identity, ports.inbound_ignore, ports.outbound_ignore, lock),
+                       lambda: _init_container(ports, config, lock))  # fmt: skip
     if config.native_sidecar:
-        spec["initContainers"] = [_init_container(ports, config, lock), proxy, *user_inits]
+        spec["initContainers"] = [init, proxy, *user_inits]
     else:
-        spec["initContainers"] = [_init_container(ports, config, lock), *user_inits]
+        spec["initContainers"] = [init, *user_inits]
         spec["containers"] = [proxy, *_list(spec, "containers")]
-    spec["volumes"] = [*volumes, {"name": lock, "emptyDir": {}}]
+    spec["volumes"] = [*volumes, shared.part(("volume", lock), lambda: {"name": lock, "emptyDir": {}})]
     pod_resources = spec.get("resources")
     if isinstance(pod_resources, Mapping) and pod_resources:
         grown = with_mesh_share(pod_resources, config.proxy_resources, config.init_resources)
@@ -471,23 +473,35 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
 
 
 def _proxy_container(owner: Workload, ports: _Ports, config: MeshConfig) -> dict[str, Any]:
+    """The proxy container: a new dict per pod, holding the parts every pod shares (`shared`)
+    and the environment entries that name this pod's workload."""
+    parts = shared.part(("proxy", config.identity), lambda: _proxy_parts(config))
+    env = parts["env"]
+    container = dict(parts["container"])
+    container["env"] = [
+        *env,
+        shared.part(("env", c.ENV_WORKLOAD_KIND, owner.kind),
+                    lambda: {"name": c.ENV_WORKLOAD_KIND, "value": owner.kind}),
+        {"name": c.ENV_WORKLOAD_NAME, "value": owner.name},
+        parts["log_level"],
+        parts["log_format"],
+        shared.part(("env", c.ENV_OPAQUE_PORTS, ports.opaque),
+                    lambda: {"name": c.ENV_OPAQUE_PORTS, "value": ports.opaque}),
+    ]  # fmt: skip
+    return container
+
+
+def _proxy_parts(config: MeshConfig) -> dict[str, Any]:
+    """What every proxy container injected with `config` holds: its fields but `env` (a
+    placeholder, for the order of the keys), and the environment entries that do not depend on
+    the pod."""
     admin = {"path": "/ready", "port": c.PROXY_ADMIN_PORT}
     container: dict[str, Any] = {
         "name": c.PROXY_CONTAINER_NAME,
         "image": config.proxy_image_ref,
         "imagePullPolicy": config.image_pull_policy,
         "command": ["mesh-proxy", "run"],
-        "env": [
-            _field_env(c.ENV_POD_NAME, "metadata.name"),
-            _field_env(c.ENV_POD_NAMESPACE, "metadata.namespace"),
-            _field_env(c.ENV_POD_IP, "status.podIP"),
-            _field_env(c.ENV_SERVICE_ACCOUNT, "spec.serviceAccountName"),
-            {"name": c.ENV_WORKLOAD_KIND, "value": owner.kind},
-            {"name": c.ENV_WORKLOAD_NAME, "value": owner.name},
-            {"name": c.ENV_LOG_LEVEL, "value": config.log_level},
-            {"name": c.ENV_LOG_FORMAT, "value": config.log_format},
-            {"name": c.ENV_OPAQUE_PORTS, "value": ports.opaque},
-        ],
+        "env": None,  # per pod: `_proxy_container`
         "ports": [
             {"name": c.PROXY_PORT_NAME, "containerPort": c.PROXY_INBOUND_PORT, "protocol": "TCP"},
             {"name": c.ADMIN_PORT_NAME, "containerPort": c.PROXY_ADMIN_PORT, "protocol": "TCP"},
@@ -529,7 +543,17 @@ def _proxy_container(owner: Workload, ports: _Ports, config: MeshConfig) -> dict
         }
     else:
         container["livenessProbe"]["initialDelaySeconds"] = 10
-    return container
+    return {
+        "container": container,
+        "env": [
+            _field_env(c.ENV_POD_NAME, "metadata.name"),
+            _field_env(c.ENV_POD_NAMESPACE, "metadata.namespace"),
+            _field_env(c.ENV_POD_IP, "status.podIP"),
+            _field_env(c.ENV_SERVICE_ACCOUNT, "spec.serviceAccountName"),
+        ],
+        "log_level": {"name": c.ENV_LOG_LEVEL, "value": config.log_level},
+        "log_format": {"name": c.ENV_LOG_FORMAT, "value": config.log_format},
+    }
 
 
 # --- helpers -------------------------------------------------------------------------------------

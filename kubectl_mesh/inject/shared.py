@@ -1,0 +1,59 @@
+"""Parts of injected pods that every pod needing the same ones shares: one object, never changed.
+
+The proxy's probes, security context and resources, its fixed environment entries, the init
+container for the usual ports and the lock volume are the same for every pod injected with one
+`MeshConfig`. The injector builds each once (`part`) and puts the same object into every pod, so
+a writer can tell them by identity: `kubectl mesh inject`'s YAML writer (`manifests`) writes each
+one's text once per indentation and copies it after, instead of writing the same ~100 lines again
+for each of 120k pods (docs/architecture.md, "Manifests").
+
+Rules that keep identity a safe key: a part is kept here for the life of the process (its id is
+never reused by another object), at most `LIMIT` of them (beyond, `part` builds a fresh object
+each time, which is merely slower); nothing ever changes a part once built (the injector copies
+every level it changes, and its callers do not edit its output in place). `is_shared` knows the
+parts and every container inside them: a YAML dumper must not write an anchor for an object
+that two pods of one document share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+LIMIT = 512  # parts kept; a config gives about 20 (the webhook may see a few configs in its life)
+
+_parts: dict[Hashable, Any] = {}
+IDS: set[int] = set()  # ids of the parts and of every dict and list inside them; read-only
+
+
+def part(key: Hashable, build: Callable[[], T]) -> T:
+    """The part named `key`, built by `build()` the first time. The key holds everything the part
+    is made from (a MeshConfig by its `identity`), so equal keys may share one part."""
+    found = _parts.get(key)
+    if found is not None:
+        return found
+    value = build()
+    if len(_parts) < LIMIT:
+        kept = _parts.setdefault(key, value)  # one part per key, even if two threads built one
+        if kept is value:
+            _mark(value)
+        return kept
+    return value
+
+
+def is_shared(obj: object) -> bool:
+    """Whether `obj` is a part or a container inside one: the same object in many pods."""
+    return id(obj) in IDS
+
+
+def _mark(value: Any) -> None:
+    if isinstance(value, dict):
+        IDS.add(id(value))
+        for item in value.values():
+            _mark(item)
+    elif isinstance(value, list):
+        IDS.add(id(value))
+        for item in value:
+            _mark(item)
