@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -13,6 +14,17 @@ import pytest
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
 pytest_plugins = ["lab.pytest_plugin"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _shared_injector_parts_stay_as_built() -> Iterator[None]:
+    """Every pod injected in this process shares the injector's constant parts (one object each,
+    kubectl_mesh/inject/shared.py): a test, or code under test, that edits one in place would leak
+    that edit into every later pod. Whatever ran, at the end each part must be what was built."""
+    yield
+    from kubectl_mesh.inject import shared
+
+    assert shared.changed() == [], f"shared injector parts were edited in place: {shared.changed()}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -17,6 +17,7 @@ that two pods of one document share.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ T = TypeVar("T")
 LIMIT = 512  # parts kept; a config gives about 20 (the webhook may see a few configs in its life)
 
 _parts: dict[Hashable, Any] = {}
+_texts: dict[Hashable, str] = {}  # each part's content when built: `changed()` compares
 IDS: set[int] = set()  # ids of the parts and of every dict and list inside them; read-only
 
 
@@ -39,8 +41,19 @@ def part(key: Hashable, build: Callable[[], T]) -> T:
         kept = _parts.setdefault(key, value)  # one part per key, even if two threads built one
         if kept is value:
             _mark(value)
+            _texts[key] = _text(value)
         return kept
     return value
+
+
+def changed() -> list[Hashable]:
+    """The keys of parts whose content is no longer what was built: someone edited a shared part
+    in place, which would leak into every later pod. Empty, always; the tests check it."""
+    return [key for key, value in list(_parts.items()) if _texts.get(key) != _text(value)]
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=repr)
 
 
 def is_shared(obj: object) -> bool:

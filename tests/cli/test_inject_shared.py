@@ -118,6 +118,22 @@ def test_pods_injected_with_one_config_share_their_constant_parts_and_nothing_of
     assert proxy_a["env"][0] is proxy_b["env"][0]  # MESH_POD_NAME's fieldRef: the same for all
 
 
+def test_a_shared_part_edited_in_place_is_caught() -> None:
+    """The suite's own guard (tests/conftest.py asserts `shared.changed()` is empty at the end of
+    every session): an in-place edit of a part that every later pod would carry is reported."""
+    pod = injected({"spec": {"containers": [{"name": "app", "image": "a"}]}}, MeshConfig(), name="x")
+    probe = pod["spec"]["initContainers"][1]["livenessProbe"]  # the proxy, a native sidecar
+    assert is_shared(probe) and shared.changed() == []
+    saved = dict(probe)
+    probe["periodSeconds"] = 999  # what a careless caller might do to "its" pod
+    try:
+        assert shared.changed() != []
+    finally:
+        probe.clear()
+        probe.update(saved)
+    assert shared.changed() == []
+
+
 def _inject_action(config: MeshConfig, plain: bool) -> Callable[[dict[str, Any], Target], Outcome]:
     def action(pod: dict[str, Any], target: Target) -> Outcome:
         decision = inject_pod(
