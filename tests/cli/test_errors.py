@@ -39,6 +39,8 @@ ENTRY_MODULES = ("webhook.gunicorn_conf", "webhook.wsgi", "kubectl_mesh.__main__
 PROTOCOL_ERRORS = {
     "proxy.connections.UpstreamError": "the upstream failed: a 502 (or a reset) to the client",
     "proxy.http1.ProtocolError": "a peer's malformed HTTP: a 400, or the connection closed",
+    "proxy.h2proxy._CompressionError": "a header block that does not decode: GOAWAY(COMPRESSION_ERROR)",
+    "proxy.hpack_nghttp2.HPACKEncodingError": "nghttp2 refusing a list: never expected, lists are bounded",
     "proxy.tap.TapFilterError": "a bad /tap query: a 400 to the tap client (the CLI checks its flags)",
     "webhook.admission.BadRequest": "a malformed AdmissionReview: a 400 to the API server",
     "webhook.worker.HeadTooLarge": "an oversized request head: a 431 to the client",
