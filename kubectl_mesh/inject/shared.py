@@ -27,7 +27,12 @@ LIMIT = 512  # parts kept; a config gives about 20 (the webhook may see a few co
 
 _parts: dict[Hashable, Any] = {}
 _texts: dict[Hashable, str] = {}  # each part's content when built: `changed()` compares
-IDS: set[int] = set()  # ids of the parts and of every dict and list inside them; read-only
+# id -> the object, for the parts and every dict and list inside them; read-only. Holding the
+# object is what keeps its id its own: a part dropped from `_parts` (a test swapping the registry)
+# would otherwise free the object, and the next dict given its address would pass for shared and
+# be written as the part's cached text (a corpus run once wrote the proxy's resources as an
+# emptyDir's fields).
+IDS: dict[int, Any] = {}
 
 
 def part(key: Hashable, build: Callable[[], T]) -> T:
@@ -63,10 +68,10 @@ def is_shared(obj: object) -> bool:
 
 def _mark(value: Any) -> None:
     if isinstance(value, dict):
-        IDS.add(id(value))
+        IDS[id(value)] = value
         for item in value.values():
             _mark(item)
     elif isinstance(value, list):
-        IDS.add(id(value))
+        IDS[id(value)] = value
         for item in value:
             _mark(item)

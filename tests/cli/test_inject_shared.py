@@ -11,6 +11,7 @@ emitter too), and for pods whose injected parts differ (each keeps its own value
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import subprocess
@@ -116,6 +117,26 @@ def test_pods_injected_with_one_config_share_their_constant_parts_and_nothing_of
     )
     assert (name_a["value"], name_b["value"]) == ("a", "b") and not is_shared(name_a)
     assert proxy_a["env"][0] is proxy_b["env"][0]  # MESH_POD_NAME's fieldRef: the same for all
+
+
+def test_a_part_dropped_from_the_registry_never_lends_its_address_to_another_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A registry swapped out (as the limit test below does) drops its parts; their addresses must
+    not then make fresh objects pass for shared, or the writer copies a part's cached text in their
+    place (the CI rehearsal's corpus dry run: an emptyDir written with the proxy's cpu and memory)."""
+    monkeypatch.setattr(shared, "_parts", {})
+    pod = injected({"spec": {"containers": [{"name": "app", "image": "a"}]}}, MeshConfig(), name="x")
+    assert is_shared(pod["spec"]["initContainers"][0])
+    del pod
+    monkeypatch.undo()  # the swapped-in registry and the parts only it held are gone
+    gc.collect()
+    fresh: list[Any] = [{} for _ in range(20_000)] + [[] for _ in range(20_000)]
+    fresh += [{"k": i} for i in range(20_000)]
+    assert not [x for x in fresh if is_shared(x)]
+    volume = {"name": "scratch", "emptyDir": {}}
+    expected = "---\nspec:\n  volumes:\n  - name: scratch\n    emptyDir: {}\n"
+    assert dumped({"spec": {"volumes": [volume]}}) == expected
 
 
 def test_a_shared_part_edited_in_place_is_caught() -> None:
