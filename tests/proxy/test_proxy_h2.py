@@ -22,7 +22,7 @@ import pytest
 from hyperframe.frame import DataFrame, HeadersFrame
 
 from tests.support.grpc_app import GrpcApp, methods
-from tests.support.h2wire import bytes_until_closed, parse_frames
+from tests.support.h2wire import bytes_until_closed, chunks_until_closed, parse_frames
 from tests.support.proxy_process import CLIENT_ID, SERVER_ID, ProxyProcess, start_proxy
 
 CLIENT_LABELS = {"src_namespace": CLIENT_ID[0], "src_deployment": CLIENT_ID[2], "src_pod": CLIENT_ID[3]}
@@ -204,15 +204,7 @@ def _raw_h2(port: int) -> tuple[socket.socket, h2.connection.H2Connection]:
 
 def _events_until_closed(sock: socket.socket, conn: h2.connection.H2Connection, seconds: float) -> list[Any]:
     events: list[Any] = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        sock.settimeout(max(0.05, deadline - time.monotonic()))
-        try:
-            data = sock.recv(65536)
-        except (TimeoutError, ConnectionResetError):
-            break
-        if not data:
-            break
+    for data in chunks_until_closed(sock, seconds):
         try:
             events += conn.receive_data(data)
         except h2.exceptions.ProtocolError:

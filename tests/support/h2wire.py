@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Iterator
 
 from hyperframe.frame import Frame
 
 
-def bytes_until_closed(sock: socket.socket, seconds: float) -> bytes:
-    """Everything the peer sends until it closes, resets, or `seconds` pass."""
-    chunks = []
+def chunks_until_closed(sock: socket.socket, seconds: float) -> Iterator[bytes]:
+    """Each read of what the peer sends, until it closes, resets, or `seconds` pass."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         sock.settimeout(max(0.05, deadline - time.monotonic()))
         try:
             data = sock.recv(65536)
         except (TimeoutError, ConnectionResetError):
-            break
+            return
         if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
+            return
+        yield data
+
+
+def bytes_until_closed(sock: socket.socket, seconds: float) -> bytes:
+    """Everything the peer sends until it closes, resets, or `seconds` pass."""
+    return b"".join(chunks_until_closed(sock, seconds))
 
 
 def parse_frames(raw: bytes) -> list[Frame]:
