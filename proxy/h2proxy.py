@@ -33,7 +33,7 @@ import hpack.hpack
 import hyperframe.frame
 from h2.errors import ErrorCodes
 from h2.stream import StreamClosedBy
-from h2.utilities import HeaderValidationFlags, validate_headers
+from h2.utilities import HeaderValidationFlags
 from hyperframe.frame import GoAwayFrame
 
 from . import h2rules, hpack_nghttp2
@@ -589,8 +589,8 @@ class Stream:
 
     def refuse(self) -> None:
         """The upstream never processed the stream (REFUSED_STREAM, or above its GOAWAY's last
-        stream): the client is told so in the same words and may retry it (RFC 9113 §8.7; gRPC
-        does, transparently). The proxy itself never sends a request twice. A stream whose
+        stream): the client is told so in the same words and may retry it (RFC 9113 §8.7; grpcio
+        does not retry it by itself: measured). The proxy itself never sends a request twice. A stream whose
         response began cannot have been refused: that is a reset."""
         if self.latency_ms >= 0 or self.down_done:
             self.fail("reset")
@@ -660,8 +660,7 @@ def _well_formed(event: Any) -> bool:
         return False
     trailer = isinstance(event, h2.events.TrailersReceived)
     try:
-        for _ in validate_headers(event.headers, _TRAILER_FLAGS if trailer else _RESPONSE_FLAGS):
-            pass
+        h2rules.check_received_fields(event.headers, _TRAILER_FLAGS if trailer else _RESPONSE_FLAGS)
     except h2.exceptions.ProtocolError:
         return False
     return True
