@@ -313,9 +313,10 @@ class _Piece:
 _worker: tuple[PodAction, str] | None = None  # the action and report word, set in each worker
 
 
-def _start_worker(action: PodAction, done: str) -> None:
+def _start_worker(action: PodAction, done: str, parent: int) -> None:
     """Runs first in each forked worker: Ctrl-C is the parent's to handle, and a worker goes when
-    its parent does."""
+    its parent does. SIGINT came blocked from the parent (`_Run._pool`), so a Ctrl-C before this
+    line stays pending, and ignoring it discards it: no worker prints a traceback."""
     import signal
 
     from kubectl_mesh.procs import die_with_parent
@@ -323,7 +324,10 @@ def _start_worker(action: PodAction, done: str) -> None:
     global _worker
     _worker = (action, done)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     die_with_parent()
+    if os.getppid() != parent:  # the parent went before the line above: nobody would tell us
+        os._exit(0)
 
 
 def _work(name: str, data: bytes, known: dict[str, dict[str, str]]) -> _Piece:
@@ -439,10 +443,18 @@ class _Run:
             sys.stdout.flush()  # nothing buffered here may be written again by a worker
             sys.stderr.flush()
             gc.freeze()  # the objects the workers inherit: never collected, so never copied
+            import signal
+
             context = multiprocessing.get_context("fork")  # the action is a closure: inherited, not pickled
-            self.pool = context.Pool(
-                self.workers, initializer=_start_worker, initargs=(self.action, self.done)
-            )
+            # Blocked while the workers fork, and in the pool's threads, which fork any replacement:
+            # a Ctrl-C then waits in the parent for the line after, and is discarded in a worker.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                self.pool = context.Pool(
+                    self.workers, initializer=_start_worker, initargs=(self.action, self.done, os.getpid())
+                )
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         return self.pool
 
     def close(self) -> None:

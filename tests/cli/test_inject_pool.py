@@ -239,12 +239,13 @@ def test_the_pool_takes_only_the_cpus_the_load_leaves_room_for() -> None:
 
 
 def _workers_of(pid: int, deadline: float) -> list[int]:
-    """The pool's workers once forked (polled until `deadline`)."""
+    """The pool's workers the moment they are forked (polled until `deadline`): a signal sent
+    then meets them before their first line has run, which is when one is hardest to take."""
     while time.monotonic() < deadline:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         if len(children) >= 2:
             return [int(c) for c in children]
-        time.sleep(0.05)
+        time.sleep(0.0005)
     raise AssertionError("no workers")
 
 
@@ -257,8 +258,9 @@ def _alive(pid: int) -> bool:
 
 @TWO_CPUS
 @pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(3))  # the signal races the workers' start: one try in 8 lost it
 @pytest.mark.parametrize("how", ["ctrl-c", "kill -9"])
-def test_stopping_inject_stops_its_workers(tmp_path: Path, how: str) -> None:
+def test_stopping_inject_stops_its_workers(tmp_path: Path, how: str, attempt: int) -> None:
     """Ctrl-C (SIGINT to the terminal's process group): exit 130, no traceback, stdout empty;
     kill -9 of the parent alone: the workers go too (PR_SET_PDEATHSIG)."""
     source = tmp_path / "in.yaml"
