@@ -159,6 +159,12 @@ class _ResetsOnly(h2.utilities.SizeLimitDict):
         raise KeyError(key)
 
 
+class _WindowUpdateFlood(h2.exceptions.ProtocolError):
+    """More WINDOW_UPDATE frames than h2rules.window_updates_allowed: GOAWAY ENHANCE_YOUR_CALM."""
+
+    error_code = ErrorCodes.ENHANCE_YOUR_CALM
+
+
 class _Connection(h2.connection.H2Connection):
     """h2's connection, without its walk over every stream each time a stream opens.
 
@@ -176,6 +182,21 @@ class _Connection(h2.connection.H2Connection):
         super().__init__(config)
         self._walked = {0: (0, 0), 1: (0, 0)}  # parity: (open streams at the last walk, highest id then)
         self._closed_streams = _ResetsOnly(size_limit=self.MAX_CLOSED_STREAMS)
+        self.data_frames_sent = 0
+        self.window_updates = 0  # WINDOW_UPDATE frames received, every stream (closed ones too)
+
+    def send_data(self, stream_id: int, data: Any, end_stream: bool = False, pad_length: Any = None) -> None:
+        self.data_frames_sent += 1  # what the peer may acknowledge (window_updates_allowed)
+        super().send_data(stream_id, data, end_stream, pad_length)
+
+    def _receive_window_update_frame(self, frame: Any) -> Any:
+        """Every WINDOW_UPDATE is counted here, as it is read, even on a stream h2 forgot (it
+        emits no event for those): over the budget, the frames after it are not even parsed."""
+        self.window_updates += 1
+        opened = (self.highest_inbound_stream_id + self.highest_outbound_stream_id + 1) // 2
+        if self.window_updates > h2rules.window_updates_allowed(opened, self.data_frames_sent):
+            raise _WindowUpdateFlood("WINDOW_UPDATE flood")
+        return super()._receive_window_update_frame(frame)
 
     def _open_streams(self, remainder: int) -> int:
         outbound = remainder == (1 if self.config.client_side else 0)
@@ -212,6 +233,8 @@ def _settings(client_side: bool) -> dict[h2.settings.SettingCodes, int]:
 def _connection_error_label(error: Exception) -> str:
     if isinstance(error, h2.exceptions.TooManyStreamsError):
         return "too_many_streams"
+    if isinstance(error, _WindowUpdateFlood):
+        return "window_update_flood"
     if isinstance(error, h2.exceptions.DenialOfServiceError):
         return "header_list_too_large"  # an HPACK bomb or a plain oversized header list
     if isinstance(error, h2.exceptions.ProtocolError):
@@ -573,7 +596,7 @@ class Stream:
         session = self.session
         if self.latency_ms < 0 and not self.down_done:
             self.status = 200 if self.head.grpc else status
-            self.grpc_status = h2rules.GRPC_UNAVAILABLE if self.head.grpc else ""
+            self.grpc_status = h2rules.failure_grpc_status(status) if self.head.grpc else ""
             if not session.dead:
                 try:
                     fields = h2rules.failure_response(status, self.head.grpc, reason or error)
@@ -607,6 +630,16 @@ class Stream:
         if self.up is not None:
             self.up.reset(self.uid, ErrorCodes.PROTOCOL_ERROR)
         self.fail("bad_response")
+
+    def too_many_fields(self) -> None:
+        """The client's header list (head or trailers) holds more than MAX_HEADER_FIELDS: as an
+        HTTP/1 head over 100 fields, answered 431 (gRPC: RESOURCE_EXHAUSTED), as Linkerd's h2
+        answers a list over its size; counted under that status. What went upstream of it is
+        cancelled; the connection and its other streams go on."""
+        self.session.proxy.log_limited("h2_too_many_fields", direction=self.session.direction)
+        if self.up is not None and self.uid:
+            self.up.reset(self.uid, ErrorCodes.CANCEL)
+        self.fail("", 431, "too many header fields")
 
     def client_gone(self) -> None:
         """The client reset the stream or went away: cancel the upstream's side; its doing."""
@@ -654,9 +687,12 @@ _TRAILER_FLAGS = HeaderValidationFlags(
 
 
 def _well_formed(event: Any) -> bool:
-    """h2's own rules for a received header list (RFC 9113 §8.2, §8.3) and our size limit
-    (counted as HPACK counts it), applied to one stream."""
-    if sum(32 + len(name) + len(value) for name, value in event.headers) > h2rules.MAX_HEADER_LIST_SIZE:
+    """h2's own rules for a received header list (RFC 9113 §8.2, §8.3) and our limits (fields,
+    and size counted as HPACK counts it), applied to one stream."""
+    headers = event.headers
+    if len(headers) > h2rules.MAX_HEADER_FIELDS:
+        return False
+    if sum(32 + len(name) + len(value) for name, value in headers) > h2rules.MAX_HEADER_LIST_SIZE:
         return False
     trailer = isinstance(event, h2.events.TrailersReceived)
     try:
@@ -874,6 +910,9 @@ class Session(Side):
                 return
             stream.to_up.append((DATA, event.data, event.flow_controlled_length))
         elif isinstance(event, h2.events.TrailersReceived):
+            if len(event.headers) > h2rules.MAX_HEADER_FIELDS:
+                stream.too_many_fields()
+                return
             stream.to_up.append((TRAILERS, h2rules.split_trailers(event.headers)[0], 0))
         elif isinstance(event, h2.events.StreamEnded):
             stream.to_up.append((END, b"", 0))
@@ -904,6 +943,9 @@ class Session(Side):
                 proxy.attach(self.client, peer)
         stream = Stream(self, sid, head, proxy.authority_label(authority_bytes), peer)
         self.streams[sid] = stream
+        if len(headers) > h2rules.MAX_HEADER_FIELDS:
+            stream.too_many_fields()
+            return
         outbound = self.direction == OUTBOUND
         if outbound and h2rules.loops(head, proxy.hop_id):
             # The second visit of a loop: refused here and counted once, by the first visit.

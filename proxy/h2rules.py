@@ -29,6 +29,10 @@ Fields = list[tuple[bytes, bytes]]
 # connection with ENHANCE_YOUR_CALM; the header table stays at the default 4 KiB.
 MAX_CONCURRENT_STREAMS = 100
 MAX_HEADER_LIST_SIZE = http1.MAX_HEADER_BYTES  # 32 KiB, as an HTTP/1 head
+# Fields per header list (a request's or response's head, its trailers), as an HTTP/1 head's 100.
+# Pseudo-fields count, as in Envoy's HTTP/2 codec (its max_headers_count, also 100, counts the
+# header map, which holds them): an HTTP/2 request keeps 96 regular fields beside its four.
+MAX_HEADER_FIELDS = http1.MAX_HEADERS
 # An upstream's header list is decoded up to 1 MiB (an HPACK bomb stays bounded), then judged per
 # stream against MAX_HEADER_LIST_SIZE: hpack gives up mid-block on a list over its limit, which
 # can only end the connection, and an upstream connection carries many clients' streams.
@@ -61,6 +65,12 @@ MAX_BACKLOG = 4 * 1024 * 1024
 PING_BUDGET = 100
 SETTINGS_BUDGET = 100
 RESET_BUDGET = 100
+# WINDOW_UPDATE frames a peer may send over a connection's life, Envoy's rule
+# (max_inbound_window_update_frames_per_data_frame_sent, 10): 5 + 2 × (streams opened + 10 ×
+# DATA frames sent to it). A peer opens windows as it reads what was sent to it, so a budget per
+# second would cut a fast download that acknowledges each frame; thousands of updates a second
+# for nothing sent (CPU with nothing to show for it) end the connection: GOAWAY ENHANCE_YOUR_CALM.
+WINDOW_UPDATES_PER_DATA_FRAME = 10
 UPSTREAMS_PER_DESTINATION = 8  # h2 connections to one destination (each up to its peer's streams)
 
 _GRPC = b"application/grpc"
@@ -81,6 +91,11 @@ def upstream_has_room(streams: int, peer_limit: int, highest_stream_id: int) -> 
     """Whether an upstream connection takes one more stream: under the peer's limit and ours,
     with a stream ID left (a client's IDs are odd: the next is the highest + 2)."""
     return streams < min(peer_limit, UPSTREAM_STREAMS) and highest_stream_id + 2 <= MAX_STREAM_ID
+
+
+def window_updates_allowed(streams_opened: int, data_frames_sent: int) -> int:
+    """The WINDOW_UPDATE frames a connection's peer may have sent so far (Envoy's formula)."""
+    return 5 + 2 * (streams_opened + WINDOW_UPDATES_PER_DATA_FRAME * data_frames_sent)
 
 
 def error_label(code: int) -> str:
@@ -291,19 +306,29 @@ def split_trailers(headers: Fields) -> tuple[Fields, str]:
 
 
 GRPC_UNAVAILABLE = "14"
+# The gRPC status a failure answer carries: UNAVAILABLE (retry may help) unless the request itself
+# is refused for its size (431): RESOURCE_EXHAUSTED, what a gRPC server answers metadata over its
+# limit with (a retry of the same call cannot succeed).
+_GRPC_FOR_STATUS = {431: "8"}
+
+
+def failure_grpc_status(status: int) -> str:
+    """The `grpc-status` of the proxy's own answer with HTTP `status` (failure_response)."""
+    return _GRPC_FOR_STATUS.get(status, GRPC_UNAVAILABLE)
 
 
 def failure_response(status: int, grpc: bool, reason: str) -> Fields:
     """A response the proxy answers a stream with when it cannot get one (502, 504, 400).
 
     gRPC clients get what Linkerd sends them: a trailers-only response with `grpc-status` 14
-    (UNAVAILABLE), which a gRPC client reports as such (an HTTP 502 would read as "unknown").
+    (UNAVAILABLE), which a gRPC client reports as such (an HTTP 502 would read as "unknown"); a
+    431 is RESOURCE_EXHAUSTED (`failure_grpc_status`).
     """
     if grpc:
         return [
             (b":status", b"200"),
             (b"content-type", b"application/grpc"),
-            (b"grpc-status", GRPC_UNAVAILABLE.encode()),
+            (b"grpc-status", failure_grpc_status(status).encode()),
             (b"grpc-message", f"mesh proxy: {reason}".encode()),
         ]
     return [(b":status", str(status).encode()), (b"content-length", b"0")]

@@ -49,6 +49,9 @@ MALFORMED = {
     "/uppercase": ([(":status", "200"), ("X-Upper", "1")], [("grpc-status", "0")]),
     "/bad-trailers": ([(":status", "200")], [(":status", "200")]),
     "/huge-head": ([(":status", "200"), ("x-big", "h" * 40000)], [("grpc-status", "0")]),
+    # over 100 fields (the bound of an HTTP/1 head): in the head, in the trailers
+    "/many-fields": ([(":status", "200"), *((f"x-f{i}", "v") for i in range(150))], [("grpc-status", "0")]),
+    "/many-trailers": ([(":status", "200")], [("grpc-status", "0"), *((f"x-t{i}", "v") for i in range(150))]),
 }
 
 
@@ -80,9 +83,10 @@ class Backend(H2Backend):
     - `/goaway`: GOAWAY naming the stream before this one: this one was never processed.
     - `/badlen`: 200 with content-length 10 and a body of 3 bytes (malformed).
     - `/longlen`: 200 with content-length 2 and a body of 3 bytes (malformed).
-    - `/connection-field`, `/uppercase`, `/bad-trailers`, `/huge-head`: 200 with a `connection`
-      field, with a field name in capitals, with a pseudo-header in its trailers (malformed), with
-      a header list over the 32 KiB the proxy announced.
+    - `/connection-field`, `/uppercase`, `/bad-trailers`, `/huge-head`, `/many-fields`,
+      `/many-trailers`: 200 with a `connection` field, with a field name in capitals, with a
+      pseudo-header in its trailers (malformed), with a header list over the 32 KiB the proxy
+      announced, with 150 fields in its head, in its trailers (over the proxy's 100).
     """
 
     def __init__(self, refusals: int = 0) -> None:

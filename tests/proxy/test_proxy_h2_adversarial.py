@@ -164,6 +164,14 @@ def _rapid_reset(port: int) -> list[Frame | bytes]:
     return frames
 
 
+def _window_update_flood(port: int) -> list[Frame | bytes]:
+    """Increments of 1 on the connection and on an open stream: acknowledgments of nothing sent."""
+    frames: list[Frame | bytes] = [*_headers(1, hpack.Encoder().encode(_request_headers(port)))]
+    for _ in range(1500):
+        frames += [WindowUpdateFrame(0, window_increment=1), WindowUpdateFrame(1, window_increment=1)]
+    return frames
+
+
 ATTACKS: list[tuple[Callable[[int], list[Frame | bytes]], int, str]] = [
     (_malformed, PROTOCOL_ERROR, "protocol_error"),
     (_bad_frame_size, FRAME_SIZE_ERROR, "frame_size_error"),
@@ -174,6 +182,7 @@ ATTACKS: list[tuple[Callable[[int], list[Frame | bytes]], int, str]] = [
     (_ping_flood, ENHANCE_YOUR_CALM, "ping_flood"),
     (_settings_flood, ENHANCE_YOUR_CALM, "settings_flood"),
     (_rapid_reset, ENHANCE_YOUR_CALM, "rapid_reset"),
+    (_window_update_flood, ENHANCE_YOUR_CALM, "window_update_flood"),
 ]
 
 

@@ -1,0 +1,249 @@
+"""Issue #13's remaining HTTP/2 bounds, through a real proxy process: fields per header list,
+WINDOW_UPDATE floods (and the real clients that send many), upstream header blocks past the
+decode limit, an unexpected error on one stream of a shared upstream connection.
+
+Oracles: each client's own response (status, body, the RST_STREAM or GOAWAY code it got), what
+the backend received (streams, their ends and resets), the proxy's counters, RSS and
+descriptors. Every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import hpack
+import pytest
+from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame, HeadersFrame, SettingsFrame, WindowUpdateFrame
+
+from tests.proxy.h2_backend import TICKS
+from tests.proxy.test_h2_adversarial_streams import Backend, _channel
+from tests.proxy.test_proxy_h2_deadlines import Client
+from tests.support.grpc_app import GrpcApp, methods
+from tests.support.h2wire import parse_frames
+from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+@pytest.fixture
+def backend() -> Iterator[Backend]:
+    server = Backend()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def proxy(backend: Backend, tmp_path: Path) -> Iterator[ProxyProcess]:
+    p = start_proxy(
+        tmp_path, "--inbound-forward", f"127.0.0.1:{backend.port}", identity=SERVER_ID, log_level="info"
+    )
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def grpc_app() -> Iterator[GrpcApp]:
+    app = GrpcApp()
+    yield app
+    app.stop()
+
+
+@pytest.fixture
+def grpc_proxy(grpc_app: GrpcApp, tmp_path: Path) -> Iterator[ProxyProcess]:
+    p = start_proxy(
+        tmp_path, "--inbound-forward", f"127.0.0.1:{grpc_app.port}", identity=SERVER_ID, log_level="info"
+    )
+    yield p
+    p.stop()
+
+
+def _fields(count: int, tag: bytes = b"f") -> list[tuple[bytes, bytes]]:
+    return [(b"x-%s%d" % (tag, i), b"v") for i in range(count)]
+
+
+def _wait(condition: object, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return bool(condition())  # type: ignore[operator]
+
+
+# --- 1. 100 fields per header list ---------------------------------------------------------------
+
+
+def test_a_request_over_100_fields_is_answered_431_and_never_reaches_the_backend(
+    backend: Backend, proxy: ProxyProcess
+) -> None:
+    """HTTP/1's bound of 100 fields, on HTTP/2: 4 pseudo-fields and 96 others (100, pseudo-fields
+    counted as Envoy counts them) reach the backend whole; one more field is answered 431 and the
+    backend never sees that stream. The client's next stream on the same connection and another
+    client's download go on. (Before: 300 fields reached the backend.)"""
+    client, bystander = Client(proxy.inbound), Client(proxy.inbound)
+    try:
+        tick = bystander.request("/tick")
+        at_limit = client.request("/echo-header", extra=_fields(96))
+        over = client.request("/ok", extra=_fields(97))
+        client.run(5, until=lambda: client.got[at_limit].ended_at and client.got[over].ended_at)
+        after = client.request("/echo-header", extra=[(b"x-pad", b"after")])
+        client.run(5, until=lambda: client.got[after].ended_at)
+        bystander.run(10, until=lambda: bystander.got[tick].ended_at)
+        assert (client.got[over].status, client.got[over].body, client.got[over].reset) == (431, b"", None)
+        assert (client.got[at_limit].status, client.got[at_limit].body) == (200, b"ok")
+        assert (client.got[after].status, client.got[after].headers.get(b"x-echo")) == (200, b"after")
+        got = bystander.got[tick]
+        assert (got.status, got.body, got.reset) == (200, b"t" * TICKS, None)
+        assert backend.by_path("/ok") == []
+        seen = backend.by_path("/echo-header")
+        assert len(seen) == 2 and seen[0].headers.get("x-f95") == "v"
+        assert proxy.value("response_total", status_code="431") == 1
+        assert not client.closed
+    finally:
+        client.close()
+        bystander.close()
+
+
+def test_a_request_trailer_section_over_100_fields_cancels_the_upstream_stream_and_is_answered_431(
+    backend: Backend, proxy: ProxyProcess
+) -> None:
+    """The same bound on a request's trailers: the stream already went upstream, so the backend
+    sees it cancelled (never ended with those trailers), the client gets 431."""
+    client = Client(proxy.inbound)
+    try:
+        sid = client.request("/sink", end=False)
+        client.conn.send_data(sid, b"body")
+        client.sock.sendall(client.conn.data_to_send())
+        assert _wait(lambda: backend.by_path("/sink") and backend.by_path("/sink")[0].body == 4, 5)
+        client.conn.send_headers(sid, _fields(101, b"t"), end_stream=True)
+        client.sock.sendall(client.conn.data_to_send())
+        client.run(5, until=lambda: client.got[sid].ended_at)
+        assert client.got[sid].status == 431
+        assert _wait(lambda: backend.by_path("/sink")[0].reset is not None, 5)
+        (seen,) = backend.by_path("/sink")
+        assert (seen.ended, seen.reset) == (False, ErrorCodes.CANCEL)
+        assert proxy.value("response_total", status_code="431") == 1
+    finally:
+        client.close()
+
+
+def test_a_grpc_call_with_over_100_metadata_fields_is_resource_exhausted_and_not_delivered(
+    grpc_app: GrpcApp, grpc_proxy: ProxyProcess
+) -> None:
+    """grpcio with 120 metadata entries: the app never sees the call, the client reads
+    RESOURCE_EXHAUSTED (a 431 in gRPC's words: retrying the same call cannot help), and the next
+    call on the same channel goes through."""
+    channel = _channel(grpc_proxy.inbound)
+    try:
+        unary = methods(channel)["unary"]
+        metadata = [(f"x-m{i}", "v") for i in range(120)]
+        with pytest.raises(grpc.RpcError) as failed:
+            unary(b"many", timeout=5, metadata=metadata)
+        assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert unary(b"few", timeout=5, metadata=metadata[:40]) == b"echo:few"
+        assert len(grpc_app.metadata) == 1 and grpc_app.metadata[0].get("x-m39") == "v"
+    finally:
+        channel.close()
+
+
+# --- 2. WINDOW_UPDATE floods ------------------------------------------------------------------
+
+
+def _request_block(port: int) -> bytes:
+    return hpack.Encoder().encode(
+        [(":method", "POST"), (":scheme", "http"), (":path", "/sink"), (":authority", f"127.0.0.1:{port}")]
+    )
+
+
+def test_a_window_update_flood_gets_goaway_within_a_bounded_number_of_frames(
+    backend: Backend, proxy: ProxyProcess
+) -> None:
+    """WINDOW_UPDATEs of 1 on the connection and on an open stream, 20 at a time: the proxy sent
+    nothing to acknowledge, so Envoy's budget (5 + 2 × (streams + 10 × DATA frames sent)) is
+    soon spent: GOAWAY ENHANCE_YOUR_CALM before 100 frames, counted `window_update_flood`. A
+    bystander's download on another connection goes on. (Before: 20,000 went by, unanswered.)"""
+    bystander = Client(proxy.inbound)
+    sock = socket.create_connection(("127.0.0.1", proxy.inbound), timeout=5)
+    try:
+        tick = bystander.request("/tick")
+        opening = HeadersFrame(1, _request_block(proxy.inbound), flags=["END_HEADERS"])
+        sock.sendall(PREFACE + SettingsFrame(0).serialize() + opening.serialize())
+        batch = b"".join(
+            WindowUpdateFrame(0, window_increment=1).serialize()
+            + WindowUpdateFrame(1, window_increment=1).serialize()
+            for _ in range(10)
+        )
+        raw, sent = b"", 0
+        sock.settimeout(0.2)
+        while sent < 20_000 and not any(isinstance(f, GoAwayFrame) for f in parse_frames(raw)):
+            try:
+                sock.sendall(batch)
+                sent += 20
+                raw += sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        goaways = [f for f in parse_frames(raw) if isinstance(f, GoAwayFrame)]
+        assert goaways and goaways[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM, sent
+        assert sent <= 100
+        assert proxy.value("h2_connection_errors_total", error="window_update_flood") == 1
+        bystander.run(10, until=lambda: bystander.got[tick].ended_at)
+        got = bystander.got[tick]
+        assert (got.status, got.body, got.reset) == (200, b"t" * TICKS, None)
+        assert proxy.process.poll() is None
+    finally:
+        sock.close()
+        bystander.close()
+
+
+def test_grpc_streaming_under_load_is_never_taken_for_a_window_update_flood(
+    grpc_app: GrpcApp, grpc_proxy: ProxyProcess
+) -> None:
+    """grpcio acknowledges what it reads with WINDOW_UPDATEs (and probes bandwidth): 64 MiB
+    downloaded in 64 KiB messages, 300 bidirectional messages and a 300-message upload through
+    the proxy, for a bounded few seconds: every message arrives, no connection is cut."""
+    channel = _channel(grpc_proxy.inbound)
+    try:
+        rpc = methods(channel)
+        started = time.monotonic()
+        assert sum(len(m) for m in rpc["flood"](b"", timeout=60)) == 1000 * 64 * 1024
+        replies = list(rpc["bidi"](iter([b"%d" % i for i in range(300)]), timeout=30))
+        assert replies == [b"re:%d" % i for i in range(300)]
+        joined = rpc["client_stream"](iter([b"u" * 1024] * 300), timeout=30)
+        assert joined == b"|".join([b"u" * 1024] * 300)
+        assert time.monotonic() - started < 60
+        errors = {s.labels["error"]: s.value for s in grpc_proxy.samples("h2_connection_errors_total")}
+        assert not any(errors.values()), errors
+    finally:
+        channel.close()
+
+
+def test_h2load_downloads_and_uploads_are_never_taken_for_a_window_update_flood(
+    backend: Backend, proxy: ProxyProcess, tmp_path: Path
+) -> None:
+    """nghttp2's h2load with 64 KiB windows (so it acknowledges every 32 KiB it reads): 24
+    downloads of 1 MiB, then 48 uploads of 256 KiB (the backend acknowledges each DATA frame
+    the proxy sends it): every request succeeds, nothing is counted as a flood."""
+    upload = tmp_path / "upload"
+    upload.write_bytes(b"u" * 256 * 1024)
+    runs = [
+        ["-n", "24", "-c", "2", "-m", "4", proxy.url("/big")],
+        ["-n", "48", "-c", "2", "-m", "4", "-d", str(upload), proxy.url("/sink")],
+    ]
+    for args in runs:
+        out = subprocess.run(
+            ["h2load", "-w", "16", "-W", "16", *args],
+            capture_output=True, text=True, timeout=120, check=False,
+        ).stdout  # fmt: skip
+        n = args[1]
+        assert f"requests: {n} total, {n} started, {n} done, {n} succeeded, 0 failed" in out, out
+    assert len(backend.by_path("/sink")) == 48 and {s.body for s in backend.by_path("/sink")} == {256 * 1024}
+    errors = {s.labels["error"]: s.value for s in proxy.samples("h2_connection_errors_total")}
+    assert not any(errors.values()), errors
