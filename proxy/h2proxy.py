@@ -687,12 +687,10 @@ _TRAILER_FLAGS = HeaderValidationFlags(
 
 
 def _well_formed(event: Any) -> bool:
-    """h2's own rules for a received header list (RFC 9113 §8.2, §8.3) and our limits (fields,
-    and size counted as HPACK counts it), applied to one stream."""
+    """h2's own rules for a received header list (RFC 9113 §8.2, §8.3) and our limits (fields, and
+    size: the decoder marks a list over it, `hpack_nghttp2.decode_through`), applied to one stream."""
     headers = event.headers
-    if len(headers) > h2rules.MAX_HEADER_FIELDS:
-        return False
-    if sum(32 + len(name) + len(value) for name, value in headers) > h2rules.MAX_HEADER_LIST_SIZE:
+    if len(headers) > h2rules.MAX_HEADER_FIELDS or (headers and headers[-1] is hpack_nghttp2.OVER_LIMIT):
         return False
     trailer = isinstance(event, h2.events.TrailersReceived)
     try:
@@ -974,7 +972,12 @@ class H2Upstream(Side):
         # many clients' streams, one app response with (say) a `connection` field then reset
         # them all. The upstream's lists are validated here, per stream (`_well_formed`).
         self.conn.config.validate_inbound_headers = False
-        self.conn.decoder.max_header_list_size = h2rules.UPSTREAM_HEADER_LIST_DECODED
+        # A list over MAX_HEADER_LIST_SIZE fails its stream alone: its block is still decoded to
+        # the end (HPACK's table must follow the upstream's encoder, or every later block on the
+        # connection reads wrong), the fields past the limit dropped as they come and the list
+        # marked OVER_LIMIT (`_well_formed`). A block that does not decode, or that h2 will not
+        # buffer (over 64 CONTINUATIONs), still ends the connection: its table is unknown.
+        hpack_nghttp2.decode_through(self.conn, h2rules.MAX_HEADER_LIST_SIZE)
         self.pool = pool
         self.key = key
         self.ready = False

@@ -33,10 +33,6 @@ MAX_HEADER_LIST_SIZE = http1.MAX_HEADER_BYTES  # 32 KiB, as an HTTP/1 head
 # Pseudo-fields count, as in Envoy's HTTP/2 codec (its max_headers_count, also 100, counts the
 # header map, which holds them): an HTTP/2 request keeps 96 regular fields beside its four.
 MAX_HEADER_FIELDS = http1.MAX_HEADERS
-# An upstream's header list is decoded up to 1 MiB (an HPACK bomb stays bounded), then judged per
-# stream against MAX_HEADER_LIST_SIZE: hpack gives up mid-block on a list over its limit, which
-# can only end the connection, and an upstream connection carries many clients' streams.
-UPSTREAM_HEADER_LIST_DECODED = 1024 * 1024
 STREAM_WINDOW = 65535  # bytes a peer may send on one stream before the proxy passed them on
 # The connection window lets every stream fill its own window: a stalled stream never holds
 # back the others (the RFC's default of 64 KiB would let one stalled stream block them all).

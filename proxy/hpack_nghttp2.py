@@ -13,9 +13,10 @@ which (`hpack=`).
 
 h2's contract, kept: a header list larger than `max_header_list_size` decoded (RFC 7541's size:
 name + value + 32 per field, HPACK bombs included) raises `OversizedHeaderListError` as soon as
-it is exceeded, any malformed block `HPACKDecodingError`; a field the sender marked never-indexed
-comes out as `NeverIndexedHeaderTuple` and goes out never-indexed again; a SETTINGS change of the
-peer's table size is signalled at the start of the next block.
+it is exceeded (a decoder `decode_through` set up decodes the rest of the block instead, keeping
+none of it, and marks the list `OVER_LIMIT`), any malformed block `HPACKDecodingError`; a field
+the sender marked never-indexed comes out as `NeverIndexedHeaderTuple` and goes out never-indexed
+again; a SETTINGS change of the peer's table size is signalled at the start of the next block.
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ _FIELD_OVERHEAD = 32  # RFC 7541 §4.1
 # no longer than it cannot hold one, a longer one is decoded by `hpack` (Decoder._decode_long).
 NGHTTP2_MAX_STRING = 65536
 _STATIC_ENTRIES = 61
+
+
+# The last field of a list decoded past its limit by a decoder `decode_through` set up: the fields
+# up to the limit, then this. Its empty name is invalid, so no check ever lets it through.
+OVER_LIMIT = (b"", b"")
 
 
 class HPACKEncodingError(HPACKError):
@@ -212,6 +218,7 @@ class Decoder:
         self._nv_bytes = _ffi.buffer(self._nv)
         self._flags = _ffi.new("int *")
         self.max_header_list_size = 65536  # h2 sets its own at once
+        self.through = False  # past the limit: decode on (the table stays in step), mark OVER_LIMIT
         self._max_table = TABLE_SIZE
 
     @property
@@ -247,6 +254,8 @@ class Decoder:
                 name_at, value_at, name_len, value_len, nv_flags = unpack(nv_bytes)
                 size += name_len + value_len + _FIELD_OVERHEAD
                 if size > limit:
+                    if self.through:
+                        return self._drain(block, at, end, bool(state & INFLATE_FINAL), fields)
                     raise OversizedHeaderListError(f"A header list larger than {limit} has been received")
                 name = string_at(name_at, name_len)
                 value = string_at(value_at, value_len)
@@ -260,15 +269,32 @@ class Decoder:
             if used == 0 and not state & INFLATE_EMIT:  # pragma: no cover - nghttp2 made no progress
                 raise HPACKDecodingError("truncated header block")
 
+    def _drain(self, block: Any, at: int, end: int, final: bool, fields: list[Any]) -> list[Any]:
+        """The rest of a block past the list's limit: every field decoded (the dynamic table must
+        follow the encoder's, or every later block on the connection reads wrong), none kept."""
+        inflate, inflater, nv, flags = _lib.nghttp2_hd_inflate_hd2, self._inflater, self._nv, self._flags
+        while not final:
+            used = inflate(inflater, nv, flags, block + at, end - at, 1)
+            if used < 0:
+                raise HPACKDecodingError(f"malformed header block (nghttp2 error {used})")
+            at += used
+            final = bool(flags[0] & INFLATE_FINAL)
+            if used == 0 and not flags[0] & (INFLATE_EMIT | INFLATE_FINAL):  # pragma: no cover
+                raise HPACKDecodingError("truncated header block")
+        _lib.nghttp2_hd_inflate_end_headers(inflater)
+        fields.append(OVER_LIMIT)
+        return fields
+
     def _decode_long(self, data: bytes) -> list[HeaderTuple | tuple[bytes, bytes]]:
         """A block over 64 KiB, decoded by `hpack` from nghttp2's table, which then takes hpack's.
 
         Such a block may hold a string nghttp2 refuses (over NGHTTP2_HD_MAX_NV) that hpack, and
-        so h2, decodes: an upstream's list is decoded up to 1 MiB, and one app's 70 KiB field
-        must reset its own stream (h2proxy._well_formed), not end the connection every client
+        so h2, decodes: an upstream's block is decoded whole (`decode_through`), and one app's
+        70 KiB field must reset its own stream (h2proxy._well_formed), not end the connection every client
         shares with COMPRESSION_ERROR. Rare (a block that large is over the clients' limit), so
         slow is fine: the copy of the tables both ways is a few dozen fields at most."""
-        theirs = hpack.Decoder(max_header_list_size=self.max_header_list_size)
+        kind = ThroughDecoder if self.through else hpack.Decoder
+        theirs = kind(max_header_list_size=self.max_header_list_size)
         theirs.max_allowed_table_size = self._max_table
         table = theirs.header_table
         table.maxsize = _lib.nghttp2_hd_inflate_get_max_dynamic_table_size(self._inflater)
@@ -294,6 +320,58 @@ class Decoder:
         finally:
             self.max_header_list_size = keep
         return fields
+
+
+class ThroughDecoder(hpack.Decoder):
+    """hpack's decoder, decoding a block past `max_header_list_size` to its end without keeping
+    the fields beyond it (the list ends `OVER_LIMIT`): h2's pure-Python coder on an upstream
+    connection, and the blocks over 64 KiB nghttp2 leaves to hpack. hpack itself stops mid-block,
+    with its dynamic table half updated: only the connection's end could follow."""
+
+    def decode(self, data: bytes, raw: bool = True) -> list[Any]:
+        view = memoryview(data)
+        fields: list[Any] = []
+        size, at, end = 0, 0, len(data)
+        started = over = False
+        while at < end:
+            first = data[at]
+            header: Any = None
+            if first & 0x80:
+                header, used = self._decode_indexed(view[at:])
+            elif first & 0x40:
+                header, used = self._decode_literal_index(view[at:])
+            elif first & 0x20:
+                if started:
+                    raise HPACKDecodingError("Table size update not at the start of the block")
+                used = self._update_encoding_context(view[at:])
+            else:
+                header, used = self._decode_literal_no_index(view[at:])
+            at += used
+            if header is None:
+                continue
+            started = True
+            if not over:
+                size += len(header[0]) + len(header[1]) + _FIELD_OVERHEAD
+                over = size > self.max_header_list_size
+                if not over:
+                    fields.append(header)
+        self._assert_valid_table_size()
+        if over:
+            fields.append(OVER_LIMIT)
+        return fields
+
+
+def decode_through(conn: Any, limit: int) -> None:
+    """Make `conn`'s decoder keep a list up to `limit` and decode any longer one through to its
+    end, marked OVER_LIMIT (h2proxy: an upstream connection, where one stream's list over the
+    limit must fail that stream alone, never the connection every client shares)."""
+    if isinstance(conn.decoder, Decoder):
+        conn.decoder.through = True
+    else:
+        table = conn.decoder.max_allowed_table_size
+        conn.decoder = ThroughDecoder()
+        conn.decoder.max_allowed_table_size = table
+    conn.decoder.max_header_list_size = limit
 
 
 def _new_inflater() -> Any:

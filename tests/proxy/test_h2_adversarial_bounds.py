@@ -14,14 +14,19 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import hpack
 import pytest
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame, HeadersFrame, SettingsFrame, WindowUpdateFrame
 
-from tests.proxy.h2_backend import TICKS
+from proxy import h2rules, hpack_nghttp2
+from tests.proxy.h2_backend import TICKS, Seen
 from tests.proxy.test_h2_adversarial_streams import Backend, _channel
 from tests.proxy.test_proxy_h2_deadlines import Client
 from tests.support.grpc_app import GrpcApp, methods
@@ -247,3 +252,112 @@ def test_h2load_downloads_and_uploads_are_never_taken_for_a_window_update_flood(
     assert len(backend.by_path("/sink")) == 48 and {s.body for s in backend.by_path("/sink")} == {256 * 1024}
     errors = {s.labels["error"]: s.value for s in proxy.samples("h2_connection_errors_total")}
     assert not any(errors.values()), errors
+
+
+# --- 3. an upstream's header block past the decode limit ----------------------------------------
+
+
+class BigHeadBackend(Backend):
+    """Backend, and two responses whose header list decodes to over 1 MiB (what ended the shared
+    upstream connection before):
+
+    - `/bomb-head`: a 4,000-byte field sent 300 times: once into the dynamic table, then 299
+      one-byte indexes (a block of 4 KiB, nghttp2's to decode; 1.2 MB decoded).
+    - `/long-head`: one value of 1.2 million "0"s, Huffman-coded in 5 bits each (a block of
+      750 KB over 46 CONTINUATIONs: past nghttp2's 64 KiB, hpack's to decode).
+    """
+
+    def _on_event(self, conn: Any, event: Any, seen: dict[int, Any], ticks: list[Any]) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            path = dict(event.headers).get(":path")
+            if path in ("/bomb-head", "/long-head"):
+                seen[event.stream_id] = Seen(path, dict(event.headers))
+                with self.lock:
+                    self.streams.append(seen[event.stream_id])
+                big = (
+                    [("x-bomb", "b" * 4000)] * 300 if path == "/bomb-head" else [("x-long", "0" * 1_200_000)]
+                )
+                conn.send_headers(event.stream_id, [(":status", "200"), *big])
+                conn.send_data(event.stream_id, b"abc", end_stream=True)
+                return
+        super()._on_event(conn, event, seen, ticks)
+
+
+@pytest.fixture(params=["nghttp2", "python"])
+def big_head(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[BigHeadBackend, ProxyProcess]]:
+    """The backend and a proxy in front of it, with libnghttp2's HPACK and without (h2's hpack)."""
+    server = BigHeadBackend()
+    env = {} if request.param == "nghttp2" else {"MESH_NGHTTP2_LIBRARY": ""}
+    p = start_proxy(
+        tmp_path, "--inbound-forward", f"127.0.0.1:{server.port}", identity=SERVER_ID,
+        log_level="info", env=env,
+    )  # fmt: skip
+    assert ("hpack=python" in p.log()) == (request.param == "python")
+    yield server, p
+    p.stop()
+    server.stop()
+
+
+@pytest.mark.parametrize("path", ["/bomb-head", "/long-head"])
+def test_an_upstream_header_list_over_1_mib_fails_its_stream_and_no_other(
+    path: str, big_head: tuple[BigHeadBackend, ProxyProcess]
+) -> None:
+    """Two clients share one upstream connection; one stream's response head decodes to 1.2 MB.
+    Its client gets a failure (502, or a reset) counted `bad_response`; the other's download
+    ends whole, and its next response, coded against the dynamic table the big block changed,
+    reads exactly as the backend sent it: the proxy's HPACK table stayed in step. (Before: the
+    decoder gave up at 1 MiB mid-block and the upstream connection ended, the other download
+    with it.)"""
+    backend, proxy = big_head
+    client, bystander = Client(proxy.inbound), Client(proxy.inbound)
+    try:
+        tick = bystander.request("/tick")
+        bystander.run(1, until=lambda: False)
+        sid = client.request(path)
+        client.run(20, until=lambda: client.got[sid].ended_at)
+        got = client.got[sid]
+        assert got.ended_at and (got.status == 502 or got.reset is not None), got
+        assert b"x-bomb" not in got.headers and b"x-long" not in got.headers
+        bystander.run(10, until=lambda: bystander.got[tick].ended_at)
+        ticked = bystander.got[tick]
+        assert (ticked.status, ticked.body, ticked.reset) == (200, b"t" * TICKS, None)
+        after = bystander.request("/echo-header", extra=[(b"x-pad", b"b" * 4000)])
+        bystander.run(10, until=lambda: bystander.got[after].ended_at)
+        assert bystander.got[after].headers.get(b"x-echo") == b"b" * 4000
+        assert backend.connections == 1 and len(backend.by_path(path)) == 1
+        assert proxy.value("response_total", error="bad_response") == 1
+        errors = {s.labels["error"]: s.value for s in proxy.samples("h2_connection_errors_total")}
+        assert not any(errors.values()), errors
+    finally:
+        client.close()
+        bystander.close()
+
+
+@pytest.mark.parametrize("coder", ["nghttp2", "hpack"])
+@pytest.mark.parametrize("long", [False, True], ids=["short-block", "block-over-64-kib"])
+def test_a_list_past_the_limit_is_decoded_through_and_the_next_block_reads_right(
+    coder: str, long: bool
+) -> None:
+    """The decoders an upstream connection uses (`decode_through`), nghttp2's and h2's hpack, on
+    a block whose list passes 32 KiB: the fields up to the limit, then OVER_LIMIT; the table
+    changes the block made (an entry added after the limit, one evicted) are all made, so the
+    next block, indexed against them, decodes exactly as an unbounded hpack decodes it."""
+    if coder == "nghttp2" and not hpack_nghttp2.load():
+        pytest.skip("libnghttp2.so.14 is not installed")
+    pad = [(b"x-long", b"{" * 70_000)] if long else []  # no Huffman gain: a block over 64 KiB
+    first = [(b"x-a", b"1"), *pad, *[(b"x-bomb", b"b" * 4000)] * 10, (b"x-new", b"n")]
+    encoder = hpack.Encoder()
+    blocks = [encoder.encode(first), encoder.encode([(b"x-new", b"n"), (b"x-a", b"1")])]
+    theirs = hpack.Decoder(max_header_list_size=1 << 30)
+    expected = [[tuple(f) for f in theirs.decode(block, raw=True)] for block in blocks]
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    if coder == "nghttp2":
+        assert hpack_nghttp2.install(conn)
+    hpack_nghttp2.decode_through(conn, h2rules.MAX_HEADER_LIST_SIZE)
+    over = conn.decoder.decode(blocks[0], raw=True)
+    assert over[-1] is hpack_nghttp2.OVER_LIMIT
+    kept = [tuple(f) for f in over[:-1]]
+    assert kept == expected[0][: len(kept)] and sum(32 + len(n) + len(v) for n, v in kept) <= 32 * 1024
+    assert [tuple(f) for f in conn.decoder.decode(blocks[1], raw=True)] == expected[1]
+    assert blocks[1][0] >= 0x80  # x-new came from the table: the decoders kept it in step
+
