@@ -502,6 +502,9 @@ class Stream:
         session = self.session
         proxy = session.proxy
         response = h2rules.split_response(headers)
+        if not 200 <= response.status <= 599:  # not a final status (RFC 9110 §15): malformed
+            self.malformed()
+            return
         self.latency_ms = (time.monotonic() - self.start) * 1000.0
         self.status = response.status
         self.grpc_status = response.grpc_status

@@ -274,12 +274,14 @@ class ResponseHead:
 
 
 def split_response(headers: Fields) -> ResponseHead:
+    """A response head's fields for the client, its mesh fields, its status (0 unless three
+    digits, RFC 9110 §15: the caller refuses it) and gRPC status."""
     kept, mesh = http1.strip_mesh(headers)
     status = 0
     grpc = None
     for name, value in kept:
         if name == b":status":
-            status = int(value) if value.isdigit() else 0
+            status = int(value) if len(value) == 3 and value.isdigit() else 0
         elif name == b"grpc-status":
             grpc = value
     return ResponseHead(kept, mesh, status, grpc_status_label(grpc))
@@ -287,10 +289,12 @@ def split_response(headers: Fields) -> ResponseHead:
 
 def informational_fields(headers: Fields) -> Fields | None:
     """A 1xx head to pass on to the client (100-continue, 103 early hints), mesh fields stripped;
-    None for a 101, which HTTP/2 forbids (RFC 9113 §8.6)."""
+    None for a 101, which HTTP/2 forbids (RFC 9113 §8.6), and for a status that is not three
+    digits (h2 takes any status starting with "1" for informational): dropped."""
     kept, _ = http1.strip_mesh(headers)
-    if any(name == b":status" and value == b"101" for name, value in kept):
-        return None
+    for name, value in kept:
+        if name == b":status" and (value == b"101" or len(value) != 3 or not value.isdigit()):
+            return None
     return kept
 
 

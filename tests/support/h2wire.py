@@ -30,6 +30,11 @@ def bytes_until_closed(sock: socket.socket, seconds: float) -> bytes:
 
 def parse_frames(raw: bytes) -> list[Frame]:
     """The whole frames in bytes a server sent (no preface on that side); a cut-off tail is left out."""
+    return split_frames(raw)[0]
+
+
+def split_frames(raw: bytes) -> tuple[list[Frame], bytes]:
+    """The whole frames in `raw`, and the cut-off tail (the start of the next frame) to read on."""
     frames = []
     view = memoryview(raw)
     while len(view) >= 9:
@@ -39,4 +44,4 @@ def parse_frames(raw: bytes) -> list[Frame]:
         frame.parse_body(view[9 : 9 + length])
         frames.append(frame)
         view = view[9 + length :]
-    return frames
+    return frames, bytes(view)
