@@ -366,7 +366,10 @@ class Side:
                     if stream is not None:
                         self.pump(stream)
             else:
-                self.on_event(event)
+                try:
+                    self.on_event(event)
+                except Exception as error:  # a bug, or input no rule foresaw: see event_failed
+                    self.event_failed(event, error)
             if self.dead:
                 return False
         self.pull()
@@ -417,6 +420,11 @@ class Side:
 
     def on_event(self, event: h2.events.Event) -> None:
         raise NotImplementedError
+
+    def event_failed(self, event: h2.events.Event, error: Exception) -> None:
+        """An unexpected exception while acting on a stream's event: by default the connection's
+        reader ends with it (a client's connection: its own streams only)."""
+        raise error
 
 
 class Stream:
@@ -1076,6 +1084,26 @@ class H2Upstream(Side):
         self.pull()
         if self.sock is not None:
             shutdown(self.sock, 0)
+
+    def event_failed(self, event: h2.events.Event, error: Exception) -> None:
+        """An unexpected exception while acting on one stream's event: on a connection every
+        client shares, that stream alone fails (reset upstream, 502 or a reset to its client,
+        counted `error="proxy_error"`) and the others go on. Logged at error, at most once a
+        second, by type only: an exception's text may quote a header or a path."""
+        self.proxy.log_limited(
+            "h2_stream_error", level="error", direction=self.direction,
+            h2_event=type(event).__name__, error=type(error).__name__,
+        )  # fmt: skip
+        stream = self.streams.get(getattr(event, "stream_id", 0))
+        if stream is None or (stream.up_done and stream.down_done):
+            return
+        try:
+            self.reset(stream.uid, ErrorCodes.INTERNAL_ERROR)
+            stream.fail("proxy_error")
+        except Exception:  # its state is beyond answering: forget it on both sides
+            stream.up_done = stream.down_done = True
+            self.streams.pop(stream.uid, None)
+            stream.session.streams.pop(stream.sid, None)
 
     def pump(self, stream: Stream) -> None:
         if stream.up_done or not stream.to_up:

@@ -377,7 +377,7 @@ class Proxy:
     def log_upstream_error(self, direction: str, authority: str, error: str) -> None:
         self.log_limited("upstream_error", direction=direction, authority=authority, error=error)
 
-    def log_limited(self, event: str, **fields: str) -> None:
+    def log_limited(self, event: str, level: str = "info", **fields: str) -> None:
         """One line per event and fields per second: an outage or a flood must not flood the log."""
         key = (event, *fields.values())
         last, suppressed = self._log_limits.get(key, (0.0, 0))
@@ -387,7 +387,7 @@ class Proxy:
         if len(self._log_limits) > 1000:
             self._log_limits.clear()
         self._log_limits[key] = (self.now, 0)
-        self.log.info(event, **fields, suppressed=suppressed)
+        self.log.log(level, event, **fields, suppressed=suppressed)
 
     # --- lifecycle --------------------------------------------------------------------------------
     def drain(self) -> None:

@@ -361,3 +361,73 @@ def test_a_list_past_the_limit_is_decoded_through_and_the_next_block_reads_right
     assert [tuple(f) for f in conn.decoder.decode(blocks[1], raw=True)] == expected[1]
     assert blocks[1][0] >= 0x80  # x-new came from the table: the decoders kept it in step
 
+
+# --- 4. an unexpected error on one stream of a shared upstream connection -----------------------
+
+# The proxy, with a fault injected where an upstream's trailers are read: trailers carrying
+# `x-fault` raise, as a bug or an input no rule foresaw would.
+FAULT_LAUNCHER = (
+    "-c",
+    "import sys\n"
+    "from proxy import h2rules\n"
+    "split = h2rules.split_trailers\n"
+    "def faulty(headers):\n"
+    "    if any(name == b'x-fault' for name, _ in headers):\n"
+    "        raise RuntimeError('injected fault: x-fault secret-value')\n"
+    "    return split(headers)\n"
+    "h2rules.split_trailers = faulty\n"
+    "from proxy.__main__ import main\n"
+    "sys.exit(main(sys.argv[1:]))\n",
+)
+
+
+class FaultBackend(Backend):
+    """Backend, and `/fault`: 200, b"abc", then trailers with `x-fault` (the injected fault)."""
+
+    def _on_event(self, conn: Any, event: Any, seen: dict[int, Any], ticks: list[Any]) -> None:
+        if isinstance(event, h2.events.RequestReceived) and dict(event.headers).get(":path") == "/fault":
+            seen[event.stream_id] = Seen("/fault", dict(event.headers))
+            with self.lock:
+                self.streams.append(seen[event.stream_id])
+            conn.send_headers(event.stream_id, [(":status", "200")])
+            conn.send_data(event.stream_id, b"abc")
+            conn.send_headers(event.stream_id, [("grpc-status", "0"), ("x-fault", "1")], end_stream=True)
+            return
+        super()._on_event(conn, event, seen, ticks)
+
+
+def test_an_unexpected_error_on_one_upstream_stream_fails_that_stream_alone(tmp_path: Path) -> None:
+    """A handler of one stream's event raises (an injected fault): that stream fails (its client
+    is reset, counted `error="proxy_error"`, one line at level error that names the exception's
+    type only), while another client's download on the same upstream connection ends whole and
+    the next stream takes the same connection. (Before: the exception ended the upstream
+    connection's reader, and every client's streams on it.)"""
+    backend = FaultBackend()
+    proxy = start_proxy(
+        tmp_path, "--inbound-forward", f"127.0.0.1:{backend.port}", identity=SERVER_ID, log_level="info",
+        launcher=FAULT_LAUNCHER,
+    )  # fmt: skip
+    client, bystander = Client(proxy.inbound), Client(proxy.inbound)
+    try:
+        tick = bystander.request("/tick")
+        bystander.run(1, until=lambda: False)
+        sid = client.request("/fault")
+        client.run(5, until=lambda: client.got[sid].ended_at)
+        assert client.got[sid].reset == ErrorCodes.INTERNAL_ERROR  # its head had gone: reset
+        bystander.run(10, until=lambda: bystander.got[tick].ended_at)
+        got = bystander.got[tick]
+        assert (got.status, got.body, got.reset) == (200, b"t" * TICKS, None)
+        after = client.request("/echo-header", extra=[(b"x-pad", b"after")])
+        client.run(5, until=lambda: client.got[after].ended_at)
+        assert client.got[after].headers.get(b"x-echo") == b"after"
+        assert backend.connections == 1
+        assert proxy.value("response_total", error="proxy_error") == 1
+        lines = [line for line in proxy.log().splitlines() if "h2_stream_error" in line]
+        assert len(lines) == 1 and "level=error" in lines[0] and "error=RuntimeError" in lines[0], lines
+        assert "secret-value" not in proxy.log() and "/fault" not in lines[0]
+        assert proxy.process.poll() is None
+    finally:
+        client.close()
+        bystander.close()
+        proxy.stop()
+        backend.stop()
