@@ -248,6 +248,11 @@ def hpack_in_use() -> str:
     return f"nghttp2-{version}" if version else "python"
 
 
+def header_block_bytes(conn: h2.connection.H2Connection) -> int:
+    """Bytes of the header block h2 holds until its END_HEADERS (its frames' payloads so far)."""
+    return sum(len(frame.data) for frame in getattr(conn.incoming_buffer, "_headers_buffer", ()))
+
+
 def header_block_pending(conn: h2.connection.H2Connection) -> bool:
     """True while a header block is arriving: HEADERS or CONTINUATION frames without
     END_HEADERS buffered, or a HEADERS/CONTINUATION frame still partly read. h2 keeps both in
@@ -829,6 +834,9 @@ class Session(Side):
                     # A header block (HEADERS and its CONTINUATIONs) has header_timeout from its
                     # first frame, as an HTTP/1 head from its first byte; it holds the whole
                     # connection (no other frame may come between), so the connection ends.
+                    if header_block_bytes(self.conn) > h2rules.MAX_HEADER_BLOCK_BYTES:
+                        self.fail_connection("header_list_too_large", ErrorCodes.ENHANCE_YOUR_CALM)
+                        break
                     if not self.head_since:
                         self.head_since = proxy.now
                     client.deadline = self.head_since + proxy.config.header_timeout

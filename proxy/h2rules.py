@@ -33,6 +33,13 @@ MAX_HEADER_LIST_SIZE = http1.MAX_HEADER_BYTES  # 32 KiB, as an HTTP/1 head
 # Pseudo-fields count, as in Envoy's HTTP/2 codec (its max_headers_count, also 100, counts the
 # header map, which holds them): an HTTP/2 request keeps 96 regular fields beside its four.
 MAX_HEADER_FIELDS = http1.MAX_HEADERS
+# A client's header block still arriving (HEADERS and CONTINUATIONs without END_HEADERS) is held
+# encoded by h2 until it is whole, up to 64 CONTINUATIONs: 1 MiB at 16 KiB frames, for the
+# header timeout (CVE-2024-27316). A block can be larger than its decoded list only by Huffman's
+# longest codes (under 4 bytes a byte) and a few bytes of lengths per field (each field counts 32
+# more decoded): one over 4 × MAX_HEADER_LIST_SIZE cannot decode under it, so it ends the
+# connection as the list would (header_list_too_large) before it is whole.
+MAX_HEADER_BLOCK_BYTES = 4 * MAX_HEADER_LIST_SIZE
 STREAM_WINDOW = 65535  # bytes a peer may send on one stream before the proxy passed them on
 # The connection window lets every stream fill its own window: a stalled stream never holds
 # back the others (the RFC's default of 64 KiB would let one stalled stream block them all).

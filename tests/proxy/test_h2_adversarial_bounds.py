@@ -9,6 +9,7 @@ descriptors. Every loop is bounded in count and time.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -23,14 +24,14 @@ import h2.events
 import hpack
 import pytest
 from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame, HeadersFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame, SettingsFrame, WindowUpdateFrame
 
 from proxy import h2rules, hpack_nghttp2
 from tests.proxy.h2_backend import TICKS, Seen
 from tests.proxy.test_h2_adversarial_streams import Backend, _channel
 from tests.proxy.test_proxy_h2_deadlines import Client
 from tests.support.grpc_app import GrpcApp, methods
-from tests.support.h2wire import parse_frames
+from tests.support.h2wire import bytes_until_closed, parse_frames
 from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -431,3 +432,47 @@ def test_an_unexpected_error_on_one_upstream_stream_fails_that_stream_alone(tmp_
         bystander.close()
         proxy.stop()
         backend.stop()
+
+
+# --- CONTINUATION floods (CVE-2024-27316) ------------------------------------------------------
+
+
+def test_continuations_of_a_block_too_big_to_be_under_32_kib_end_the_connection_at_once(
+    backend: Backend, proxy: ProxyProcess
+) -> None:
+    """40 clients each send HEADERS and 60 full CONTINUATIONs (16 KiB each) without END_HEADERS:
+    under h2's 64-frame limit, each held ~1 MiB until the 10 s header timeout (40 MiB for 40
+    clients; 4 GiB at the connection cap). A block over 4 × 32 KiB cannot decode under the
+    32 KiB limit (Huffman's longest code is under 4 bytes a byte): each connection gets GOAWAY
+    ENHANCE_YOUR_CALM within 2 s, counted `header_list_too_large`, with little memory held, and
+    the backend never sees a stream. A bystander's download goes on."""
+    bystander = Client(proxy.inbound)
+    socks = [socket.create_connection(("127.0.0.1", proxy.inbound), timeout=5) for _ in range(40)]
+    try:
+        tick = bystander.request("/tick")
+        bystander.run(0.5, until=lambda: False)
+        rss_before = proxy.rss_kib()
+        started = time.monotonic()
+        block = _request_block(proxy.inbound)
+        flood = HeadersFrame(1, block).serialize() + ContinuationFrame(1, b"\x00" * 16384).serialize() * 60
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.sendall(PREFACE + SettingsFrame(0).serialize() + flood)
+        time.sleep(0.5)  # the proxy has read what it takes
+        held = proxy.rss_kib() - rss_before
+        codes = []
+        for sock in socks:
+            frames = parse_frames(bytes_until_closed(sock, 3))
+            codes.append([f.error_code for f in frames if isinstance(f, GoAwayFrame)])
+        assert codes == [[ErrorCodes.ENHANCE_YOUR_CALM]] * 40
+        assert time.monotonic() - started < 4  # not the 10 s header timeout
+        assert held < 16 * 1024, held
+        assert proxy.value("h2_connection_errors_total", error="header_list_too_large") == 40
+        assert backend.by_path("/sink") == []
+        bystander.run(10, until=lambda: bystander.got[tick].ended_at)
+        got = bystander.got[tick]
+        assert (got.status, got.body, got.reset) == (200, b"t" * TICKS, None)
+    finally:
+        for sock in socks:
+            sock.close()
+        bystander.close()
