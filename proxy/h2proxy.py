@@ -809,6 +809,7 @@ class Session(Side):
         self.goaway_last = -1  # after a drain's GOAWAY: streams above it are refused
         self.remote_goaway = False
         self.resets = h2rules.Budget(h2rules.RESET_BUDGET)
+        self.empties = h2rules.Budget(h2rules.EMPTY_FRAME_BUDGET)
         self.head_since = 0.0  # when the header block now arriving began (0: none under way)
 
     def run(self, first: bytes) -> None:
@@ -923,6 +924,11 @@ class Session(Side):
             return
         if isinstance(event, h2.events.DataReceived):
             if not event.data:
+                # CVE-2019-9518: empty frames cost no window, only CPU. One that ends its stream
+                # is how many clients end a body (grpcio's half-close); others have a budget.
+                if event.stream_ended is None and not self.empties.spend(self.proxy.now):
+                    self.fail_connection("empty_frame_flood", ErrorCodes.ENHANCE_YOUR_CALM)
+                    return
                 _empty_data(self, event)
                 return
             stream.to_up.append((DATA, event.data, event.flow_controlled_length))

@@ -68,6 +68,9 @@ MAX_BACKLOG = 4 * 1024 * 1024
 PING_BUDGET = 100
 SETTINGS_BUDGET = 100
 RESET_BUDGET = 100
+# Empty DATA frames a client sends that do not end their stream (CVE-2019-9518, "empty frames
+# flood": they cost no window, so only this bounds the CPU they take). Envoy allows 1 in a row.
+EMPTY_FRAME_BUDGET = 100
 # WINDOW_UPDATE frames a peer may send over a connection's life, Envoy's rule
 # (max_inbound_window_update_frames_per_data_frame_sent, 10): 5 + 2 × (streams opened + 10 ×
 # DATA frames sent to it). A peer opens windows as it reads what was sent to it, so a budget per

@@ -213,8 +213,9 @@ def test_grpc_streaming_under_load_is_never_taken_for_a_window_update_flood(
     grpc_app: GrpcApp, grpc_proxy: ProxyProcess
 ) -> None:
     """grpcio acknowledges what it reads with WINDOW_UPDATEs (and probes bandwidth): 64 MiB
-    downloaded in 64 KiB messages, 300 bidirectional messages and a 300-message upload through
-    the proxy, for a bounded few seconds: every message arrives, no connection is cut."""
+    downloaded in 64 KiB messages, 300 bidirectional messages, a 300-message upload and 300
+    one-message uploads through the proxy, for a bounded few seconds: every message arrives, no
+    connection is cut."""
     channel = _channel(grpc_proxy.inbound)
     try:
         rpc = methods(channel)
@@ -224,6 +225,11 @@ def test_grpc_streaming_under_load_is_never_taken_for_a_window_update_flood(
         assert replies == [b"re:%d" % i for i in range(300)]
         joined = rpc["client_stream"](iter([b"u" * 1024] * 300), timeout=30)
         assert joined == b"|".join([b"u" * 1024] * 300)
+        # 300 calls, each ended by the client's half-close: an empty DATA frame with END_STREAM,
+        # which is no empty-frame flood whatever the rate.
+        assert [rpc["client_stream"](iter([b"%d" % i]), timeout=10) for i in range(300)] == [
+            b"%d" % i for i in range(300)
+        ]
         assert time.monotonic() - started < 60
         errors = {s.labels["error"]: s.value for s in grpc_proxy.samples("h2_connection_errors_total")}
         assert not any(errors.values()), errors
@@ -475,4 +481,41 @@ def test_continuations_of_a_block_too_big_to_be_under_32_kib_end_the_connection_
     finally:
         for sock in socks:
             sock.close()
+        bystander.close()
+
+
+# --- empty DATA frames (CVE-2019-9518) ------------------------------------------------------------
+
+
+def test_an_empty_data_frame_flood_ends_its_connection_and_no_other(
+    backend: Backend, proxy: ProxyProcess
+) -> None:
+    """Empty DATA frames that do not end their stream cost no window, only CPU: past 100 in a
+    second the connection gets GOAWAY ENHANCE_YOUR_CALM, counted `empty_frame_flood`, before
+    the sender could send 20,000; the backend got the stream's one byte only, and a bystander's
+    download goes on. (Before: all 20,000 were read, acknowledged and dropped, unbudgeted.)"""
+    client, bystander = Client(proxy.inbound), Client(proxy.inbound)
+    try:
+        tick = bystander.request("/tick")
+        sid = client.request("/sink", end=False)
+        client.conn.send_data(sid, b"a")
+        client.sock.sendall(client.conn.data_to_send())
+        empty = (0).to_bytes(3, "big") + b"\x00\x00" + sid.to_bytes(4, "big")
+        sent = 0
+        with contextlib.suppress(OSError):
+            while sent < 20_000 and not client.closed:
+                client.sock.sendall(empty * 100)
+                sent += 100
+                client.run(0.05, until=lambda: False)
+        client.run(2, until=lambda: False)
+        assert client.closed and sent < 20_000, sent
+        assert proxy.value("h2_connection_errors_total", error="empty_frame_flood") == 1
+        assert _wait(lambda: backend.by_path("/sink") and backend.by_path("/sink")[0].reset is not None, 5)
+        (seen,) = backend.by_path("/sink")
+        assert (seen.body, seen.ended, seen.reset) == (1, False, ErrorCodes.CANCEL)
+        bystander.run(10, until=lambda: bystander.got[tick].ended_at)
+        got = bystander.got[tick]
+        assert (got.status, got.body, got.reset) == (200, b"t" * TICKS, None)
+    finally:
+        client.close()
         bystander.close()
