@@ -27,6 +27,8 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame, SettingsFrame, WindowUpdateFrame
 
 from proxy import h2rules, hpack_nghttp2
+from tests.proxy import test_h2_adversarial_streams as streams
+from tests.proxy import test_proxy_h2
 from tests.proxy.h2_backend import TICKS, Seen
 from tests.proxy.test_h2_adversarial_streams import Backend, _channel
 from tests.proxy.test_proxy_h2_deadlines import Client
@@ -35,38 +37,17 @@ from tests.support.h2wire import bytes_until_closed, parse_frames
 from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# The fixtures of the files whose harnesses these tests reuse: the scripted h2 backend and a
+# proxy in front of it; the grpcio app and its sidecar.
+backend, proxy = streams.backend, streams.proxy
+grpc_app, h2_server_proxy = test_proxy_h2.grpc_app, test_proxy_h2.h2_server_proxy
 
 
-@pytest.fixture
-def backend() -> Iterator[Backend]:
-    server = Backend()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def proxy(backend: Backend, tmp_path: Path) -> Iterator[ProxyProcess]:
-    p = start_proxy(
-        tmp_path, "--inbound-forward", f"127.0.0.1:{backend.port}", identity=SERVER_ID, log_level="info"
-    )
-    yield p
-    p.stop()
-
-
-@pytest.fixture
-def grpc_app() -> Iterator[GrpcApp]:
-    app = GrpcApp()
-    yield app
-    app.stop()
-
-
-@pytest.fixture
-def grpc_proxy(grpc_app: GrpcApp, tmp_path: Path) -> Iterator[ProxyProcess]:
-    p = start_proxy(
-        tmp_path, "--inbound-forward", f"127.0.0.1:{grpc_app.port}", identity=SERVER_ID, log_level="info"
-    )
-    yield p
-    p.stop()
+def _ticked_whole(client: Client, sid: int) -> None:
+    """A bystander's `/tick` download ends whole: each of its ticks, no reset."""
+    client.run(10, until=lambda: client.got[sid].ended_at)
+    got = client.got[sid]
+    assert (got.status, got.body, got.reset) == (200, b"t" * TICKS, None)
 
 
 def _fields(count: int, tag: bytes = b"f") -> list[tuple[bytes, bytes]]:
@@ -140,12 +121,12 @@ def test_a_request_trailer_section_over_100_fields_cancels_the_upstream_stream_a
 
 
 def test_a_grpc_call_with_over_100_metadata_fields_is_resource_exhausted_and_not_delivered(
-    grpc_app: GrpcApp, grpc_proxy: ProxyProcess
+    grpc_app: GrpcApp, h2_server_proxy: ProxyProcess
 ) -> None:
     """grpcio with 120 metadata entries: the app never sees the call, the client reads
     RESOURCE_EXHAUSTED (a 431 in gRPC's words: retrying the same call cannot help), and the next
     call on the same channel goes through."""
-    channel = _channel(grpc_proxy.inbound)
+    channel = _channel(h2_server_proxy.inbound)
     try:
         unary = methods(channel)["unary"]
         metadata = [(f"x-m{i}", "v") for i in range(120)]
@@ -200,9 +181,7 @@ def test_a_window_update_flood_gets_goaway_within_a_bounded_number_of_frames(
         assert goaways and goaways[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM, sent
         assert sent <= 100
         assert proxy.value("h2_connection_errors_total", error="window_update_flood") == 1
-        bystander.run(10, until=lambda: bystander.got[tick].ended_at)
-        got = bystander.got[tick]
-        assert (got.status, got.body, got.reset) == (200, b"t" * TICKS, None)
+        _ticked_whole(bystander, tick)
         assert proxy.process.poll() is None
     finally:
         sock.close()
@@ -210,13 +189,13 @@ def test_a_window_update_flood_gets_goaway_within_a_bounded_number_of_frames(
 
 
 def test_grpc_streaming_under_load_is_never_taken_for_a_window_update_flood(
-    grpc_app: GrpcApp, grpc_proxy: ProxyProcess
+    grpc_app: GrpcApp, h2_server_proxy: ProxyProcess
 ) -> None:
     """grpcio acknowledges what it reads with WINDOW_UPDATEs (and probes bandwidth): 64 MiB
     downloaded in 64 KiB messages, 300 bidirectional messages, a 300-message upload and 300
     one-message uploads through the proxy, for a bounded few seconds: every message arrives, no
     connection is cut."""
-    channel = _channel(grpc_proxy.inbound)
+    channel = _channel(h2_server_proxy.inbound)
     try:
         rpc = methods(channel)
         started = time.monotonic()
@@ -231,7 +210,7 @@ def test_grpc_streaming_under_load_is_never_taken_for_a_window_update_flood(
             b"%d" % i for i in range(300)
         ]
         assert time.monotonic() - started < 60
-        errors = {s.labels["error"]: s.value for s in grpc_proxy.samples("h2_connection_errors_total")}
+        errors = {s.labels["error"]: s.value for s in h2_server_proxy.samples("h2_connection_errors_total")}
         assert not any(errors.values()), errors
     finally:
         channel.close()
@@ -325,9 +304,7 @@ def test_an_upstream_header_list_over_1_mib_fails_its_stream_and_no_other(
         got = client.got[sid]
         assert got.ended_at and (got.status == 502 or got.reset is not None), got
         assert b"x-bomb" not in got.headers and b"x-long" not in got.headers
-        bystander.run(10, until=lambda: bystander.got[tick].ended_at)
-        ticked = bystander.got[tick]
-        assert (ticked.status, ticked.body, ticked.reset) == (200, b"t" * TICKS, None)
+        _ticked_whole(bystander, tick)
         after = bystander.request("/echo-header", extra=[(b"x-pad", b"b" * 4000)])
         bystander.run(10, until=lambda: bystander.got[after].ended_at)
         assert bystander.got[after].headers.get(b"x-echo") == b"b" * 4000
@@ -421,9 +398,7 @@ def test_an_unexpected_error_on_one_upstream_stream_fails_that_stream_alone(tmp_
         sid = client.request("/fault")
         client.run(5, until=lambda: client.got[sid].ended_at)
         assert client.got[sid].reset == ErrorCodes.INTERNAL_ERROR  # its head had gone: reset
-        bystander.run(10, until=lambda: bystander.got[tick].ended_at)
-        got = bystander.got[tick]
-        assert (got.status, got.body, got.reset) == (200, b"t" * TICKS, None)
+        _ticked_whole(bystander, tick)
         after = client.request("/echo-header", extra=[(b"x-pad", b"after")])
         client.run(5, until=lambda: client.got[after].ended_at)
         assert client.got[after].headers.get(b"x-echo") == b"after"
@@ -475,9 +450,7 @@ def test_continuations_of_a_block_too_big_to_be_under_32_kib_end_the_connection_
         assert held < 16 * 1024, held
         assert proxy.value("h2_connection_errors_total", error="header_list_too_large") == 40
         assert backend.by_path("/sink") == []
-        bystander.run(10, until=lambda: bystander.got[tick].ended_at)
-        got = bystander.got[tick]
-        assert (got.status, got.body, got.reset) == (200, b"t" * TICKS, None)
+        _ticked_whole(bystander, tick)
     finally:
         for sock in socks:
             sock.close()
@@ -513,9 +486,7 @@ def test_an_empty_data_frame_flood_ends_its_connection_and_no_other(
         assert _wait(lambda: backend.by_path("/sink") and backend.by_path("/sink")[0].reset is not None, 5)
         (seen,) = backend.by_path("/sink")
         assert (seen.body, seen.ended, seen.reset) == (1, False, ErrorCodes.CANCEL)
-        bystander.run(10, until=lambda: bystander.got[tick].ended_at)
-        got = bystander.got[tick]
-        assert (got.status, got.body, got.reset) == (200, b"t" * TICKS, None)
+        _ticked_whole(bystander, tick)
     finally:
         client.close()
         bystander.close()

@@ -271,6 +271,19 @@ class FuzzUpstream:
 GOOD_ANSWER = [("head", 0x4, b"200", []), ("data", 0x1, b"", b"ok")]
 
 
+def _answered_well(upstream: FuzzUpstream, port: int) -> None:
+    """A stream through the proxy at `port` to `upstream` answering as it should: 200 b"ok"."""
+    upstream.script = GOOD_ANSWER
+    client = Client(port)
+    try:
+        sid = client.request("/well")
+        client.run(5, until=lambda: client.got[sid].ended_at)
+        assert (client.got[sid].status, client.got[sid].body) == (200, b"ok")
+    finally:
+        client.close()
+        upstream.close_all()
+
+
 @pytest.mark.timeout(240)
 def test_an_upstream_answering_with_arbitrary_frames_fails_streams_never_the_proxy(tmp_path: Path) -> None:
     """Each example: an upstream answers two requests on one client connection with a drawn
@@ -285,13 +298,7 @@ def test_an_upstream_answering_with_arbitrary_frames_fails_streams_never_the_pro
         identity=SERVER_ID, log_level="info",
     )  # fmt: skip
     try:
-        upstream.script = GOOD_ANSWER
-        warm = Client(proxy.inbound)
-        sid = warm.request("/warm")
-        warm.run(5, until=lambda: warm.got[sid].ended_at)
-        assert (warm.got[sid].status, warm.got[sid].body) == (200, b"ok")
-        warm.close()
-        upstream.close_all()
+        _answered_well(upstream, proxy.inbound)
         time.sleep(0.5)
         fds = proxy.fd_count()
 
@@ -323,13 +330,7 @@ def test_an_upstream_answering_with_arbitrary_frames_fails_streams_never_the_pro
             assert "h2_stream_error" not in proxy.log(), script
 
         answer()
-        upstream.script = GOOD_ANSWER
-        client = Client(proxy.inbound)
-        sid = client.request("/after")
-        client.run(5, until=lambda: client.got[sid].ended_at)
-        assert (client.got[sid].status, client.got[sid].body) == (200, b"ok")
-        client.close()
-        upstream.close_all()
+        _answered_well(upstream, proxy.inbound)
         deadline = time.monotonic() + 10
         while proxy.fd_count() > fds and time.monotonic() < deadline:
             time.sleep(0.2)
