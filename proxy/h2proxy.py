@@ -184,6 +184,7 @@ class _Connection(h2.connection.H2Connection):
         self._closed_streams = _ResetsOnly(size_limit=self.MAX_CLOSED_STREAMS)
         self.data_frames_sent = 0
         self.window_updates = 0  # WINDOW_UPDATE frames received, every stream (closed ones too)
+        self._window_updates_allowed = h2rules.window_updates_allowed(0, 0)
 
     def send_data(self, stream_id: int, data: Any, end_stream: bool = False, pad_length: Any = None) -> None:
         self.data_frames_sent += 1  # what the peer may acknowledge (window_updates_allowed)
@@ -193,9 +194,11 @@ class _Connection(h2.connection.H2Connection):
         """Every WINDOW_UPDATE is counted here, as it is read, even on a stream h2 forgot (it
         emits no event for those): over the budget, the frames after it are not even parsed."""
         self.window_updates += 1
-        opened = (self.highest_inbound_stream_id + self.highest_outbound_stream_id + 1) // 2
-        if self.window_updates > h2rules.window_updates_allowed(opened, self.data_frames_sent):
-            raise _WindowUpdateFlood("WINDOW_UPDATE flood")
+        if self.window_updates > self._window_updates_allowed:  # the allowance only grows: recount
+            opened = (self.highest_inbound_stream_id + self.highest_outbound_stream_id + 1) // 2
+            self._window_updates_allowed = h2rules.window_updates_allowed(opened, self.data_frames_sent)
+            if self.window_updates > self._window_updates_allowed:
+                raise _WindowUpdateFlood("WINDOW_UPDATE flood")
         return super()._receive_window_update_frame(frame)
 
     def _open_streams(self, remainder: int) -> int:
