@@ -309,6 +309,25 @@ def _ends_named_by_their_frames(events: list[h2.events.Event]) -> list[bool]:
     return [id(e) in named for e in events if isinstance(e, h2.events.StreamEnded)]
 
 
+def _send_stream(
+    conn: h2.connection.H2Connection,
+    sid: int,
+    head: list[tuple[bytes, bytes]],
+    how: str,
+    chunks: list[int],
+    trailers: list[tuple[bytes, bytes]],
+) -> None:
+    """One side of a stream: its head, then DATA of these sizes, ended as `how` says."""
+    conn.send_headers(sid, head, end_stream=how == "headers")
+    if how == "headers":
+        return
+    sizes = chunks or [0]
+    for i, size in enumerate(sizes):
+        conn.send_data(sid, b"d" * size, end_stream=how == "data" and i == len(sizes) - 1)
+    if how == "trailers":
+        conn.send_headers(sid, trailers, end_stream=True)
+
+
 @settings(max_examples=300, deadline=None)
 @given(plans=STREAM_PLANS, cut=st.integers(1, 200))
 def test_every_stream_end_is_named_by_the_event_of_its_frame(
@@ -347,26 +366,14 @@ def test_every_stream_end_is_named_by_the_event_of_its_frame(
     for how, chunks in plans:
         # The request, client → the proxy's client connection.
         sid = client.get_next_available_stream_id()
-        client.send_headers(sid, REQUEST if how == "headers" else [(b":method", b"POST"), *REQUEST[1:]],
-                            end_stream=how == "headers")  # fmt: skip
-        if how != "headers":
-            for i, size in enumerate(chunks or [0]):
-                last = i == len(chunks or [0]) - 1
-                client.send_data(sid, b"q" * size, end_stream=last and how == "data")
-            if how == "trailers":
-                client.send_headers(sid, [(b"x-trailer", b"1")], end_stream=True)
+        head = REQUEST if how == "headers" else [(b":method", b"POST"), *REQUEST[1:]]
+        _send_stream(client, sid, head, how, chunks, [(b"x-trailer", b"1")])
         deliver(client.data_to_send(), session, "session")
         # The response, backend → the proxy's upstream connection (the same stream plan).
         uid = upstream.get_next_available_stream_id()
         upstream.send_headers(uid, REQUEST, end_stream=True)
         backend.receive_data(upstream.data_to_send())
-        backend.send_headers(uid, [(b":status", b"200")], end_stream=how == "headers")
-        if how != "headers":
-            for i, size in enumerate(chunks or [0]):
-                last = i == len(chunks or [0]) - 1
-                backend.send_data(uid, b"r" * size, end_stream=last and how == "data")
-            if how == "trailers":
-                backend.send_headers(uid, [(b"grpc-status", b"0")], end_stream=True)
+        _send_stream(backend, uid, [(b":status", b"200")], how, chunks, [(b"grpc-status", b"0")])
         deliver(backend.data_to_send(), upstream, "upstream")
     assert ends == {"session": len(plans), "upstream": len(plans)}  # every stream ended, once
     assert checks and all(checks)
