@@ -742,6 +742,7 @@ def _empty_data(src: Side, event: h2.events.DataReceived) -> None:
         src.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
 
 
+_END: Item = (END, b"", 0)
 WAITING, ENDED, GONE = 0, 1, 2  # what `_pump` left: more to send, the end went, `dst`'s stream is gone
 
 
@@ -903,7 +904,7 @@ class Session(Side):
 
     def on_event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):
-            self._request(event.stream_id, event.headers)
+            self._request(event.stream_id, event.headers, event.stream_ended is not None)
             return
         if isinstance(event, h2.events.ConnectionTerminated):
             self.remote_goaway = True
@@ -925,30 +926,37 @@ class Session(Side):
             if isinstance(event, h2.events.DataReceived) and event.flow_controlled_length:
                 self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
             return
+        # The end of the request is queued with the frame that carried it (`stream_ended`), so
+        # its last DATA goes upstream with END_STREAM: one frame, not DATA and an empty DATA.
+        # h2's StreamEnded event, which always follows that frame's own event, is then ignored.
         if isinstance(event, h2.events.DataReceived):
-            if not event.data:
+            if event.data:
+                stream.to_up.append((DATA, event.data, event.flow_controlled_length))
+            else:
                 # CVE-2019-9518: empty frames cost no window, only CPU. One that ends its stream
                 # is how many clients end a body (grpcio's half-close); others have a budget.
                 if event.stream_ended is None and not self.empties.spend(self.proxy.now):
                     self.fail_connection("empty_frame_flood", ErrorCodes.ENHANCE_YOUR_CALM)
                     return
                 _empty_data(self, event)
+            if event.stream_ended is not None:
+                stream.to_up.append(_END)
+            elif not event.data:
                 return
-            stream.to_up.append((DATA, event.data, event.flow_controlled_length))
         elif isinstance(event, h2.events.TrailersReceived):
             if len(event.headers) > h2rules.MAX_HEADER_FIELDS:
                 stream.too_many_fields()
                 return
             stream.to_up.append((TRAILERS, h2rules.split_trailers(event.headers)[0], 0))
-        elif isinstance(event, h2.events.StreamEnded):
-            stream.to_up.append((END, b"", 0))
         else:
             return
         stream.active = self.proxy.now
         if stream.up is not None and stream.up.ready:
             stream.up.pump(stream)
 
-    def _request(self, sid: int, headers: Fields) -> None:
+    def _request(self, sid: int, headers: Fields, ended: bool) -> None:
+        """A new stream's request head (`ended`: with END_STREAM, so the HEADERS sent upstream
+        carry it too, as one frame: a GET is never HEADERS and then an empty DATA)."""
         proxy = self.proxy
         if 0 <= self.goaway_last < sid:
             self.reset(sid, ErrorCodes.REFUSED_STREAM)
@@ -970,8 +978,10 @@ class Session(Side):
         stream = Stream(self, sid, head, proxy.authority_label(authority_bytes), peer)
         self.streams[sid] = stream
         if len(headers) > h2rules.MAX_HEADER_FIELDS:
-            stream.too_many_fields()
+            stream.too_many_fields()  # answered and forgotten: its end, if it came, is moot
             return
+        if ended:
+            stream.to_up.append(_END)
         outbound = self.direction == OUTBOUND
         if outbound and h2rules.loops(head, proxy.hop_id):
             # The second visit of a loop: refused here and counted once, by the first visit.
@@ -1177,28 +1187,36 @@ class H2Upstream(Side):
             if isinstance(event, h2.events.DataReceived) and event.flow_controlled_length:
                 self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
             return
+        # As on the client's side, the end is queued with the frame that carried it, so the last
+        # DATA reaches the client with END_STREAM; h2's StreamEnded that follows is ignored.
         if isinstance(event, h2.events.DataReceived):
-            if not event.data:
+            data = event.data
+            if data:
+                if stream.body_left is not None:
+                    stream.body_left -= len(data)
+                    if stream.body_left < 0:
+                        self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                        stream.malformed()
+                        return
+                stream.to_down.append((DATA, data, event.flow_controlled_length))
+                if stream.tap is not None:
+                    stream.tap_bytes += len(data)
+            else:
                 _empty_data(self, event)
-                return
-            if stream.body_left is not None:
-                stream.body_left -= len(event.data)
-                if stream.body_left < 0:
-                    self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+            if event.stream_ended is not None:
+                if stream.body_left:  # ended short of its content-length
                     stream.malformed()
                     return
-            stream.to_down.append((DATA, event.data, event.flow_controlled_length))
-            if stream.tap is not None:
-                stream.tap_bytes += len(event.data)
+                stream.to_down.append(_END)
+            elif not data:
+                return
         elif isinstance(event, h2.events.TrailersReceived):
+            if stream.body_left:  # trailers end the stream too: short of its content-length
+                stream.malformed()
+                return
             fields, grpc_status = h2rules.split_trailers(event.headers)
             stream.grpc_status = grpc_status or stream.grpc_status
             stream.to_down.append((TRAILERS, fields, 0))
-        elif isinstance(event, h2.events.StreamEnded):
-            if stream.body_left:
-                stream.malformed()
-                return
-            stream.to_down.append((END, b"", 0))
         else:
             return
         stream.session.pump(stream)

@@ -24,7 +24,7 @@ import h2.stream
 import hpack
 import pytest
 from h2.errors import ErrorCodes
-from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame, RstStreamFrame
+from hyperframe.frame import ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
 from kubectl_mesh.log import Logger
 from proxy import h2proxy, h2rules
@@ -52,6 +52,7 @@ MALFORMED = {
     # over 100 fields (the bound of an HTTP/1 head): in the head, in the trailers
     "/many-fields": ([(":status", "200"), *((f"x-f{i}", "v") for i in range(150))], [("grpc-status", "0")]),
     "/many-trailers": ([(":status", "200")], [("grpc-status", "0"), *((f"x-t{i}", "v") for i in range(150))]),
+    "/short-then-trailers": ([(":status", "200"), ("content-length", "10")], [("grpc-status", "0")]),
 }
 
 
@@ -86,7 +87,8 @@ class Backend(H2Backend):
     - `/connection-field`, `/uppercase`, `/bad-trailers`, `/huge-head`, `/many-fields`,
       `/many-trailers`: 200 with a `connection` field, with a field name in capitals, with a
       pseudo-header in its trailers (malformed), with a header list over the 32 KiB the proxy
-      announced, with 150 fields in its head, in its trailers (over the proxy's 100).
+      announced, with 150 fields in its head, in its trailers (over the proxy's 100);
+      `/short-then-trailers`: content-length 10, 3 bytes, then trailers end it (malformed).
     """
 
     def __init__(self, refusals: int = 0) -> None:
@@ -350,7 +352,8 @@ def test_a_stream_a_backend_goaway_did_not_take_is_refused_and_the_next_goes_on_
 def test_a_malformed_response_resets_that_stream_alone(
     path: str, backend: Backend, proxy: ProxyProcess
 ) -> None:
-    """A malformed response (a body that disagrees with its content-length, a connection field,
+    """A malformed response (a body that disagrees with its content-length, ended by DATA or by
+    trailers; a connection field,
     a name in capitals, a pseudo-header in trailers; or a header list over the proxy's limit) is
     a stream error (RFC 9113 §8.1.1). h2
     makes it a connection error: on the upstream connection every client shares, one app
@@ -491,6 +494,40 @@ def test_empty_data_frames_are_not_passed_on_to_the_backend(backend: Backend, pr
         assert client.got[sid].status == 200
         frames, _, rest = client.got[sid].body.partition(b" frames, ")
         assert rest == b"2 bytes" and int(frames) <= 3, client.got[sid].body
+    finally:
+        client.close()
+
+
+def test_a_stream_end_goes_on_in_the_frame_that_carried_it(backend: Backend, proxy: ProxyProcess) -> None:
+    """END_STREAM is passed on with the frame that carried it, both ways: a GET's HEADERS reach
+    the backend ending the stream (not HEADERS, then an empty DATA, which nginx answered with a
+    RST_STREAM of its own), the last DATA of a body reaches the backend and the client with the
+    end (not DATA, then an empty DATA). Three frames fewer per stream, the same bytes."""
+    client = Client(proxy.inbound)
+    try:
+        warm = client.request("/echo-header")  # the upstream connection is up: streams go at once
+        client.run(5, until=lambda: client.got[warm].ended_at)
+        get = client.request("/sink")
+        client.run(5, until=lambda: client.got[get].ended_at)
+        post = client.request("/sink", end=False)
+        client.conn.send_data(post, b"a")
+        client.send(post, b"b")  # DATA with END_STREAM
+        client.run(5, until=lambda: client.got[post].ended_at)
+        assert (client.got[get].status, client.got[get].body) == (200, b"0 frames, 0 bytes")
+        assert (client.got[post].status, client.got[post].body) == (200, b"2 frames, 2 bytes")
+        # The client's side, frame by frame: the backend's HEADERS, then DATA b"ok" ending it.
+        sid = client.request("/echo-header")
+        raw = b""
+        while b"ok" not in raw or not [f for f in parse_frames(raw) if "END_STREAM" in f.flags]:
+            client.sock.settimeout(5)
+            data = client.sock.recv(65536)
+            assert data, "the proxy closed the connection"
+            raw += data
+        mine = [f for f in parse_frames(raw) if f.stream_id == sid]
+        assert [(type(f).__name__, sorted(f.flags)) for f in mine] == [
+            ("HeadersFrame", ["END_HEADERS"]), ("DataFrame", ["END_STREAM"])
+        ]  # fmt: skip
+        assert [f.data for f in mine if isinstance(f, DataFrame)] == [b"ok"]
     finally:
         client.close()
 

@@ -6,6 +6,8 @@
 - `h2rules.check_received_fields`: accepts and refuses exactly the header lists h2's
   `validate_headers` does.
 - `h2proxy._Connection`: h2's stream limit holds exactly, without walking every stream per new one.
+- `h2proxy.Session`, `H2Upstream`: a stream's end is read off the event of the frame that carried
+  it; h2 must name every StreamEnded there.
 """
 
 from __future__ import annotations
@@ -290,3 +292,88 @@ def test_closed_streams_leave_no_memory_but_a_reset_one_is_remembered() -> None:
     client.send_headers(sid, REQUEST, end_stream=True)
     events = server.receive_data(client.data_to_send())
     assert any(isinstance(e, h2.events.RequestReceived) and e.stream_id == sid for e in events)
+
+
+# How each stream ends: with its HEADERS, with its last DATA (maybe empty), or with trailers.
+STREAM_PLANS = st.lists(
+    st.tuples(st.sampled_from(["headers", "data", "trailers"]), st.lists(st.integers(0, 40), max_size=3)),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _ends_named_by_their_frames(events: list[h2.events.Event]) -> list[bool]:
+    """For each StreamEnded in one batch of h2's events: whether the event of the frame that
+    carried END_STREAM came before it and names it (`stream_ended`)."""
+    named = {id(e.stream_ended) for e in events if getattr(e, "stream_ended", None) is not None}
+    return [id(e) in named for e in events if isinstance(e, h2.events.StreamEnded)]
+
+
+def _send_stream(
+    conn: h2.connection.H2Connection,
+    sid: int,
+    head: list[tuple[bytes, bytes]],
+    how: str,
+    chunks: list[int],
+    trailers: list[tuple[bytes, bytes]],
+) -> None:
+    """One side of a stream: its head, then DATA of these sizes, ended as `how` says."""
+    conn.send_headers(sid, head, end_stream=how == "headers")
+    if how == "headers":
+        return
+    sizes = chunks or [0]
+    for i, size in enumerate(sizes):
+        conn.send_data(sid, b"d" * size, end_stream=how == "data" and i == len(sizes) - 1)
+    if how == "trailers":
+        conn.send_headers(sid, trailers, end_stream=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(plans=STREAM_PLANS, cut=st.integers(1, 200))
+def test_every_stream_end_is_named_by_the_event_of_its_frame(
+    plans: list[tuple[str, list[int]]], cut: int
+) -> None:
+    """Session and H2Upstream queue a stream's end with the frame that carried it (h2's
+    `stream_ended` on RequestReceived, ResponseReceived, DataReceived, TrailersReceived) and
+    ignore h2's StreamEnded: that is right only while h2 emits StreamEnded solely after the event
+    that names it, in the same batch. Requests into a proxy's client connection, responses into
+    its upstream connection, fed in pieces of `cut` bytes."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    backend = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    session = h2proxy.Side(None, client_side=False, direction=h2proxy.INBOUND).conn  # type: ignore[arg-type]
+    upstream = h2proxy.Side(None, client_side=True, direction=h2proxy.INBOUND).conn  # type: ignore[arg-type]
+    for peer, ours in ((client, session), (backend, upstream)):
+        peer.initiate_connection()
+        ours.initiate_connection()
+    ends = {"session": 0, "upstream": 0}
+    checks: list[bool] = []
+
+    def deliver(data: bytes, into: h2.connection.H2Connection, side: str) -> list[h2.events.Event]:
+        events: list[h2.events.Event] = []
+        for at in range(0, len(data), cut):
+            batch = into.receive_data(data[at : at + cut])
+            checks.extend(_ends_named_by_their_frames(batch))
+            ends[side] += sum(isinstance(e, h2.events.StreamEnded) for e in batch)
+            events += batch
+        return events
+
+    deliver(client.data_to_send(), session, "session")
+    deliver(backend.data_to_send(), upstream, "upstream")
+    client.receive_data(session.data_to_send())
+    backend.receive_data(upstream.data_to_send())
+    deliver(client.data_to_send(), session, "session")
+    deliver(backend.data_to_send(), upstream, "upstream")
+    for how, chunks in plans:
+        # The request, client → the proxy's client connection.
+        sid = client.get_next_available_stream_id()
+        head = REQUEST if how == "headers" else [(b":method", b"POST"), *REQUEST[1:]]
+        _send_stream(client, sid, head, how, chunks, [(b"x-trailer", b"1")])
+        deliver(client.data_to_send(), session, "session")
+        # The response, backend → the proxy's upstream connection (the same stream plan).
+        uid = upstream.get_next_available_stream_id()
+        upstream.send_headers(uid, REQUEST, end_stream=True)
+        backend.receive_data(upstream.data_to_send())
+        _send_stream(backend, uid, [(b":status", b"200")], how, chunks, [(b"grpc-status", b"0")])
+        deliver(backend.data_to_send(), upstream, "upstream")
+    assert ends == {"session": len(plans), "upstream": len(plans)}  # every stream ended, once
+    assert checks and all(checks)
