@@ -416,16 +416,18 @@ class DocumentChunks:
         return self._buffer[self._start :]
 
     def __iter__(self) -> Iterator[bytes]:
+        # A piece leaves `pending` before it is given out: a caller that stops at a piece (a
+        # worker failed) and reads `pending` for the rest must not get that piece twice.
         ended = False
         while True:
             cut = safe_cut(self._buffer, self._start + self.size, self._start)
             if cut:
-                yield self._buffer[self._start : cut]
-                self._start = cut
+                piece, self._start = self._buffer[self._start : cut], cut
+                yield piece
             elif ended:
                 if self._start < len(self._buffer):
-                    yield self.pending
-                    self._buffer, self._start = b"", 0
+                    piece, self._buffer, self._start = self.pending, b"", 0
+                    yield piece
                 return
             else:  # no cut yet: read as much again (a long document costs linear time, not square)
                 block = self.stream.read(max(self.size, len(self._buffer) - self._start))

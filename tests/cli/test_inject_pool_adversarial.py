@@ -1,0 +1,137 @@
+"""`kubectl mesh inject`'s pool of workers, attacked: workers killed mid-piece, nesting at the
+depth where Python's stack gives out, pieces read again in the parent, odd streams, Ctrl-C while
+the parent reads the rest itself.
+
+Oracle, as in test_inject_pool.py: the same command in one process ($KUBECTL_MESH_INJECT_POOL=off),
+whose stdout, stderr and exit status the pool's must be, byte for byte; and where it says more, the
+error line itself (the document it names) or the bytes `DocumentChunks` gives back.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from kubectl_mesh import manifests
+from kubectl_mesh.commands.transform import POOL_ENV
+from tests.cli.test_inject_pool import TWO_CPUS, VENV_BIN, _alive, deployments
+from tests.support.big_manifests import write_manifests
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _start_pooled(source: Path, chunk: int) -> subprocess.Popen[bytes]:
+    """`kubectl-mesh inject SOURCE` with the pool forced, as a shell's foreground job (its own
+    process group, SIGINT as by default)."""
+    return subprocess.Popen(
+        [str(VENV_BIN / "kubectl-mesh"), "inject", str(source)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        env={**os.environ, POOL_ENV: f"1:{chunk}"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+
+
+def _workers(proc: subprocess.Popen[bytes], deadline: float) -> list[int]:
+    while time.monotonic() < deadline:
+        found = _children(proc.pid)
+        if len(found) >= 2:
+            return found
+        time.sleep(0.001)
+    raise AssertionError("no workers")
+
+
+@pytest.fixture(scope="module")
+def six_mb(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[bytes]]:
+    """6 MB of dense manifests (about 90 pieces of 64 KB, a few seconds in the pool), and what one
+    process makes of it."""
+    source = tmp_path_factory.mktemp("big") / "in.yaml"
+    write_manifests(source, 6_000_000, "dense")
+    one = subprocess.run(
+        [str(VENV_BIN / "kubectl-mesh"), "inject", str(source)],
+        capture_output=True, timeout=120, env={**os.environ, POOL_ENV: "off"},
+    )  # fmt: skip
+    assert one.returncode == 0 and one.stdout.count(b"mesh-proxy") > 1000
+    return source, one
+
+
+@TWO_CPUS
+@pytest.mark.slow
+@pytest.mark.parametrize("after", [0.05, 0.4])
+def test_workers_killed_mid_piece_leave_the_output_of_one_process(
+    six_mb: tuple[Path, subprocess.CompletedProcess[bytes]], after: float
+) -> None:
+    """Every worker SIGKILLed (as the OOM killer does) while pieces are in flight: multiprocessing's
+    Pool starts others but never answers the pieces the dead ones held, and the command waited for
+    them for ever. Now the parent sees a worker gone and reads the rest itself: the YAML and the
+    report are one process's (a piece already given out must not be read twice), in bounded time."""
+    source, one = six_mb
+    proc = _start_pooled(source, 65536)
+    killed = _workers(proc, time.monotonic() + 20)
+    time.sleep(after)
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    assert proc.poll() is None, "the run ended before its workers were killed: nothing was tested"
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the command hung after its workers were killed") from None
+    assert proc.returncode == 0, err[-500:]
+    assert err == one.stderr
+    assert out == one.stdout
+
+
+@TWO_CPUS
+@pytest.mark.slow
+def test_ctrl_c_while_the_parent_reads_the_rest_itself(
+    six_mb: tuple[Path, subprocess.CompletedProcess[bytes]],
+) -> None:
+    """Workers killed, the parent reading the rest in one process, then Ctrl-C: exit 130, no
+    traceback, stdout empty (the YAML waits for the end), no process left behind."""
+    source, _ = six_mb
+    proc = _start_pooled(source, 65536)
+    killed = _workers(proc, time.monotonic() + 20)
+    time.sleep(0.3)
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)  # the parent has seen them gone (it looks every 0.2 s) and reads on alone
+    assert proc.poll() is None, "the run ended before Ctrl-C: nothing was tested"
+    started = set(killed) | set(_children(proc.pid))  # with any the pool started in their place
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and b"Traceback" not in err, err[-500:]
+    assert out == b""
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in started if _alive(pid)]  # no worker outlived the command
+
+
+def test_a_piece_given_out_is_no_longer_pending() -> None:
+    """Pure. `DocumentChunks.pending` is what the parent reads again, after the pieces in flight,
+    when a worker failed: it must start where the last piece given out ended. It still held that
+    piece while the caller worked on it, so the parent read it twice (documents written twice)."""
+    text = deployments(0, 6).encode()
+    for size in (1, 300, 10**6):
+        stream = io.BytesIO(text)
+        chunks = manifests.DocumentChunks(stream, size)
+        given = b""
+        for piece in chunks:
+            given += piece
+            assert given + chunks.pending + stream.read() == text, size
+            stream.seek(len(given + chunks.pending))
+        assert given == text and chunks.pending == b""
+
+
