@@ -20,7 +20,7 @@ import pytest
 
 from kubectl_mesh import manifests
 from kubectl_mesh.commands.transform import POOL_ENV
-from tests.cli.test_inject_pool import TWO_CPUS, VENV_BIN, _alive, deployments
+from tests.cli.test_inject_pool import TWO_CPUS, VENV_BIN, _alive, deployments, same_as_one_process
 from tests.support.big_manifests import write_manifests
 
 
@@ -133,5 +133,58 @@ def test_a_piece_given_out_is_no_longer_pending() -> None:
             assert given + chunks.pending + stream.read() == text, size
             stream.seek(len(given + chunks.pending))
         assert given == text and chunks.pending == b""
+
+
+def _nested(depth: int, shape: str) -> str:
+    if shape == "flow list":
+        return "[" * depth + "x" + "]" * depth
+    if shape == "flow map":
+        return "{a: " * depth + "x" + "}" * depth
+    pad = "  "  # under `  a:`, a sequence may stand at the key's column
+    return (
+        "\n" + "".join(pad + "  " * i + "- \n" for i in range(depth - 1)) + pad + "  " * (depth - 1) + "- x"
+    )
+
+
+def _deeper_and_deeper(start: int, stop: int, shape: str, alias: bool = False) -> str:
+    """One ConfigMap per depth: `data.a` holds `depth` containers, so the document holds depth + 2."""
+    head = "---\nkind: ConfigMap\nz: &z {k: v}\nzz: *z\n" if alias else "---\nkind: ConfigMap\n"
+    return "".join(f"{head}data:\n  a: {_nested(d - 2, shape)}\n" for d in range(start, stop))
+
+
+@TWO_CPUS
+@pytest.mark.parametrize(("shape", "stop"), [("flow list", 520), ("flow map", 1000), ("block list", 520)])
+def test_how_deep_a_document_may_nest_does_not_depend_on_who_reads_it(
+    tmp_path: Path, shape: str, stop: int
+) -> None:
+    """Documents ever deeper, one by one: the first refused is the same in the pool and in one
+    process. Python's recursion limit decided it before, and a worker's stack is not the parent's:
+    lists 495 levels deep failed in one process and passed in the pool (maps 987). Now 256 levels
+    (manifests.MAX_DEPTH) pass and 257 fail, wherever they are read."""
+    path = tmp_path / "deep.yaml"
+    start = manifests.MAX_DEPTH - 20
+    path.write_text(deployments(0, 2) + _deeper_and_deeper(start, stop, shape))
+    done = same_as_one_process([str(path)], chunk=1)
+    assert done.returncode == 1 and done.stdout == b""
+    first_refused = 2 + (manifests.MAX_DEPTH + 1 - start) + 1
+    assert done.stderr.decode().endswith(
+        f"document {first_refused} is nested too deeply to read (is it a Kubernetes object?)\n"
+    ), done.stderr
+
+
+@TWO_CPUS
+@pytest.mark.parametrize("shape", ["flow list", "flow map"])
+def test_a_document_with_aliases_is_held_to_the_same_depth(tmp_path: Path, shape: str) -> None:
+    """An alias sends a document to PyYAML's constructor, and its writer takes three frames a
+    level: the same limit holds there (checked on the composed nodes, without recursion)."""
+    path = tmp_path / "deep.yaml"
+    path.write_text(_deeper_and_deeper(manifests.MAX_DEPTH - 1, manifests.MAX_DEPTH + 1, shape, alias=True))
+    done = same_as_one_process([str(path)], chunk=1)
+    assert done.returncode == 0, done.stderr
+    path.write_text(_deeper_and_deeper(manifests.MAX_DEPTH, manifests.MAX_DEPTH + 2, shape, alias=True))
+    done = same_as_one_process([str(path)], chunk=1)
+    assert done.returncode == 1 and done.stderr.decode().endswith(
+        "document 2 is nested too deeply to read (is it a Kubernetes object?)\n"
+    )
 
 
