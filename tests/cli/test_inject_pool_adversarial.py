@@ -188,3 +188,46 @@ def test_a_document_with_aliases_is_held_to_the_same_depth(tmp_path: Path, shape
     )
 
 
+CM = "---\nkind: ConfigMap\n"
+ODD = {
+    "a tag on the marker line": "--- !!map\nkind: ConfigMap\ndata: {a: b}\n",
+    "a tab after the marker": "---\t\nkind: ConfigMap\n",
+    "root block scalars holding markers": "--- |\n  ---\n  x\n---\n--- >\n ---\n",
+    "a double-quoted scalar over lines": CM + 'data: {a: "x\n  --- y\n  z"}\n',
+    "a double-quoted scalar cut by a marker": CM + 'data: {a: "x\n---\n  z"}\n',
+    "a %TAG holds for the next document only": "...\n%TAG !e! tag:yaml.org,2002:\n"
+    + CM
+    + "data: {a: !e!str 1}\n"
+    + CM
+    + "data: {a: !e!str 1}\n",
+    "%YAML 2.0": "...\n%YAML 2.0\n" + CM,
+    "a directive after a document without an end marker": "%YAML 1.1\n" + CM,
+    "an alias to an anchor of another document": CM + "data: &a {x: y}\n" + CM + "data: *a\n",
+    "a BOM before a later marker": "\ufeff" + CM,
+    "NUL in a later piece": CM + "data: {a: x\0y}\n",
+    "a 300 KB line of two-byte characters": CM + "data: {a: " + "\u00e9" * 150_000 + "}\n",
+    "merge keys": "---\nbase: &b {image: x, name: app}\nkind: Pod\nmetadata: {name: p}\n"
+    + "spec:\n  containers:\n  - <<: *b\n    name: c\n",
+}  # between deployments(0, 2) and deployments(2, 2)
+ODD["LF, CR LF and CR"] = deployments(4, 2).replace("\n", "\r")  # after CR LF ones, below
+BAD_BYTES = {
+    "a truncated UTF-8 sequence in a later piece": b"---\nkind: ConfigMap\ndata: {a: \xe2\x82}\n",
+    "UTF-16 in a later piece": b"---\n" + "kind: x\n".encode("utf-16"),
+}
+
+
+@TWO_CPUS
+@pytest.mark.parametrize("case", sorted(ODD) + sorted(BAD_BYTES))
+def test_odd_streams_come_out_of_the_pool_as_out_of_one_process(tmp_path: Path, case: str) -> None:
+    """Streams built to cut wrong (markers in scalars, directives, tags, BOMs, line ends, long lines
+    of multi-byte characters) or to fail late (bytes that are not UTF-8, NUL): the same YAML, report,
+    error line and status, cut at every document and at 300 bytes."""
+    path = tmp_path / "in.yaml"
+    if case in BAD_BYTES:
+        path.write_bytes(deployments(0, 5).encode() + BAD_BYTES[case] + deployments(5, 3).encode())
+    else:
+        first = deployments(0, 2).replace("\n", "\r\n") if case == "LF, CR LF and CR" else deployments(0, 2)
+        path.write_text(first + ODD[case] + deployments(2, 2), newline="")
+    for chunk in (1, 300):
+        done = same_as_one_process([str(path)], chunk)
+        assert b"Traceback" not in done.stderr and len(done.stderr.splitlines()) >= 1
