@@ -64,6 +64,7 @@ CHUNK_BYTES = 256 * 1024
 POOL_ENV = "KUBECTL_MESH_INJECT_POOL"
 # How often the parent, waiting for a piece, looks whether a worker died (its piece is then lost).
 WORKER_CHECK_SECONDS = 0.2
+STOP_SECONDS = 5.0  # Pool.terminate() takes milliseconds, unless a dead worker holds its lock
 
 
 @dataclass(frozen=True)
@@ -486,7 +487,7 @@ class _Run:
             if not _Forks.counting:
                 os.register_at_fork(after_in_parent=_Forks.count)
                 _Forks.counting = True
-            self.forks_before = _Forks.made
+            self.forks_before, self.lost = _Forks.made, False  # a pool for a later input starts afresh
             import signal
 
             context = multiprocessing.get_context("fork")  # the action is a closure: inherited, not pickled
@@ -502,23 +503,26 @@ class _Run:
         return self.pool
 
     def close(self) -> None:
+        """Stop the workers at once: a piece still in one is of no use any more."""
         if self.pool is None:
             return
-        pool, self.pool = self.pool, None
-        if not self.lost:
-            pool.terminate()
-            pool.join()
-            return
-        # A worker that died waiting for work held the lock of the queue the workers read, which
-        # Pool.terminate() takes first: it would wait for ever. So it runs in a thread of its own
-        # (it stops the pool's threads before it waits), every worker is killed, and the command
-        # goes on; at exit multiprocessing reaps what is left.
         import multiprocessing
         import threading
 
-        threading.Thread(target=pool.terminate, name="pool-terminate", daemon=True).start()
-        for worker in multiprocessing.active_children():
-            worker.kill()
+        pool, self.pool = self.pool, None
+        # Pool.terminate() first takes the lock of the queue the workers read work from, which a
+        # worker killed while it waited for work holds for ever. So it runs in a thread of its
+        # own (it stops the pool's threads before it waits), given a moment unless a worker is
+        # known to have died; if it is still waiting, every worker is killed and the command
+        # goes on (multiprocessing reaps them at exit).
+        stopping = threading.Thread(target=pool.terminate, name="pool-terminate", daemon=True)
+        stopping.start()
+        stopping.join(0 if self.lost or self._lost_a_worker() else STOP_SECONDS)
+        if stopping.is_alive():
+            for worker in multiprocessing.active_children():
+                worker.kill()
+        else:
+            pool.join()
 
 
 class _Failed(MeshError):

@@ -119,6 +119,44 @@ def test_ctrl_c_while_the_parent_reads_the_rest_itself(
     assert not [pid for pid in started if _alive(pid)]  # no worker outlived the command
 
 
+@TWO_CPUS
+@pytest.mark.slow
+def test_workers_killed_while_they_wait_for_work_leave_the_output_of_one_process(
+    six_mb: tuple[Path, subprocess.CompletedProcess[bytes]],
+) -> None:
+    """Stdin gives 300 KB, the workers do it and wait for more; then they are killed, and the rest
+    comes. A worker killed while it waits holds the lock of the queue the workers read their work
+    from: the pool's new workers never get any, and Pool.terminate() waits for that lock too. The
+    parent must still give one process's output, and end."""
+    source, _ = six_mb
+    data = source.read_bytes()[:2_000_000]
+    data = data[: data.rindex(b"\n---\n") + 1]
+    one = subprocess.run(
+        [str(VENV_BIN / "kubectl-mesh"), "inject", "-"],
+        input=data, capture_output=True, timeout=120, env={**os.environ, POOL_ENV: "off"},
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "kubectl-mesh"), "inject", "-"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, POOL_ENV: "1:20000"},
+    )  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(data[:300_000])
+    proc.stdin.flush()
+    workers = _workers(proc, time.monotonic() + 20)
+    time.sleep(1.0)  # every piece sent is done: the workers wait for work
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    try:
+        out, err = proc.communicate(data[300_000:], timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the command hung after its idle workers were killed") from None
+    assert proc.returncode == 0, err[-500:]
+    assert (out, err) == (one.stdout, one.stderr)
+
+
 def test_a_piece_given_out_is_no_longer_pending() -> None:
     """Pure. `DocumentChunks.pending` is what the parent reads again, after the pieces in flight,
     when a worker failed: it must start where the last piece given out ended. It still held that
