@@ -215,7 +215,7 @@ def namespace_labels(docs: list[Any]) -> dict[str, dict[str, str]]:
         elif doc.get("kind") == "Namespace" and isinstance(doc.get("metadata"), dict):
             meta = doc["metadata"]
             labels = meta.get("labels")
-            if isinstance(meta.get("name"), str):
+            if isinstance(meta.get("name"), str) and meta["name"]:  # "" would stand for "no namespace"
                 found[meta["name"]] = {
                     str(k): str(v) for k, v in (labels if isinstance(labels, dict) else {}).items()
                 }

@@ -269,3 +269,21 @@ def test_odd_streams_come_out_of_the_pool_as_out_of_one_process(tmp_path: Path, 
     for chunk in (1, 300):
         done = same_as_one_process([str(path)], chunk)
         assert b"Traceback" not in done.stderr and len(done.stderr.splitlines()) >= 1
+
+
+@TWO_CPUS
+def test_a_namespace_named_empty_lends_its_labels_to_no_pod(tmp_path: Path) -> None:
+    """A Namespace object with `name: ''` (which no API server accepts) was filed under "", the key
+    a pod without a namespace is looked up by: that pod took its `restricted` level and was skipped.
+    A pod without a namespace is decided without labels, in the pool as in one process."""
+    path = tmp_path / "in.yaml"
+    path.write_text(
+        "---\nkind: Namespace\napiVersion: v1\nmetadata:\n  name: ''\n  labels:\n"
+        "    pod-security.kubernetes.io/enforce: restricted\n"
+        + deployments(0, 3)
+        + "---\nkind: Pod\napiVersion: v1\nmetadata: {name: p}\nspec: {containers: [{name: a, image: b}]}\n"
+    )
+    for chunk in (1, 400):
+        done = same_as_one_process([str(path)], chunk)
+        assert done.returncode == 0
+        assert done.stderr.decode().splitlines()[-1] == 'pod "p" injected'
