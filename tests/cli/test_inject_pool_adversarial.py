@@ -287,3 +287,23 @@ def test_a_namespace_named_empty_lends_its_labels_to_no_pod(tmp_path: Path) -> N
         done = same_as_one_process([str(path)], chunk)
         assert done.returncode == 0
         assert done.stderr.decode().splitlines()[-1] == 'pod "p" injected'
+
+
+@TWO_CPUS
+@pytest.mark.slow
+def test_a_reader_that_goes_away_ends_the_command_quietly(
+    six_mb: tuple[Path, subprocess.CompletedProcess[bytes]],
+) -> None:
+    """`kubectl mesh inject big.yaml | head -1`: the YAML goes out once the input is read, after
+    the workers are stopped; a reader gone by then ends the command quietly (status 0 as before,
+    no traceback, no report after the broken pipe) and leaves no worker behind."""
+    source, _ = six_mb
+    proc = _start_pooled(source, 65536)
+    workers = _workers(proc, time.monotonic() + 20)
+    assert proc.stdout is not None
+    assert proc.stdout.read(4) == b"---\n"  # the first bytes out: the workers are done by now
+    seen = set(workers) | set(_children(proc.pid))
+    proc.stdout.close()  # as `head -1` does once it has its line
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and err == b"", err[-500:]
+    assert not [pid for pid in seen if _alive(pid)]
