@@ -14,6 +14,8 @@ tree_pss_mb, rss_over_input (the tree's RSS), processes, documents, shape, pool,
 load_1min (the machine's load average when it ended: other work on the cores slows the wall time).
 
 Usage: python -m bench.bench_inject [--megabytes 50] [--shape export|dense] [--runs 1] [--pool off|T:C]
+       [--reader-delay S]  (stdout read through a pipe, 64 KB every S seconds: a slow consumer; the
+       YAML waits in a temporary file until the input is read, so memory should not follow it)
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--shape", choices=("export", "dense"), default="export")
     parser.add_argument("--pool", help="$KUBECTL_MESH_INJECT_POOL for the run: off, or THRESHOLD:CHUNK bytes")
+    parser.add_argument(
+        "--reader-delay", type=float, default=0.0, metavar="S",
+        help="read stdout through a pipe, 64 KB at a time, S seconds apart (a slow consumer)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-inject-") as tmp:
         source, output = Path(tmp, "in.yaml"), Path(tmp, "out.yaml")
@@ -44,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         size = source.stat().st_size
         runs = []
         for i in range(args.runs):
-            run = run_inject(source, output, {POOL_ENV: args.pool} if args.pool else None)
+            run = run_inject(source, output, {POOL_ENV: args.pool} if args.pool else None, args.reader_delay)
             if run.returncode != 0:
                 print(f"error: inject failed ({run.returncode}): {run.stderr_tail}", file=sys.stderr)
                 return 1
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             "rss_over_input": round(tree / size, 2),
             "processes": max(r.processes for r in runs),
             "pool": args.pool or "default",
+            "reader_delay_s": args.reader_delay,
             "output_mb": round(runs[-1].output_bytes / 1e6, 1),
             "with_libyaml": WITH_LIBYAML,
             "load_1min": round(os.getloadavg()[0], 2),

@@ -369,8 +369,10 @@ def yaml_documents(
             try:
                 node = loader.get_node()
                 try:
-                    doc = _build(node, set())
+                    doc = _build(node, set(), 1)
                 except _Unsupported:  # tags, merge keys, aliases: PyYAML's constructor
+                    if _deeper_than(node, MAX_DEPTH):
+                        raise RecursionError from None
                     doc = loader.construct_document(node)
             except RecursionError:
                 raise ManifestError(too_deep(name, number)) from None
@@ -389,6 +391,13 @@ def yaml_documents(
     finally:
         loader.dispose()
 
+
+# The containers a document may nest (a Kubernetes object has a few dozen at most). Checked as it
+# is read, so that where a document is read (one process, or a worker of `kubectl mesh inject`'s
+# pool, whose stack is deeper) never decides whether it is read: Python's recursion limit would.
+# Low enough that every recursive step after (PyYAML's emitter takes three frames a level, the
+# reader two) stays within Python's 1000 frames.
+MAX_DEPTH = 256
 
 # A line that starts a document: `---` at column 0, then a blank or the line's end. libyaml takes
 # it as a document start wherever it stands (a block scalar ends at column 0, a plain scalar at a
@@ -416,16 +425,18 @@ class DocumentChunks:
         return self._buffer[self._start :]
 
     def __iter__(self) -> Iterator[bytes]:
+        # A piece leaves `pending` before it is given out: a caller that stops at a piece (a
+        # worker failed) and reads `pending` for the rest must not get that piece twice.
         ended = False
         while True:
             cut = safe_cut(self._buffer, self._start + self.size, self._start)
             if cut:
-                yield self._buffer[self._start : cut]
-                self._start = cut
+                piece, self._start = self._buffer[self._start : cut], cut
+                yield piece
             elif ended:
                 if self._start < len(self._buffer):
-                    yield self.pending
-                    self._buffer, self._start = b"", 0
+                    piece, self._buffer, self._start = self.pending, b"", 0
+                    yield piece
                 return
             else:  # no cut yet: read as much again (a long document costs linear time, not square)
                 block = self.stream.read(max(self.size, len(self._buffer) - self._start))
@@ -465,10 +476,11 @@ def line_breaks(data: bytes) -> int:
 _RESOLVED = frozenset((INT, FLOAT, BOOL, NULL))
 
 
-def _build(node: Any, seen: set[int]) -> Any:
+def _build(node: Any, seen: set[int], depth: int) -> Any:
     """The Python value of a composed node of plain data, directly: PyYAML's constructor costs
     two thirds of the reading time. Anything else (explicit tags that disagree with the text,
-    merge keys, aliases: a node met twice) raises _Unsupported, for the constructor to do."""
+    merge keys, aliases: a node met twice) raises _Unsupported, for the constructor to do.
+    `depth`: the containers from the root to `node`; beyond `MAX_DEPTH`, RecursionError."""
     kind = type(node)
     if kind is ScalarNode:
         tag = node.tag
@@ -481,21 +493,44 @@ def _build(node: Any, seen: set[int]) -> Any:
         raise _Unsupported
     if id(node) in seen:
         raise _Unsupported  # an alias: the constructor shares the object, as YAML means
+    if depth > MAX_DEPTH:
+        raise RecursionError  # as Python's own would, but at a depth that is not the caller's
     seen.add(id(node))
+    depth += 1
     if kind is MappingNode and node.tag == _MAP:
         mapping = {}
         for key_node, value_node in node.value:
             if type(key_node) is not ScalarNode or key_node.tag == MERGE:
                 raise _Unsupported
-            key = key_node.value if key_node.tag == STR else _build(key_node, seen)
+            key = key_node.value if key_node.tag == STR else _build(key_node, seen, depth)
             if type(value_node) is ScalarNode and value_node.tag == STR:
                 mapping[key] = value_node.value
             else:
-                mapping[key] = _build(value_node, seen)
+                mapping[key] = _build(value_node, seen, depth)
         return mapping
     if kind is SequenceNode and node.tag == _SEQ:
-        return [_build(item, seen) for item in node.value]
+        return [_build(item, seen, depth) for item in node.value]
     raise _Unsupported
+
+
+def _deeper_than(root: Any, limit: int) -> bool:
+    """Whether the value of a composed node nests more than `limit` containers, through aliases
+    (a node reached again deeper is walked again: at most `limit` times each). Iterative: the
+    document PyYAML's constructor is about to build may be too deep for recursion."""
+    deepest: dict[int, int] = {}
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if type(node) is ScalarNode or deepest.get(id(node), 0) >= depth:
+            continue
+        if depth > limit:
+            return True
+        deepest[id(node)] = depth
+        if type(node) is MappingNode:
+            stack.extend((part, depth + 1) for pair in node.value for part in pair)
+        else:
+            stack.extend((item, depth + 1) for item in node.value)
+    return False
 
 
 def too_deep(where: str, number: int) -> str:

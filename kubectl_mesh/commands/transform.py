@@ -18,6 +18,9 @@ writes. Two things need the input's order, and get it:
 - Errors: a piece that fails in a worker is read again here, with the rest of the input behind it,
   by the single-process reader that numbers lines and documents from the start of the file. So an
   error is the very line a single process prints (or, were a cut ever wrong, the output still is).
+  A worker that dies (killed, or by the OOM killer) fails the pieces in flight alike: the pool
+  would never answer the one it held, so the parent, seeing the pool replace a worker, reads them
+  and the rest itself.
 A smaller input, a busy machine, one CPU, JSON, UTF-16 or the pure-Python parser: one process,
 as before.
 """
@@ -59,6 +62,9 @@ POOL_THRESHOLD = 4_000_000
 CHUNK_BYTES = 256 * 1024
 # Tests set "THRESHOLD:CHUNK" (bytes) to drive the pool with small inputs; "off": never.
 POOL_ENV = "KUBECTL_MESH_INJECT_POOL"
+# How often the parent, waiting for a piece, looks whether a worker died (its piece is then lost).
+WORKER_CHECK_SECONDS = 0.2
+STOP_SECONDS = 5.0  # Pool.terminate() takes milliseconds, unless a dead worker holds its lock
 
 
 @dataclass(frozen=True)
@@ -209,7 +215,7 @@ def namespace_labels(docs: list[Any]) -> dict[str, dict[str, str]]:
         elif doc.get("kind") == "Namespace" and isinstance(doc.get("metadata"), dict):
             meta = doc["metadata"]
             labels = meta.get("labels")
-            if isinstance(meta.get("name"), str):
+            if isinstance(meta.get("name"), str) and meta["name"]:  # "" would stand for "no namespace"
                 found[meta["name"]] = {
                     str(k): str(v) for k, v in (labels if isinstance(labels, dict) else {}).items()
                 }
@@ -313,6 +319,18 @@ class _Piece:
 _worker: tuple[PodAction, str] | None = None  # the action and report word, set in each worker
 
 
+class _Forks:
+    """The forks this process has made since it first started a pool (`os.register_at_fork`):
+    after its first workers, a pool forks only to replace one that died."""
+
+    made = 0
+    counting = False
+
+    @classmethod
+    def count(cls) -> None:
+        cls.made += 1
+
+
 def _start_worker(action: PodAction, done: str, parent: int) -> None:
     """Runs first in each forked worker: Ctrl-C is the parent's to handle, and a worker goes when
     its parent does. SIGINT came blocked from the parent (`_Run._pool`), so a Ctrl-C before this
@@ -366,6 +384,8 @@ class _Run:
         self.out, self.report = out, report
         self.namespaces: dict[str, dict[str, str]] = {}
         self.pool: Pool | None = None
+        self.forks_before = 0  # the forks this process had made before the pool forked its workers
+        self.lost = False  # a worker died: the pool cannot be stopped as usual
         threshold, self.chunk, forced = _pool_sizes()
         cpus = _cpus()
         self.workers = cpus if forced else idle_workers(cpus, os.getloadavg()[0])
@@ -422,7 +442,7 @@ class _Run:
     def _take(self, name: str, in_flight: deque[_InFlight], documents: int) -> int:
         """Write the oldest piece in flight; returns the documents counted so far."""
         oldest = in_flight[0]
-        piece = oldest.work.get()
+        piece = self._result(oldest.work)
         if not piece.failed and any(self.namespaces.get(ns) != seen for ns, seen in piece.looked_up.items()):
             # done again here, with the namespaces as the input's order has them
             piece = _do_piece(name, oldest.data, self.namespaces, self.action, self.done)
@@ -435,6 +455,27 @@ class _Run:
         self.namespaces.update(piece.defined)
         return documents + piece.documents
 
+    def _result(self, work: ApplyResult[_Piece]) -> _Piece:
+        """A piece's result, or failed (to be read again here) when a worker has died since the
+        last look: killed, or by the OOM killer. multiprocessing's Pool starts another, but never
+        answers the piece the dead one held: waiting for it would hang the command."""
+        while not work.ready():
+            work.wait(WORKER_CHECK_SECONDS)
+            if not work.ready() and self._lost_a_worker():
+                self.lost = True
+                return _Piece(failed=True)
+        try:
+            return work.get()
+        except Exception:  # e.g. a result that could not be sent: read again here, as a failure
+            return _Piece(failed=True)
+
+    def _lost_a_worker(self) -> bool:
+        """Whether the pool forked a worker in place of one: its workers only ever end with it
+        (no `maxtasksperchild`), so a worker replaced is one that died, maybe with a piece. Told
+        by the forks this process made, not by which workers are alive: one that died before this
+        could look would otherwise be missed, and its replacement taken for it."""
+        return _Forks.made > self.forks_before + self.workers
+
     def _pool(self) -> Pool:
         if self.pool is None:
             import gc
@@ -443,6 +484,10 @@ class _Run:
             sys.stdout.flush()  # nothing buffered here may be written again by a worker
             sys.stderr.flush()
             gc.freeze()  # the objects the workers inherit: never collected, so never copied
+            if not _Forks.counting:
+                os.register_at_fork(after_in_parent=_Forks.count)
+                _Forks.counting = True
+            self.forks_before, self.lost = _Forks.made, False  # a pool for a later input starts afresh
             import signal
 
             context = multiprocessing.get_context("fork")  # the action is a closure: inherited, not pickled
@@ -458,10 +503,26 @@ class _Run:
         return self.pool
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-            self.pool = None
+        """Stop the workers at once: a piece still in one is of no use any more."""
+        if self.pool is None:
+            return
+        import multiprocessing
+        import threading
+
+        pool, self.pool = self.pool, None
+        # Pool.terminate() first takes the lock of the queue the workers read work from, which a
+        # worker killed while it waited for work holds for ever. So it runs in a thread of its
+        # own (it stops the pool's threads before it waits), given a moment unless a worker is
+        # known to have died; if it is still waiting, every worker is killed and the command
+        # goes on (multiprocessing reaps them at exit).
+        stopping = threading.Thread(target=pool.terminate, name="pool-terminate", daemon=True)
+        stopping.start()
+        stopping.join(0 if self.lost or self._lost_a_worker() else STOP_SECONDS)
+        if stopping.is_alive():
+            for worker in multiprocessing.active_children():
+                worker.kill()
+        else:
+            pool.join()
 
 
 class _Failed(MeshError):

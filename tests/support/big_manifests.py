@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEPLOYMENT = """\
 ---
@@ -308,22 +309,30 @@ class InjectRun:
     stderr_tail: str
 
 
-def run_inject(source: Path, output: Path, env: dict[str, str] | None = None) -> InjectRun:
+def run_inject(
+    source: Path, output: Path, env: dict[str, str] | None = None, reader_delay: float = 0.0
+) -> InjectRun:
     """`kubectl-mesh inject SOURCE > OUTPUT` in its own process: wall and CPU time, peak RSS of
-    the process and of its whole tree (sampled every 10 ms from /proc)."""
+    the process and of its whole tree (sampled every 10 ms from /proc). `reader_delay`: stdout is
+    a pipe read 64 KB at a time with that many seconds between reads (a slow consumer)."""
     exe = Path(sys.executable).parent / "kubectl-mesh"
     with output.open("wb") as out:
         start = time.monotonic()
         proc = subprocess.Popen(
             [str(exe), "inject", str(source)],
-            stdout=out,
+            stdout=subprocess.PIPE if reader_delay else out,
             stderr=subprocess.PIPE,
             env={**os.environ, **(env or {})},
         )
         sampler = _TreeSampler(proc.pid)
         sampler.start()
+        reader = threading.Thread(target=_read_slowly, args=(proc.stdout, out, reader_delay), daemon=True)
+        if reader_delay:
+            reader.start()
         assert proc.stderr is not None
         err = proc.stderr.read()  # the per-object report: read while it runs
+        if reader_delay:
+            reader.join()
         sampler.stop.set()
         sampler.join()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -340,6 +349,12 @@ def run_inject(source: Path, output: Path, env: dict[str, str] | None = None) ->
         returncode=proc.returncode,
         stderr_tail=err[-500:].decode(errors="replace"),
     )
+
+
+def _read_slowly(pipe: Any, out: Any, delay: float) -> None:
+    while chunk := pipe.read(65536):
+        out.write(chunk)
+        time.sleep(delay)
 
 
 class _TreeSampler(threading.Thread):
