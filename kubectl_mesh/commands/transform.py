@@ -60,10 +60,17 @@ TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
 # cost more than it saves (measured: bench/README.md, "bench-inject").
 POOL_THRESHOLD = 4_000_000
 CHUNK_BYTES = 256 * 1024
-# Tests set "THRESHOLD:CHUNK" (bytes) to drive the pool with small inputs; "off": never.
+# Tests set "THRESHOLD:CHUNK" (bytes) to drive the pool with small inputs, "THRESHOLD:CHUNK:SECONDS"
+# to give each piece that deadline instead of `piece_deadline`'s; "off": never.
 POOL_ENV = "KUBECTL_MESH_INJECT_POOL"
 # How often the parent, waiting for a piece, looks whether a worker died (its piece is then lost).
 WORKER_CHECK_SECONDS = 0.2
+# How long a piece may take once the parent waits for it (`piece_deadline`): no healthy worker
+# comes near it. A worker does about 4.5 MB of dense YAML per CPU-second (0.06 s for 256 KiB);
+# 10 s plus 100 s per MiB is 35 s for a 256 KiB piece, over 500 times that, room for a machine
+# loaded many times over, and it grows with a piece made long by one long document.
+DEADLINE_BASE_SECONDS = 10.0
+DEADLINE_SECONDS_PER_MIB = 100.0
 STOP_SECONDS = 5.0  # Pool.terminate() takes milliseconds, unless a dead worker holds its lock
 
 
@@ -386,7 +393,7 @@ class _Run:
         self.pool: Pool | None = None
         self.forks_before = 0  # the forks this process had made before the pool forked its workers
         self.lost = False  # a worker died: the pool cannot be stopped as usual
-        threshold, self.chunk, forced = _pool_sizes()
+        threshold, self.chunk, forced, self.deadline = _pool_sizes()
         cpus = _cpus()
         self.workers = cpus if forced else idle_workers(cpus, os.getloadavg()[0])
         self.threshold = threshold if self.workers > 1 else None
@@ -442,7 +449,7 @@ class _Run:
     def _take(self, name: str, in_flight: deque[_InFlight], documents: int) -> int:
         """Write the oldest piece in flight; returns the documents counted so far."""
         oldest = in_flight[0]
-        piece = self._result(oldest.work)
+        piece = self._result(oldest.work, self.deadline or piece_deadline(len(oldest.data)))
         if not piece.failed and any(self.namespaces.get(ns) != seen for ns, seen in piece.looked_up.items()):
             # done again here, with the namespaces as the input's order has them
             piece = _do_piece(name, oldest.data, self.namespaces, self.action, self.done)
@@ -455,13 +462,19 @@ class _Run:
         self.namespaces.update(piece.defined)
         return documents + piece.documents
 
-    def _result(self, work: ApplyResult[_Piece]) -> _Piece:
+    def _result(self, work: ApplyResult[_Piece], seconds: float) -> _Piece:
         """A piece's result, or failed (to be read again here) when a worker has died since the
-        last look: killed, or by the OOM killer. multiprocessing's Pool starts another, but never
-        answers the piece the dead one held: waiting for it would hang the command."""
+        last look (killed, or by the OOM killer: multiprocessing's Pool starts another, but never
+        answers the piece the dead one held), or when the piece is not done `seconds` after the
+        parent began to wait for it (a worker stopped, or stuck in the piece: alive, so never
+        replaced). Either way waiting on would hang the command; the workers are then killed."""
+        import time
+
+        # The oldest piece in flight: a worker has it, or takes it at the latest now.
+        deadline = time.monotonic() + seconds
         while not work.ready():
-            work.wait(WORKER_CHECK_SECONDS)
-            if not work.ready() and self._lost_a_worker():
+            work.wait(min(WORKER_CHECK_SECONDS, max(0.0, deadline - time.monotonic())))
+            if not work.ready() and (self._lost_a_worker() or time.monotonic() >= deadline):
                 self.lost = True
                 return _Piece(failed=True)
         try:
@@ -568,15 +581,28 @@ def idle_workers(cpus: int, load: float) -> int:
     return min(cpus, max(1, math.floor(cpus - load) + 2))
 
 
-def _pool_sizes() -> tuple[int | None, int, bool]:
-    """(threshold or None for never, piece size, whether the pool is forced whatever the load):
-    the defaults, or $KUBECTL_MESH_INJECT_POOL."""
+def piece_deadline(size: int) -> float:
+    """Seconds a piece of `size` bytes may take once the parent waits for it (see
+    `DEADLINE_BASE_SECONDS`): past it, its worker is taken for stopped or stuck."""
+    return DEADLINE_BASE_SECONDS + DEADLINE_SECONDS_PER_MIB * size / (1 << 20)
+
+
+def _pool_sizes() -> tuple[int | None, int, bool, float | None]:
+    """(threshold or None for never, piece size, whether the pool is forced whatever the load,
+    a piece's deadline in seconds or None for `piece_deadline`'s): the defaults, or
+    $KUBECTL_MESH_INJECT_POOL."""
     setting = os.environ.get(POOL_ENV, "")
     if setting == "off":
-        return None, CHUNK_BYTES, False
-    threshold, _, chunk = setting.partition(":")
+        return None, CHUNK_BYTES, False, None
+    parts = setting.split(":")
+    threshold, chunk, seconds = (parts + ["", ""])[:3]
     try:
+        if len(parts) > 3 or (seconds and not float(seconds) > 0):
+            raise ValueError
         sizes = (int(threshold) if threshold else POOL_THRESHOLD), (int(chunk) if chunk else CHUNK_BYTES)
-        return sizes[0], sizes[1], bool(setting)
+        return sizes[0], sizes[1], bool(setting), float(seconds) if seconds else None
     except ValueError:
-        raise MeshError(f"${POOL_ENV} must be THRESHOLD:CHUNK in bytes, or off; not {setting!r}") from None
+        raise MeshError(
+            f"${POOL_ENV} must be THRESHOLD:CHUNK in bytes (and :SECONDS a piece may take), or off; "
+            f"not {setting!r}"
+        ) from None

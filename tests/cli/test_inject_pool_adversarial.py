@@ -307,3 +307,41 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and err == b"", err[-500:]
     assert not [pid for pid in seen if _alive(pid)]
+
+
+@TWO_CPUS
+@pytest.mark.slow
+def test_a_stopped_worker_is_given_up_on_and_the_output_is_one_process(
+    six_mb: tuple[Path, subprocess.CompletedProcess[bytes]],
+) -> None:
+    """A worker SIGSTOPped mid-run (or stuck in a piece) answers nothing, and is not dead: the
+    parent waited for its piece for ever. Each piece now has a deadline (here 2 s, through
+    $KUBECTL_MESH_INJECT_POOL's third field; by default tens of seconds): past it the parent
+    stops the pool, kills the workers and reads the rest itself. The YAML and report are one
+    process's, within a bound, and no worker is left alive or stopped."""
+    source, one = six_mb
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "kubectl-mesh"), "inject", str(source)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, POOL_ENV: "1:65536:2"},
+    )  # fmt: skip
+    workers = _workers(proc, time.monotonic() + 20)
+    time.sleep(0.3)
+    os.kill(workers[0], signal.SIGSTOP)
+    assert proc.poll() is None, "the run ended before its worker was stopped: nothing was tested"
+    seen = set(workers)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        seen |= set(_children(proc.pid))
+        proc.kill()
+        proc.communicate()
+        for pid in seen:
+            os.kill(pid, signal.SIGKILL)
+        raise AssertionError("the command hung on a stopped worker") from None
+    assert proc.returncode == 0, err[-500:]
+    assert err == one.stderr
+    assert out == one.stdout
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in seen) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in seen if _alive(pid)]  # not alive, and so not stopped either
