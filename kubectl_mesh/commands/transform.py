@@ -568,7 +568,51 @@ def _file_size(stream: Any) -> int | None:
 
 
 def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cpus_allowed(affinity)
+
+
+def cpus_allowed(affinity: int, cgroup: str | os.PathLike[str] = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may keep busy: those it may run on, capped by a container's CPU
+    quota (a pod limited to 1 CPU on a 2-core node: 2 workers would be throttled, and cost
+    more than one process). cgroup v2's `cpu.max`, else v1's `cpu/cpu.cfs_quota_us` and
+    `cpu.cfs_period_us`; no file, or no quota: the affinity alone."""
+    root = os.fspath(cgroup)
+
+    def text(*parts: str) -> str | None:
+        try:
+            with open(os.path.join(root, *parts), encoding="ascii", errors="replace") as f:
+                return f.read(256)
+        except OSError:
+            return None
+
+    v2 = text("cpu.max")
+    if v2 is not None:
+        quota = cgroup_v2_cpus(v2)
+    else:
+        quota_us, period_us = text("cpu", "cpu.cfs_quota_us"), text("cpu", "cpu.cfs_period_us")
+        quota = None if quota_us is None or period_us is None else cgroup_v1_cpus(quota_us, period_us)
+    return max(1, min(affinity, quota) if quota is not None else affinity)
+
+
+def cgroup_v2_cpus(cpu_max: str) -> int | None:
+    """CPUs of a cgroup v2 `cpu.max` (`QUOTA PERIOD` in microseconds, or `max PERIOD`): the
+    quota over the period, rounded up; None for no quota or a text that is not one."""
+    fields = cpu_max.split()
+    if len(fields) != 2 or fields[0] == "max":
+        return None
+    return _quota_cpus(fields[0], fields[1])
+
+
+def cgroup_v1_cpus(cfs_quota_us: str, cfs_period_us: str) -> int | None:
+    """CPUs of cgroup v1's `cpu.cfs_quota_us` (-1: none) over `cpu.cfs_period_us`, as v2's."""
+    return _quota_cpus(cfs_quota_us.strip(), cfs_period_us.strip())
+
+
+def _quota_cpus(quota: str, period: str) -> int | None:
+    if not (quota.isdigit() and period.isdigit()) or int(quota) == 0 or int(period) == 0:
+        return None  # -1 (v1's "none") is not digits
+    return max(1, math.ceil(int(quota) / int(period)))
 
 
 def idle_workers(cpus: int, load: float) -> int:
@@ -595,7 +639,7 @@ def _pool_sizes() -> tuple[int | None, int, bool, float | None]:
     if setting == "off":
         return None, CHUNK_BYTES, False, None
     parts = setting.split(":")
-    threshold, chunk, seconds = (parts + ["", ""])[:3]
+    threshold, chunk, seconds = [*parts, "", ""][:3]
     try:
         if len(parts) > 3 or (seconds and not float(seconds) > 0):
             raise ValueError
