@@ -20,9 +20,10 @@ writes. Two things need the input's order, and get it:
   error is the very line a single process prints (or, were a cut ever wrong, the output still is).
   A worker that dies (killed, or by the OOM killer) fails the pieces in flight alike: the pool
   would never answer the one it held, so the parent, seeing the pool replace a worker, reads them
-  and the rest itself.
-A smaller input, a busy machine, one CPU, JSON, UTF-16 or the pure-Python parser: one process,
-as before.
+  and the rest itself. So does a piece past its deadline (`piece_deadline`, far beyond what a
+  healthy worker takes): its worker is stopped or stuck, alive, and would never be replaced.
+A smaller input, a busy machine, one CPU (the affinity's, capped by a container's CPU quota),
+JSON, UTF-16 or the pure-Python parser: one process, as before.
 """
 
 from __future__ import annotations
@@ -204,7 +205,13 @@ def transform_documents(
             raise MeshError(f"{name}: document {number} is not a Kubernetes object")
         namespaces.update(namespace_labels([doc]))
         try:
-            manifests.dump_document(transform_object(doc, action, done, report, namespaces), out)
+            transformed = transform_object(doc, action, done, report, namespaces)
+        except RecursionError:
+            raise MeshError(manifests.too_deep(name, number)) from None
+        except MeshError as exc:  # about one object (the action's): say where it stands
+            raise MeshError(f"{name}: document {number}: {exc.message}", exc.hint) from None
+        try:
+            manifests.dump_document(transformed, out)
         except RecursionError:
             raise MeshError(manifests.too_deep(name, number)) from None
     return number
