@@ -813,10 +813,15 @@ def _json_stream(name: str, text: str) -> Iterator[tuple[int, Any]]:
         if pos >= end:
             return
         number += 1
+        start = pos
         try:
             doc, pos = decoder.raw_decode(text, pos)
         except RecursionError:  # far deeper than MAX_DEPTH, wherever the stack stands
             raise ManifestError(too_deep(name, number)) from None
-        if nesting.deeper_than(doc, MAX_DEPTH):  # the rule YAML documents are held to
+        # The rule YAML documents are held to. A value with no more brackets than that cannot
+        # nest deeper (counted in C: most documents are never walked).
+        if text.count("[", start, pos) + text.count("{", start, pos) > MAX_DEPTH and nesting.deeper_than(
+            doc, MAX_DEPTH
+        ):
             raise ManifestError(too_deep(name, number))
         yield number, doc

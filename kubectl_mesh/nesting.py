@@ -19,16 +19,13 @@ def deeper_than(value: Any, limit: int = MAX_DEPTH) -> bool:
     """Whether `value` (dicts and lists, as json gives them) nests more than `limit` containers.
     Iterative: it judges values too deep for recursion. A container met again (a shared one) is
     walked again, as a writer would write it again."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (dict, list)) else []
+    push = stack.append
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, (dict, list)):
+                push((child, depth + 1))
     return False
