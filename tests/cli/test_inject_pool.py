@@ -31,6 +31,7 @@ from kubectl_mesh.commands.transform import (
     cgroup_v2_cpus,
     cpus_allowed,
     idle_workers,
+    own_cgroups,
 )
 from tests.support.big_manifests import run_inject, write_manifests
 
@@ -264,21 +265,39 @@ def test_a_cpu_quota_is_read_from_the_cgroup_files_text() -> None:
 
 def test_the_pool_takes_no_more_cpus_than_the_quota(tmp_path: Path) -> None:
     """A pod limited to 1 CPU (cgroup v2 or v1) gets no pool of 2 workers: CPUs are the
-    affinity's, capped by the quota; a machine without cgroup files keeps the affinity's."""
-    assert cpus_allowed(4, tmp_path) == 4
+    affinity's, capped by the quota; a machine without cgroup files keeps the affinity's. The
+    process's own cgroup is read first, the mount's top after (a container's own cgroup)."""
+    assert cpus_allowed(4, tmp_path, "") == 4
     (tmp_path / "cpu.max").write_text("100000 100000\n")
-    assert cpus_allowed(4, tmp_path) == 1
+    assert cpus_allowed(4, tmp_path, "") == 1
     (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert cpus_allowed(4, tmp_path) == 4
+    assert cpus_allowed(4, tmp_path, "") == 4
     (tmp_path / "cpu.max").write_text("800000 100000\n")
-    assert cpus_allowed(4, tmp_path) == 4
+    assert cpus_allowed(4, tmp_path, "") == 4
+    (tmp_path / "system.slice" / "job").mkdir(parents=True)
+    (tmp_path / "system.slice" / "job" / "cpu.max").write_text("100000 100000\n")
+    assert cpus_allowed(4, tmp_path, "0::/system.slice/job\n") == 1
+    assert cpus_allowed(4, tmp_path, "0::/elsewhere\n") == 4  # not below this mount: its top
     v1 = tmp_path / "v1"
     (v1 / "cpu").mkdir(parents=True)
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
     (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
-    assert cpus_allowed(2, v1) == 1
+    assert cpus_allowed(2, v1, "") == 1
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
-    assert cpus_allowed(2, v1) == 2
+    assert cpus_allowed(2, v1, "") == 2
+    (v1 / "cpu" / "docker" / "c1").mkdir(parents=True)
+    (v1 / "cpu" / "docker" / "c1" / "cpu.cfs_quota_us").write_text("50000\n")
+    (v1 / "cpu" / "docker" / "c1" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpus_allowed(2, v1, "5:memory:/x\n4:cpu,cpuacct:/docker/c1\n0::/\n") == 1
+
+
+def test_the_process_cgroups_are_read_from_proc_self_cgroup() -> None:
+    """Pure: /proc/self/cgroup's text as (v2 path, v1 cpu path)."""
+    assert own_cgroups("0::/\n") == ("", None)
+    assert own_cgroups("0::/kubepods/pod1/c2\n") == ("kubepods/pod1/c2", None)
+    text = "9:memory:/a\n2:cpuacct:/b\n1:cpu,cpuacct:/docker/c1\n0::/\n"
+    assert own_cgroups(text) == ("", "docker/c1")
+    assert own_cgroups("") == ("", None)
 
 
 def _workers_of(pid: int, deadline: float) -> list[int]:
