@@ -346,3 +346,18 @@ def test_stopping_inject_stops_its_workers(tmp_path: Path, how: str, attempt: in
     assert out == b""  # the YAML waits for the end: nothing half-written
     if how == "ctrl-c":
         assert proc.returncode == 130 and b"Traceback" not in err, err[-500:]
+
+
+@pytest.mark.parametrize("setting", ["1:x", "1:300:0", "1:300:-2", "1:300:nan", "1:300:2:9", "x"])
+def test_a_bad_pool_setting_is_one_line(tmp_path: Path, setting: str) -> None:
+    """$KUBECTL_MESH_INJECT_POOL is for tests and the bench, but a bad one is still one line and
+    status 1, nothing on stdout; its deadline field (SECONDS) must be a positive number."""
+    path = tmp_path / "in.yaml"
+    path.write_text(deployments(0, 2))
+    done = inject([str(path)], setting)
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode() == (
+        f"error: ${POOL_ENV} must be THRESHOLD:CHUNK in bytes (and :SECONDS a piece may take), or off; "
+        f"not {setting!r}\n"
+    )
+    assert inject([str(path)], "1:300:0.5").returncode == 0
