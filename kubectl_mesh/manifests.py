@@ -34,6 +34,7 @@ from typing import IO, Any, ClassVar, Protocol
 import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
+from kubectl_mesh import nesting
 from kubectl_mesh.errors import MeshError
 from kubectl_mesh.inject.shared import IDS as _SHARED_IDS
 from kubectl_mesh.inject.shared import is_shared
@@ -392,12 +393,10 @@ def yaml_documents(
         loader.dispose()
 
 
-# The containers a document may nest (a Kubernetes object has a few dozen at most). Checked as it
-# is read, so that where a document is read (one process, or a worker of `kubectl mesh inject`'s
-# pool, whose stack is deeper) never decides whether it is read: Python's recursion limit would.
-# Low enough that every recursive step after (PyYAML's emitter takes three frames a level, the
-# reader two) stays within Python's 1000 frames.
-MAX_DEPTH = 256
+# The containers a document may nest: `nesting.MAX_DEPTH` (256), counted as it is read, so that
+# where a document is read (one process, or a worker of `kubectl mesh inject`'s pool, whose stack
+# is deeper) never decides whether it is read: Python's recursion limit would.
+MAX_DEPTH = nesting.MAX_DEPTH
 
 # A line that starts a document: `---` at column 0, then a blank or the line's end. libyaml takes
 # it as a document start wherever it stands (a block scalar ends at column 0, a plain scalar at a
@@ -814,8 +813,15 @@ def _json_stream(name: str, text: str) -> Iterator[tuple[int, Any]]:
         if pos >= end:
             return
         number += 1
+        start = pos
         try:
             doc, pos = decoder.raw_decode(text, pos)
-        except RecursionError:
+        except RecursionError:  # far deeper than MAX_DEPTH, wherever the stack stands
             raise ManifestError(too_deep(name, number)) from None
+        # The rule YAML documents are held to. A value with no more brackets than that cannot
+        # nest deeper (counted in C: most documents are never walked).
+        if text.count("[", start, pos) + text.count("{", start, pos) > MAX_DEPTH and nesting.deeper_than(
+            doc, MAX_DEPTH
+        ):
+            raise ManifestError(too_deep(name, number))
         yield number, doc

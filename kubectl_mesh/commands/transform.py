@@ -20,9 +20,10 @@ writes. Two things need the input's order, and get it:
   error is the very line a single process prints (or, were a cut ever wrong, the output still is).
   A worker that dies (killed, or by the OOM killer) fails the pieces in flight alike: the pool
   would never answer the one it held, so the parent, seeing the pool replace a worker, reads them
-  and the rest itself.
-A smaller input, a busy machine, one CPU, JSON, UTF-16 or the pure-Python parser: one process,
-as before.
+  and the rest itself. So does a piece past its deadline (`piece_deadline`, far beyond what a
+  healthy worker takes): its worker is stopped or stuck, alive, and would never be replaced.
+A smaller input, a busy machine, one CPU (the affinity's, capped by a container's CPU quota),
+JSON, UTF-16 or the pure-Python parser: one process, as before.
 """
 
 from __future__ import annotations
@@ -60,10 +61,17 @@ TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
 # cost more than it saves (measured: bench/README.md, "bench-inject").
 POOL_THRESHOLD = 4_000_000
 CHUNK_BYTES = 256 * 1024
-# Tests set "THRESHOLD:CHUNK" (bytes) to drive the pool with small inputs; "off": never.
+# Tests set "THRESHOLD:CHUNK" (bytes) to drive the pool with small inputs, "THRESHOLD:CHUNK:SECONDS"
+# to give each piece that deadline instead of `piece_deadline`'s; "off": never.
 POOL_ENV = "KUBECTL_MESH_INJECT_POOL"
 # How often the parent, waiting for a piece, looks whether a worker died (its piece is then lost).
 WORKER_CHECK_SECONDS = 0.2
+# How long a piece may take once the parent waits for it (`piece_deadline`): no healthy worker
+# comes near it. A worker does about 4.5 MB of dense YAML per CPU-second (0.06 s for 256 KiB);
+# 10 s plus 100 s per MiB is 35 s for a 256 KiB piece, over 500 times that, room for a machine
+# loaded many times over, and it grows with a piece made long by one long document.
+DEADLINE_BASE_SECONDS = 10.0
+DEADLINE_SECONDS_PER_MIB = 100.0
 STOP_SECONDS = 5.0  # Pool.terminate() takes milliseconds, unless a dead worker holds its lock
 
 
@@ -197,7 +205,13 @@ def transform_documents(
             raise MeshError(f"{name}: document {number} is not a Kubernetes object")
         namespaces.update(namespace_labels([doc]))
         try:
-            manifests.dump_document(transform_object(doc, action, done, report, namespaces), out)
+            transformed = transform_object(doc, action, done, report, namespaces)
+        except RecursionError:
+            raise MeshError(manifests.too_deep(name, number)) from None
+        except MeshError as exc:  # about one object (the action's): say where it stands
+            raise MeshError(f"{name}: document {number}: {exc.message}", exc.hint) from None
+        try:
+            manifests.dump_document(transformed, out)
         except RecursionError:
             raise MeshError(manifests.too_deep(name, number)) from None
     return number
@@ -386,7 +400,7 @@ class _Run:
         self.pool: Pool | None = None
         self.forks_before = 0  # the forks this process had made before the pool forked its workers
         self.lost = False  # a worker died: the pool cannot be stopped as usual
-        threshold, self.chunk, forced = _pool_sizes()
+        threshold, self.chunk, forced, self.deadline = _pool_sizes()
         cpus = _cpus()
         self.workers = cpus if forced else idle_workers(cpus, os.getloadavg()[0])
         self.threshold = threshold if self.workers > 1 else None
@@ -442,7 +456,7 @@ class _Run:
     def _take(self, name: str, in_flight: deque[_InFlight], documents: int) -> int:
         """Write the oldest piece in flight; returns the documents counted so far."""
         oldest = in_flight[0]
-        piece = self._result(oldest.work)
+        piece = self._result(oldest.work, self.deadline or piece_deadline(len(oldest.data)))
         if not piece.failed and any(self.namespaces.get(ns) != seen for ns, seen in piece.looked_up.items()):
             # done again here, with the namespaces as the input's order has them
             piece = _do_piece(name, oldest.data, self.namespaces, self.action, self.done)
@@ -455,13 +469,19 @@ class _Run:
         self.namespaces.update(piece.defined)
         return documents + piece.documents
 
-    def _result(self, work: ApplyResult[_Piece]) -> _Piece:
+    def _result(self, work: ApplyResult[_Piece], seconds: float) -> _Piece:
         """A piece's result, or failed (to be read again here) when a worker has died since the
-        last look: killed, or by the OOM killer. multiprocessing's Pool starts another, but never
-        answers the piece the dead one held: waiting for it would hang the command."""
+        last look (killed, or by the OOM killer: multiprocessing's Pool starts another, but never
+        answers the piece the dead one held), or when the piece is not done `seconds` after the
+        parent began to wait for it (a worker stopped, or stuck in the piece: alive, so never
+        replaced). Either way waiting on would hang the command; the workers are then killed."""
+        import time
+
+        # The oldest piece in flight: a worker has it, or takes it at the latest now.
+        deadline = time.monotonic() + seconds
         while not work.ready():
-            work.wait(WORKER_CHECK_SECONDS)
-            if not work.ready() and self._lost_a_worker():
+            work.wait(min(WORKER_CHECK_SECONDS, max(0.0, deadline - time.monotonic())))
+            if not work.ready() and (self._lost_a_worker() or time.monotonic() >= deadline):
                 self.lost = True
                 return _Piece(failed=True)
         try:
@@ -555,7 +575,80 @@ def _file_size(stream: Any) -> int | None:
 
 
 def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cpus_allowed(affinity)
+
+
+def cpus_allowed(
+    affinity: int, cgroup: str | os.PathLike[str] = "/sys/fs/cgroup", own: str | None = None
+) -> int:
+    """The CPUs this process may keep busy: those it may run on, capped by a container's CPU
+    quota (a pod limited to 1 CPU on a 2-core node: 2 workers would be throttled, and cost
+    more than one process). cgroup v2's `cpu.max`, else v1's `cpu/cpu.cfs_quota_us` and
+    `cpu.cfs_period_us`: in the process's own cgroup (`own`: the text of /proc/self/cgroup)
+    when it is there below the mount (a host, `systemd-run -p CPUQuota=`), else at the mount's
+    top (a container sees its own cgroup there). No file, or no quota: the affinity alone."""
+    root = os.fspath(cgroup)
+    if own is None:
+        own = _read_text("/proc/self/cgroup") or ""
+    v2_path, v1_path = own_cgroups(own)
+
+    def first(*candidates: tuple[str, ...]) -> str | None:
+        return next(
+            (t for t in (_read_text(os.path.join(root, *c)) for c in candidates) if t is not None), None
+        )
+
+    v2 = first((v2_path, "cpu.max"), ("cpu.max",))
+    if v2 is not None:
+        quota = cgroup_v2_cpus(v2)
+    else:
+        v1_dir = ("cpu", v1_path) if v1_path is not None else ("cpu",)
+        quota_us = first((*v1_dir, "cpu.cfs_quota_us"), ("cpu", "cpu.cfs_quota_us"))
+        period_us = first((*v1_dir, "cpu.cfs_period_us"), ("cpu", "cpu.cfs_period_us"))
+        quota = None if quota_us is None or period_us is None else cgroup_v1_cpus(quota_us, period_us)
+    return max(1, min(affinity, quota) if quota is not None else affinity)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read(4096)
+    except OSError:
+        return None
+
+
+def own_cgroups(proc_self_cgroup: str) -> tuple[str, str | None]:
+    """Pure: the process's cgroup v2 path and its v1 `cpu` controller's path (None: no such
+    line), relative, from /proc/self/cgroup's text (`0::/path`, `4:cpu,cpuacct:/path`)."""
+    v2, v1 = "", None
+    for line in proc_self_cgroup.splitlines():
+        number, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if number == "0" and not controllers:
+            v2 = path.lstrip("/")
+        elif "cpu" in controllers.split(","):
+            v1 = path.lstrip("/")
+    return v2, v1
+
+
+def cgroup_v2_cpus(cpu_max: str) -> int | None:
+    """CPUs of a cgroup v2 `cpu.max` (`QUOTA PERIOD` in microseconds, or `max PERIOD`): the
+    quota over the period, rounded up; None for no quota or a text that is not one."""
+    fields = cpu_max.split()
+    if len(fields) != 2 or fields[0] == "max":
+        return None
+    return _quota_cpus(fields[0], fields[1])
+
+
+def cgroup_v1_cpus(cfs_quota_us: str, cfs_period_us: str) -> int | None:
+    """CPUs of cgroup v1's `cpu.cfs_quota_us` (-1: none) over `cpu.cfs_period_us`, as v2's."""
+    return _quota_cpus(cfs_quota_us.strip(), cfs_period_us.strip())
+
+
+def _quota_cpus(quota: str, period: str) -> int | None:
+    if not (quota.isdigit() and period.isdigit()) or int(quota) == 0 or int(period) == 0:
+        return None  # -1 (v1's "none") is not digits
+    return max(1, math.ceil(int(quota) / int(period)))
 
 
 def idle_workers(cpus: int, load: float) -> int:
@@ -568,15 +661,28 @@ def idle_workers(cpus: int, load: float) -> int:
     return min(cpus, max(1, math.floor(cpus - load) + 2))
 
 
-def _pool_sizes() -> tuple[int | None, int, bool]:
-    """(threshold or None for never, piece size, whether the pool is forced whatever the load):
-    the defaults, or $KUBECTL_MESH_INJECT_POOL."""
+def piece_deadline(size: int) -> float:
+    """Seconds a piece of `size` bytes may take once the parent waits for it (see
+    `DEADLINE_BASE_SECONDS`): past it, its worker is taken for stopped or stuck."""
+    return DEADLINE_BASE_SECONDS + DEADLINE_SECONDS_PER_MIB * size / (1 << 20)
+
+
+def _pool_sizes() -> tuple[int | None, int, bool, float | None]:
+    """(threshold or None for never, piece size, whether the pool is forced whatever the load,
+    a piece's deadline in seconds or None for `piece_deadline`'s): the defaults, or
+    $KUBECTL_MESH_INJECT_POOL."""
     setting = os.environ.get(POOL_ENV, "")
     if setting == "off":
-        return None, CHUNK_BYTES, False
-    threshold, _, chunk = setting.partition(":")
+        return None, CHUNK_BYTES, False, None
+    parts = setting.split(":")
+    threshold, chunk, seconds = [*parts, "", ""][:3]
     try:
+        if len(parts) > 3 or (seconds and not float(seconds) > 0):
+            raise ValueError
         sizes = (int(threshold) if threshold else POOL_THRESHOLD), (int(chunk) if chunk else CHUNK_BYTES)
-        return sizes[0], sizes[1], bool(setting)
+        return sizes[0], sizes[1], bool(setting), float(seconds) if seconds else None
     except ValueError:
-        raise MeshError(f"${POOL_ENV} must be THRESHOLD:CHUNK in bytes, or off; not {setting!r}") from None
+        raise MeshError(
+            f"${POOL_ENV} must be THRESHOLD:CHUNK in bytes (and :SECONDS a piece may take), or off; "
+            f"not {setting!r}"
+        ) from None

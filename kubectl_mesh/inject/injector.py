@@ -21,6 +21,8 @@ from typing import Any
 import jsonpatch
 
 from kubectl_mesh import contract as c
+from kubectl_mesh import nesting
+from kubectl_mesh.errors import MeshError
 from kubectl_mesh.inject import guards, shared
 from kubectl_mesh.inject.config import MeshConfig, _plain
 from kubectl_mesh.inject.podresources import with_mesh_share
@@ -609,12 +611,27 @@ def _put_back(
         obj.pop(key, None)
 
 
+class RestoreError(MeshError):
+    """A restore annotation that cannot be read safely (the caller says which object bears it)."""
+
+
 def _read_restore(text: Any) -> dict[str, Any]:
-    """The restore annotation's JSON; an unreadable one restores nothing (the default shapes)."""
+    """The restore annotation's JSON; an unreadable one restores nothing (the default shapes).
+    One nested more than documents may be (`nesting.MAX_DEPTH`) is an error, whatever the stack
+    would have allowed: Python's recursion limit read 986 levels in one process and not in a
+    worker of the pool."""
     try:
         value = json.loads(text) if isinstance(text, str) else {}
+        too_deep = nesting.deeper_than(value, nesting.MAX_DEPTH)
+    except RecursionError:  # far deeper than MAX_DEPTH, wherever the stack stands
+        too_deep = True
     except ValueError:
         return {}
+    if too_deep:
+        raise RestoreError(
+            f"its {c.RESTORE_ANNOTATION} annotation is nested too deeply to read "
+            "(is it what kubectl mesh inject wrote?)"
+        )
     return value if isinstance(value, dict) else {}
 
 

@@ -23,12 +23,22 @@ from pathlib import Path
 import pytest
 
 from kubectl_mesh import manifests
-from kubectl_mesh.commands.transform import CHUNK_BYTES, POOL_ENV, POOL_THRESHOLD, idle_workers
+from kubectl_mesh.commands.transform import (
+    CHUNK_BYTES,
+    POOL_ENV,
+    POOL_THRESHOLD,
+    cgroup_v1_cpus,
+    cgroup_v2_cpus,
+    cpus_allowed,
+    idle_workers,
+    own_cgroups,
+)
 from tests.support.big_manifests import run_inject, write_manifests
 
 VENV_BIN = Path(sys.executable).parent
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
-TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the pool needs two CPUs")
+CPUS = cpus_allowed(len(os.sched_getaffinity(0)))  # what the pool sees: the affinity and the quota
+TWO_CPUS = pytest.mark.skipif(CPUS < 2, reason="the pool needs two CPUs")
 
 
 def inject(
@@ -225,7 +235,7 @@ def test_a_small_input_pays_no_pool_and_a_large_one_uses_every_cpu(tmp_path: Pat
     run = run_inject(small, out, forced)
     assert run.returncode == 0 and run.processes == 1, run
     run = run_inject(large, out, forced)
-    assert run.returncode == 0 and run.processes == 1 + len(os.sched_getaffinity(0)), run
+    assert run.returncode == 0 and run.processes == 1 + CPUS, run
     assert out.read_bytes().count(b"\n---\n") + 1 == large.read_bytes().count(b"---\n")
 
 
@@ -236,6 +246,58 @@ def test_the_pool_takes_only_the_cpus_the_load_leaves_room_for() -> None:
     assert idle_workers(2, 2.1) == 1 and idle_workers(2, 5.5) == 1
     assert idle_workers(8, 0.0) == 8 and idle_workers(8, 7.5) == 2 and idle_workers(8, 3.0) == 7
     assert idle_workers(1, 0.0) == 1
+
+
+def test_a_cpu_quota_is_read_from_the_cgroup_files_text() -> None:
+    """Pure: cgroup v2's cpu.max and v1's cfs quota and period, as CPUs (rounded up: 1.5 CPUs
+    of quota can keep two workers busy half the time each); None where there is no quota or the
+    text is not one."""
+    assert cgroup_v2_cpus("max 100000\n") is None
+    assert cgroup_v2_cpus("100000 100000\n") == 1 and cgroup_v2_cpus("200000 100000\n") == 2
+    assert cgroup_v2_cpus("150000 100000\n") == 2 and cgroup_v2_cpus("50000 100000") == 1
+    assert cgroup_v2_cpus("1000 100000\n") == 1  # a hundredth of a CPU is still one worker
+    for junk in ("", "max", "100000", "x 100000", "100000 0", "-5 100000", "1 2 3"):
+        assert cgroup_v2_cpus(junk) is None, junk
+    assert cgroup_v1_cpus("-1\n", "100000\n") is None
+    assert cgroup_v1_cpus("100000\n", "100000\n") == 1 and cgroup_v1_cpus("250000\n", "100000\n") == 3
+    assert cgroup_v1_cpus("x", "100000") is None and cgroup_v1_cpus("100000", "0") is None
+
+
+def test_the_pool_takes_no_more_cpus_than_the_quota(tmp_path: Path) -> None:
+    """A pod limited to 1 CPU (cgroup v2 or v1) gets no pool of 2 workers: CPUs are the
+    affinity's, capped by the quota; a machine without cgroup files keeps the affinity's. The
+    process's own cgroup is read first, the mount's top after (a container's own cgroup)."""
+    assert cpus_allowed(4, tmp_path, "") == 4
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    assert cpus_allowed(4, tmp_path, "") == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpus_allowed(4, tmp_path, "") == 4
+    (tmp_path / "cpu.max").write_text("800000 100000\n")
+    assert cpus_allowed(4, tmp_path, "") == 4
+    (tmp_path / "system.slice" / "job").mkdir(parents=True)
+    (tmp_path / "system.slice" / "job" / "cpu.max").write_text("100000 100000\n")
+    assert cpus_allowed(4, tmp_path, "0::/system.slice/job\n") == 1
+    assert cpus_allowed(4, tmp_path, "0::/elsewhere\n") == 4  # not below this mount: its top
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpus_allowed(2, v1, "") == 1
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpus_allowed(2, v1, "") == 2
+    (v1 / "cpu" / "docker" / "c1").mkdir(parents=True)
+    (v1 / "cpu" / "docker" / "c1" / "cpu.cfs_quota_us").write_text("50000\n")
+    (v1 / "cpu" / "docker" / "c1" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpus_allowed(2, v1, "5:memory:/x\n4:cpu,cpuacct:/docker/c1\n0::/\n") == 1
+
+
+def test_the_process_cgroups_are_read_from_proc_self_cgroup() -> None:
+    """Pure: /proc/self/cgroup's text as (v2 path, v1 cpu path)."""
+    assert own_cgroups("0::/\n") == ("", None)
+    assert own_cgroups("0::/kubepods/pod1/c2\n") == ("kubepods/pod1/c2", None)
+    text = "9:memory:/a\n2:cpuacct:/b\n1:cpu,cpuacct:/docker/c1\n0::/\n"
+    assert own_cgroups(text) == ("", "docker/c1")
+    assert own_cgroups("") == ("", None)
 
 
 def _workers_of(pid: int, deadline: float) -> list[int]:
@@ -284,3 +346,18 @@ def test_stopping_inject_stops_its_workers(tmp_path: Path, how: str, attempt: in
     assert out == b""  # the YAML waits for the end: nothing half-written
     if how == "ctrl-c":
         assert proc.returncode == 130 and b"Traceback" not in err, err[-500:]
+
+
+@pytest.mark.parametrize("setting", ["1:x", "1:300:0", "1:300:-2", "1:300:nan", "1:300:2:9", "x"])
+def test_a_bad_pool_setting_is_one_line(tmp_path: Path, setting: str) -> None:
+    """$KUBECTL_MESH_INJECT_POOL is for tests and the bench, but a bad one is still one line and
+    status 1, nothing on stdout; its deadline field (SECONDS) must be a positive number."""
+    path = tmp_path / "in.yaml"
+    path.write_text(deployments(0, 2))
+    done = inject([str(path)], setting)
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode() == (
+        f"error: ${POOL_ENV} must be THRESHOLD:CHUNK in bytes (and :SECONDS a piece may take), or off; "
+        f"not {setting!r}\n"
+    )
+    assert inject([str(path)], "1:300:0.5").returncode == 0

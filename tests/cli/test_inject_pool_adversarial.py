@@ -307,3 +307,101 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and err == b"", err[-500:]
     assert not [pid for pid in seen if _alive(pid)]
+
+
+@TWO_CPUS
+@pytest.mark.slow
+def test_a_stopped_worker_is_given_up_on_and_the_output_is_one_process(
+    six_mb: tuple[Path, subprocess.CompletedProcess[bytes]],
+) -> None:
+    """A worker SIGSTOPped mid-run (or stuck in a piece) answers nothing, and is not dead: the
+    parent waited for its piece for ever. Each piece now has a deadline (here 2 s, through
+    $KUBECTL_MESH_INJECT_POOL's third field; by default tens of seconds): past it the parent
+    stops the pool, kills the workers and reads the rest itself. The YAML and report are one
+    process's, within a bound, and no worker is left alive or stopped."""
+    source, one = six_mb
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "kubectl-mesh"), "inject", str(source)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, POOL_ENV: "1:65536:2"},
+    )  # fmt: skip
+    workers = _workers(proc, time.monotonic() + 20)
+    time.sleep(0.3)
+    os.kill(workers[0], signal.SIGSTOP)
+    assert proc.poll() is None, "the run ended before its worker was stopped: nothing was tested"
+    seen = set(workers)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        seen |= set(_children(proc.pid))
+        proc.kill()
+        proc.communicate()
+        for pid in seen:
+            os.kill(pid, signal.SIGKILL)
+        raise AssertionError("the command hung on a stopped worker") from None
+    assert proc.returncode == 0, err[-500:]
+    assert err == one.stderr
+    assert out == one.stdout
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in seen) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in seen if _alive(pid)]  # not alive, and so not stopped either
+
+
+def _json_deeper_and_deeper(start: int, stop: int) -> str:
+    """As `_deeper_and_deeper`, as a JSON stream: one ConfigMap per depth, `depth` containers."""
+    return "".join(
+        '{"kind": "ConfigMap", "data": {"a": ' + "[" * (d - 2) + "]" * (d - 2) + "}}\n"
+        for d in range(start, stop)
+    )
+
+
+def test_json_inputs_are_held_to_the_depth_yaml_is(tmp_path: Path) -> None:
+    """A JSON input is read whole by json, not by the YAML reader that counts depth: 400 levels
+    passed where YAML refuses 257, and past about 990 it was Python's recursion limit that
+    refused. Now the same rule: 256 pass, 257 fail, named as YAML names them; and 100,000 levels
+    are one line, status 1, no traceback."""
+    path = tmp_path / "deep.json"
+    path.write_text(_json_deeper_and_deeper(manifests.MAX_DEPTH - 5, manifests.MAX_DEPTH + 1))
+    assert same_as_one_process([str(path)], chunk=1).returncode == 0
+    path.write_text(_json_deeper_and_deeper(manifests.MAX_DEPTH - 5, manifests.MAX_DEPTH + 400))
+    done = same_as_one_process([str(path)], chunk=1)
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode() == f"error: {manifests.too_deep(str(path), 7)}\n"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    done = same_as_one_process([str(path)], chunk=1)
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode() == f"error: {manifests.too_deep(str(path), 1)}\n"
+
+
+def _pod_restoring(annotation: str, count: int = 2) -> str:
+    """Injected pods (their proxy, their mark) whose restore annotation is `annotation`."""
+    pod = (
+        "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p{n}\n  annotations:\n"
+        "    kubectl-mesh.io/injected-by: kubectl-mesh/0\n    kubectl-mesh.io/restore: '{a}'\n"
+        "spec:\n  containers:\n  - {{name: app, image: app}}\n  - {{name: mesh-proxy, image: proxy}}\n"
+    )
+    return "".join(pod.format(n=n, a=annotation) for n in range(count))
+
+
+@TWO_CPUS
+@pytest.mark.parametrize("depth", [manifests.MAX_DEPTH + 1, 986, 100_000])
+def test_a_restore_annotation_nested_too_deeply_is_one_line_in_the_pool_as_in_one_process(
+    tmp_path: Path, depth: int
+) -> None:
+    """`uninject` reads the restore annotation with json, which Python's recursion limit bounded:
+    986 levels were read in one process and refused in the pool (its stack is deeper), and the
+    error blamed the document. Now the annotation is held to the documents' 256 levels: past
+    them, one line naming the file, the document and the annotation, status 1, no traceback, in
+    the pool as in one process; at 256 it is read (a list, not a restore record: nothing to put
+    back)."""
+    path = tmp_path / "in.yaml"
+    path.write_text(_pod_restoring("[" * manifests.MAX_DEPTH + "]" * manifests.MAX_DEPTH))
+    done = same_as_one_process([str(path)], chunk=1, command="uninject")
+    assert done.returncode == 0 and done.stderr == b'pod "p0" uninjected\npod "p1" uninjected\n'
+    path.write_text(deployments(0, 2) + _pod_restoring("[" * depth + "]" * depth))
+    done = same_as_one_process([str(path)], chunk=1, command="uninject")
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode() == (
+        f"error: {path}: document 3: its kubectl-mesh.io/restore annotation is nested too deeply to read "
+        "(is it what kubectl mesh inject wrote?)\n"
+    )

@@ -31,10 +31,10 @@ from kubectl_mesh.commands.inject import INJECTED_BY
 from kubectl_mesh.commands.transform import POOL_ENV, Outcome, Target, transform_documents
 from kubectl_mesh.inject import MeshConfig, inject_pod, shared
 from kubectl_mesh.inject.shared import is_shared
+from tests.cli.test_inject_pool import TWO_CPUS
 
 VENV_BIN = Path(sys.executable).parent
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
-TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the pool needs two CPUs")
 LOCK = "mesh-init-xtables-lock"
 
 
