@@ -1,0 +1,159 @@
+"""An adversarial review of the HTTP/2 bounds (the 100-field limit, upstream blocks decoded
+through past 32 KiB, the WINDOW_UPDATE and empty-DATA budgets, the end of a stream).
+
+Oracles: an unbounded `hpack.Decoder` on the same bytes (the fields and the dynamic table an
+upstream's encoder holds), the CPU one decode takes; through a real proxy process, what the
+backend received and each client's own response. Every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import hpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proxy import h2rules, hpack_nghttp2
+
+
+def _through_decoders() -> list[Any]:
+    """The decoders an upstream connection may hold (`decode_through`): hpack's, and nghttp2's
+    when the library is there (a block over 64 KiB goes to hpack's through it)."""
+    decoders: list[Any] = [hpack_nghttp2.ThroughDecoder()]
+    if hpack_nghttp2.load():
+        decoders.append(hpack_nghttp2.Decoder())
+        decoders[-1].through = True
+    for decoder in decoders:
+        decoder.max_header_list_size = h2rules.MAX_HEADER_LIST_SIZE
+    return decoders
+
+
+@pytest.mark.parametrize("kind", ["python", "nghttp2"])
+def test_a_block_of_tiny_literals_past_the_limit_decodes_in_linear_time(kind: str) -> None:
+    """An upstream's block of 2-byte literals (a name from the static table, an empty value),
+    1 MiB of them (what h2 buffers: HEADERS and 64 CONTINUATIONs of 16 KiB), past the 32 KiB
+    limit: decoded through to keep the table in step, it must cost one pass. hpack copied the
+    rest of the block for each literal (`_decode_literal` turns its memoryview into bytes), so
+    the CPU grew with the square of the block: 14 to 44 s for this one, measured, all of it in
+    the proxy's one process while every client waited."""
+    decoders = _through_decoders()
+    if kind == "nghttp2" and len(decoders) == 1:
+        pytest.skip("libnghttp2.so.14 is not installed")
+    decoder = decoders[0 if kind == "python" else 1]
+    block = b"\x01\x00" * (512 * 1024)  # literal without indexing, name :authority, value ""
+    started = time.process_time()
+    fields = decoder.decode(block, raw=True)
+    spent = time.process_time() - started
+    assert fields[-1] is hpack_nghttp2.OVER_LIMIT
+    assert [tuple(f) for f in fields[:-1]] == [(b":authority", b"")] * (len(fields) - 1)
+    assert spent < 4.0, spent
+
+
+def _int(value: int, prefix: int, first: int) -> bytes:
+    encoded = bytearray(hpack.hpack.encode_integer(value, prefix))
+    encoded[0] |= first
+    return bytes(encoded)
+
+
+def _string(value: bytes, huffman: bool) -> bytes:
+    if huffman:
+        coded = hpack.huffman.HuffmanEncoder(
+            hpack.huffman_constants.REQUEST_CODES, hpack.huffman_constants.REQUEST_CODES_LENGTH
+        ).encode(value)
+        return _int(len(coded), 7, 0x80) + coded
+    return _int(len(value), 7, 0) + value
+
+
+# One representation of RFC 7541 §6: (kind, index, name, value, huffman). Values up to 30 KB so
+# that a block passes 32 KiB within a few fields (and 64 KiB, hpack's part); indexes past 61
+# reach the dynamic table, entries added in the same block (after the limit too) and beyond its
+# end (a decoding error either way).
+_VALUES = st.builds(
+    lambda n, c: c * n,
+    st.sampled_from([0, 1, 5, 1000, 4000, 9000, 30000]),
+    st.sampled_from([b"a", b"{", b"\x00"]),
+)
+_FIELD = st.tuples(
+    st.sampled_from(["indexed", "incremental", "incremental", "without", "never", "size"]),
+    st.integers(1, 66),
+    st.binary(min_size=1, max_size=6),
+    _VALUES,
+    st.booleans(),
+)
+
+
+def _encode(ops: list[Any]) -> bytes:
+    out = bytearray()
+    for kind, index, name, value, huffman in ops:
+        if kind == "indexed":
+            out += _int(index, 7, 0x80)
+        elif kind == "size":
+            out += _int(index * 64, 5, 0x20)  # 0 to 5,120: over 4,096 is refused
+        else:
+            prefix, first = {"incremental": (6, 0x40), "without": (4, 0x00), "never": (4, 0x10)}[kind]
+            if index % 3:  # a name from the table
+                out += _int(index, prefix, first)
+            else:
+                out += bytes([first]) + _string(name, huffman)
+            out += _string(value, huffman)
+    return bytes(out)
+
+
+def _decode(decoder: Any, block: bytes) -> Any:
+    try:
+        return [
+            (bytes(f[0]), bytes(f[1]), isinstance(f, hpack.NeverIndexedHeaderTuple))
+            for f in decoder.decode(block, raw=True)
+        ]
+    except hpack.HPACKError:
+        return "refused"
+
+
+def _size(fields: list[Any]) -> int:
+    return sum(32 + len(name) + len(value) for name, value, _ in fields)
+
+
+def _table(decoder: Any) -> list[tuple[bytes, bytes]]:
+    """The dynamic table, newest first, whichever coder holds it."""
+    if isinstance(decoder, hpack_nghttp2.Decoder):
+        lib, ffi, inflater = hpack_nghttp2._lib, hpack_nghttp2._ffi, decoder._inflater
+        count = lib.nghttp2_hd_inflate_get_num_table_entries(inflater)
+        entries = [lib.nghttp2_hd_inflate_get_table_entry(inflater, i) for i in range(62, count + 1)]
+        return [(ffi.buffer(e.name, e.namelen)[:], ffi.buffer(e.value, e.valuelen)[:]) for e in entries]
+    return [(bytes(n), bytes(v)) for n, v in decoder.header_table.dynamic_entries]
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+@given(blocks=st.lists(st.lists(_FIELD, max_size=30), min_size=1, max_size=4))
+def test_decoding_through_keeps_the_table_an_unbounded_decoder_keeps(blocks: list[Any]) -> None:
+    """Blocks of every representation (indexes to entries added after the limit, size updates,
+    Huffman data, never-indexed fields), each decoded by an unbounded `hpack.Decoder` (the
+    upstream encoder's table, the oracle) and by the decoders an upstream connection holds: a
+    list under 32 KiB is the same, one over it the same fields up to the limit then OVER_LIMIT,
+    a block one refuses the others refuse, and after each block the dynamic tables are equal."""
+    oracle = hpack.Decoder(max_header_list_size=1 << 30)
+    decoders = _through_decoders()
+    for ops in blocks:
+        block = _encode(ops)
+        expected = _decode(oracle, block)
+        for decoder in decoders:
+            got = _decode(decoder, block)
+            if expected == "refused" or got == "refused":
+                assert got == expected, (type(decoder).__name__, got, expected)
+                return  # the connection ends: no later block is read
+            if got and got[-1][:2] == hpack_nghttp2.OVER_LIMIT:
+                kept = got[:-1]
+                assert kept == expected[: len(kept)]
+                assert sum(32 + len(n) + len(v) for n, v, _ in expected) > h2rules.MAX_HEADER_LIST_SIZE
+                assert (
+                    sum(32 + len(n) + len(v) for n, v, _ in expected[: len(kept) + 1])
+                    > h2rules.MAX_HEADER_LIST_SIZE
+                )
+            else:
+                assert got == expected, type(decoder).__name__
+            assert _table(decoder) == _table(oracle), type(decoder).__name__
