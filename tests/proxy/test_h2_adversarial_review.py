@@ -17,6 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy import h2rules, hpack_nghttp2
+from tests.proxy import test_h2_adversarial_streams as streams
+from tests.proxy.test_h2_adversarial_streams import Backend
+from tests.proxy.test_proxy_h2_deadlines import Client
+from tests.support.proxy_process import ProxyProcess
+
+# The scripted h2 backend and a proxy in front of it (test_h2_adversarial_streams.py's fixtures).
+backend, proxy = streams.backend, streams.proxy
 
 
 def _through_decoders() -> list[Any]:
@@ -157,3 +164,25 @@ def test_decoding_through_keeps_the_table_an_unbounded_decoder_keeps(blocks: lis
             else:
                 assert got == expected, type(decoder).__name__
             assert _table(decoder) == _table(oracle), type(decoder).__name__
+
+
+def test_a_cookie_in_200_crumbs_is_one_field_and_reaches_the_backend_whole(
+    backend: Backend, proxy: ProxyProcess
+) -> None:
+    """RFC 9113 §8.2.3 lets a client split `cookie` into crumbs (browsers do, for HPACK's sake):
+    200 crumbs are the one `Cookie` field HTTP/1 would carry and Envoy's codec joins them into,
+    so the 100-field bound must count them once. Without the mesh the backend gets them all;
+    through it, it must too, not a 431. (Before: 431, and the backend never saw the request.)
+    100 other fields beside them are still refused."""
+    client = Client(proxy.inbound)
+    try:
+        crumbs = [(b"cookie", b"c%d=v" % i) for i in range(200)]
+        sid = client.request("/echo-header", extra=[*crumbs, (b"x-pad", b"crumbs")])
+        over = client.request("/ok", extra=[crumbs[0], *[(b"x-f%d" % i, b"v") for i in range(96)]])
+        client.run(5, until=lambda: client.got[sid].ended_at and client.got[over].ended_at)
+        assert (client.got[sid].status, client.got[sid].headers.get(b"x-echo")) == (200, b"crumbs")
+        (seen,) = backend.by_path("/echo-header")
+        assert seen.headers["cookie"] == "; ".join("c%d=v" % i for i in range(200))  # h2 joins them
+        assert client.got[over].status == 431 and backend.by_path("/ok") == []
+    finally:
+        client.close()
