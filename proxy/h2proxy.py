@@ -944,7 +944,7 @@ class Session(Side):
             elif not event.data:
                 return
         elif isinstance(event, h2.events.TrailersReceived):
-            if len(event.headers) > h2rules.MAX_HEADER_FIELDS:
+            if h2rules.too_many_fields(event.headers):
                 stream.too_many_fields()
                 return
             stream.to_up.append((TRAILERS, h2rules.split_trailers(event.headers)[0], 0))
@@ -977,7 +977,7 @@ class Session(Side):
                 proxy.attach(self.client, peer)
         stream = Stream(self, sid, head, proxy.authority_label(authority_bytes), peer)
         self.streams[sid] = stream
-        if len(headers) > h2rules.MAX_HEADER_FIELDS:
+        if h2rules.too_many_fields(headers):
             stream.too_many_fields()  # answered and forgotten: its end, if it came, is moot
             return
         if ended:
