@@ -13,6 +13,7 @@ from typing import Any
 
 import hpack
 import pytest
+from h2.errors import ErrorCodes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -184,5 +185,38 @@ def test_a_cookie_in_200_crumbs_is_one_field_and_reaches_the_backend_whole(
         (seen,) = backend.by_path("/echo-header")
         assert seen.headers["cookie"] == "; ".join("c%d=v" % i for i in range(200))  # h2 joins them
         assert client.got[over].status == 431 and backend.by_path("/ok") == []
+    finally:
+        client.close()
+
+
+def test_a_request_refused_431_while_its_body_arrives_is_told_to_stop_and_its_window_comes_back(
+    backend: Backend, proxy: ProxyProcess
+) -> None:
+    """A POST of 101 fields whose body is still coming: answered 431 at once, the backend never
+    sees it, and the client may go on sending: every byte it sends is acknowledged (192 KiB,
+    three stream windows, go through), and, its answer whole, it is asked to stop with
+    RST_STREAM NO_ERROR (RFC 9113 §8.1), as when an upstream answers early, so the stream does
+    not stay open in the proxy's h2, holding one of the connection's 100, until the client ends
+    a body no one reads. The connection's next stream goes on."""
+    client = Client(proxy.inbound)
+    try:
+        sid = client.request("/sink", end=False, extra=[(b"x-f%d" % i, b"v") for i in range(97)])
+        client.run(5, until=lambda: client.got[sid].ended_at)
+        sent, deadline = 0, time.monotonic() + 10
+        while sent < 192 * 1024 and time.monotonic() < deadline and client.got[sid].reset is None:
+            room = min(client.conn.local_flow_control_window(sid), 16384, 192 * 1024 - sent)
+            if room > 0:
+                client.conn.send_data(sid, b"d" * room)
+                client.sock.sendall(client.conn.data_to_send())
+                sent += room
+            client.run(0.05, until=lambda: False)
+        client.run(1, until=lambda: client.got[sid].reset is not None)
+        got = client.got[sid]
+        assert (got.status, got.body) == (431, b"")
+        assert got.reset == ErrorCodes.NO_ERROR, (got.reset, sent)
+        assert backend.by_path("/sink") == []
+        after = client.request("/echo-header", extra=[(b"x-pad", b"after")])
+        client.run(5, until=lambda: client.got[after].ended_at)
+        assert client.got[after].headers.get(b"x-echo") == b"after"
     finally:
         client.close()
