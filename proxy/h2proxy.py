@@ -620,6 +620,11 @@ class Stream:
                 try:
                     fields = h2rules.failure_response(status, self.head.grpc, reason or error)
                     session.conn.send_headers(self.sid, fields, end_stream=True)
+                    if not session.conn.streams[self.sid].closed:
+                        # The request is still arriving: answered whole, the client is asked to
+                        # stop (RFC 9113 §8.1), or it would send a body no one reads, its stream
+                        # open in h2 (one of the connection's 100) until it ends it.
+                        session.conn.reset_stream(self.sid, ErrorCodes.NO_ERROR)
                     session.pull()
                 except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                     pass
