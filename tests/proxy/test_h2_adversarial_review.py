@@ -8,6 +8,7 @@ backend received and each client's own response. Every loop is bounded in count 
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -16,13 +17,16 @@ import pytest
 from h2.errors import ErrorCodes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hyperframe.frame import GoAwayFrame, HeadersFrame, SettingsFrame, WindowUpdateFrame
 
 from proxy import h2rules, hpack_nghttp2
 from tests.proxy import test_h2_adversarial_streams as streams
 from tests.proxy.test_h2_adversarial_streams import Backend
 from tests.proxy.test_proxy_h2_deadlines import Client
+from tests.support.h2wire import parse_frames
 from tests.support.proxy_process import ProxyProcess
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # The scripted h2 backend and a proxy in front of it (test_h2_adversarial_streams.py's fixtures).
 backend, proxy = streams.backend, streams.proxy
 
@@ -220,3 +224,39 @@ def test_a_request_refused_431_while_its_body_arrives_is_told_to_stop_and_its_wi
         assert client.got[after].headers.get(b"x-echo") == b"after"
     finally:
         client.close()
+
+
+def test_a_stream_id_jump_does_not_buy_a_window_update_flood(backend: Backend, proxy: ProxyProcess) -> None:
+    """Envoy's WINDOW_UPDATE allowance grows by 2 per stream opened; stream IDs may skip, and the
+    allowance was reckoned from the highest ID: one stream opened as 2^31 - 1 counted as a
+    billion streams, so 2 billion WINDOW_UPDATEs went by unanswered. One stream is one: the
+    flood gets GOAWAY ENHANCE_YOUR_CALM within a few dozen frames, counted `window_update_flood`."""
+    sock = socket.create_connection(("127.0.0.1", proxy.inbound), timeout=5)
+    try:
+        block = hpack.Encoder().encode(
+            [(":method", "POST"), (":scheme", "http"), (":path", "/sink"), (":authority", "x")]
+        )
+        top = 2**31 - 1
+        sock.sendall(
+            PREFACE
+            + SettingsFrame(0).serialize()
+            + HeadersFrame(top, block, flags=["END_HEADERS"]).serialize()
+        )
+        batch = b"".join(WindowUpdateFrame(0, window_increment=1).serialize() for _ in range(20))
+        raw, sent = b"", 0
+        sock.settimeout(0.2)
+        while sent < 4000 and not any(isinstance(f, GoAwayFrame) for f in parse_frames(raw)):
+            try:
+                sock.sendall(batch)
+                sent += 20
+                raw += sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        goaways = [f for f in parse_frames(raw) if isinstance(f, GoAwayFrame)]
+        assert goaways and goaways[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM, sent
+        assert sent <= 100
+        assert proxy.value("h2_connection_errors_total", error="window_update_flood") == 1
+    finally:
+        sock.close()
