@@ -183,6 +183,7 @@ class _Connection(h2.connection.H2Connection):
         self._walked = {0: (0, 0), 1: (0, 0)}  # parity: (open streams at the last walk, highest id then)
         self._closed_streams = _ResetsOnly(size_limit=self.MAX_CLOSED_STREAMS)
         self.data_frames_sent = 0
+        self.streams_opened = 0  # both ways; not the highest ID, which a peer may jump to 2^31 - 1
         self.window_updates = 0  # WINDOW_UPDATE frames received, every stream (closed ones too)
         self._window_updates_allowed = h2rules.window_updates_allowed(0, 0)
 
@@ -190,13 +191,19 @@ class _Connection(h2.connection.H2Connection):
         self.data_frames_sent += 1  # what the peer may acknowledge (window_updates_allowed)
         super().send_data(stream_id, data, end_stream, pad_length)
 
+    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        self.streams_opened += 1
+        return stream
+
     def _receive_window_update_frame(self, frame: Any) -> Any:
         """Every WINDOW_UPDATE is counted here, as it is read, even on a stream h2 forgot (it
         emits no event for those): over the budget, the frames after it are not even parsed."""
         self.window_updates += 1
         if self.window_updates > self._window_updates_allowed:  # the allowance only grows: recount
-            opened = (self.highest_inbound_stream_id + self.highest_outbound_stream_id + 1) // 2
-            self._window_updates_allowed = h2rules.window_updates_allowed(opened, self.data_frames_sent)
+            self._window_updates_allowed = h2rules.window_updates_allowed(
+                self.streams_opened, self.data_frames_sent
+            )
             if self.window_updates > self._window_updates_allowed:
                 raise _WindowUpdateFlood("WINDOW_UPDATE flood")
         return super()._receive_window_update_frame(frame)
