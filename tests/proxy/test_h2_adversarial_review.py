@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 from typing import Any
+
+import h2.events
 
 import hpack
 import pytest
@@ -21,10 +24,11 @@ from hyperframe.frame import GoAwayFrame, HeadersFrame, SettingsFrame, WindowUpd
 
 from proxy import h2rules, hpack_nghttp2
 from tests.proxy import test_h2_adversarial_streams as streams
+from tests.proxy.h2_backend import Seen
 from tests.proxy.test_h2_adversarial_streams import Backend
 from tests.proxy.test_proxy_h2_deadlines import Client
 from tests.support.h2wire import parse_frames
-from tests.support.proxy_process import ProxyProcess
+from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # The scripted h2 backend and a proxy in front of it (test_h2_adversarial_streams.py's fixtures).
@@ -260,3 +264,50 @@ def test_a_stream_id_jump_does_not_buy_a_window_update_flood(backend: Backend, p
         assert proxy.value("h2_connection_errors_total", error="window_update_flood") == 1
     finally:
         sock.close()
+
+
+class FloodingBackend(Backend):
+    """Backend, and `/wu-flood`: no answer, 300 WINDOW_UPDATEs of 1 on the connection instead."""
+
+    def _on_event(self, conn: Any, event: Any, seen: dict[int, Any], ticks: list[Any]) -> None:
+        if isinstance(event, h2.events.RequestReceived) and dict(event.headers).get(":path") == "/wu-flood":
+            seen[event.stream_id] = Seen("/wu-flood", dict(event.headers))
+            with self.lock:
+                self.streams.append(seen[event.stream_id])
+            for _ in range(300):
+                conn.increment_flow_control_window(1)
+            return
+        super()._on_event(conn, event, seen, ticks)
+
+
+def test_an_upstream_window_update_flood_ends_its_own_connection_and_every_stream_on_it_is_answered(
+    tmp_path: Path,
+) -> None:
+    """An upstream that floods WINDOW_UPDATEs for nothing it was sent: its connection ends
+    (counted `window_update_flood`, inbound), and each client stream it carried is answered,
+    none left open: the flooded request a 502 (no head came), a download under way on the same
+    connection a reset. The next request opens a new connection and is answered."""
+    backend = FloodingBackend()
+    proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{backend.port}", identity=SERVER_ID)
+    client, bystander = Client(proxy.inbound), Client(proxy.inbound)
+    try:
+        tick = bystander.request("/tick")
+        bystander.run(1, until=lambda: False)
+        sid = client.request("/wu-flood")
+        client.run(5, until=lambda: client.got[sid].ended_at)
+        bystander.run(5, until=lambda: bystander.got[tick].ended_at)
+        assert (client.got[sid].status, client.got[sid].reset) == (502, None)
+        got = bystander.got[tick]
+        assert got.ended_at and (got.status, got.reset) == (200, ErrorCodes.INTERNAL_ERROR), got
+        assert (
+            proxy.value("h2_connection_errors_total", direction="inbound", error="window_update_flood") == 1
+        )
+        after = client.request("/echo-header", extra=[(b"x-pad", b"after")])
+        client.run(5, until=lambda: client.got[after].ended_at)
+        assert client.got[after].headers.get(b"x-echo") == b"after" and backend.connections == 2
+        assert proxy.value("response_total", error="reset") == 2
+    finally:
+        client.close()
+        bystander.close()
+        proxy.stop()
+        backend.stop()
