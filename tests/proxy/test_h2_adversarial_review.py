@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import h2.events
-
 import hpack
 import pytest
 from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame, HeadersFrame, SettingsFrame, WindowUpdateFrame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hyperframe.frame import GoAwayFrame, HeadersFrame, SettingsFrame, WindowUpdateFrame
 
 from proxy import h2rules, hpack_nghttp2
 from tests.proxy import test_h2_adversarial_streams as streams
@@ -191,7 +190,7 @@ def test_a_cookie_in_200_crumbs_is_one_field_and_reaches_the_backend_whole(
         client.run(5, until=lambda: client.got[sid].ended_at and client.got[over].ended_at)
         assert (client.got[sid].status, client.got[sid].headers.get(b"x-echo")) == (200, b"crumbs")
         (seen,) = backend.by_path("/echo-header")
-        assert seen.headers["cookie"] == "; ".join("c%d=v" % i for i in range(200))  # h2 joins them
+        assert seen.headers["cookie"] == "; ".join(f"c{i}=v" for i in range(200))  # h2 joins them
         assert client.got[over].status == 431 and backend.by_path("/ok") == []
     finally:
         client.close()
