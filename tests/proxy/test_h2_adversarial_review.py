@@ -9,6 +9,7 @@ backend received and each client's own response. Every loop is bounded in count 
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -310,3 +311,25 @@ def test_an_upstream_window_update_flood_ends_its_own_connection_and_every_strea
         bystander.close()
         proxy.stop()
         backend.stop()
+
+
+def test_real_clients_with_tiny_windows_acknowledging_every_frame_are_never_cut(
+    backend: Backend, proxy: ProxyProcess
+) -> None:
+    """A well-behaved peer's WINDOW_UPDATEs follow what it was sent: h2load with 1 KiB stream
+    windows (`-w 10`: every DATA frame the proxy sends it is 1 KiB, acknowledged one by one)
+    downloads 8 × 1 MiB over one connection, and curl downloads 1 MiB with prior knowledge:
+    every byte arrives, and nothing is counted as a flood."""
+    out = subprocess.run(
+        ["h2load", "-w", "10", "-W", "16", "-n", "8", "-c", "1", "-m", "4", proxy.url("/big")],
+        capture_output=True, text=True, timeout=120, check=False,
+    ).stdout  # fmt: skip
+    assert "requests: 8 total, 8 started, 8 done, 8 succeeded, 0 failed" in out, out
+    assert "8.00MB (8388608) data" in out, out  # every body byte arrived
+    body = subprocess.run(
+        ["curl", "-s", "--http2-prior-knowledge", "--max-time", "30", proxy.url("/big")],
+        capture_output=True, timeout=60, check=False,
+    ).stdout  # fmt: skip
+    assert body == b"b" * (1 << 20)
+    errors = {s.labels["error"]: s.value for s in proxy.samples("h2_connection_errors_total")}
+    assert not any(errors.values()), errors
