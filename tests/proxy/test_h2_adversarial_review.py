@@ -333,3 +333,49 @@ def test_real_clients_with_tiny_windows_acknowledging_every_frame_are_never_cut(
     assert body == b"b" * (1 << 20)
     errors = {s.labels["error"]: s.value for s in proxy.samples("h2_connection_errors_total")}
     assert not any(errors.values()), errors
+
+
+class EmptyFloodBackend(Backend):
+    """Backend, and `/empty-flood`: 200, then 5,000 empty DATA frames not ending the stream, then
+    b"done" with its end."""
+
+    def _on_event(self, conn: Any, event: Any, seen: dict[int, Any], ticks: list[Any]) -> None:
+        if (
+            isinstance(event, h2.events.RequestReceived)
+            and dict(event.headers).get(":path") == "/empty-flood"
+        ):
+            seen[event.stream_id] = Seen("/empty-flood", dict(event.headers))
+            with self.lock:
+                self.streams.append(seen[event.stream_id])
+            conn.send_headers(event.stream_id, [(":status", "200")])
+            for _ in range(5000):
+                conn.send_data(event.stream_id, b"")
+            conn.send_data(event.stream_id, b"done", end_stream=True)
+            return
+        super()._on_event(conn, event, seen, ticks)
+
+
+def test_an_upstream_empty_data_flood_ends_its_own_connection_as_a_clients_does(tmp_path: Path) -> None:
+    """Empty DATA frames cost no window, only CPU, from an upstream as from a client
+    (CVE-2019-9518; Envoy budgets both sides): 5,000 on one stream end that upstream connection
+    with GOAWAY ENHANCE_YOUR_CALM, counted `empty_frame_flood` inbound, and its client is
+    answered (a reset: its head went). The next request opens a new connection. (Before: all
+    5,000 were parsed and dropped, unbudgeted, in the process every client shares.)"""
+    backend = EmptyFloodBackend()
+    proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{backend.port}", identity=SERVER_ID)
+    client = Client(proxy.inbound)
+    try:
+        sid = client.request("/empty-flood")
+        client.run(5, until=lambda: client.got[sid].ended_at)
+        got = client.got[sid]
+        assert got.ended_at and (got.status, got.body, got.reset) == (200, b"", ErrorCodes.INTERNAL_ERROR), (
+            got
+        )
+        assert proxy.value("h2_connection_errors_total", direction="inbound", error="empty_frame_flood") == 1
+        after = client.request("/echo-header", extra=[(b"x-pad", b"after")])
+        client.run(5, until=lambda: client.got[after].ended_at)
+        assert client.got[after].headers.get(b"x-echo") == b"after" and backend.connections == 2
+    finally:
+        client.close()
+        proxy.stop()
+        backend.stop()
