@@ -311,6 +311,7 @@ class Side:
         self.writer: gevent.Greenlet | None = None
         self.pings = h2rules.Budget(h2rules.PING_BUDGET)
         self.settings = h2rules.Budget(h2rules.SETTINGS_BUDGET)
+        self.empties = h2rules.Budget(h2rules.EMPTY_FRAME_BUDGET)
 
     def start(self, window: int = h2rules.CONNECTION_WINDOW) -> None:
         self.conn.initiate_connection()
@@ -745,13 +746,18 @@ def _body_length_per_stream(h2stream: Any) -> None:
     h2stream._track_content_length = _no_check
 
 
-def _empty_data(src: Side, event: h2.events.DataReceived) -> None:
-    """A DATA frame with no data (its END_STREAM, if any, comes as its own event): nothing to
-    pass on. Queued, such frames cost no window and grew without bound behind a closed one
-    (CVE-2019-9518); passed on, they flooded the connection every client shares. Its padding,
-    if any, is acknowledged at once."""
+def _empty_data(src: Side, event: h2.events.DataReceived) -> bool:
+    """A DATA frame with no data: nothing to pass on (False: a flood ended `src`'s connection).
+    Queued, such frames cost no window and grew without bound behind a closed one
+    (CVE-2019-9518); passed on, they flooded the connection every client shares. They cost only
+    CPU, from a client or an upstream alike: those that do not end their stream have a budget
+    (one that ends it is how grpcio half-closes). Its padding, if any, is acknowledged at once."""
+    if event.stream_ended is None and not src.empties.spend(src.proxy.now):
+        src.fail_connection("empty_frame_flood", ErrorCodes.ENHANCE_YOUR_CALM)
+        return False
     if event.flow_controlled_length:
         src.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+    return True
 
 
 _END: Item = (END, b"", 0)
@@ -825,7 +831,6 @@ class Session(Side):
         self.goaway_last = -1  # after a drain's GOAWAY: streams above it are refused
         self.remote_goaway = False
         self.resets = h2rules.Budget(h2rules.RESET_BUDGET)
-        self.empties = h2rules.Budget(h2rules.EMPTY_FRAME_BUDGET)
         self.head_since = 0.0  # when the header block now arriving began (0: none under way)
 
     def run(self, first: bytes) -> None:
@@ -944,13 +949,8 @@ class Session(Side):
         if isinstance(event, h2.events.DataReceived):
             if event.data:
                 stream.to_up.append((DATA, event.data, event.flow_controlled_length))
-            else:
-                # CVE-2019-9518: empty frames cost no window, only CPU. One that ends its stream
-                # is how many clients end a body (grpcio's half-close); others have a budget.
-                if event.stream_ended is None and not self.empties.spend(self.proxy.now):
-                    self.fail_connection("empty_frame_flood", ErrorCodes.ENHANCE_YOUR_CALM)
-                    return
-                _empty_data(self, event)
+            elif not _empty_data(self, event):
+                return
             if event.stream_ended is not None:
                 stream.to_up.append(_END)
             elif not event.data:
@@ -1213,8 +1213,8 @@ class H2Upstream(Side):
                 stream.to_down.append((DATA, data, event.flow_controlled_length))
                 if stream.tap is not None:
                     stream.tap_bytes += len(data)
-            else:
-                _empty_data(self, event)
+            elif not _empty_data(self, event):
+                return
             if event.stream_ended is not None:
                 if stream.body_left:  # ended short of its content-length
                     stream.malformed()
