@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from proxy import h2rules, hpack_nghttp2
 from tests.proxy import test_h2_adversarial_streams as streams
-from tests.proxy.h2_backend import Seen
+from tests.proxy.h2_backend import TICKS, Seen
 from tests.proxy.test_h2_adversarial_streams import Backend
 from tests.proxy.test_proxy_h2_deadlines import Client
 from tests.support.h2wire import parse_frames
@@ -375,6 +375,56 @@ def test_an_upstream_empty_data_flood_ends_its_own_connection_as_a_clients_does(
         after = client.request("/echo-header", extra=[(b"x-pad", b"after")])
         client.run(5, until=lambda: client.got[after].ended_at)
         assert client.got[after].headers.get(b"x-echo") == b"after" and backend.connections == 2
+    finally:
+        client.close()
+        proxy.stop()
+        backend.stop()
+
+
+class HeadOnlyBackend(Backend):
+    """Backend, and `/cl-head-only`: 200 with content-length 10 and END_STREAM on the HEADERS,
+    no body (malformed, RFC 9113 §8.1.1: the DATA, none, disagree with the content-length)."""
+
+    def _on_event(self, conn: Any, event: Any, seen: dict[int, Any], ticks: list[Any]) -> None:
+        if (
+            isinstance(event, h2.events.RequestReceived)
+            and dict(event.headers).get(":path") == "/cl-head-only"
+        ):
+            seen[event.stream_id] = Seen("/cl-head-only", dict(event.headers))
+            with self.lock:
+                self.streams.append(seen[event.stream_id])
+            conn.send_headers(
+                event.stream_id, [(":status", "200"), ("content-length", "10")], end_stream=True
+            )
+            return
+        super()._on_event(conn, event, seen, ticks)
+
+
+def test_a_response_ended_by_its_headers_short_of_its_content_length_is_malformed_alone(
+    tmp_path: Path,
+) -> None:
+    """A response whose HEADERS end the stream while its content-length promises 10 bytes is as
+    malformed as one whose DATA or trailers end it short: that stream alone fails (a 502, counted
+    `bad_response`), and the same client connection's download goes on whole. (Before: passed
+    on as a whole 200 with no body, where the same short body ended by DATA or trailers was
+    reset.)"""
+    backend = HeadOnlyBackend()
+    proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{backend.port}", identity=SERVER_ID)
+    client = Client(proxy.inbound)
+    try:
+        tick = client.request("/tick")
+        client.run(0.5, until=lambda: False)
+        sid = client.request("/cl-head-only")
+        client.run(5, until=lambda: client.got[sid].ended_at or client.closed)
+        assert not client.closed
+        assert (client.got[sid].status, client.got[sid].body) == (502, b""), client.got[sid]
+        client.run(10, until=lambda: client.got[tick].ended_at)
+        assert (client.got[tick].status, client.got[tick].body, client.got[tick].reset) == (
+            200,
+            b"t" * TICKS,
+            None,
+        )
+        assert proxy.value("response_total", error="bad_response") == 1
     finally:
         client.close()
         proxy.stop()
