@@ -529,11 +529,13 @@ class Stream:
         if not 200 <= response.status <= 599:  # not a final status (RFC 9110 §15): malformed
             self.malformed()
             return
+        self.body_left = h2rules.body_length(response.fields, self.head.method, response.status)
+        if ended and self.body_left:  # ended by its HEADERS short of its content-length
+            self.malformed()
+            return
         self.latency_ms = (time.monotonic() - self.start) * 1000.0
         self.status = response.status
         self.grpc_status = response.grpc_status
-        if not ended:
-            self.body_left = h2rules.body_length(response.fields, self.head.method, self.status)
         fields = response.fields
         if session.direction == OUTBOUND:
             self.peer = proxy.dst_labels.get(response.mesh.get(MESH_DST))
