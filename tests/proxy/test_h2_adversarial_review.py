@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -266,29 +267,59 @@ def test_a_stream_id_jump_does_not_buy_a_window_update_flood(backend: Backend, p
         sock.close()
 
 
-class FloodingBackend(Backend):
-    """Backend, and `/wu-flood`: no answer, 300 WINDOW_UPDATEs of 1 on the connection instead."""
+def _wu_flood(conn: Any, sid: int) -> None:
+    for _ in range(300):  # no answer: WINDOW_UPDATEs of 1 on the connection instead
+        conn.increment_flow_control_window(1)
+
+
+def _empty_flood(conn: Any, sid: int) -> None:
+    conn.send_headers(sid, [(":status", "200")])
+    for _ in range(5000):  # empty DATA frames not ending the stream
+        conn.send_data(sid, b"")
+    conn.send_data(sid, b"done", end_stream=True)
+
+
+def _cl_head_only(conn: Any, sid: int) -> None:
+    # content-length 10 and END_STREAM on the HEADERS, no body: malformed (RFC 9113 §8.1.1)
+    conn.send_headers(sid, [(":status", "200"), ("content-length", "10")], end_stream=True)
+
+
+_SCRIPTS: dict[str, Callable[[Any, int], None]] = {
+    "/wu-flood": _wu_flood, "/empty-flood": _empty_flood, "/cl-head-only": _cl_head_only,
+}  # fmt: skip
+
+
+class ScriptedBackend(Backend):
+    """Backend, and the answers these attacks need, by path (`_SCRIPTS`)."""
 
     def _on_event(self, conn: Any, event: Any, seen: dict[int, Any], ticks: list[Any]) -> None:
-        if isinstance(event, h2.events.RequestReceived) and dict(event.headers).get(":path") == "/wu-flood":
-            seen[event.stream_id] = Seen("/wu-flood", dict(event.headers))
+        path = dict(event.headers).get(":path", "") if isinstance(event, h2.events.RequestReceived) else ""
+        if path in _SCRIPTS:
+            seen[event.stream_id] = Seen(path, dict(event.headers))
             with self.lock:
                 self.streams.append(seen[event.stream_id])
-            for _ in range(300):
-                conn.increment_flow_control_window(1)
+            _SCRIPTS[path](conn, event.stream_id)
             return
         super()._on_event(conn, event, seen, ticks)
 
 
+@pytest.fixture
+def scripted(tmp_path: Path) -> Iterator[tuple[ScriptedBackend, ProxyProcess]]:
+    backend = ScriptedBackend()
+    proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{backend.port}", identity=SERVER_ID)
+    yield backend, proxy
+    proxy.stop()
+    backend.stop()
+
+
 def test_an_upstream_window_update_flood_ends_its_own_connection_and_every_stream_on_it_is_answered(
-    tmp_path: Path,
+    scripted: tuple[ScriptedBackend, ProxyProcess],
 ) -> None:
     """An upstream that floods WINDOW_UPDATEs for nothing it was sent: its connection ends
     (counted `window_update_flood`, inbound), and each client stream it carried is answered,
     none left open: the flooded request a 502 (no head came), a download under way on the same
     connection a reset. The next request opens a new connection and is answered."""
-    backend = FloodingBackend()
-    proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{backend.port}", identity=SERVER_ID)
+    backend, proxy = scripted
     client, bystander = Client(proxy.inbound), Client(proxy.inbound)
     try:
         tick = bystander.request("/tick")
@@ -309,8 +340,6 @@ def test_an_upstream_window_update_flood_ends_its_own_connection_and_every_strea
     finally:
         client.close()
         bystander.close()
-        proxy.stop()
-        backend.stop()
 
 
 def test_real_clients_with_tiny_windows_acknowledging_every_frame_are_never_cut(
@@ -335,34 +364,15 @@ def test_real_clients_with_tiny_windows_acknowledging_every_frame_are_never_cut(
     assert not any(errors.values()), errors
 
 
-class EmptyFloodBackend(Backend):
-    """Backend, and `/empty-flood`: 200, then 5,000 empty DATA frames not ending the stream, then
-    b"done" with its end."""
-
-    def _on_event(self, conn: Any, event: Any, seen: dict[int, Any], ticks: list[Any]) -> None:
-        if (
-            isinstance(event, h2.events.RequestReceived)
-            and dict(event.headers).get(":path") == "/empty-flood"
-        ):
-            seen[event.stream_id] = Seen("/empty-flood", dict(event.headers))
-            with self.lock:
-                self.streams.append(seen[event.stream_id])
-            conn.send_headers(event.stream_id, [(":status", "200")])
-            for _ in range(5000):
-                conn.send_data(event.stream_id, b"")
-            conn.send_data(event.stream_id, b"done", end_stream=True)
-            return
-        super()._on_event(conn, event, seen, ticks)
-
-
-def test_an_upstream_empty_data_flood_ends_its_own_connection_as_a_clients_does(tmp_path: Path) -> None:
+def test_an_upstream_empty_data_flood_ends_its_own_connection_as_a_clients_does(
+    scripted: tuple[ScriptedBackend, ProxyProcess],
+) -> None:
     """Empty DATA frames cost no window, only CPU, from an upstream as from a client
     (CVE-2019-9518; Envoy budgets both sides): 5,000 on one stream end that upstream connection
     with GOAWAY ENHANCE_YOUR_CALM, counted `empty_frame_flood` inbound, and its client is
     answered (a reset: its head went). The next request opens a new connection. (Before: all
     5,000 were parsed and dropped, unbudgeted, in the process every client shares.)"""
-    backend = EmptyFloodBackend()
-    proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{backend.port}", identity=SERVER_ID)
+    backend, proxy = scripted
     client = Client(proxy.inbound)
     try:
         sid = client.request("/empty-flood")
@@ -377,39 +387,17 @@ def test_an_upstream_empty_data_flood_ends_its_own_connection_as_a_clients_does(
         assert client.got[after].headers.get(b"x-echo") == b"after" and backend.connections == 2
     finally:
         client.close()
-        proxy.stop()
-        backend.stop()
-
-
-class HeadOnlyBackend(Backend):
-    """Backend, and `/cl-head-only`: 200 with content-length 10 and END_STREAM on the HEADERS,
-    no body (malformed, RFC 9113 §8.1.1: the DATA, none, disagree with the content-length)."""
-
-    def _on_event(self, conn: Any, event: Any, seen: dict[int, Any], ticks: list[Any]) -> None:
-        if (
-            isinstance(event, h2.events.RequestReceived)
-            and dict(event.headers).get(":path") == "/cl-head-only"
-        ):
-            seen[event.stream_id] = Seen("/cl-head-only", dict(event.headers))
-            with self.lock:
-                self.streams.append(seen[event.stream_id])
-            conn.send_headers(
-                event.stream_id, [(":status", "200"), ("content-length", "10")], end_stream=True
-            )
-            return
-        super()._on_event(conn, event, seen, ticks)
 
 
 def test_a_response_ended_by_its_headers_short_of_its_content_length_is_malformed_alone(
-    tmp_path: Path,
+    scripted: tuple[ScriptedBackend, ProxyProcess],
 ) -> None:
     """A response whose HEADERS end the stream while its content-length promises 10 bytes is as
     malformed as one whose DATA or trailers end it short: that stream alone fails (a 502, counted
     `bad_response`), and the same client connection's download goes on whole. (Before: passed
     on as a whole 200 with no body, where the same short body ended by DATA or trailers was
     reset.)"""
-    backend = HeadOnlyBackend()
-    proxy = start_proxy(tmp_path, "--inbound-forward", f"127.0.0.1:{backend.port}", identity=SERVER_ID)
+    backend, proxy = scripted
     client = Client(proxy.inbound)
     try:
         tick = client.request("/tick")
@@ -425,7 +413,6 @@ def test_a_response_ended_by_its_headers_short_of_its_content_length_is_malforme
             None,
         )
         assert proxy.value("response_total", error="bad_response") == 1
+        assert len(backend.by_path("/cl-head-only")) == 1 and backend.connections == 1
     finally:
         client.close()
-        proxy.stop()
-        backend.stop()
