@@ -183,6 +183,7 @@ class _Connection(h2.connection.H2Connection):
         self._walked = {0: (0, 0), 1: (0, 0)}  # parity: (open streams at the last walk, highest id then)
         self._closed_streams = _ResetsOnly(size_limit=self.MAX_CLOSED_STREAMS)
         self.data_frames_sent = 0
+        self.streams_opened = 0  # both ways; not the highest ID, which a peer may jump to 2^31 - 1
         self.window_updates = 0  # WINDOW_UPDATE frames received, every stream (closed ones too)
         self._window_updates_allowed = h2rules.window_updates_allowed(0, 0)
 
@@ -190,13 +191,19 @@ class _Connection(h2.connection.H2Connection):
         self.data_frames_sent += 1  # what the peer may acknowledge (window_updates_allowed)
         super().send_data(stream_id, data, end_stream, pad_length)
 
+    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> Any:
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        self.streams_opened += 1
+        return stream
+
     def _receive_window_update_frame(self, frame: Any) -> Any:
         """Every WINDOW_UPDATE is counted here, as it is read, even on a stream h2 forgot (it
         emits no event for those): over the budget, the frames after it are not even parsed."""
         self.window_updates += 1
         if self.window_updates > self._window_updates_allowed:  # the allowance only grows: recount
-            opened = (self.highest_inbound_stream_id + self.highest_outbound_stream_id + 1) // 2
-            self._window_updates_allowed = h2rules.window_updates_allowed(opened, self.data_frames_sent)
+            self._window_updates_allowed = h2rules.window_updates_allowed(
+                self.streams_opened, self.data_frames_sent
+            )
             if self.window_updates > self._window_updates_allowed:
                 raise _WindowUpdateFlood("WINDOW_UPDATE flood")
         return super()._receive_window_update_frame(frame)
@@ -304,6 +311,7 @@ class Side:
         self.writer: gevent.Greenlet | None = None
         self.pings = h2rules.Budget(h2rules.PING_BUDGET)
         self.settings = h2rules.Budget(h2rules.SETTINGS_BUDGET)
+        self.empties = h2rules.Budget(h2rules.EMPTY_FRAME_BUDGET)
 
     def start(self, window: int = h2rules.CONNECTION_WINDOW) -> None:
         self.conn.initiate_connection()
@@ -521,11 +529,13 @@ class Stream:
         if not 200 <= response.status <= 599:  # not a final status (RFC 9110 §15): malformed
             self.malformed()
             return
+        self.body_left = h2rules.body_length(response.fields, self.head.method, response.status)
+        if ended and self.body_left:  # ended by its HEADERS short of its content-length
+            self.malformed()
+            return
         self.latency_ms = (time.monotonic() - self.start) * 1000.0
         self.status = response.status
         self.grpc_status = response.grpc_status
-        if not ended:
-            self.body_left = h2rules.body_length(response.fields, self.head.method, self.status)
         fields = response.fields
         if session.direction == OUTBOUND:
             self.peer = proxy.dst_labels.get(response.mesh.get(MESH_DST))
@@ -620,6 +630,11 @@ class Stream:
                 try:
                     fields = h2rules.failure_response(status, self.head.grpc, reason or error)
                     session.conn.send_headers(self.sid, fields, end_stream=True)
+                    if not session.conn.streams[self.sid].closed:
+                        # The request is still arriving: answered whole, the client is asked to
+                        # stop (RFC 9113 §8.1), or it would send a body no one reads, its stream
+                        # open in h2 (one of the connection's 100) until it ends it.
+                        session.conn.reset_stream(self.sid, ErrorCodes.NO_ERROR)
                     session.pull()
                 except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                     pass
@@ -733,13 +748,18 @@ def _body_length_per_stream(h2stream: Any) -> None:
     h2stream._track_content_length = _no_check
 
 
-def _empty_data(src: Side, event: h2.events.DataReceived) -> None:
-    """A DATA frame with no data (its END_STREAM, if any, comes as its own event): nothing to
-    pass on. Queued, such frames cost no window and grew without bound behind a closed one
-    (CVE-2019-9518); passed on, they flooded the connection every client shares. Its padding,
-    if any, is acknowledged at once."""
+def _empty_data(src: Side, event: h2.events.DataReceived) -> bool:
+    """A DATA frame with no data: nothing to pass on (False: a flood ended `src`'s connection).
+    Queued, such frames cost no window and grew without bound behind a closed one
+    (CVE-2019-9518); passed on, they flooded the connection every client shares. They cost only
+    CPU, from a client or an upstream alike: those that do not end their stream have a budget
+    (one that ends it is how grpcio half-closes). Its padding, if any, is acknowledged at once."""
+    if event.stream_ended is None and not src.empties.spend(src.proxy.now):
+        src.fail_connection("empty_frame_flood", ErrorCodes.ENHANCE_YOUR_CALM)
+        return False
     if event.flow_controlled_length:
         src.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+    return True
 
 
 _END: Item = (END, b"", 0)
@@ -813,7 +833,6 @@ class Session(Side):
         self.goaway_last = -1  # after a drain's GOAWAY: streams above it are refused
         self.remote_goaway = False
         self.resets = h2rules.Budget(h2rules.RESET_BUDGET)
-        self.empties = h2rules.Budget(h2rules.EMPTY_FRAME_BUDGET)
         self.head_since = 0.0  # when the header block now arriving began (0: none under way)
 
     def run(self, first: bytes) -> None:
@@ -932,19 +951,14 @@ class Session(Side):
         if isinstance(event, h2.events.DataReceived):
             if event.data:
                 stream.to_up.append((DATA, event.data, event.flow_controlled_length))
-            else:
-                # CVE-2019-9518: empty frames cost no window, only CPU. One that ends its stream
-                # is how many clients end a body (grpcio's half-close); others have a budget.
-                if event.stream_ended is None and not self.empties.spend(self.proxy.now):
-                    self.fail_connection("empty_frame_flood", ErrorCodes.ENHANCE_YOUR_CALM)
-                    return
-                _empty_data(self, event)
+            elif not _empty_data(self, event):
+                return
             if event.stream_ended is not None:
                 stream.to_up.append(_END)
             elif not event.data:
                 return
         elif isinstance(event, h2.events.TrailersReceived):
-            if len(event.headers) > h2rules.MAX_HEADER_FIELDS:
+            if h2rules.too_many_fields(event.headers):
                 stream.too_many_fields()
                 return
             stream.to_up.append((TRAILERS, h2rules.split_trailers(event.headers)[0], 0))
@@ -977,7 +991,7 @@ class Session(Side):
                 proxy.attach(self.client, peer)
         stream = Stream(self, sid, head, proxy.authority_label(authority_bytes), peer)
         self.streams[sid] = stream
-        if len(headers) > h2rules.MAX_HEADER_FIELDS:
+        if h2rules.too_many_fields(headers):
             stream.too_many_fields()  # answered and forgotten: its end, if it came, is moot
             return
         if ended:
@@ -1201,8 +1215,8 @@ class H2Upstream(Side):
                 stream.to_down.append((DATA, data, event.flow_controlled_length))
                 if stream.tap is not None:
                     stream.tap_bytes += len(data)
-            else:
-                _empty_data(self, event)
+            elif not _empty_data(self, event):
+                return
             if event.stream_ended is not None:
                 if stream.body_left:  # ended short of its content-length
                     stream.malformed()

@@ -99,6 +99,17 @@ def upstream_has_room(streams: int, peer_limit: int, highest_stream_id: int) -> 
     return streams < min(peer_limit, UPSTREAM_STREAMS) and highest_stream_id + 2 <= MAX_STREAM_ID
 
 
+def too_many_fields(headers: Any) -> bool:
+    """A client's header list over MAX_HEADER_FIELDS, a `cookie` split in crumbs counted once: RFC 9113
+    §8.2.3 lets a client split it (browsers do, for HPACK), and it is the one `Cookie` field of
+    HTTP/1, one field in Envoy's codec too. Counted only past the plain length (a lean path)."""
+    count = len(headers)
+    if count <= MAX_HEADER_FIELDS:
+        return False
+    crumbs = sum(1 for field in headers if field[0] == b"cookie")
+    return count - max(crumbs - 1, 0) > MAX_HEADER_FIELDS
+
+
 def window_updates_allowed(streams_opened: int, data_frames_sent: int) -> int:
     """The WINDOW_UPDATE frames a connection's peer may have sent so far (Envoy's formula)."""
     return 5 + 2 * (streams_opened + WINDOW_UPDATES_PER_DATA_FRAME * data_frames_sent)
