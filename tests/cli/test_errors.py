@@ -40,6 +40,7 @@ PROTOCOL_ERRORS = {
     "proxy.connections.UpstreamError": "the upstream failed: a 502 (or a reset) to the client",
     "proxy.http1.ProtocolError": "a peer's malformed HTTP: a 400, or the connection closed",
     "proxy.h2proxy._CompressionError": "a header block that does not decode: GOAWAY(COMPRESSION_ERROR)",
+    "proxy.h2proxy._WindowUpdateFlood": "a WINDOW_UPDATE flood: GOAWAY(ENHANCE_YOUR_CALM)",
     "proxy.hpack_nghttp2.HPACKEncodingError": "nghttp2 refusing a list: never expected, lists are bounded",
     "proxy.tap.TapFilterError": "a bad /tap query: a 400 to the tap client (the CLI checks its flags)",
     "webhook.admission.BadRequest": "a malformed AdmissionReview: a 400 to the API server",
