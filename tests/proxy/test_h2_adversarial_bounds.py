@@ -33,7 +33,7 @@ from tests.proxy.h2_backend import TICKS, Seen
 from tests.proxy.test_h2_adversarial_streams import Backend, _channel
 from tests.proxy.test_proxy_h2_deadlines import Client
 from tests.support.grpc_app import GrpcApp, methods
-from tests.support.h2wire import bytes_until_closed, parse_frames
+from tests.support.h2wire import bytes_until_closed, parse_frames, send_until_goaway
 from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -166,18 +166,8 @@ def test_a_window_update_flood_gets_goaway_within_a_bounded_number_of_frames(
             + WindowUpdateFrame(1, window_increment=1).serialize()
             for _ in range(10)
         )
-        raw, sent = b"", 0
-        sock.settimeout(0.2)
-        while sent < 20_000 and not any(isinstance(f, GoAwayFrame) for f in parse_frames(raw)):
-            try:
-                sock.sendall(batch)
-                sent += 20
-                raw += sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-        goaways = [f for f in parse_frames(raw) if isinstance(f, GoAwayFrame)]
+        frames, sent = send_until_goaway(sock, batch, 20, 20_000)
+        goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
         assert goaways and goaways[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM, sent
         assert sent <= 100
         assert proxy.value("h2_connection_errors_total", error="window_update_flood") == 1

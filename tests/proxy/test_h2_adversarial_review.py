@@ -28,7 +28,7 @@ from tests.proxy import test_h2_adversarial_streams as streams
 from tests.proxy.h2_backend import TICKS, Seen
 from tests.proxy.test_h2_adversarial_streams import Backend
 from tests.proxy.test_proxy_h2_deadlines import Client
-from tests.support.h2wire import parse_frames
+from tests.support.h2wire import send_until_goaway
 from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -248,18 +248,8 @@ def test_a_stream_id_jump_does_not_buy_a_window_update_flood(backend: Backend, p
             + HeadersFrame(top, block, flags=["END_HEADERS"]).serialize()
         )
         batch = b"".join(WindowUpdateFrame(0, window_increment=1).serialize() for _ in range(20))
-        raw, sent = b"", 0
-        sock.settimeout(0.2)
-        while sent < 4000 and not any(isinstance(f, GoAwayFrame) for f in parse_frames(raw)):
-            try:
-                sock.sendall(batch)
-                sent += 20
-                raw += sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-        goaways = [f for f in parse_frames(raw) if isinstance(f, GoAwayFrame)]
+        frames, sent = send_until_goaway(sock, batch, 20, 4000)
+        goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
         assert goaways and goaways[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM, sent
         assert sent <= 100
         assert proxy.value("h2_connection_errors_total", error="window_update_flood") == 1

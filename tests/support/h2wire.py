@@ -6,7 +6,7 @@ import socket
 import time
 from collections.abc import Iterator
 
-from hyperframe.frame import Frame
+from hyperframe.frame import Frame, GoAwayFrame
 
 
 def chunks_until_closed(sock: socket.socket, seconds: float) -> Iterator[bytes]:
@@ -45,3 +45,26 @@ def split_frames(raw: bytes) -> tuple[list[Frame], bytes]:
         frames.append(frame)
         view = view[9 + length :]
     return frames, bytes(view)
+
+
+def send_until_goaway(
+    sock: socket.socket, batch: bytes, frames_per_batch: int, most: int, seconds: float = 30.0
+) -> tuple[list[Frame], int]:
+    """Send `batch` again and again until the peer answers GOAWAY or closes, `most` frames went,
+    or `seconds` passed (a flood's test: how many frames it took): the frames received, and the
+    number sent."""
+    raw, sent = b"", 0
+    deadline = time.monotonic() + seconds
+    sock.settimeout(0.2)
+    while sent < most and time.monotonic() < deadline:
+        if any(isinstance(f, GoAwayFrame) for f in parse_frames(raw)):
+            break
+        try:
+            sock.sendall(batch)
+            sent += frames_per_batch
+            raw += sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+    return parse_frames(raw), sent
