@@ -23,16 +23,8 @@ from pathlib import Path
 import pytest
 
 from kubectl_mesh import manifests
-from kubectl_mesh.commands.transform import (
-    CHUNK_BYTES,
-    POOL_ENV,
-    POOL_THRESHOLD,
-    cgroup_v1_cpus,
-    cgroup_v2_cpus,
-    cpus_allowed,
-    idle_workers,
-    own_cgroups,
-)
+from kubectl_mesh.commands.transform import CHUNK_BYTES, POOL_ENV, POOL_THRESHOLD, idle_workers
+from kubectl_mesh.cpuquota import cgroup_v1_cpus, cgroup_v2_cpus, cpus_allowed, own_cgroups
 from tests.support.big_manifests import run_inject, write_manifests
 
 VENV_BIN = Path(sys.executable).parent
