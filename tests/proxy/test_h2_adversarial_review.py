@@ -15,25 +15,30 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import h2.events
 import hpack
 import pytest
 from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame, HeadersFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy import h2rules, hpack_nghttp2
 from tests.proxy import test_h2_adversarial_streams as streams
+from tests.proxy import test_proxy_h2
 from tests.proxy.h2_backend import TICKS, Seen
 from tests.proxy.test_h2_adversarial_streams import Backend
 from tests.proxy.test_proxy_h2_deadlines import Client
+from tests.support.grpc_app import GrpcApp, methods
 from tests.support.h2wire import send_until_goaway
 from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # The scripted h2 backend and a proxy in front of it (test_h2_adversarial_streams.py's fixtures).
 backend, proxy = streams.backend, streams.proxy
+# The grpcio app and an inbound proxy in front of it (test_proxy_h2.py's fixtures).
+grpc_app, h2_server_proxy = test_proxy_h2.grpc_app, test_proxy_h2.h2_server_proxy
 
 
 def _through_decoders() -> list[Any]:
@@ -406,3 +411,226 @@ def test_a_response_ended_by_its_headers_short_of_its_content_length_is_malforme
         assert len(backend.by_path("/cl-head-only")) == 1 and backend.connections == 1
     finally:
         client.close()
+
+
+# --- a client's RST_STREAM racing its stream's end -------------------------------------------
+
+
+def _responses(proxy: ProxyProcess, **labels: str) -> float:
+    return proxy.value("response_total", **labels)
+
+
+def test_a_reset_in_the_same_write_as_the_last_data_cancels_the_stream_once(
+    backend: Backend, proxy: ProxyProcess
+) -> None:
+    """A POST whose last DATA (END_STREAM) and RST_STREAM(CANCEL) reach the proxy in one write:
+    the proxy reads both in one pass, so the reset always comes before any answer. The backend
+    (`/noread`: it never answers) gets those bytes and their end once, then the cancellation,
+    nothing more; the client gets nothing on that stream; the stream is counted once,
+    `client_gone`; the proxy stays up and the connection's next stream is answered."""
+    client = Client(proxy.inbound)
+    try:
+        sid = client.request("/noread", end=False)
+        client.run(5, until=lambda: len(backend.by_path("/noread")) == 1)
+        client.conn.send_data(sid, b"x" * 1000, end_stream=True)
+        client.conn.reset_stream(sid, ErrorCodes.CANCEL)
+        client.sock.sendall(client.conn.data_to_send())  # DATA(END_STREAM) + RST_STREAM, one write
+        (seen,) = backend.by_path("/noread")
+        client.run(3, until=lambda: seen.reset is not None)
+        # The proxy passed on what came before the reset (the bytes and their end: the backend
+        # read them in one go with the reset), then the reset; nothing after it.
+        assert (seen.body, seen.ended, seen.reset) == (1000, True, ErrorCodes.CANCEL), seen
+        assert (client.got[sid].status, client.got[sid].body) == (0, b"")
+        after = client.request("/echo-header", extra=[(b"x-pad", b"after")])
+        client.run(5, until=lambda: client.got[after].ended_at)
+        assert (client.got[after].status, client.got[after].headers.get(b"x-echo")) == (200, b"after")
+        assert not client.closed and proxy.process.poll() is None
+        assert _responses(proxy, error="client_gone") == 1
+        assert _responses(proxy) == 2  # the cancelled stream once, the next one once
+        assert (seen.body, seen.ended, seen.reset) == (1000, True, ErrorCodes.CANCEL), seen
+        assert len(backend.by_path("/noread")) == 1
+    finally:
+        client.close()
+
+
+def test_resets_after_each_response_ended_are_no_rapid_reset_and_count_nothing(
+    backend: Backend, proxy: ProxyProcess
+) -> None:
+    """RST_STREAM(CANCEL) for streams whose response already ended (the client's h2 has closed
+    them; the frames go raw): 3 × 60 streams answered whole, then 180 resets in one write, well
+    within a second, over the rapid-reset budget of 100 were they counted. The responses began,
+    so none is a rapid reset: no GOAWAY, nothing counted beyond the 180 successes, nothing reaches
+    the backend, and the connection's next stream is answered."""
+    client = Client(proxy.inbound)
+    try:
+        sids: list[int] = []
+        for _ in range(3):
+            batch = [client.request("/ok") for _ in range(60)]
+            client.run(10, until=lambda batch=batch: all(client.got[s].ended_at for s in batch))
+            sids += batch
+        assert [(client.got[s].status, client.got[s].body, client.got[s].reset) for s in sids] == [
+            (200, b"ok", None)
+        ] * 180
+        client.sock.sendall(
+            b"".join(RstStreamFrame(s, error_code=ErrorCodes.CANCEL).serialize() for s in sids)
+        )
+        after = client.request("/echo-header", extra=[(b"x-pad", b"after")])
+        client.run(5, until=lambda: client.got[after].ended_at)
+        assert (client.got[after].status, client.got[after].headers.get(b"x-echo")) == (200, b"after")
+        client.run(0.5, until=lambda: client.closed)
+        assert not client.closed and proxy.process.poll() is None
+        errors = {s.labels["error"]: s.value for s in proxy.samples("h2_connection_errors_total")}
+        assert not any(errors.values()), errors
+        assert _responses(proxy) == 181 and _responses(proxy, error="client_gone") == 0
+        assert all(s.reset is None for s in backend.by_path("/ok")) and len(backend.by_path("/ok")) == 180
+    finally:
+        client.close()
+
+
+def test_resets_of_streams_whose_response_began_are_no_rapid_reset(
+    backend: Backend, proxy: ProxyProcess
+) -> None:
+    """120 streams whose response head came (`/tick` downloads under way: 90, then 30 more
+    opened in the same write as the first 90 resets), each reset CANCEL by the client within a
+    second: cancelled streaming responses, not rapid resets (over the budget of 100 were they
+    counted). Each reaches the backend as a CANCEL, is counted once `client_gone`, and the
+    connection's next stream is answered."""
+    client = Client(proxy.inbound)
+    try:
+        first = [client.request("/tick") for _ in range(90)]
+        client.run(5, until=lambda: all(client.got[s].status for s in first))
+        started = time.monotonic()  # the rapid-reset window opens with the first reset
+        for sid in first:
+            client.conn.reset_stream(sid, ErrorCodes.CANCEL)
+        client.sock.sendall(client.conn.data_to_send())
+        second = [client.request("/tick") for _ in range(30)]
+        client.run(1, until=lambda: all(client.got[s].status for s in second))
+        for sid in second:
+            client.conn.reset_stream(sid, ErrorCodes.CANCEL)
+        client.sock.sendall(client.conn.data_to_send())
+        assert time.monotonic() - started < 0.9  # all 120 resets within one budget window
+        assert all(client.got[s].status == 200 and client.got[s].reset is None for s in first + second)
+        after = client.request("/echo-header", extra=[(b"x-pad", b"after")])
+        client.run(5, until=lambda: client.got[after].ended_at)
+        assert (client.got[after].status, client.got[after].headers.get(b"x-echo")) == (200, b"after")
+        ticks = backend.by_path("/tick")
+        client.run(3, until=lambda: all(s.reset is not None for s in ticks))
+        assert not client.closed
+        assert [s.reset for s in ticks] == [ErrorCodes.CANCEL] * 120
+        errors = {s.labels["error"]: s.value for s in proxy.samples("h2_connection_errors_total")}
+        assert not any(errors.values()), errors
+        assert _responses(proxy, error="client_gone") == 120 and _responses(proxy) == 121
+    finally:
+        client.close()
+
+
+# --- padded DATA at a stream's end -----------------------------------------------------------
+
+
+def _send_padded(
+    client: Client, sid: int, frames: list[tuple[bytes, int, bool]], seconds: float = 10
+) -> None:
+    """Send (data, pad length, END_STREAM) frames as DATA with the PADDED flag, each as the
+    windows allow: a frame costs len(data) + pad + 1 of both, so unacknowledged padding closes
+    them and this stops short (its caller's oracle sees the bytes missing)."""
+    deadline = time.monotonic() + seconds
+    for data, pad, end in frames:
+        while client.conn.local_flow_control_window(sid) < len(data) + pad + 1:
+            assert time.monotonic() < deadline, (
+                "window never came back",
+                sid,
+                client.conn.outbound_flow_control_window,
+            )
+            client.run(0.05, until=lambda: False)
+        client.conn.send_data(sid, data, end_stream=end, pad_length=pad)
+        client.sock.sendall(client.conn.data_to_send())
+
+
+def test_padded_data_reaches_the_backend_unpadded_and_its_window_comes_back(
+    backend: Backend, proxy: ProxyProcess
+) -> None:
+    """DATA with the PADDED flag (pad lengths 0 to 255) counts data, padding and the pad-length
+    byte against both windows, and only the data goes on. Uploads end differently: the last
+    padded frame carries END_STREAM; a padded frame with data, then an empty padded one with
+    END_STREAM; the last frame unpadded after padded ones; one empty padded DATA with END_STREAM
+    as the whole body. 300 frames of 1 byte and 255 of padding are 77,100 window bytes on one
+    stream (over its 65,535: the padding must be acknowledged as the data goes on); a fifth
+    upload of 25,600 such frames sends more padding than the client's whole connection window
+    (100 stream windows; the 65,535 initial one many times over). The backend
+    (`/sink`) gets exactly the data and one end per stream, the client each stream's count,
+    its connection window comes back whole, and a further request is answered."""
+    client = Client(proxy.inbound)
+    try:
+        client.run(1, until=lambda: client.conn.outbound_flow_control_window > 65535)
+        full = client.conn.outbound_flow_control_window
+        assert full == h2rules.CONNECTION_WINDOW
+        many = [(b"%d" % (i % 10), 255, False) for i in range(299)]
+        plans = {
+            "end-padded": [*many, (b"e", 255, True)],
+            "empty-end": [*many, (b"", 255, True)],
+            "end-unpadded": [*many, (b"u" * 100, 0, False), (b"z", 0, True)],
+            "empty-only": [(b"", 17, True)],
+            # more padding than the whole connection window: it must have come back on the way
+            "bulk": [(b"b", 255, False)] * (full // 257 + 100) + [(b"", 255, True)],
+        }
+        sids = {}
+        for name, frames in plans.items():
+            sid = client.request("/sink", end=False)
+            sids[name] = sid
+            if name == "end-unpadded":  # the last frame without the PADDED flag
+                _send_padded(client, sid, frames[:-1])
+                client.send(sid, b"z")
+            else:
+                _send_padded(client, sid, frames, seconds=60)
+        assert sum(len(d) + p + 1 for frames in plans.values() for d, p, _ in frames) > full
+        client.run(10, until=lambda: all(client.got[s].ended_at for s in sids.values()))
+        for name, sid in sids.items():
+            data = b"".join(d for d, _, _ in plans[name])
+            got = client.got[sid]
+            assert (got.status, got.reset) == (200, None), (name, got)
+            assert got.body.endswith(b" frames, %d bytes" % len(data)), (name, got.body)
+        seen = backend.by_path("/sink")
+        assert [(s.body, s.ended, s.reset) for s in seen] == [
+            (len(b"".join(d for d, _, _ in frames)), True, None) for frames in plans.values()
+        ]
+        # Every padding byte acknowledged: h2 gives a connection window back in steps of half of
+        # it, so what is still out is under that step.
+        client.run(1, until=lambda: False)
+        assert full - client.conn.outbound_flow_control_window < full // 2
+        after = client.request("/echo-header", extra=[(b"x-pad", b"after")])
+        client.run(5, until=lambda: client.got[after].ended_at)
+        assert (client.got[after].status, client.got[after].headers.get(b"x-echo")) == (200, b"after")
+        errors = {s.labels["error"]: s.value for s in proxy.samples("h2_connection_errors_total")}
+        assert not any(errors.values()), errors
+    finally:
+        client.close()
+
+
+# --- a gRPC bidirectional stream of thousands of tiny messages -------------------------------
+
+
+def test_a_grpc_bidi_call_of_5000_one_byte_messages_each_way_arrives_in_order_and_is_no_flood(
+    grpc_app: GrpcApp, h2_server_proxy: ProxyProcess
+) -> None:
+    """grpcio sends tiny messages as tiny DATA frames (6 bytes a message: the 5-byte gRPC prefix
+    and the byte) and acknowledges what it reads with WINDOW_UPDATEs: 5,000 one-byte requests,
+    each echoed (`re:` and the byte), bounded to 20 s. Every message arrives in order
+    both ways, the call ends OK, the stream is counted once as a gRPC success, and no flood
+    budget (window_update_flood, empty_frame_flood, rapid_reset, ...) is spent."""
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{h2_server_proxy.inbound}", options=[("grpc.enable_http_proxy", 0)]
+    )
+    try:
+        requests = [bytes([i % 256]) for i in range(5000)]
+        started = time.monotonic()
+        call = methods(channel)["bidi"](iter(requests), timeout=20)
+        replies = list(call)
+        assert call.code() == grpc.StatusCode.OK
+        assert time.monotonic() - started < 20
+        assert replies == [b"re:" + m for m in requests]
+        errors = {s.labels["error"]: s.value for s in h2_server_proxy.samples("h2_connection_errors_total")}
+        assert not any(errors.values()), errors
+        assert h2_server_proxy.value("response_total") == 1
+        assert h2_server_proxy.value("response_total", grpc_status="0") == 1
+    finally:
+        channel.close()
