@@ -294,6 +294,11 @@ class ResponseHead:
     grpc_status: str  # "" unless the fields carry grpc-status (a trailers-only response)
 
 
+def status_code(value: bytes) -> int:
+    """A `:status` value as a number; 0 unless three digits (RFC 9110 §15): the caller refuses it."""
+    return int(value) if len(value) == 3 and value.isdigit() else 0
+
+
 def split_response(headers: Fields) -> ResponseHead:
     """A response head's fields for the client, its mesh fields, its status (0 unless three
     digits, RFC 9110 §15: the caller refuses it) and gRPC status."""
@@ -302,7 +307,7 @@ def split_response(headers: Fields) -> ResponseHead:
     grpc = None
     for name, value in kept:
         if name == b":status":
-            status = int(value) if len(value) == 3 and value.isdigit() else 0
+            status = status_code(value)
         elif name == b"grpc-status":
             grpc = value
     return ResponseHead(kept, mesh, status, grpc_status_label(grpc))
@@ -314,7 +319,7 @@ def informational_fields(headers: Fields) -> Fields | None:
     digits (h2 takes any status starting with "1" for informational): dropped."""
     kept, _ = http1.strip_mesh(headers)
     for name, value in kept:
-        if name == b":status" and (value == b"101" or len(value) != 3 or not value.isdigit()):
+        if name == b":status" and status_code(value) in (0, 101):
             return None
     return kept
 
