@@ -274,31 +274,37 @@ def header_block_pending(conn: h2.connection.H2Connection) -> bool:
     return len(data) >= 4 and data[3] in (0x1, 0x9)  # a frame's type is its fourth byte
 
 
+def new_connection(client_side: bool) -> _Connection:
+    """An h2 connection with the proxy's settings, limits and HPACK coders, before any I/O.
+
+    What it sends was validated when it arrived on the other side (or is the proxy's own):
+    checking it again would cost as much as the check on receipt, for nothing. What arrives is
+    validated (h2's rules: names, characters, pseudo-headers, connection fields), always: an
+    upstream connection is shared by many clients' streams, and a malformed header list passed on
+    would end the whole connection at a peer that checks (h2 treats it as a connection error).
+    Inbound normalisation only joins `cookie` crumbs, which HTTP/2 lets a proxy pass on as they
+    are (RFC 9113 §8.2.3)."""
+    config = h2.config.H2Configuration(
+        client_side=client_side,
+        header_encoding=None,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+        normalize_inbound_headers=False,
+    )
+    conn = _Connection(config)
+    conn.local_settings = h2.settings.Settings(client=client_side, initial_values=_settings(client_side))
+    hpack_nghttp2.install(conn)  # HPACK in C when libnghttp2 is there; h2's own otherwise
+    conn.decoder.max_header_list_size = h2rules.MAX_HEADER_LIST_SIZE
+    return conn
+
+
 class Side:
     """One h2 connection over one socket: events in from a reader, bytes out from a writer."""
 
     def __init__(self, proxy: Proxy, client_side: bool, direction: str) -> None:
         self.proxy = proxy
         self.direction = direction
-        # What this side sends was validated when it arrived on the other (or is the proxy's
-        # own): checking it again would cost as much as the check on receipt, for nothing.
-        # What arrives is validated (h2's rules: names, characters, pseudo-headers, connection
-        # fields), always: an upstream connection is shared by many clients' streams, and a
-        # malformed header list passed on would end the whole connection at a peer that checks
-        # (h2 treats it as a connection error). Inbound normalisation only joins `cookie` crumbs,
-        # which HTTP/2 lets a proxy pass on as they are (RFC 9113 §8.2.3).
-        config = h2.config.H2Configuration(
-            client_side=client_side,
-            header_encoding=None,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            normalize_inbound_headers=False,
-        )
-        conn = _Connection(config)
-        conn.local_settings = h2.settings.Settings(client=client_side, initial_values=_settings(client_side))
-        hpack_nghttp2.install(conn)  # HPACK in C when libnghttp2 is there; h2's own otherwise
-        conn.decoder.max_header_list_size = h2rules.MAX_HEADER_LIST_SIZE
-        self.conn = conn
+        self.conn = new_connection(client_side)
         self.sock: Any = None
         self.holder: Client | Upstream | None = None  # its TCP series
         self.streams: dict[int, Stream] = {}
