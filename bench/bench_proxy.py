@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import bench_h2_floor
 from kubectl_mesh.procs import Proc, free_ports, spawn
 from lab.runtime import runtime_pythonpath
 from tests.support.proxy_process import ProxyProcess, start_proxy
@@ -752,6 +753,9 @@ def main() -> int:
             if not args.no_h2:
                 result.update(measure_h2(args, tmp, h2_port, started, helpers))
                 result.update(measure_grpc(args, tmp, started, helpers))
+                floor = bench_h2_floor.run(20_000, 10)["h2_floor_us_per_stream"]
+                result["h2_floor_us_per_stream"] = floor  # h2 alone, no sockets (bench_h2_floor)
+                result["h2_floor_share_of_proxy_cpu"] = round(floor / result["h2_cpu_us_per_stream"], 3)
     finally:
         stop_all(started, helpers, tmp)
     print(json.dumps(result))

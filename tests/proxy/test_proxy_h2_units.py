@@ -218,3 +218,14 @@ def test_the_hooks_that_spare_eager_formatting_still_exist_in_h2_and_hpack() -> 
     assert "log.debug(" in inspect.getsource(hpack.hpack.Decoder.decode)
     assert repr(DataFrame(1, data=b"x" * 1000)) == "DataFrame"
     assert hpack.hpack.log.debug("anything %s", "at all") is None
+
+
+def test_the_h2_floor_bench_carries_every_stream_through_the_proxys_own_connections() -> None:
+    """bench_h2_floor times the proxy's connections (`h2proxy.new_connection`); it stops with an
+    error if a batch's responses do not all reach its client, as it would if they drifted apart."""
+    from bench import bench_h2_floor
+
+    result = bench_h2_floor.run(streams=120, in_flight=10)
+    assert result["streams"] == 120
+    assert result["h2_floor_us_per_stream"] > 0
+    assert result["hpack"] == "python" or result["hpack"].startswith("nghttp2-")
