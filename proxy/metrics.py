@@ -14,7 +14,8 @@ Cardinality and bytes are bounded (docs/architecture.md, "Metric labels and card
 series idle for `idle_seconds` (default 10 minutes, Linkerd's rule) is dropped at the next scrape;
 at most `max_series` latency histograms (one per route and status code: the HTTP series, ~28 lines
 each) and as many TCP series are kept, and a new one beyond that first evicts the least recently
-used routes (a tenth of the budget). Open TCP connections' series are never evicted. Label values
+used routes (a tenth of the budget). Open TCP connections' series are never evicted, nor the
+four of HTTP/2's open streams (`h2_streams`: direction x peer, no other label). Label values
 the client controls are folded: an authority longer than a DNS name becomes a prefix plus a hash
 (`authority_label`), a status code outside 100–599, or beyond a route's first
 `STATUS_CODES_PER_ROUTE`, counts in the route's shared bucket (no `status_code`). A scrape is
