@@ -94,6 +94,9 @@ METRIC_TCP_CLOSE = "tcp_close_total"
 METRIC_TCP_OPEN_CONNECTIONS = "tcp_open_connections"
 METRIC_TCP_READ_BYTES = "tcp_read_bytes_total"
 METRIC_TCP_WRITE_BYTES = "tcp_write_bytes_total"
+# HTTP/2 streams open now (a gauge, not Linkerd's): labels direction and peer (src: streams of
+# clients' connections; dst: streams the proxy opened upstream), four series whatever the traffic.
+METRIC_H2_OPEN_STREAMS = "h2_open_streams"
 # Linkerd's response_latency_ms bucket bounds, in milliseconds.
 LATENCY_BUCKETS_MS = (
     1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500,

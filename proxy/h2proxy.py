@@ -307,7 +307,9 @@ class Side:
         self.conn = new_connection(client_side)
         self.sock: Any = None
         self.holder: Client | Upstream | None = None  # its TCP series
-        self.streams: dict[int, Stream] = {}
+        self.streams: dict[int, Stream] = {}  # changed by `track` and `forget` only
+        # Its series of h2_open_streams: as the TCP series, "src" faces clients, "dst" upstreams.
+        self.gauge_key = (direction, "dst" if client_side else "src")
         self.outq: list[bytes] = []
         self.backlog = 0  # bytes queued or being sent
         self.blocked = False  # DATA waits for the backlog to fall under HIGH_WATER
@@ -421,6 +423,17 @@ class Side:
         if self.writer is not None:
             self.writer.join(timeout=1.0)
             self.writer.kill(block=False)
+
+    def track(self, stream_id: int, stream: Stream) -> None:
+        """A stream begins on this connection: kept, and counted in h2_open_streams."""
+        self.streams[stream_id] = stream
+        self.proxy.metrics.h2_streams[self.gauge_key] += 1
+
+    def forget(self, stream_id: int) -> None:
+        """A stream ends on this connection: dropped, and counted out of h2_open_streams once,
+        however many of its end paths call this (a stream never kept here counts nothing)."""
+        if self.streams.pop(stream_id, None) is not None:
+            self.proxy.metrics.h2_streams[self.gauge_key] -= 1
 
     def reset(self, stream_id: int, code: ErrorCodes) -> None:
         if self.dead:
@@ -697,10 +710,10 @@ class Stream:
         # Bytes still queued will never be passed on: give their senders the window back, or a
         # connection shared by many streams would shrink with every stream cut short.
         _release(self.to_up, self.session, self.sid)
-        self.session.streams.pop(self.sid, None)
+        self.session.forget(self.sid)
         if self.up is not None:
             _release(self.to_down, self.up, self.uid)
-            self.up.streams.pop(self.uid, None)
+            self.up.forget(self.uid)
             self.up.idle_since = self.session.proxy.now
             if not self.up.streams and self.up.draining:
                 self.up.close()
@@ -996,7 +1009,7 @@ class Session(Side):
             if self.client.tcp.pending:
                 proxy.attach(self.client, peer)
         stream = Stream(self, sid, head, proxy.authority_label(authority_bytes), peer)
-        self.streams[sid] = stream
+        self.track(sid, stream)
         if h2rules.too_many_fields(headers):
             stream.too_many_fields()  # answered and forgotten: its end, if it came, is moot
             return
@@ -1070,7 +1083,7 @@ class H2Upstream(Side):
             return  # the client gave up while the connection was being made
         uid = self.conn.get_next_available_stream_id()
         stream.uid = uid
-        self.streams[uid] = stream
+        self.track(uid, stream)
         ended = bool(stream.to_up) and stream.to_up[0][0] == END
         self.conn.send_headers(uid, fields, end_stream=ended)
         _body_length_per_stream(self.conn.streams[uid])
@@ -1149,8 +1162,8 @@ class H2Upstream(Side):
             stream.fail("proxy_error")
         except Exception:  # its state is beyond answering: forget it on both sides
             stream.up_done = stream.down_done = True
-            self.streams.pop(stream.uid, None)
-            stream.session.streams.pop(stream.sid, None)
+            self.forget(stream.uid)
+            stream.session.forget(stream.sid)
 
     def pump(self, stream: Stream) -> None:
         if stream.up_done or not stream.to_up:

@@ -14,7 +14,8 @@ Cardinality and bytes are bounded (docs/architecture.md, "Metric labels and card
 series idle for `idle_seconds` (default 10 minutes, Linkerd's rule) is dropped at the next scrape;
 at most `max_series` latency histograms (one per route and status code: the HTTP series, ~28 lines
 each) and as many TCP series are kept, and a new one beyond that first evicts the least recently
-used routes (a tenth of the budget). Open TCP connections' series are never evicted. Label values
+used routes (a tenth of the budget). Open TCP connections' series are never evicted, nor the
+four of HTTP/2's open streams (`h2_streams`: direction x peer, no other label). Label values
 the client controls are folded: an authority longer than a DNS name becomes a prefix plus a hash
 (`authority_label`), a status code outside 100–599, or beyond a route's first
 `STATUS_CODES_PER_ROUTE`, counts in the route's shared bucket (no `status_code`). A scrape is
@@ -37,6 +38,7 @@ from typing import Any
 
 from kubectl_mesh.contract import (
     LATENCY_BUCKETS_MS,
+    METRIC_H2_OPEN_STREAMS,
     METRIC_LATENCY,
     METRIC_REQUESTS,
     METRIC_RESPONSES,
@@ -50,6 +52,8 @@ from kubectl_mesh.contract import (
 from .identity import Labels
 
 METRIC_H2_ERRORS = "h2_connection_errors_total"
+# The series of METRIC_H2_OPEN_STREAMS: (direction, peer), fixed, so always four lines.
+H2_STREAM_SERIES = (("inbound", "src"), ("inbound", "dst"), ("outbound", "src"), ("outbound", "dst"))
 _BUCKETS = tuple(float(b) for b in LATENCY_BUCKETS_MS)
 _LE = [*(str(b) for b in LATENCY_BUCKETS_MS), "+Inf"]
 
@@ -160,6 +164,9 @@ class MeshMetrics:
         # HTTP/2 connections ended for what the peer did: (direction, error) → count. The labels
         # are the proxy's own words (h2proxy.py, h2rules.ERROR_LABELS): a bounded set.
         self.h2_errors: dict[tuple[str, str], int] = {}
+        # HTTP/2 streams open now, by (direction, peer): h2proxy.Side.track and .forget add and
+        # take one as a stream is kept and dropped, "src" on a client's connection, "dst" upstream.
+        self.h2_streams: dict[tuple[str, str], int] = dict.fromkeys(H2_STREAM_SERIES, 0)
 
     # --- hot path -----------------------------------------------------------------------------
     def response(
@@ -353,6 +360,9 @@ class MeshMetrics:
                 if len(out) >= CHUNK_LINES:
                     yield "".join(out)
                     out.clear()
+        add(_head(METRIC_H2_OPEN_STREAMS, "HTTP/2 streams open now.", "gauge"))
+        for (direction, peer), count in list(self.h2_streams.items()):
+            add(f'{METRIC_H2_OPEN_STREAMS}{{direction="{direction}",peer="{peer}"}} {count}\n')
         if self.h2_errors:
             add(
                 _head(

@@ -332,6 +332,7 @@ def test_an_upstream_window_update_flood_ends_its_own_connection_and_every_strea
         client.run(5, until=lambda: client.got[after].ended_at)
         assert client.got[after].headers.get(b"x-echo") == b"after" and backend.connections == 2
         assert proxy.value("response_total", error="reset") == 2
+        proxy.assert_h2_open_streams()  # none left open, on the clients' side or upstream
     finally:
         client.close()
         bystander.close()
@@ -449,6 +450,7 @@ def test_a_reset_in_the_same_write_as_the_last_data_cancels_the_stream_once(
         assert _responses(proxy) == 2  # the cancelled stream once, the next one once
         assert (seen.body, seen.ended, seen.reset) == (1000, True, ErrorCodes.CANCEL), seen
         assert len(backend.by_path("/noread")) == 1
+        proxy.assert_h2_open_streams()  # the cancelled stream is out once, on both sides
     finally:
         client.close()
 
@@ -520,6 +522,7 @@ def test_resets_of_streams_whose_response_began_are_no_rapid_reset(
         errors = {s.labels["error"]: s.value for s in proxy.samples("h2_connection_errors_total")}
         assert not any(errors.values()), errors
         assert _responses(proxy, error="client_gone") == 120 and _responses(proxy) == 121
+        proxy.assert_h2_open_streams()  # the 120 cancelled downloads are out, on both sides
     finally:
         client.close()
 

@@ -3,7 +3,8 @@
 queues of frames). A sidecar does no harm: each client gets what it would get without the mesh.
 
 Oracles: each client's own response (its body, its headers, the RST_STREAM code it got), what
-the backend received (streams, DATA frames, attempts), the proxy's RSS. Every loop is bounded.
+the backend received (streams, DATA frames, attempts), the proxy's RSS, and `h2_open_streams`
+(the streams the proxy holds open, on each side). Every loop is bounded.
 """
 
 from __future__ import annotations
@@ -260,6 +261,10 @@ def test_a_client_that_never_reads_does_not_stall_other_clients_of_the_same_back
         # in the proxy, as much again sent to the attacker's socket).
         assert proxy.rss_kib() - rss_before < 24 * 1024
         assert backend.connections == 1  # one upstream connection carried both clients
+        # Exactly the attacker's 100 streams are open, on each side: every bystander's ended.
+        proxy.assert_h2_open_streams(inbound_src=100, inbound_dst=100)
+        attacker.close()
+        proxy.assert_h2_open_streams()  # its connection gone, its streams with it, on both sides
     finally:
         attacker.close()
         bystander.close()
@@ -285,6 +290,7 @@ def test_a_client_resetting_its_stream_cancels_that_stream_alone_on_the_shared_c
         ticks = backend.by_path("/tick")
         assert backend.connections == 1 and len(ticks) == 2
         assert sorted(str(t.reset) for t in ticks) == ["8", "None"]  # CANCEL, and the other untouched
+        proxy.assert_h2_open_streams()  # the reset stream is out on both sides, and the ended one
     finally:
         one.close()
         two.close()

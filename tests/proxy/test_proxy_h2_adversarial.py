@@ -206,6 +206,7 @@ def test_bad_input_ends_its_connection_with_the_right_goaway_and_is_counted(
     # The bystander's connection (opened before the attack) carries on.
     assert unary(b"after", timeout=5) == b"echo:after"
     assert proxy.process.poll() is None
+    proxy.assert_h2_open_streams()  # the attack's streams ended with its connection: none leaked
 
 
 def test_memory_and_descriptors_stay_bounded_after_many_attacks(
@@ -224,6 +225,7 @@ def test_memory_and_descriptors_stay_bounded_after_many_attacks(
     assert proxy.rss_kib() < 60 * 1024
     assert proxy.fd_count() <= fds_before + 2
     assert unary(b"after", timeout=5) == b"echo:after"
+    proxy.assert_h2_open_streams()  # not one of the attacks' streams left counted open
 
 
 _VALID_HEADERS = hpack.Encoder().encode(_request_headers(1))
@@ -268,3 +270,4 @@ def test_fuzzed_frame_sequences_never_hurt_the_proxy_or_other_clients(
     assert proxy.process.poll() is None
     assert methods(bystander)["unary"](b"ok", timeout=5) == b"echo:ok"
     assert "event=connection_error" not in proxy.log()  # no unexpected exception in a handler
+    proxy.assert_h2_open_streams()  # whatever the sequence opened ended with its connection

@@ -94,6 +94,16 @@ def test_tcp_series() -> None:
     assert _samples(m)["tcp_open_connections"][0][1] == 0
 
 
+def test_open_h2_streams_are_four_fixed_series_present_at_zero() -> None:
+    """Four series whatever the traffic (direction x peer), at 0 before any stream: a dashboard
+    reads 0, not "no data", and the scrape grows by a fixed 355 bytes at most."""
+    m = MeshMetrics()
+    s = _samples(m)["h2_open_streams"]
+    assert s == [({"direction": d, "peer": p}, 0) for d in ("inbound", "outbound") for p in ("src", "dst")]
+    m.h2_streams[("outbound", "dst")] += 3
+    assert ({"direction": "outbound", "peer": "dst"}, 3) in _samples(m)["h2_open_streams"]
+
+
 def test_a_connection_joins_its_peer_series_once_known_and_counters_never_go_down() -> None:
     m = MeshMetrics()
     peer = peer_labels("src", b"front/deployment/vote/vote-1")
@@ -171,8 +181,8 @@ ERRORS = (  # the proxy's `error` label values (docs/architecture.md, "Metric la
 # gRPC responses add a response_total line per grpc_status (never with an error label).
 GRPC_STATUSES = (*(str(code) for code in range(17)), "other")
 # The worst case of one scrape at the default cap (docs/architecture.md, "Metric labels and
-# cardinality"): 2000 x 69,552 B of HTTP + 2000 x 5,725 B of TCP + 703 B of HELP/TYPE, plus the
-# process metrics (~2 KB).
+# cardinality"): 2000 x 69,552 B of HTTP + 2000 x 5,725 B of TCP + 703 B of HELP/TYPE + 355 B of
+# h2_open_streams (its four fixed series), plus the process metrics (~2 KB).
 WORST_CASE_SCRAPE_BYTES = 150_561_000
 INJECTED_MEMORY_LIMIT_KIB = 256 * 1024  # the injector's default limits.memory (256Mi)
 
@@ -220,6 +230,8 @@ def fill_worst_case(m: MeshMetrics) -> None:
     for i in range(m.max_series):
         series = m.tcp_series("outbound", "dst", "h".ljust(AUTHORITY_MAX, "a"), _longest_peer("dst", i))
         series.opens = series.closes = series.open = series.read = series.written = big
+    for key in m.h2_streams:
+        m.h2_streams[key] = big
 
 
 def test_a_long_authority_folds_to_a_bounded_distinct_label() -> None:
@@ -385,6 +397,8 @@ def _reference_render(m: MeshMetrics) -> str:
     ):
         out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
         out += [f"{name}{{{t.text}}} {getattr(t, attr)}\n" for t in m.tcp.values()]
+    out.append("# HELP h2_open_streams HTTP/2 streams open now.\n# TYPE h2_open_streams gauge\n")
+    out += [f'h2_open_streams{{direction="{d}",peer="{p}"}} {n}\n' for (d, p), n in m.h2_streams.items()]
     return "".join(out)
 
 
@@ -409,7 +423,7 @@ def test_the_streamed_exposition_is_the_same_text_in_bounded_chunks() -> None:
     families = {f.name for f in text_string_to_metric_families(text)}
     assert families == {
         "request", "response", "response_latency_ms", "tcp_open", "tcp_close", "tcp_open_connections",
-        "tcp_read_bytes", "tcp_write_bytes",
+        "tcp_read_bytes", "tcp_write_bytes", "h2_open_streams",
     }  # fmt: skip
 
 
@@ -452,7 +466,7 @@ def test_the_worst_case_scrape_at_the_cap_is_the_documented_size_in_small_chunks
         peak = tracemalloc.get_traced_memory()[1] - before
     finally:
         tracemalloc.stop()
-    assert total == 2000 * 69_552 + 2000 * 5_725 + 703  # the numbers in docs/architecture.md
+    assert total == 2000 * 69_552 + 2000 * 5_725 + 703 + 355  # the numbers in docs/architecture.md
     assert total + 4_096 <= WORST_CASE_SCRAPE_BYTES < total * 1.001, "the process metrics are < 4 KiB"
     assert biggest < 1_000_000, "a chunk is CHUNK_LINES lines plus one route's (~1.2 KB each)"
     assert peak < 8 * 1024 * 1024, f"a 150 MB scrape held {peak / 2**20:.1f} MiB at once"
@@ -583,7 +597,7 @@ def test_the_worst_case_scrape_streams_from_the_admin_server_in_bounded_memory(t
         size, tail, seconds = _scrape(port)
         after = _status_kib(child.pid)
         print(
-            f"\nscrape {size / 1e6:.1f} MB in {seconds:.2f} s; RSS {filled['VmRSS'] / 1024:.1f} MiB filled, "
+            f"\nscrape {size:,} B in {seconds:.2f} s; RSS {filled['VmRSS'] / 1024:.1f} MiB filled, "
             f"{after['VmRSS'] / 1024:.1f} MiB after; peak {after['VmHWM'] / 1024:.1f} MiB"
         )
         assert tail.endswith(b"\n") and b"process_start_time_seconds" in tail

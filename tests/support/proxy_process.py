@@ -10,6 +10,7 @@ import resource
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -76,6 +77,26 @@ class ProxyProcess:
         """Sum of the samples of `name` whose labels include `labels`."""
         wanted = labels.items()
         return sum(s.value for s in self.samples(name) if all(s.labels.get(k) == v for k, v in wanted))
+
+    def h2_open_streams(self) -> dict[str, int]:
+        """`h2_open_streams` now, by series: "inbound_src", "inbound_dst", "outbound_src", "outbound_dst"."""
+        return {
+            f"{s.labels['direction']}_{s.labels['peer']}": int(s.value)
+            for s in self.samples("h2_open_streams")
+        }
+
+    def assert_h2_open_streams(self, seconds: float = 10.0, **want: int) -> None:
+        """Polls until `h2_open_streams` reads exactly `want` (the series not named: 0), then reads
+        it again 0.2 s later: still so (no stream counted in or out late). Raises with the last
+        reading after `seconds`. The direct oracle of "no stream leaked" (`()`: all 0)."""
+        expected = {f"{d}_{p}": 0 for d in ("inbound", "outbound") for p in ("src", "dst")} | want
+        deadline = time.monotonic() + seconds
+        while (got := self.h2_open_streams()) != expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if got == expected:
+            time.sleep(0.2)
+            got = self.h2_open_streams()
+        assert got == expected, f"h2_open_streams {got}, wanted {expected}"
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
