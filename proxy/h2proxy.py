@@ -24,6 +24,7 @@ import gevent
 import gevent.event
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -165,6 +166,9 @@ class _WindowUpdateFlood(h2.exceptions.ProtocolError):
     error_code = ErrorCodes.ENHANCE_YOUR_CALM
 
 
+_OPEN_STATES = (h2.connection.ConnectionState.CLIENT_OPEN, h2.connection.ConnectionState.SERVER_OPEN)
+
+
 class _Connection(h2.connection.H2Connection):
     """h2's connection, without its walk over every stream each time a stream opens.
 
@@ -207,6 +211,23 @@ class _Connection(h2.connection.H2Connection):
             if self.window_updates > self._window_updates_allowed:
                 raise _WindowUpdateFlood("WINDOW_UPDATE flood")
         return super()._receive_window_update_frame(frame)
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        """RFC 9113 §6.8: a GOAWAY stops new streams, not those under way: "activity on streams
+        numbered lower or equal to the last stream identifier might still complete". h2 closes
+        its connection on any GOAWAY received and drops what it had queued (python-hyper/h2#1181),
+        so a client that said GOAWAY while its downloads ran (as some SDKs do once a response's
+        head came) lost them, and a backend's graceful GOAWAY cut the streams it had taken. Here
+        the connection stays open: the proxy opens nothing more on it (`Session.remote_goaway`,
+        `H2Upstream.draining`; streams above the last are refused) and ends it once its streams
+        have. Before the prefaces were exchanged (IDLE) h2's own rule stands."""
+        if self.state_machine.state not in _OPEN_STATES:
+            return super()._receive_goaway_frame(frame)
+        event = h2.events.ConnectionTerminated()
+        event.error_code = h2.errors._error_code_from_int(frame.error_code)
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
     def _open_streams(self, remainder: int) -> int:
         outbound = remainder == (1 if self.config.client_side else 0)
