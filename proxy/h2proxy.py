@@ -341,6 +341,8 @@ class Side:
         self.pings = h2rules.Budget(h2rules.PING_BUDGET)
         self.settings = h2rules.Budget(h2rules.SETTINGS_BUDGET)
         self.empties = h2rules.Budget(h2rules.EMPTY_FRAME_BUDGET)
+        self.dribbles = h2rules.Budget(h2rules.DRIBBLE_BUDGET)
+        self.dribbled = 0  # DATA frames this peer's window cut small, the connection's life (`_dribbled`)
 
     def start(self, window: int = h2rules.CONNECTION_WINDOW) -> None:
         self.conn.initiate_connection()
@@ -802,6 +804,18 @@ def _empty_data(src: Side, event: h2.events.DataReceived) -> bool:
     return True
 
 
+def _dribbled(dst: Side) -> bool:
+    """A DATA frame `dst`'s window cuts under DRIBBLE_FRAME_BYTES, first of its stream's turn
+    (CVE-2019-9511): counted; True once over budget (h2rules.dribbling), its connection ended.
+    Such frames cost CPU per frame, not per byte, on either side: a client's window on a
+    response, an upstream's on an upload."""
+    dst.dribbled += 1
+    if dst.dribbles.spend(dst.proxy.now) or not h2rules.dribbling(dst.dribbled, dst.conn.data_frames_sent):
+        return False
+    dst.fail_connection("data_dribble", ErrorCodes.ENHANCE_YOUR_CALM)
+    return True
+
+
 _END: Item = (END, b"", 0)
 WAITING, ENDED, GONE = 0, 1, 2  # what `_pump` left: more to send, the end went, `dst`'s stream is gone
 
@@ -817,6 +831,7 @@ def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int, st
     conn = dst.conn
     stream.active = dst.proxy.now
     acked = False
+    sent = False  # a DATA frame went this turn: a window's remainder after it is no dribble
     left = WAITING
     try:
         while queue:
@@ -828,12 +843,16 @@ def _pump(queue: deque[Item], dst: Side, dst_id: int, src: Side, src_id: int, st
                 room = min(conn.local_flow_control_window(dst_id), conn.max_outbound_frame_size)
                 if room <= 0:
                     break
-                if len(payload) > room:
+                if len(payload) > room:  # only ever a window's doing: what we read is <= 16 KiB a frame
+                    if room < h2rules.DRIBBLE_FRAME_BYTES and not sent and _dribbled(dst):
+                        break
                     conn.send_data(dst_id, payload[:room])
+                    sent = True
                     queue[0] = (DATA, payload[room:], flow)
                     continue
                 ends = len(queue) > 1 and queue[1][0] == END
                 conn.send_data(dst_id, payload, end_stream=ends)
+                sent = True
                 queue.popleft()
                 if flow and not src.dead:
                     src.conn.acknowledge_received_data(flow, src_id)

@@ -77,6 +77,18 @@ EMPTY_FRAME_BUDGET = 100
 # second would cut a fast download that acknowledges each frame; thousands of updates a second
 # for nothing sent (CPU with nothing to show for it) end the connection: GOAWAY ENHANCE_YOUR_CALM.
 WINDOW_UPDATES_PER_DATA_FRAME = 10
+# DATA frames a peer's window cuts small (CVE-2019-9511, "data dribble": open a window a byte at a
+# time and the proxy sends a frame per byte, each costing what a 16 KiB frame costs). A frame
+# counts when the receiver's window (stream or connection) allowed under DRIBBLE_FRAME_BYTES
+# while more bytes waited, and it was the first of its stream's turn (the window opened by no
+# more: a window's remainder after bigger frames is a normal window's end). A frame small because
+# the data is (a small gRPC message, a stream's end) never counts. 512 bytes: real receivers
+# reopen windows by far more (h2 by over 1 KiB, Go's x/net/http2 by 4 KiB, nghttp2 and grpc-go by
+# a half and a quarter of the window), and h2load's 1,023-byte windows (`-w 10`, a test's real
+# client) stay clear by 2x. A connection ends (GOAWAY ENHANCE_YOUR_CALM) past DRIBBLE_BUDGET such
+# frames within a second, once they are most of its DATA frames (`dribbling`).
+DRIBBLE_FRAME_BYTES = 512
+DRIBBLE_BUDGET = 100
 UPSTREAMS_PER_DESTINATION = 8  # h2 connections to one destination (each up to its peer's streams)
 
 _GRPC = b"application/grpc"
@@ -113,6 +125,15 @@ def too_many_fields(headers: Any) -> bool:
 def window_updates_allowed(streams_opened: int, data_frames_sent: int) -> int:
     """The WINDOW_UPDATE frames a connection's peer may have sent so far (Envoy's formula)."""
     return 5 + 2 * (streams_opened + WINDOW_UPDATES_PER_DATA_FRAME * data_frames_sent)
+
+
+def dribbling(dribbled_frames: int, data_frames_sent: int) -> bool:
+    """Whether a connection's window-cut small DATA frames (DRIBBLE_FRAME_BYTES) are over three in
+    four of every DATA frame sent to it. A real receiver gets at most one per window it opens,
+    after the frames that window let through (at most one in two); a dribbling one gets nearly
+    nothing else. Drawing a normal frame per three small ones to dodge it costs the peer a real
+    read for each: the CPU per byte stays within a few times a plain download's."""
+    return 4 * dribbled_frames > 3 * data_frames_sent
 
 
 def error_label(code: int) -> str:

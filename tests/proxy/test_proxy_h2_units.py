@@ -106,6 +106,18 @@ def test_the_flood_budget_restarts_each_second() -> None:
     assert budget.spend(11.0)
 
 
+def test_data_dribble_is_small_frames_making_up_most_of_a_connections_data() -> None:
+    """CVE-2019-9511: a peer whose every frame was cut small is dribbling from its first frames;
+    a real reader gets at most one small remainder per window it opens, after that window's
+    other frames (at most one in two), and is never taken for it, however long it reads."""
+    assert h2rules.dribbling(1, 0) and h2rules.dribbling(101, 100)
+    assert h2rules.dribbling(101, 4 + 100)  # 4 full frames, then a byte a frame
+    for opened in (2, 10, 1_000_000):  # one small frame after each normal one, the last not yet sent
+        assert not h2rules.dribbling(opened, 2 * opened - 1)
+    assert not h2rules.dribbling(3, 4) and h2rules.dribbling(4, 4)
+    assert h2rules.DRIBBLE_FRAME_BYTES < 1023  # h2load's `-w 10` windows are a real client's
+
+
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [
