@@ -31,7 +31,7 @@ from kubectl_mesh.log import Logger
 from proxy import h2proxy, h2rules
 from proxy.config import ProxyConfig
 from proxy.server import Proxy
-from tests.proxy.h2_backend import TICKS, H2Backend, Seen
+from tests.proxy.h2_backend import TICK, TICKS, H2Backend, Seen, _Tick
 from tests.proxy.test_proxy_adversarial import Relay
 from tests.proxy.test_proxy_h2_deadlines import Client, Got
 from tests.support.grpc_app import GrpcApp
@@ -65,6 +65,7 @@ PATHS = {
     "/sink",
     "/refuse",
     "/goaway",
+    "/tick-goaway",
     "/badlen",
     "/longlen",
     *MALFORMED,
@@ -83,6 +84,9 @@ class Backend(H2Backend):
     - `/refuse`: the first `refusals` streams get RST_STREAM(REFUSED_STREAM), as from a server
       at its limit; later ones 200 b"ok".
     - `/goaway`: GOAWAY naming the stream before this one: this one was never processed.
+    - `/tick-goaway`: a graceful GOAWAY naming this stream, then `/tick`'s body (10 bytes, one
+      every 0.3 s): the stream it took finishes (RFC 9113 §6.8), as nginx's and Go's do on
+      reload. Raw, since h2 would close its own side on sending GOAWAY.
     - `/badlen`: 200 with content-length 10 and a body of 3 bytes (malformed).
     - `/longlen`: 200 with content-length 2 and a body of 3 bytes (malformed).
     - `/connection-field`, `/uppercase`, `/bad-trailers`, `/huge-head`, `/many-fields`,
@@ -162,6 +166,10 @@ class Backend(H2Backend):
                     conn.config.validate_outbound_headers = conn.config.normalize_outbound_headers = True
                 elif path == "/goaway":
                     conn.close_connection(last_stream_id=max(sid - 2, 0))
+                elif path == "/tick-goaway":
+                    conn.send_headers(sid, [(":status", "200")])
+                    conn._data_to_send += GoAwayFrame(0, last_stream_id=sid, error_code=0).serialize()
+                    ticks.append(_Tick(sid, TICKS, time.monotonic() + TICK))
                 return
         stream = seen.get(sid)
         if stream is None or stream.path not in ("/noread", "/sink"):

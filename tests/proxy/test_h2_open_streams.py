@@ -11,6 +11,7 @@ wait is bounded (`ProxyProcess.assert_h2_open_streams` polls for at most 10 s).
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from hyperframe.frame import GoAwayFrame
 
 from proxy import h2rules
 from tests.proxy import test_h2_adversarial_streams as streams
+from tests.proxy.h2_backend import TICKS
 from tests.proxy.test_h2_adversarial_streams import Backend
 from tests.proxy.test_proxy_adversarial import Relay
 from tests.proxy.test_proxy_h2_deadlines import DEADLINES, Client
@@ -171,13 +173,11 @@ def test_an_upstream_connection_dropped_mid_stream_takes_every_stream_out(
     assert proxy.value("response_total", error="connect_refused") == 1
 
 
-def test_goaway_from_the_backend_and_from_the_client_leave_none_open(
+def test_a_backends_goaway_refuses_the_streams_it_did_not_take_and_leaves_none_open(
     backend: Backend, proxy: ProxyProcess
 ) -> None:
     """The backend's GOAWAY leaves a stream it took running (1 each side) and the one it did not
-    refused; the next goes on a new connection. A client's GOAWAY with two downloads under way:
-    whether they end whole (RFC 9113 §6.8) or are cut (today: h2 closes its connection on any
-    GOAWAY it receives, so the proxy can send them nothing more), none is left open."""
+    refused; the next goes on a new connection."""
     client = Client(proxy.inbound)
     try:
         held = client.request("/stall-head")
@@ -194,6 +194,40 @@ def test_goaway_from_the_backend_and_from_the_client_leave_none_open(
         proxy.assert_h2_open_streams()
     finally:
         client.close()
+
+
+def test_a_backends_graceful_goaway_lets_the_stream_it_took_finish_whole(
+    backend: Backend, proxy: ProxyProcess
+) -> None:
+    """RFC 9113 §6.8: a GOAWAY naming a stream lets it finish. h2 closed its side on any GOAWAY,
+    and the stream was cut (the backend's next DATA was a protocol error on a closed connection);
+    now its 10-byte body arrives whole, a request after the GOAWAY goes on a new connection, and
+    no stream is left open."""
+    client = Client(proxy.inbound)
+    try:
+        taken = client.request("/tick-goaway")
+        client.run(2, until=lambda: client.got[taken].status)
+        assert client.got[taken].status == 200
+        time.sleep(0.3)  # the GOAWAY, sent with the head, reached the proxy
+        after = client.request("/ok")
+        client.run(8, until=lambda: _all_ended(client, [taken, after]))
+        assert (client.got[taken].body, client.got[taken].reset) == (b"t" * TICKS, None)
+        assert (client.got[after].status, client.got[after].body) == (200, b"ok")
+        assert backend.connections == 2
+        assert [s.reset for s in backend.by_path("/tick-goaway")] == [None]
+        proxy.assert_h2_open_streams()
+    finally:
+        client.close()
+    assert proxy.value("response_total", error="reset") == 0
+
+
+def test_a_clients_goaway_lets_its_downloads_under_way_finish_whole(
+    backend: Backend, proxy: ProxyProcess
+) -> None:
+    """A client that says GOAWAY (last stream 0, as some SDKs do once a response's head came)
+    while two downloads run gets both whole (RFC 9113 §6.8; h2 closed its side on any GOAWAY
+    received, and the proxy cut them as `client_gone`), the backend saw neither reset, and the
+    proxy ends the connection once they have: none left open."""
     leaving = Client(proxy.inbound)
     try:
         ticks = [leaving.request("/tick"), leaving.request("/tick")]
@@ -202,10 +236,15 @@ def test_goaway_from_the_backend_and_from_the_client_leave_none_open(
         # Raw, past h2's own state: a client that said GOAWAY still reads its streams' frames.
         leaving.sock.sendall(GoAwayFrame(0, last_stream_id=0, error_code=0).serialize())
         leaving.run(10, until=lambda: _all_ended(leaving, ticks))
+        whole = [(leaving.got[sid].body, leaving.got[sid].reset) for sid in ticks]
+        assert whole == [(b"t" * TICKS, None)] * 2
+        leaving.run(5)  # the proxy closes the connection, its streams done
+        assert leaving.closed
         proxy.assert_h2_open_streams()
-        assert streams._wait(lambda: all(s.ended or s.reset for s in backend.by_path("/tick")), 5)
+        assert [s.reset for s in backend.by_path("/tick")] == [None, None]
     finally:
         leaving.close()
+    assert proxy.value("response_total", error="client_gone") == 0
 
 
 @pytest.fixture
