@@ -190,6 +190,8 @@ class _Connection(h2.connection.H2Connection):
         self.streams_opened = 0  # both ways; not the highest ID, which a peer may jump to 2^31 - 1
         self.window_updates = 0  # WINDOW_UPDATE frames received, every stream (closed ones too)
         self._window_updates_allowed = h2rules.window_updates_allowed(0, 0)
+        self.goaways = 0  # GOAWAYs received that took effect (h2rules.GOAWAYS_HONOURED)
+        self.goaway_last = h2rules.MAX_STREAM_ID  # the last stream id the peer's GOAWAYs named
 
     def send_data(self, stream_id: int, data: Any, end_stream: bool = False, pad_length: Any = None) -> None:
         self.data_frames_sent += 1  # what the peer may acknowledge (window_updates_allowed)
@@ -220,9 +222,14 @@ class _Connection(h2.connection.H2Connection):
         head came) lost them, and a backend's graceful GOAWAY cut the streams it had taken. Here
         the connection stays open: the proxy opens nothing more on it (`Session.remote_goaway`,
         `H2Upstream.draining`; streams above the last are refused) and ends it once its streams
-        have. Before the prefaces were exchanged (IDLE) h2's own rule stands."""
-        if self.state_machine.state not in _OPEN_STATES:
+        have. Before the prefaces were exchanged (IDLE), and past h2rules.GOAWAYS_HONOURED, h2's
+        own rule stands."""
+        if self.state_machine.state not in _OPEN_STATES or self.goaways >= h2rules.GOAWAYS_HONOURED:
             return super()._receive_goaway_frame(frame)
+        if self.goaways and frame.last_stream_id >= self.goaway_last:
+            return [], []  # nothing new: a repeat, or a raise the RFC forbids
+        self.goaways += 1
+        self.goaway_last = frame.last_stream_id
         event = h2.events.ConnectionTerminated()
         event.error_code = h2.errors._error_code_from_int(frame.error_code)
         event.last_stream_id = frame.last_stream_id

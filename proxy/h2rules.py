@@ -89,6 +89,12 @@ WINDOW_UPDATES_PER_DATA_FRAME = 10
 # frames within a second, once they are most of its DATA frames (`dribbling`).
 DRIBBLE_FRAME_BYTES = 512
 DRIBBLE_BUDGET = 100
+# GOAWAY frames that take effect on one connection (RFC 9113 §6.8). A graceful shutdown sends two:
+# the first naming 2^31-1, the second the last stream taken (grpc-go's GracefulStop). Each must
+# lower the last stream id; one that does not says nothing new (raising it is forbidden) and is
+# dropped at no cost. Each that takes effect walks the upstream connection's streams to refuse
+# those above it, so their number is bounded: past it, h2's own rule (the connection closes).
+GOAWAYS_HONOURED = 4
 UPSTREAMS_PER_DESTINATION = 8  # h2 connections to one destination (each up to its peer's streams)
 
 _GRPC = b"application/grpc"

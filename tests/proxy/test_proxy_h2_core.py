@@ -5,7 +5,8 @@
   decoded list as `hpack` does (HPACK bombs).
 - `h2rules.check_received_fields`: accepts and refuses exactly the header lists h2's
   `validate_headers` does.
-- `h2proxy._Connection`: h2's stream limit holds exactly, without walking every stream per new one.
+- `h2proxy._Connection`: h2's stream limit holds exactly, without walking every stream per new one;
+  a GOAWAY received leaves the streams it names open (h2 closed the connection), at bounded cost.
 - `h2proxy.Session`, `H2Upstream`: a stream's end is read off the event of the frame that carried
   it; h2 must name every StreamEnded there.
 """
@@ -24,7 +25,7 @@ import hpack
 import pytest
 from h2.exceptions import ProtocolError
 from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
-from hyperframe.frame import DataFrame
+from hyperframe.frame import DataFrame, GoAwayFrame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -263,6 +264,47 @@ def test_the_stream_limit_holds_exactly_and_closed_streams_still_leave() -> None
             server.receive_data(client.data_to_send())
     finally:
         h2.connection.H2Connection._open_streams = walk  # type: ignore[method-assign]
+
+
+def _goaway(last: int) -> bytes:
+    return GoAwayFrame(0, last_stream_id=last, error_code=0).serialize()
+
+
+def test_a_goaway_received_leaves_the_stream_it_names_to_finish() -> None:
+    """h2 closed its connection on any GOAWAY received: the response to a stream the peer had
+    named could not be sent (RFC 9113 §6.8). The proxy's connection reports it and stays open."""
+    client, server = _pair(limit=100)
+    client.send_headers(1, REQUEST, end_stream=True)
+    server.receive_data(client.data_to_send())
+    (event,) = server.receive_data(_goaway(0))  # a client's "no more from me", its stream 1 open
+    assert isinstance(event, h2.events.ConnectionTerminated) and event.last_stream_id == 0
+    server.send_headers(1, [(b":status", b"200")])
+    server.send_data(1, b"whole", end_stream=True)
+    events = client.receive_data(server.data_to_send())
+    kinds = [h2.events.ResponseReceived, h2.events.DataReceived, h2.events.StreamEnded]
+    assert [type(e) for e in events] == kinds
+    assert events[1].data == b"whole"
+
+
+def test_goaways_that_name_nothing_new_cost_nothing_and_few_take_effect() -> None:
+    """Each GOAWAY that takes effect makes an upstream connection walk its streams: a repeat, or
+    a raised last stream id (forbidden), is dropped without an event; a graceful two-step
+    shutdown (2^31-1, then the last taken) takes effect; past GOAWAYS_HONOURED lowering ones,
+    h2's own rule closes the connection, so a peer cannot make the proxy walk forever."""
+    client, server = _pair(limit=100)
+    client.send_headers(1, REQUEST, end_stream=True)  # before any stream (IDLE), h2's rule stands
+    server.receive_data(client.data_to_send())
+    lasts = [h2rules.MAX_STREAM_ID, 99]
+    assert [len(server.receive_data(_goaway(last))) for last in lasts] == [1, 1]
+    assert [len(server.receive_data(_goaway(last))) for last in (99, 101, 2**31 - 1) * 300] == [0] * 900
+    for last in range(97, 97 - 2 * (h2rules.GOAWAYS_HONOURED - 2), -2):
+        (event,) = server.receive_data(_goaway(last))
+        assert event.last_stream_id == last
+    server.send_headers(1, [(b":status", b"200")])  # still open
+    (event,) = server.receive_data(_goaway(1))  # one lowering more: h2's rule, closed
+    assert isinstance(event, h2.events.ConnectionTerminated)
+    with pytest.raises(ProtocolError):
+        server.send_data(1, b"late", end_stream=True)
 
 
 def test_closed_streams_leave_no_memory_but_a_reset_one_is_remembered() -> None:
