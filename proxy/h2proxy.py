@@ -1231,7 +1231,14 @@ class H2Upstream(Side):
 
     def on_event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ConnectionTerminated):
-            self.draining = True  # streams it took finish; later ones were never processed
+            # Streams it took finish; later ones were never processed. It takes no new stream,
+            # so it leaves the pool: a backend that ages connections out (grpc-go's
+            # MaxConnectionAge, its grace infinite) while long streams run on left each one
+            # draining, counted against UPSTREAMS_PER_DESTINATION until its streams ended; after
+            # 8, every new stream to the backend was the proxy's 503. What bounds those still
+            # draining is the streams that hold them (a connection with none closes).
+            self.draining = True
+            self.pool.remove(self)
             last = event.last_stream_id if event.last_stream_id is not None else 0
             for uid, taken in list(self.streams.items()):
                 if uid > last:

@@ -1,0 +1,83 @@
+"""HTTP/2 attacks on today's changes (a GOAWAY received no longer closes the connection, the
+data-dribble budget, `h2_open_streams`), each with an oracle on the other side: each client's
+own response, what the backend saw, `/metrics`. Every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h2.events
+import pytest
+from hyperframe.frame import GoAwayFrame
+
+from proxy import h2rules
+from tests.proxy import test_h2_adversarial_streams as streams
+from tests.proxy.h2_backend import Seen
+from tests.proxy.test_proxy_h2_deadlines import Client
+from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
+
+
+class GoawayBackend(streams.Backend):
+    """streams.Backend and `/hold-goaway`: 200, then a graceful GOAWAY naming this stream, then
+    nothing (a long stream the connection's age ended: grpc-go's MaxConnectionAge with its
+    default grace, infinite, lets a watch stream run on)."""
+
+    def _on_event(self, conn: Any, event: Any, seen: dict[int, Seen], ticks: list[Any]) -> None:
+        if isinstance(event, h2.events.RequestReceived) and dict(event.headers).get(":path") == "/hold-goaway":
+            sid = event.stream_id
+            stream = Seen("/hold-goaway", dict(event.headers))
+            with self.lock:
+                self.streams.append(stream)
+            seen[sid] = stream
+            conn.send_headers(sid, [(":status", "200")])
+            conn._data_to_send += GoAwayFrame(0, last_stream_id=sid, error_code=0).serialize()
+            return
+        super()._on_event(conn, event, seen, ticks)
+
+
+@pytest.fixture
+def backend() -> Iterator[GoawayBackend]:
+    server = GoawayBackend(refusals=1)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def proxy(backend: GoawayBackend, tmp_path: Path) -> Iterator[ProxyProcess]:
+    p = start_proxy(
+        tmp_path, "--inbound-forward", f"127.0.0.1:{backend.port}", identity=SERVER_ID, log_level="info"
+    )
+    yield p
+    p.stop()
+
+
+def test_upstream_connections_draining_after_a_goaway_do_not_take_the_destinations_slots(
+    backend: GoawayBackend, proxy: ProxyProcess
+) -> None:
+    """A backend that ages its connections out (GOAWAY naming the streams it took, which run
+    on) leaves each upstream connection draining, held by its long stream. Those take no new
+    stream; they must not count against UPSTREAMS_PER_DESTINATION either, or once 8 of them
+    drain every new request to the backend is the proxy's own 503, though the backend takes
+    new connections."""
+    client = Client(proxy.inbound)
+    try:
+        held = []
+        for _ in range(h2rules.UPSTREAMS_PER_DESTINATION):
+            sid = client.request("/hold-goaway")
+            client.run(3, until=lambda sid=sid: client.got[sid].status)
+            assert client.got[sid].status == 200
+            held.append(sid)
+            time.sleep(0.1)  # the GOAWAY, sent with the head, was read by the proxy
+        assert backend.connections == h2rules.UPSTREAMS_PER_DESTINATION
+        after = client.request("/ok")
+        client.run(5, until=lambda: client.got[after].ended_at)
+        assert (client.got[after].status, client.got[after].body) == (200, b"ok")
+        assert backend.connections == h2rules.UPSTREAMS_PER_DESTINATION + 1
+        proxy.assert_h2_open_streams(inbound_src=len(held), inbound_dst=len(held))
+    finally:
+        client.close()
+    proxy.assert_h2_open_streams()
