@@ -916,6 +916,7 @@ class Session(Side):
                     break
                 if not self.streams:
                     if self.goaway_last >= 0 or self.remote_goaway:
+                        self.goaway()  # the client's GOAWAY answered (after a drain's: a no-op)
                         break
                     client.deadline = proxy.now + proxy.config.idle_timeout
                 else:
@@ -947,7 +948,8 @@ class Session(Side):
             self.finish_writer()
 
     def goaway(self) -> None:
-        """Drain: GOAWAY(NO_ERROR) naming the last stream taken; those finish, later ones are refused."""
+        """GOAWAY(NO_ERROR) naming the last stream taken; those finish, later ones are refused.
+        On a drain, and before closing a connection whose client said GOAWAY (`after_stream`)."""
         if self.goaway_last >= 0 or self.dead:
             return
         self.goaway_last = self.conn.highest_inbound_stream_id
@@ -962,6 +964,11 @@ class Session(Side):
         if self.streams:
             return
         if self.goaway_last >= 0 or self.remote_goaway:
+            # The connection closes: RFC 9113 §6.8, "endpoints SHOULD always send a GOAWAY frame
+            # before closing a connection so that the remote peer can know whether a stream has
+            # been partially processed". A client that said GOAWAY may still open streams (its
+            # GOAWAY stops ours, not its own): one crossing the close was lost without a word.
+            self.goaway()
             shutdown(self.sock, 0)
         elif not self.head_since:  # the reader may be parked in recv: the idle clock starts now
             self.client.deadline = self.proxy.now + self.proxy.config.idle_timeout

@@ -18,6 +18,7 @@ from proxy import h2rules
 from tests.proxy import test_h2_adversarial_streams as streams
 from tests.proxy.h2_backend import Seen
 from tests.proxy.test_proxy_h2_deadlines import Client
+from tests.support.h2wire import parse_frames
 from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
 
 
@@ -78,6 +79,76 @@ def test_upstream_connections_draining_after_a_goaway_do_not_take_the_destinatio
         assert (client.got[after].status, client.got[after].body) == (200, b"ok")
         assert backend.connections == h2rules.UPSTREAMS_PER_DESTINATION + 1
         proxy.assert_h2_open_streams(inbound_src=len(held), inbound_dst=len(held))
+    finally:
+        client.close()
+    proxy.assert_h2_open_streams()
+
+
+def test_a_client_past_the_goaways_honoured_has_its_streams_ended_at_once(
+    backend: GoawayBackend, proxy: ProxyProcess
+) -> None:
+    """Past GOAWAYS_HONOURED lowering GOAWAYs, h2's own rule closes the client's connection: the
+    proxy can send it nothing more. Its streams under way must end then (counted, out of
+    `h2_open_streams`, the backend's cancelled), not wait in the proxy, answer-less, for the
+    idle timeout (300 s) while the client sits silent."""
+    client = Client(proxy.inbound)
+    try:
+        tick = client.request("/tick")
+        client.run(1, until=lambda: client.got[tick].status)
+        proxy.assert_h2_open_streams(inbound_src=1, inbound_dst=1)
+        last = 2**31 - 1
+        for _ in range(h2rules.GOAWAYS_HONOURED + 1):
+            client.sock.sendall(GoAwayFrame(0, last_stream_id=last, error_code=0).serialize())
+            last -= 2
+        proxy.assert_h2_open_streams(seconds=2)
+        client.run(2)
+        assert client.closed
+    finally:
+        client.close()
+    assert proxy.value("response_total", error="client_gone") == 1
+
+
+class _Recording:
+    """A socket whose received bytes are kept (`raw`), under a Client that parses them too."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.raw = b""
+
+    def recv(self, size: int) -> bytes:
+        data = self.sock.recv(size)
+        self.raw += data
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def test_a_clients_goaway_is_answered_by_the_proxys_naming_the_last_stream_it_took(
+    backend: GoawayBackend, proxy: ProxyProcess
+) -> None:
+    """A client said GOAWAY and its download ran on; it opened one more stream meanwhile (its
+    GOAWAY stops the proxy's streams, not its own). When the last ends the proxy closes the
+    connection: RFC 9113 §6.8, "endpoints SHOULD always send a GOAWAY frame before closing a
+    connection so that the remote peer can know whether a stream has been partially processed":
+    the client must learn the last stream the proxy took, or a request crossing the close is lost
+    without a word (neither answered nor refused)."""
+    client = Client(proxy.inbound)
+    recording = _Recording(client.sock)
+    client.sock = recording
+    try:
+        tick = client.request("/tick")
+        client.run(1, until=lambda: client.got[tick].status)
+        client.sock.sendall(GoAwayFrame(0, last_stream_id=0, error_code=0).serialize())
+        more = client.request("/ok")
+        client.run(10, until=lambda: client.got[tick].ended_at and client.got[more].ended_at)
+        assert (client.got[more].status, client.got[more].body) == (200, b"ok")
+        assert client.got[tick].reset is None and len(client.got[tick].body) > 0
+        client.run(3)
+        assert client.closed
+        frames = parse_frames(recording.raw)
+        goaways = [(f.error_code, f.last_stream_id) for f in frames if isinstance(f, GoAwayFrame)]
+        assert goaways == [(0, more)]
     finally:
         client.close()
     proxy.assert_h2_open_streams()
