@@ -1250,6 +1250,8 @@ class H2Upstream(Side):
             for uid, taken in list(self.streams.items()):
                 if uid > last:
                     taken.refuse()
+            if not self.streams:  # nothing to finish (a GOAWAY on an idle connection): out of the
+                self.close()  # pool, no idle expiry would close it, and a backend may not
             return
         sid = getattr(event, "stream_id", 0)
         stream = self.streams.get(sid)

@@ -25,9 +25,23 @@ from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
 class GoawayBackend(streams.Backend):
     """streams.Backend and `/hold-goaway`: 200, then a graceful GOAWAY naming this stream, then
     nothing (a long stream the connection's age ended: grpc-go's MaxConnectionAge with its
-    default grace, infinite, lets a watch stream run on)."""
+    default grace, infinite, lets a watch stream run on); `/ok-goaway`: 200 b"ok", then a
+    GOAWAY naming it, the connection left open (its close is the proxy's to make)."""
+
+    ended = 0  # connections the proxy closed (or lost)
+
+    def _serve(self, sock: Any) -> None:
+        super()._serve(sock)
+        with self.lock:
+            self.ended += 1
 
     def _on_event(self, conn: Any, event: Any, seen: dict[int, Seen], ticks: list[Any]) -> None:
+        if isinstance(event, h2.events.RequestReceived) and dict(event.headers).get(":path") == "/ok-goaway":
+            seen[event.stream_id] = Seen("/ok-goaway", dict(event.headers))
+            conn.send_headers(event.stream_id, [(":status", "200")])
+            conn.send_data(event.stream_id, b"ok", end_stream=True)
+            conn._data_to_send += GoAwayFrame(0, last_stream_id=event.stream_id, error_code=0).serialize()
+            return
         if isinstance(event, h2.events.RequestReceived) and dict(event.headers).get(":path") == "/hold-goaway":
             sid = event.stream_id
             stream = Seen("/hold-goaway", dict(event.headers))
@@ -149,6 +163,27 @@ def test_a_clients_goaway_is_answered_by_the_proxys_naming_the_last_stream_it_to
         frames = parse_frames(recording.raw)
         goaways = [(f.error_code, f.last_stream_id) for f in frames if isinstance(f, GoAwayFrame)]
         assert goaways == [(0, more)]
+    finally:
+        client.close()
+    proxy.assert_h2_open_streams()
+
+
+def test_an_idle_upstream_connection_that_sent_goaway_is_closed(
+    backend: GoawayBackend, proxy: ProxyProcess
+) -> None:
+    """A backend's GOAWAY on a connection with no stream left (nginx's and Go's on their idle
+    timeout or keepalive_requests, before they close): the proxy must close it, having nothing
+    to finish on it and no new stream to put there; a connection no stream ends would stay open
+    (a socket and two greenlets) until the backend closed it, if ever."""
+    client = Client(proxy.inbound)
+    try:
+        sid = client.request("/ok-goaway")
+        client.run(5, until=lambda: client.got[sid].ended_at)
+        assert (client.got[sid].status, client.got[sid].body) == (200, b"ok")
+        assert streams._wait(lambda: backend.ended == 1, 5), "the proxy kept the connection open"
+        again = client.request("/ok")
+        client.run(5, until=lambda: client.got[again].ended_at)
+        assert (client.got[again].status, backend.connections) == (200, 2)
     finally:
         client.close()
     proxy.assert_h2_open_streams()
