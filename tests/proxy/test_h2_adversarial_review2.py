@@ -36,13 +36,14 @@ class GoawayBackend(streams.Backend):
             self.ended += 1
 
     def _on_event(self, conn: Any, event: Any, seen: dict[int, Seen], ticks: list[Any]) -> None:
-        if isinstance(event, h2.events.RequestReceived) and dict(event.headers).get(":path") == "/ok-goaway":
+        path = dict(event.headers).get(":path") if isinstance(event, h2.events.RequestReceived) else None
+        if path == "/ok-goaway":
             seen[event.stream_id] = Seen("/ok-goaway", dict(event.headers))
             conn.send_headers(event.stream_id, [(":status", "200")])
             conn.send_data(event.stream_id, b"ok", end_stream=True)
             conn._data_to_send += GoAwayFrame(0, last_stream_id=event.stream_id, error_code=0).serialize()
             return
-        if isinstance(event, h2.events.RequestReceived) and dict(event.headers).get(":path") == "/hold-goaway":
+        if path == "/hold-goaway":
             sid = event.stream_id
             stream = Seen("/hold-goaway", dict(event.headers))
             with self.lock:
