@@ -34,6 +34,7 @@ PROXY_METRICS = {
     c.METRIC_TCP_OPEN_CONNECTIONS,
     c.METRIC_TCP_READ_BYTES,
     c.METRIC_TCP_WRITE_BYTES,
+    c.METRIC_H2_OPEN_STREAMS,
     "up",  # Prometheus's own series for each scraped proxy
 }
 PROMQL_WORDS = {"sum", "by", "rate", "histogram_quantile", "count", "le", "irate", "max", "avg", "without"}
@@ -111,7 +112,7 @@ def test_a_broken_query_is_caught(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ALL)
 def test_queries_use_only_the_proxy_metrics_and_prometheus_labels(name: str) -> None:
     for expr in queries(load(name)):
-        metrics = set(re.findall(r"\b([a-z_]+)\s*\{", expr))
+        metrics = set(re.findall(r"\b([a-z_][a-z0-9_]*)\s*\{", expr))
         assert metrics and metrics <= PROXY_METRICS, expr
         labels = set(re.findall(r"\b([a-z_]+)\s*(?:=|!=|=~)\s*\"", expr))
         allowed = {"job", "namespace", "deployment", "pod", "direction", "classification", "le"}
