@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import h2.events
@@ -19,7 +18,7 @@ from tests.proxy import test_h2_adversarial_streams as streams
 from tests.proxy.h2_backend import Seen
 from tests.proxy.test_proxy_h2_deadlines import Client
 from tests.support.h2wire import parse_frames
-from tests.support.proxy_process import SERVER_ID, ProxyProcess, start_proxy
+from tests.support.proxy_process import ProxyProcess
 
 
 class GoawayBackend(streams.Backend):
@@ -62,13 +61,7 @@ def backend() -> Iterator[GoawayBackend]:
     server.stop()
 
 
-@pytest.fixture
-def proxy(backend: GoawayBackend, tmp_path: Path) -> Iterator[ProxyProcess]:
-    p = start_proxy(
-        tmp_path, "--inbound-forward", f"127.0.0.1:{backend.port}", identity=SERVER_ID, log_level="info"
-    )
-    yield p
-    p.stop()
+proxy = streams.proxy  # the same proxy in front of this module's `backend`
 
 
 def test_upstream_connections_draining_after_a_goaway_do_not_take_the_destinations_slots(
