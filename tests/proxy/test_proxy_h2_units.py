@@ -241,3 +241,17 @@ def test_the_h2_floor_bench_carries_every_stream_through_the_proxys_own_connecti
     assert result["streams"] == 120
     assert result["h2_floor_us_per_stream"] > 0
     assert result["hpack"] == "python" or result["hpack"].startswith("nghttp2-")
+    assert result["core"] == "h2"
+
+
+def test_the_h2_floor_bench_carries_every_stream_through_nghttp2_sessions_too() -> None:
+    """`--core nghttp2`: the same flow on two nghttp2 sessions (cffi ABI mode) instead of the
+    proxy's h2 connections; it stops the same way if a batch's responses do not all arrive."""
+    from bench import bench_h2_floor, nghttp2_session
+
+    if not nghttp2_session.load():
+        pytest.skip("libnghttp2.so.14 is not installed")
+    result = bench_h2_floor.run(streams=120, in_flight=10, core="nghttp2")
+    assert result["streams"] == 120
+    assert result["core"] == "nghttp2"
+    assert result["h2_floor_us_per_stream"] > 0
