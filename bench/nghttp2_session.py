@@ -13,9 +13,9 @@ Bodies go out through one data provider per session whose read callback copies w
 queued, defers while nothing is queued, and ends the stream (DATA_FLAG_EOF) once `push(...,
 end=True)` came and all was sent.
 
-Not benchmark-neutral on purpose: no header-list check beyond nghttp2's own HTTP messaging rules
-(pseudo-headers, connection fields, content-length) and MAX_HEADER_LIST_SIZE counted here, as
-the proxy's decoder does; none of the proxy's flood budgets or h2rules.
+Checks on what arrives: nghttp2's own HTTP messaging rules (field characters, pseudo-headers,
+connection fields, content-length; a malformed list resets its stream) and MAX_HEADER_LIST_SIZE
+counted in `on_header`, as the proxy's decoder limits it; none of the proxy's flood budgets.
 """
 
 from __future__ import annotations
