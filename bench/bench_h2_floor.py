@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import h2.config
@@ -71,6 +72,43 @@ def connect(a: Any, b: Any) -> None:
         a.receive_data(b.data_to_send())
 
 
+def drive(
+    client: Any,
+    app: Any,
+    streams: int,
+    in_flight: int,
+    requests: Callable[[bytes], bytes],
+    responses: Callable[[bytes], bytes],
+) -> int:
+    """The client's batches of requests through the proxy's part to the app and back; the thread
+    CPU time (ns) of the proxy's part only: `requests` (the client's bytes in, the bytes for the
+    app out) and `responses` (the app's bytes in, the bytes for the client out)."""
+    timed = 0
+    done = 0
+    while done < streams:
+        batch = min(in_flight, streams - done)
+        for _ in range(batch):
+            client.send_headers(client.get_next_available_stream_id(), REQUEST, end_stream=True)
+        wire = client.data_to_send()
+        start = time.thread_time_ns()
+        wire = requests(wire)
+        timed += time.thread_time_ns() - start
+        for event in app.receive_data(wire):
+            if isinstance(event, h2.events.RequestReceived):
+                app.send_headers(event.stream_id, RESPONSE)
+                app.send_data(event.stream_id, BODY, end_stream=True)
+        wire = app.data_to_send()
+        start = time.thread_time_ns()
+        wire = responses(wire)
+        timed += time.thread_time_ns() - start
+        answered = sum(isinstance(e, h2.events.StreamEnded) for e in client.receive_data(wire))
+        if answered != batch:
+            raise SystemExit(f"bench_h2_floor: {answered} of {batch} streams answered")
+        client.data_to_send()  # its WINDOW_UPDATEs: the proxy's window is wide enough not to need them
+        done += batch
+    return timed
+
+
 def run(streams: int, in_flight: int, core: str = "h2") -> dict[str, Any]:
     """Time `streams` proxied streams, `in_flight` at a time, on the proxy's connections in `core`."""
     if core == "nghttp2":
@@ -83,31 +121,18 @@ def run(streams: int, in_flight: int, core: str = "h2") -> dict[str, Any]:
         conn.initiate_connection()
     connect(client, inbound)
     connect(upstream, app)
-    timed = 0
-    done = 0
-    while done < streams:
-        batch = min(in_flight, streams - done)
-        for _ in range(batch):
-            client.send_headers(client.get_next_available_stream_id(), REQUEST, end_stream=True)
-        wire = client.data_to_send()
+    to_upstream: dict[int, int] = {}
 
-        start = time.thread_time_ns()  # the proxy: requests in, on to the app
-        to_upstream: dict[int, int] = {}
+    def requests(wire: bytes) -> bytes:
+        to_upstream.clear()
         for event in inbound.receive_data(wire):
             if isinstance(event, h2.events.RequestReceived):
                 up_id = upstream.get_next_available_stream_id()
                 to_upstream[up_id] = event.stream_id
                 upstream.send_headers(up_id, event.headers, end_stream=True)
-        wire = upstream.data_to_send()
-        timed += time.thread_time_ns() - start
+        return upstream.data_to_send()
 
-        for event in app.receive_data(wire):
-            if isinstance(event, h2.events.RequestReceived):
-                app.send_headers(event.stream_id, RESPONSE)
-                app.send_data(event.stream_id, BODY, end_stream=True)
-        wire = app.data_to_send()
-
-        start = time.thread_time_ns()  # the proxy: responses in, back to the client
+    def responses(wire: bytes) -> bytes:
         for event in upstream.receive_data(wire):
             if isinstance(event, h2.events.ResponseReceived):
                 inbound.send_headers(to_upstream[event.stream_id], event.headers)
@@ -115,14 +140,9 @@ def run(streams: int, in_flight: int, core: str = "h2") -> dict[str, Any]:
                 upstream.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 ended = event.stream_ended is not None
                 inbound.send_data(to_upstream[event.stream_id], event.data, end_stream=ended)
-        wire = inbound.data_to_send()
-        timed += time.thread_time_ns() - start
+        return inbound.data_to_send()
 
-        answered = sum(isinstance(e, h2.events.StreamEnded) for e in client.receive_data(wire))
-        if answered != batch:
-            raise SystemExit(f"bench_h2_floor: {answered} of {batch} streams answered")
-        client.data_to_send()  # its WINDOW_UPDATEs: the proxy's window is wide enough not to need them
-        done += batch
+    timed = drive(client, app, streams, in_flight, requests, responses)
     return result(timed, streams, in_flight, "h2", h2proxy.hpack_in_use())
 
 
@@ -196,35 +216,16 @@ def run_nghttp2(streams: int, in_flight: int) -> dict[str, Any]:
     upstream.on_close = response_closed
     connect(client, inbound)
     connect(upstream, app)
-    timed = 0
-    done = 0
-    while done < streams:
-        batch = min(in_flight, streams - done)
-        for _ in range(batch):
-            client.send_headers(client.get_next_available_stream_id(), REQUEST, end_stream=True)
-        wire = client.data_to_send()
 
-        start = time.thread_time_ns()  # the proxy: requests in, on to the app
+    def requests(wire: bytes) -> bytes:
         inbound.receive_data(wire)
-        wire = upstream.data_to_send()
-        timed += time.thread_time_ns() - start
+        return upstream.data_to_send()
 
-        for event in app.receive_data(wire):
-            if isinstance(event, h2.events.RequestReceived):
-                app.send_headers(event.stream_id, RESPONSE)
-                app.send_data(event.stream_id, BODY, end_stream=True)
-        wire = app.data_to_send()
-
-        start = time.thread_time_ns()  # the proxy: responses in, back to the client
+    def responses(wire: bytes) -> bytes:
         upstream.receive_data(wire)
-        wire = inbound.data_to_send()
-        timed += time.thread_time_ns() - start
+        return inbound.data_to_send()
 
-        answered = sum(isinstance(e, h2.events.StreamEnded) for e in client.receive_data(wire))
-        if answered != batch:
-            raise SystemExit(f"bench_h2_floor: {answered} of {batch} streams answered")
-        client.data_to_send()
-        done += batch
+    timed = drive(client, app, streams, in_flight, requests, responses)
     return result(timed, streams, in_flight, "nghttp2", f"nghttp2-{hpack_nghttp2.load()}")
 
 
